@@ -1,0 +1,26 @@
+# Two commands do everything on a fresh machine with Python 3.11+, git and make:
+#   make run    set up, then run the pipeline (dvc repro) on params.yaml
+#   make test   set up, then run the test suite
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+MLFLOW_PORT ?= 5000
+
+.PHONY: setup run test ui clean
+
+setup:
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
+		$(PYTHON) -m pip install --quiet --user uv || \
+		$(PYTHON) -m pip install --quiet --user --break-system-packages uv
+	$(UV) sync --locked
+
+run: setup
+	$(UV) run --locked dvc repro
+
+test: setup
+	$(UV) run --locked pytest
+
+ui: setup
+	$(UV) run --locked mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+clean:
+	rm -rf outputs data/prepared mlflow.db mlruns

@@ -1,0 +1,116 @@
+"""A small classifier trained on a dataset's training split, whose features score generated images.
+
+Torch-fidelity's Inception weights need a download; this classifier needs nothing but the data.
+Its penultimate layer gives the features for FID, its logits the class probabilities for IS.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from .config import ClassifierConfig
+from .io import atomic_path
+from .tensors import batches, to_model_range
+
+
+@dataclass(frozen=True)
+class ClassifierArch:
+    in_channels: int
+    num_classes: int
+    width: int
+    feature_dim: int
+
+
+def _conv(i: int, o: int) -> list[nn.Module]:
+    return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+
+
+class Classifier(nn.Module):
+    """Conv net: two conv-conv-pool stages, a conv, global pooling, a feature layer and a linear head."""
+
+    def __init__(self, arch: ClassifierArch):
+        super().__init__()
+        w = arch.width
+        self.arch = arch
+        self.body = nn.Sequential(
+            *_conv(arch.in_channels, w), *_conv(w, w), nn.MaxPool2d(2),
+            *_conv(w, 2 * w), *_conv(2 * w, 2 * w), nn.MaxPool2d(2),
+            *_conv(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(4 * w, arch.feature_dim), nn.ReLU(inplace=True),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(arch.feature_dim, arch.num_classes))
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """uint8 [B, C, H, W] -> (features [B, feature_dim], logits [B, num_classes])."""
+        features = self.body(to_model_range(images))
+        return features, self.head(features)
+
+
+def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Shift each image by up to 1/8 of its size (zero padding): a cheap, label-preserving augmentation."""
+    pad = max(1, x.shape[-1] // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+    return padded[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
+
+
+@torch.inference_mode()
+def accuracy(model: Classifier, images: np.ndarray, labels: np.ndarray, device: torch.device, batch: int = 1000) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(images[i : i + batch]).to(device)
+        correct += (model(x)[1].argmax(1).cpu().numpy() == labels[i : i + batch]).sum()
+    return float(correct) / len(images)
+
+
+def train_classifier(
+    cfg: ClassifierConfig, images: np.ndarray, labels: np.ndarray, num_classes: int, device: torch.device,
+    progress: bool = True,
+) -> tuple[Classifier, float]:
+    """Train on uint8 images [N, C, H, W]; returns the model and the training time in seconds."""
+    torch.manual_seed(cfg.seed)
+    arch = ClassifierArch(images.shape[1], num_classes, cfg.width, cfg.feature_dim)
+    model = Classifier(arch).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
+    x_all, y_all = torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = batches(len(x_all), min(cfg.batch_size, len(x_all)), gen)
+    start = time.perf_counter()
+    model.train()
+    for _ in tqdm(range(cfg.steps), desc="train classifier", disable=not progress, mininterval=2.0):
+        idx = next(order).to(device)
+        x = _augment(x_all[idx], gen)
+        loss = F.cross_entropy(model(x)[1], y_all[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    model.eval()
+    return model, time.perf_counter() - start
+
+
+def save_classifier(path: str | Path, model: Classifier, accuracy: float, dataset: str) -> None:
+    state = {"arch": asdict(model.arch), "state_dict": model.state_dict(), "accuracy": accuracy, "dataset": dataset}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[Classifier, dict]:
+    """Load with ``weights_only=True``; returns the model (eval mode) and its saved metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier {path} not found; run its classifier stage first (dvc repro)")
+    state = torch.load(path, map_location=device, weights_only=True)
+    model = Classifier(ClassifierArch(**state["arch"])).to(device)
+    model.load_state_dict(state["state_dict"])
+    return model.eval(), {k: state[k] for k in ("accuracy", "dataset")}

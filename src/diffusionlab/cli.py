@@ -1,0 +1,34 @@
+"""Command-line entry shared by the stage scripts: arguments, params, logging, clean errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from .config import Params, load_params
+from .errors import EXPECTED_ERRORS
+
+
+def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | None = None) -> None:
+    """Parse ``--dataset`` (and ``--model``), load params.yaml and run ``stage(params, dataset[, model])``.
+
+    Expected failures (bad params, unavailable data, missing inputs) exit with status 2 and a
+    one-paragraph message instead of a traceback.
+    """
+    parser = argparse.ArgumentParser(description=stage.__doc__)
+    parser.add_argument("--dataset", required=True)
+    if with_model:
+        parser.add_argument("--model", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+    for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        params: Params = load_params(args.params)
+        stage(params, args.dataset, *([args.model] if with_model else []))
+    except EXPECTED_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

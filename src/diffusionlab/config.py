@@ -1,0 +1,397 @@
+"""Typed, validated configuration loaded from ``params.yaml``.
+
+Every section of ``params.yaml`` maps onto a frozen dataclass. Loading checks each key
+for type and range, rejects unknown keys (suggesting the nearest valid one), and checks
+settings that contradict each other, so that a stage stops before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from .errors import ConfigError
+
+DatasetName = Literal["digits", "mnist", "cifar10"]
+DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
+LINEAR_MIN_TIMESTEPS = 21
+
+
+
+
+def _range(ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None) -> dict:
+    return {"ge": ge, "gt": gt, "le": le, "lt": lt}
+
+
+def _field(default: Any = dataclasses.MISSING, **bounds: float) -> Any:
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=_range(**bounds))
+    return field(default=default, metadata=_range(**bounds))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    datasets: tuple[DatasetName, ...] = ("digits",)
+    models: tuple[str, ...] = ("ddpm",)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    mirror: str | None = None
+    """Folder or URL holding the original archive files; ``DIFFUSIONLAB_DATA_MIRROR`` overrides it."""
+    download_timeout: float = _field(10.0, gt=0)
+    digits_test_size: int = _field(297, ge=10, le=897)
+    split_seed: int = _field(0, ge=0)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    base_channels: int = _field(64, ge=8, le=1024)
+    channel_mult: tuple[int, ...] = _field((1, 2, 2), ge=1, le=16)
+    num_res_blocks: int = _field(2, ge=1, le=8)
+    attention_resolutions: tuple[int, ...] = _field((16,), ge=1)
+    num_heads: int = _field(1, ge=1, le=32)
+    dropout: float = _field(0.1, ge=0.0, lt=1.0)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    image_size: int = _field(ge=4, le=512)
+    train_steps: int = _field(ge=1)
+    batch_size: int = _field(ge=1)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    random_flip: bool = False
+
+    def __post_init__(self) -> None:
+        levels = len(self.unet.channel_mult)
+        factor = 2 ** (levels - 1)
+        if self.image_size % factor:
+            raise ConfigError(
+                f"image_size {self.image_size} is not divisible by {factor}, the U-Net's downsampling "
+                f"({levels} levels in unet.channel_mult); change image_size or unet.channel_mult"
+            )
+        resolutions = [self.image_size // 2**i for i in range(levels)]
+        for res in self.unet.attention_resolutions:
+            if res not in resolutions:
+                raise ConfigError(
+                    f"unet.attention_resolutions has {res}, but the U-Net's feature maps are {resolutions}; "
+                    "use resolutions from that list"
+                )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: Literal["ddpm"] = "ddpm"
+    schedule: Literal["linear", "cosine"] = "linear"
+    timesteps: int = _field(1000, ge=2, le=100_000)
+
+    def __post_init__(self) -> None:
+        if self.schedule == "linear" and self.timesteps < LINEAR_MIN_TIMESTEPS:
+            raise ConfigError(
+                f"the linear schedule needs timesteps >= {LINEAR_MIN_TIMESTEPS} (its betas, 1e-4 to 0.02 at T = 1000, "
+                f"scale with 1000 / T and must stay below 1); got {self.timesteps}, or use schedule: cosine"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = _field(2e-4, gt=0, lt=1)
+    warmup_steps: int = _field(0, ge=0)
+    grad_clip: float = _field(1.0, ge=0)
+    ema_decay: float = _field(0.999, ge=0, lt=1)
+    seed: int = _field(0, ge=0)
+    log_every: int = _field(50, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    steps: int | None = _field(None, ge=1)
+    """Number of reverse steps; ``null`` means every step of the model (T)."""
+    eta: float = _field(0.0, ge=0)
+    clip_denoised: bool = True
+    num_samples: int = _field(1000, ge=1)
+    batch_size: int = _field(500, ge=1)
+    grid_size: int = _field(64, ge=1)
+    strip_samples: int = _field(8, ge=1)
+    strip_frames: int = _field(10, ge=2)
+    seed: int = _field(1, ge=0)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    steps: int = _field(1500, ge=1)
+    batch_size: int = _field(128, ge=1)
+    lr: float = _field(1e-3, gt=0, lt=1)
+    width: int = _field(32, ge=4, le=512)
+    feature_dim: int = _field(64, ge=2, le=4096)
+    seed: int = _field(0, ge=0)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    features: Literal["classifier"] = "classifier"
+    min_classifier_accuracy: float = _field(0.9, ge=0, le=1)
+    isc_splits: int = _field(10, ge=1)
+    batch_size: int = _field(500, ge=1)
+    seed: int = _field(0, ge=0)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str = "diffusionlab"
+    tracking_uri: str = "sqlite:///mlflow.db"
+    """``MLFLOW_TRACKING_URI`` in the environment overrides it."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one (dataset, model) combination reads: saved in its checkpoint and logged to MLflow."""
+
+    dataset: DatasetName
+    model_name: str
+    data: DatasetConfig
+    model: ModelConfig
+    train: TrainConfig
+    sample: SampleConfig
+    evaluate: EvaluateConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.model_name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        return _build(cls, raw, "")
+
+
+@dataclass(frozen=True)
+class Params:
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    datasets: dict[DatasetName, DatasetConfig] = field(default_factory=dict)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def __post_init__(self) -> None:
+        for name in self.pipeline.datasets:
+            if name not in self.datasets:
+                raise ConfigError(f"pipeline.datasets lists '{name}' but params.yaml has no datasets.{name} block")
+        for name in self.pipeline.models:
+            if name not in self.models:
+                known = ", ".join(sorted(self.models)) or "none"
+                raise ConfigError(
+                    f"pipeline.models lists '{name}' but params.yaml has no models.{name} block (defined: {known})"
+                )
+        for name, model in self.models.items():
+            steps = self.sample.steps
+            if steps is not None and steps > model.timesteps:
+                raise ConfigError(
+                    f"sample.steps is {steps} but models.{name}.timesteps is {model.timesteps}; "
+                    "a sampler cannot take more steps than the model has"
+                )
+            if self.sample.sampler == "ddpm" and steps not in (None, model.timesteps):
+                raise ConfigError(
+                    f"sample.sampler 'ddpm' is the ancestral sampler over all {model.timesteps} steps of "
+                    f"models.{name}; set sample.steps to null (or {model.timesteps}), or use sample.sampler 'ddim'"
+                )
+
+    def run(self, dataset: str, model: str) -> RunConfig:
+        """The resolved configuration of one (dataset, model) combination."""
+        if dataset not in self.datasets:
+            raise ConfigError(f"unknown dataset '{dataset}': params.yaml defines {sorted(self.datasets)}")
+        if model not in self.models:
+            raise ConfigError(f"unknown model '{model}': params.yaml defines {sorted(self.models)}")
+        return RunConfig(
+            dataset=dataset,  # type: ignore[arg-type]
+            model_name=model,
+            data=self.datasets[dataset],  # type: ignore[index]
+            model=self.models[model],
+            train=self.train,
+            sample=self.sample,
+            evaluate=self.evaluate,
+        )
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Load and validate ``params.yaml``; raises :class:`ConfigError` naming the offending key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; run the stages from the project root, where params.yaml lives")
+    with path.open() as f:
+        raw = yaml.safe_load(f) or {}
+    return parse_params(raw)
+
+
+def parse_params(raw: dict[str, Any]) -> Params:
+    return _build(Params, raw, "")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = _key(prefix, f.name)
+        keys.append(key)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(_all_keys(hints[f.name], key))
+    return keys
+
+
+def _unknown_key_error(cls: type, key: str, prefix: str) -> ConfigError:
+    leaf = key.rsplit(".", 1)[-1]
+    elsewhere = [k for k in _all_keys(Params) if k.rsplit(".", 1)[-1] == leaf]
+    near = elsewhere[:1] or difflib.get_close_matches(key, _all_keys(cls, prefix), n=1, cutoff=0.6)
+    near = near or difflib.get_close_matches(key, _all_keys(Params), n=1, cutoff=0.6)
+    if near:
+        hint = f"; did you mean {near[0]}?"
+    else:
+        hint = f"; valid keys here: {', '.join(f.name for f in dataclasses.fields(cls))}"
+    return ConfigError(f"unknown key {key} in params.yaml{hint}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise _unknown_key_error(cls, _key(prefix, str(key)), prefix)
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = _key(prefix, f.name)
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing key {key} in params.yaml")
+            continue
+        values[f.name] = _convert(hints[f.name], raw[f.name], key)
+        _check_range(f, values[f.name], key)
+    try:
+        return cls(**values)
+    except ConfigError as err:
+        if prefix and not str(err).startswith(prefix):
+            raise ConfigError(f"{prefix}: {err}") from None
+        raise
+
+
+def _check_range(f: dataclasses.Field, value: Any, key: str) -> None:
+    items = value if isinstance(value, tuple) else (value,)
+    bounds = f.metadata
+    for item in items:
+        if not isinstance(item, (int, float)) or isinstance(item, bool):
+            continue
+        if bounds.get("ge") is not None and not item >= bounds["ge"]:
+            raise ConfigError(f"{key} must be >= {bounds['ge']}, got {item}")
+        if bounds.get("gt") is not None and not item > bounds["gt"]:
+            raise ConfigError(f"{key} must be > {bounds['gt']}, got {item}")
+        if bounds.get("le") is not None and not item <= bounds["le"]:
+            raise ConfigError(f"{key} must be <= {bounds['le']}, got {item}")
+        if bounds.get("lt") is not None and not item < bounds["lt"]:
+            raise ConfigError(f"{key} must be < {bounds['lt']}, got {item}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        if len(inner) == 1:
+            return _convert(inner[0], value, key)
+        raise ConfigError(f"{key}: unsupported type {tp}")
+    if value is None:
+        raise ConfigError(f"{key} must not be null")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        item_tp = get_args(tp)[0]
+        return tuple(_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        key_tp, value_tp = get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        if get_origin(key_tp) is Literal:
+            for name in value:
+                if name not in get_args(key_tp):
+                    near = difflib.get_close_matches(str(name), get_args(key_tp), n=1)
+                    hint = f"; did you mean {key}.{near[0]}?" if near else ""
+                    choices = ", ".join(get_args(key_tp))
+                    raise ConfigError(f"unknown key {key}.{name} in params.yaml (supported: {choices}){hint}")
+        return {str(k): _convert(value_tp, v, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        # YAML 1.1 reads "1e-4" (no dot) as a string; accept any number written that way.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")

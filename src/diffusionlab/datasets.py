@@ -1,0 +1,214 @@
+"""Datasets, downloaded through torchvision with its checksums and kept in a prepared form.
+
+The prepared form of a dataset is a folder of uint8 arrays ([N, C, H, W] images and [N]
+labels for the train and test splits) plus ``card.json`` describing it, so every later
+stage reads it in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import urllib.error
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets import CIFAR10, MNIST
+from torchvision.transforms.v2 import functional as TF
+
+from .errors import DatasetUnavailable
+from .io import atomic_dir, read_json, save_npy, write_json
+
+MIRROR_ENV = "DIFFUSIONLAB_DATA_MIRROR"
+OFFLINE_DATASET = "digits"
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    name: str
+    image_size: int
+    channels: int
+    num_classes: int
+    class_names: list[str]
+    train_size: int
+    test_size: int
+    source: str
+
+
+@dataclass
+class PreparedDataset:
+    card: DatasetCard
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+SPLITS = ("train", "test")
+
+
+def save_prepared(dataset: PreparedDataset, out_dir: str | Path) -> None:
+    """Write the prepared form; the folder appears only once every file is written."""
+    with atomic_dir(out_dir) as tmp:
+        for split in SPLITS:
+            save_npy(tmp / f"{split}_images.npy", np.ascontiguousarray(getattr(dataset, f"{split}_images")))
+            save_npy(tmp / f"{split}_labels.npy", getattr(dataset, f"{split}_labels").astype(np.int64))
+        write_json(tmp / "card.json", asdict(dataset.card))
+
+
+def load_prepared(path: str | Path) -> PreparedDataset:
+    path = Path(path)
+    if not (path / "card.json").is_file():
+        raise FileNotFoundError(f"{path} holds no prepared dataset; run its prepare stage first (dvc repro)")
+    arrays = {f"{s}_{k}": np.load(path / f"{s}_{k}.npy") for s in SPLITS for k in ("images", "labels")}
+    return PreparedDataset(card=DatasetCard(**read_json(path / "card.json")), **arrays)
+
+
+def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 [N, C, H, W] images to size x size (bilinear, antialiased)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return TF.resize(torch.from_numpy(images), [size, size], antialias=True).numpy()
+
+
+def _card(name: str, source: str, train: np.ndarray, test: np.ndarray, class_names: list[str]) -> DatasetCard:
+    return DatasetCard(
+        name=name,
+        image_size=int(train.shape[-1]),
+        channels=int(train.shape[1]),
+        num_classes=len(class_names),
+        class_names=class_names,
+        train_size=int(train.shape[0]),
+        test_size=int(test.shape[0]),
+        source=source,
+    )
+
+
+def prepare_digits(image_size: int, test_size: int, seed: int) -> PreparedDataset:
+    """The 1,797 8x8 handwritten digits bundled with scikit-learn, upscaled, split stratified by class."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # values 0..16 -> 0..255
+    images = resize_uint8(images, image_size)
+    labels = digits.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=test_size, random_state=seed, stratify=labels)
+    card = _card("digits", "scikit-learn load_digits (UCI optical recognition of handwritten digits)", x_tr, x_te,
+                 [str(i) for i in range(10)])
+    return PreparedDataset(card, x_tr, y_tr, x_te, y_te)
+
+
+def mirror_base(mirror: str) -> str:
+    """A mirror (folder or URL) as a base URL ending in '/'."""
+    if "://" in mirror:
+        return mirror.rstrip("/") + "/"
+    folder = Path(mirror).expanduser()
+    if not folder.is_dir():
+        raise DatasetUnavailable(
+            f"data mirror '{mirror}' is neither a URL nor an existing folder; point data.mirror "
+            f"(or {MIRROR_ENV}) at a folder or URL holding the original archive files"
+        )
+    return folder.resolve().as_uri() + "/"
+
+
+def _mnist_class(mirror: str | None) -> type[MNIST]:
+    if mirror is None:
+        return MNIST
+    return type("MirroredMNIST", (MNIST,), {"mirrors": [mirror_base(mirror)], "__module__": __name__})
+
+
+def _cifar10_class(mirror: str | None) -> type[CIFAR10]:
+    if mirror is None:
+        return CIFAR10
+    return type("MirroredCIFAR10", (CIFAR10,), {"url": mirror_base(mirror) + CIFAR10.filename, "__module__": __name__})
+
+
+def _sources(name: str, cls: type) -> tuple[list[str], list[str]]:
+    """(URLs tried, original file names) for a torchvision dataset class."""
+    if issubclass(cls, MNIST):
+        files = [f for f, _ in cls.resources]
+        return [m + files[0] for m in cls.mirrors], files
+    return [cls.url], [cls.filename]
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def download(name: str, raw_root: str | Path, mirror: str | None, timeout: float) -> tuple[type, Path]:
+    """Download a torchvision dataset into ``raw_root/name``, verified by its checksums.
+
+    The files are fetched into a temporary folder and moved into place only when every
+    checksum matched, so an interrupted or corrupt download is never taken as complete.
+    """
+    mirror = os.environ.get(MIRROR_ENV) or mirror
+    cls = {"mnist": _mnist_class, "cifar10": _cifar10_class}[name](mirror)
+    final = Path(raw_root) / name
+    if (final / ".complete").is_file():
+        return cls, final
+    tmp = Path(raw_root) / f".{name}.download"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    urls, files = _sources(name, cls)
+    try:
+        with _socket_timeout(timeout):
+            cls(root=str(tmp), train=True, download=True)
+    except (RuntimeError, OSError, urllib.error.URLError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DatasetUnavailable(
+            f"could not download dataset '{name}': tried {', '.join(urls)}: {str(err).strip()}\n"
+            f"Fix: point data.mirror in params.yaml (or the {MIRROR_ENV} environment variable) at a folder or "
+            f"URL holding the original files ({', '.join(files)}), or run offline on the bundled dataset: "
+            f"dvc exp run -S 'pipeline.datasets=[{OFFLINE_DATASET}]'"
+        ) from None
+    (tmp / ".complete").write_text("verified\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return cls, final
+
+
+def prepare_mnist(raw_root: str | Path, mirror: str | None, timeout: float, image_size: int) -> PreparedDataset:
+    cls, root = download("mnist", raw_root, mirror, timeout)
+    splits = {}
+    for split in SPLITS:
+        ds = cls(root=str(root), train=split == "train", download=False)
+        splits[split] = (resize_uint8(ds.data.numpy()[:, None], image_size), ds.targets.numpy())
+    (x_tr, y_tr), (x_te, y_te) = splits["train"], splits["test"]
+    card = _card("mnist", "MNIST (LeCun, Cortes and Burges), torchvision", x_tr, x_te, [str(i) for i in range(10)])
+    return PreparedDataset(card, x_tr, y_tr, x_te, y_te)
+
+
+def prepare_cifar10(raw_root: str | Path, mirror: str | None, timeout: float, image_size: int) -> PreparedDataset:
+    cls, root = download("cifar10", raw_root, mirror, timeout)
+    splits = {}
+    for split in SPLITS:
+        ds = cls(root=str(root), train=split == "train", download=False)
+        images = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # NHWC -> NCHW
+        splits[split] = (resize_uint8(images, image_size), np.asarray(ds.targets))
+    (x_tr, y_tr), (x_te, y_te) = splits["train"], splits["test"]
+    card = _card("cifar10", "CIFAR-10 (Krizhevsky 2009), torchvision", x_tr, x_te, list(ds.classes))
+    return PreparedDataset(card, x_tr, y_tr, x_te, y_te)
+
+
+def prepare(name: str, image_size: int, raw_root: str | Path, mirror: str | None, timeout: float,
+            digits_test_size: int, split_seed: int) -> PreparedDataset:
+    """Build the prepared form of a dataset by name."""
+    if name == "digits":
+        return prepare_digits(image_size, digits_test_size, split_seed)
+    if name == "mnist":
+        return prepare_mnist(raw_root, mirror, timeout, image_size)
+    if name == "cifar10":
+        return prepare_cifar10(raw_root, mirror, timeout, image_size)
+    raise ValueError(f"unknown dataset '{name}'; known: digits, mnist, cifar10")

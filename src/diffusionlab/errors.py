@@ -1,0 +1,16 @@
+"""Errors a stage reports as a clear message rather than a traceback."""
+
+
+class ConfigError(ValueError):
+    """A value in ``params.yaml`` is missing, of the wrong type, out of range or contradictory."""
+
+
+class DatasetUnavailable(RuntimeError):
+    """A dataset could not be downloaded or failed its checksum."""
+
+
+class StageInputError(RuntimeError):
+    """A stage's inputs exist but cannot be used as they are (stale or below a quality threshold)."""
+
+
+EXPECTED_ERRORS = (ConfigError, DatasetUnavailable, StageInputError, FileNotFoundError)

@@ -1,0 +1,29 @@
+"""Where each stage reads and writes, relative to the project root (mirrored in dvc.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+PREPARED = Path("data/prepared")
+OUTPUTS = Path("outputs")
+
+
+def prepared(dataset: str) -> Path:
+    return PREPARED / dataset
+
+
+def classifier(dataset: str) -> Path:
+    return OUTPUTS / "classifier" / dataset
+
+
+def train(dataset: str, model: str) -> Path:
+    return OUTPUTS / "train" / f"{dataset}-{model}"
+
+
+def sample(dataset: str, model: str) -> Path:
+    return OUTPUTS / "sample" / f"{dataset}-{model}"
+
+
+def evaluate(dataset: str, model: str) -> Path:
+    return OUTPUTS / "evaluate" / f"{dataset}-{model}"

@@ -1,0 +1,151 @@
+"""Reverse-process samplers behind one small protocol.
+
+A sampler is told how many steps to take (``set_timesteps``), exposes the timesteps it
+visits in order, and maps one model output to the previous sample with ``step``.
+The sampling loop in :func:`sample` is the same for every sampler.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import SampleConfig
+from .diffusion import Denoiser, GaussianDiffusion
+
+
+class Sampler(Protocol):
+    timesteps: list[int]
+
+    def set_timesteps(self, num_steps: int) -> None: ...
+
+    def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """(x_prev, predicted x_0) from the model's epsilon at step t."""
+        ...
+
+
+def _full(t: int, x: Tensor) -> Tensor:
+    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+
+
+def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+class DDPMSampler:
+    """Ancestral sampling of Ho et al. 2020 (Algorithm 2) with the true posterior variance beta~_t.
+
+    x_{t-1} = mu~_t(x_t, x_0_hat) + sigma_t z, where x_0_hat is recovered from the predicted
+    epsilon (and clipped to [-1, 1] when ``clip_denoised``), and no noise is added at the last step.
+    """
+
+    def __init__(self, diffusion: GaussianDiffusion, clip_denoised: bool = True):
+        self.diffusion = diffusion
+        self.clip_denoised = clip_denoised
+        self.set_timesteps(diffusion.num_timesteps)
+
+    def set_timesteps(self, num_steps: int) -> None:
+        if num_steps != self.diffusion.num_timesteps:
+            raise ValueError(
+                f"the ancestral DDPM sampler visits all {self.diffusion.num_timesteps} steps; "
+                f"got {num_steps} (use the DDIM sampler for fewer)"
+            )
+        self.timesteps = list(range(num_steps - 1, -1, -1))
+
+    def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        tt = _full(t, x_t)
+        x0 = self.diffusion.predict_start_from_noise(x_t, tt, model_output)
+        if self.clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        mean, _, log_variance = self.diffusion.q_posterior(x0, x_t, tt)
+        if t == 0:
+            return mean, x0
+        return mean + (0.5 * log_variance).exp() * _noise_like(x_t, generator), x0
+
+
+class DDIMSampler:
+    """DDIM of Song et al. 2021 (eq. 12) on an evenly spaced subset of the T steps.
+
+    x_prev = sqrt(a_prev) x_0_hat + sqrt(1 - a_prev - sigma^2) eps_hat + sigma z, with
+    sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev); eta = 0 is deterministic,
+    eta = 1 matches the ancestral sampler's variance on the full schedule. When x_0_hat is
+    clipped, eps_hat is recomputed from it so the update stays consistent.
+    """
+
+    def __init__(self, diffusion: GaussianDiffusion, num_steps: int, eta: float = 0.0, clip_denoised: bool = True):
+        self.diffusion = diffusion
+        self.eta = eta
+        self.clip_denoised = clip_denoised
+        self.set_timesteps(num_steps)
+
+    def set_timesteps(self, num_steps: int) -> None:
+        total = self.diffusion.num_timesteps
+        if not 1 <= num_steps <= total:
+            raise ValueError(f"DDIM steps must be between 1 and T = {total}, got {num_steps}")
+        steps = np.unique(np.round(np.linspace(0, total - 1, num_steps)).astype(np.int64))
+        self.timesteps = steps[::-1].tolist()
+        self._prev = {t: p for t, p in zip(self.timesteps, self.timesteps[1:] + [-1])}
+
+    def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        d = self.diffusion
+        tt = _full(t, x_t)
+        x0 = d.predict_start_from_noise(x_t, tt, model_output)
+        eps = model_output
+        if self.clip_denoised:
+            x0 = x0.clamp(-1, 1)
+            eps = d.predict_noise_from_start(x_t, tt, x0)
+        prev = self._prev[t]
+        a_t = float(d.float64["alphas_cumprod"][t])
+        a_prev = float(d.float64["alphas_cumprod"][prev]) if prev >= 0 else 1.0
+        sigma = self.eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x_prev = x_prev + sigma * _noise_like(x_t, generator)
+        return x_prev, x0
+
+
+def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion) -> Sampler:
+    """Build the sampler named by ``sample.sampler``: ``ddpm`` (ancestral, all T steps) or ``ddim``."""
+    name, eta, clip_denoised = cfg.sampler, cfg.eta, cfg.clip_denoised
+    steps = diffusion.num_timesteps if cfg.steps is None else cfg.steps
+    if name == "ddpm":
+        sampler = DDPMSampler(diffusion, clip_denoised)
+        sampler.set_timesteps(steps)
+        return sampler
+    if name == "ddim":
+        return DDIMSampler(diffusion, steps, eta, clip_denoised)
+    raise ValueError(f"unknown sampler '{name}'; known: ddpm, ddim")
+
+
+@dataclass
+class Trajectory:
+    """Frames recorded during sampling: step index, x_t and predicted x_0, each [B, C, H, W]."""
+
+    steps: list[int]
+    x_t: list[Tensor]
+    pred_x0: list[Tensor]
+
+
+@torch.inference_mode()
+def sample(
+    model: Denoiser,
+    sampler: Sampler,
+    noise: Tensor,
+    generator: torch.Generator | None = None,
+    record: set[int] | None = None,
+) -> tuple[Tensor, Trajectory]:
+    """Run the reverse process from ``noise`` [B, C, H, W]; records frames at the step indices in ``record``."""
+    x = noise
+    trajectory = Trajectory([], [], [])
+    for i, t in enumerate(sampler.timesteps):
+        x, x0 = sampler.step(model(x, _full(t, x)), t, x, generator)
+        if record and i in record:
+            trajectory.steps.append(t)
+            trajectory.x_t.append(x.cpu())
+            trajectory.pred_x0.append(x0.cpu())
+    return x, trajectory

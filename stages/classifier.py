@@ -1,0 +1,7 @@
+"""DVC stage classifier@<dataset>: train the classifier whose features FID and IS are computed on."""
+
+from diffusionlab.cli import run_stage
+from diffusionlab.pipeline.classifier import classifier_stage
+
+if __name__ == "__main__":
+    run_stage(classifier_stage, with_model=False)

@@ -1,0 +1,7 @@
+"""DVC stage prepare@<dataset>: download (or load) a dataset and write its prepared form."""
+
+from diffusionlab.cli import run_stage
+from diffusionlab.pipeline.prepare import prepare_stage
+
+if __name__ == "__main__":
+    run_stage(prepare_stage, with_model=False)

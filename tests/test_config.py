@@ -1,0 +1,111 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diffusionlab.config import ConfigError, RunConfig, flatten, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def raw():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_project_params_load_and_resolve_every_combination(raw):
+    params = parse_params(raw)
+    for dataset in params.datasets:
+        for model in params.models:
+            run = params.run(dataset, model)
+            assert RunConfig.from_dict(run.to_dict()) == run
+
+
+def test_unknown_key_is_rejected_with_the_nearest_valid_key(raw):
+    raw["train"]["lrr"] = 0.1
+    with pytest.raises(ConfigError, match=r"unknown key train\.lrr in params.yaml; did you mean train\.lr\?"):
+        parse_params(raw)
+
+
+def test_unknown_key_in_the_wrong_section_points_to_the_right_one(raw):
+    raw["sample"]["lr"] = 0.1
+    with pytest.raises(ConfigError, match=r"did you mean (train|classifier)\.lr\?"):
+        parse_params(raw)
+
+
+def test_unknown_dataset_block_is_rejected(raw):
+    raw["datasets"]["minst"] = raw["datasets"]["mnist"]
+    with pytest.raises(ConfigError, match=r"datasets\.minst.*did you mean datasets\.mnist\?"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize(
+    "section,key,value,message",
+    [
+        ("train", "lr", "fast", r"train\.lr must be a number, got 'fast'"),
+        ("train", "lr", -1.0, r"train\.lr must be > 0"),
+        ("train", "seed", 1.5, r"train\.seed must be an integer"),
+        ("train", "device", "tpu", r"train\.device must be one of 'auto', 'cpu', 'cuda', got 'tpu'"),
+        ("sample", "clip_denoised", "yes", r"sample\.clip_denoised must be true or false"),
+        ("sample", "num_samples", 0, r"sample\.num_samples must be >= 1, got 0"),
+        ("pipeline", "datasets", ["imagenet"], r"pipeline\.datasets\[0\] must be one of"),
+    ],
+)
+def test_wrong_types_and_ranges_name_the_key(raw, section, key, value, message):
+    raw[section][key] = value
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)
+
+
+def test_yaml_exponent_without_a_dot_is_read_as_a_number(raw):
+    raw["train"]["lr"] = "1e-4"  # how YAML 1.1 (and so `dvc exp run -S train.lr=1e-4`) delivers it
+    assert parse_params(raw).train.lr == 1e-4
+
+
+def test_image_size_must_survive_the_unet_downsampling(raw):
+    raw["datasets"]["digits"]["image_size"] = 18
+    with pytest.raises(ConfigError, match=r"datasets\.digits: image_size 18 is not divisible by 4"):
+        parse_params(raw)
+
+
+def test_attention_resolution_must_exist_in_the_unet(raw):
+    raw["datasets"]["digits"]["unet"]["attention_resolutions"] = [5]
+    with pytest.raises(ConfigError, match=r"attention_resolutions has 5"):
+        parse_params(raw)
+
+
+def test_sampling_steps_above_the_model_steps_are_rejected(raw):
+    raw["sample"].update(sampler="ddim", steps=2000)
+    with pytest.raises(ConfigError, match=r"sample\.steps is 2000 but models\.ddpm\.timesteps is 1000"):
+        parse_params(raw)
+
+
+def test_ancestral_sampler_with_fewer_steps_is_rejected(raw):
+    raw["sample"].update(sampler="ddpm", steps=50)
+    with pytest.raises(ConfigError, match=r"set sample\.steps to null"):
+        parse_params(raw)
+
+
+def test_pipeline_must_name_defined_blocks(raw):
+    raw["pipeline"]["models"] = ["ddpm", "ddpm_cosine"]
+    with pytest.raises(ConfigError, match=r"no models\.ddpm_cosine block"):
+        parse_params(raw)
+    extra = copy.deepcopy(raw)
+    extra["models"]["ddpm_cosine"] = {"family": "ddpm", "schedule": "cosine", "timesteps": 1000}
+    assert parse_params(extra).pipeline.models == ("ddpm", "ddpm_cosine")
+
+
+def test_missing_params_file_says_where_to_run(tmp_cwd):
+    with pytest.raises(ConfigError, match="params.yaml not found"):
+        load_params()
+
+
+def test_flatten_names_nested_keys():
+    assert flatten({"train": {"lr": 1, "unet": {"ch": 2}}}) == {"train.lr": 1, "train.unet.ch": 2}
+
+
+def test_linear_schedule_needs_enough_steps_for_its_scaled_betas(raw):
+    raw["models"]["ddpm"]["timesteps"] = 20
+    with pytest.raises(ConfigError, match=r"models\.ddpm: the linear schedule needs timesteps >= 21"):
+        parse_params(raw)

@@ -1,0 +1,183 @@
+"""Dataset preparation on small files in the original formats, made here, with their checksums."""
+
+import gzip
+import hashlib
+import io
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torchvision.datasets import CIFAR10, MNIST
+
+from diffusionlab.datasets import (
+    MIRROR_ENV,
+    DatasetUnavailable,
+    load_prepared,
+    prepare,
+    prepare_digits,
+    save_prepared,
+)
+from diffusionlab.io import atomic_dir
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """IDX format: zero, zero, type code 0x08 (ubyte), ndim, big-endian int32 dims, then the data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def mnist_mirror(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, 12, dtype=np.uint8),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, 5, dtype=np.uint8),
+    }
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name, array in arrays.items():
+        (mirror / name).write_bytes(gzip.compress(idx_bytes(array)))
+    monkeypatch.setattr(MNIST, "resources", [(name, md5(mirror / name)) for name in arrays])
+    return mirror, arrays
+
+
+def cifar_tarball(folder: Path, rng) -> tuple[Path, dict]:
+    batches = {}
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w:gz") as tar:
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        for name in names:
+            batch = {"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, 3).tolist()}
+            batches[name] = batch
+        batches["batches.meta"] = {"label_names": list(CIFAR10_CLASSES)}
+        for name, content in batches.items():
+            payload = pickle.dumps(content)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    path = folder / CIFAR10.filename
+    path.write_bytes(inner.getvalue())
+    return path, batches
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _member_md5s(tarball: Path) -> dict[str, str]:
+    with tarfile.open(tarball) as tar:
+        return {Path(m.name).name: hashlib.md5(tar.extractfile(m).read()).hexdigest() for m in tar.getmembers()}
+
+
+@pytest.fixture
+def cifar_mirror(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    tarball, batches = cifar_tarball(mirror, np.random.default_rng(1))
+    sums = _member_md5s(tarball)
+    monkeypatch.setattr(CIFAR10, "tgz_md5", md5(tarball))
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", sums[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", sums["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": sums["batches.meta"]})
+    return mirror, batches
+
+
+def _prepare(name, tmp_path, mirror, image_size=28, timeout=5.0):
+    return prepare(name, image_size, tmp_path / "raw", str(mirror), timeout, digits_test_size=297, split_seed=0)
+
+
+def test_mnist_is_read_from_a_mirror_folder_with_checksums(tmp_path, mnist_mirror):
+    mirror, arrays = mnist_mirror
+    data = _prepare("mnist", tmp_path, mirror)
+    assert data.train_images.shape == (12, 1, 28, 28) and data.train_images.dtype == np.uint8
+    assert np.array_equal(data.train_images[:, 0], arrays["train-images-idx3-ubyte.gz"])
+    assert np.array_equal(data.test_labels, arrays["t10k-labels-idx1-ubyte.gz"])
+    assert (data.card.channels, data.card.num_classes, data.card.test_size) == (1, 10, 5)
+    assert (tmp_path / "raw" / "mnist" / ".complete").is_file()
+
+
+def test_mnist_can_be_resized_while_preparing(tmp_path, mnist_mirror):
+    data = _prepare("mnist", tmp_path, mnist_mirror[0], image_size=32)
+    assert data.train_images.shape == (12, 1, 32, 32) and data.card.image_size == 32
+
+
+def test_mnist_with_a_corrupt_file_fails_its_checksum_and_leaves_nothing(tmp_path, mnist_mirror):
+    mirror, _ = mnist_mirror
+    path = mirror / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(DatasetUnavailable) as err:
+        _prepare("mnist", tmp_path, mirror)
+    assert "could not download dataset 'mnist'" in str(err.value)
+    assert "data.mirror" in str(err.value) and "pipeline.datasets=[digits]" in str(err.value)
+    assert not (tmp_path / "raw" / "mnist").exists()
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+def test_unreachable_source_fails_fast_naming_dataset_source_and_remedy(tmp_path):
+    # Port 9 (discard) on loopback: nothing listens there, so the connection is refused at once.
+    with pytest.raises(DatasetUnavailable) as err:
+        _prepare("cifar10", tmp_path, "http://127.0.0.1:9/", timeout=2.0)
+    message = str(err.value)
+    assert "cifar10" in message and "http://127.0.0.1:9/cifar-10-python.tar.gz" in message
+    assert "DIFFUSIONLAB_DATA_MIRROR" in message and "cifar-10-python.tar.gz" in message
+
+
+def test_mirror_that_is_neither_folder_nor_url_is_rejected(tmp_path):
+    with pytest.raises(DatasetUnavailable, match="neither a URL nor an existing folder"):
+        _prepare("mnist", tmp_path, tmp_path / "no-such-folder")
+
+
+def test_environment_variable_overrides_the_mirror_param(tmp_path, mnist_mirror, monkeypatch):
+    monkeypatch.setenv(MIRROR_ENV, str(mnist_mirror[0]))
+    data = _prepare("mnist", tmp_path, "http://127.0.0.1:9/")
+    assert len(data.train_images) == 12
+
+
+def test_cifar10_is_read_from_its_pickled_batches(tmp_path, cifar_mirror):
+    mirror, batches = cifar_mirror
+    data = _prepare("cifar10", tmp_path, mirror, image_size=32)
+    assert data.train_images.shape == (15, 3, 32, 32)
+    first = batches["data_batch_1"]["data"][0].reshape(3, 32, 32)  # CIFAR stores planes R, G, B
+    assert np.array_equal(data.train_images[0], first)
+    assert data.test_labels.tolist() == batches["test_batch"]["labels"]
+    assert data.card.class_names == list(CIFAR10_CLASSES) and data.card.channels == 3
+
+
+def test_digits_are_the_bundled_scikit_learn_digits_upscaled():
+    data = prepare_digits(image_size=16, test_size=297, seed=0)
+    assert data.train_images.shape == (1500, 1, 16, 16) and data.test_images.shape == (297, 1, 16, 16)
+    assert data.train_images.dtype == np.uint8 and data.train_images.max() > 200
+    assert np.bincount(data.test_labels).min() >= 25  # stratified: every class held out
+    assert set(data.test_labels.tolist()) == set(range(10))
+    again = prepare_digits(image_size=16, test_size=297, seed=0)
+    assert np.array_equal(again.test_images, data.test_images)
+
+
+def test_prepared_form_round_trips(tmp_path):
+    data = prepare_digits(image_size=8, test_size=100, seed=1)
+    save_prepared(data, tmp_path / "digits")
+    loaded = load_prepared(tmp_path / "digits")
+    assert loaded.card == data.card
+    assert np.array_equal(loaded.train_images, data.train_images)
+    assert np.array_equal(loaded.test_labels, data.test_labels)
+
+
+def test_a_failed_write_keeps_the_previous_prepared_form(tmp_path):
+    target = tmp_path / "digits"
+    save_prepared(prepare_digits(image_size=8, test_size=100, seed=1), target)
+    before = sorted(p.name for p in target.iterdir())
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_dir(target) as tmp:
+            (tmp / "train_images.npy").write_bytes(b"partial")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in target.iterdir()) == before
+    assert load_prepared(target).card.test_size == 100
+    assert [p.name for p in tmp_path.iterdir()] == ["digits"]

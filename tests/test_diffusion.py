@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+
+from diffusionlab.diffusion import GaussianDiffusion
+from diffusionlab.schedules import cosine_betas, linear_betas
+
+
+@pytest.fixture(params=["linear", "cosine"])
+def diffusion(request):
+    betas = linear_betas(1000) if request.param == "linear" else cosine_betas(1000)
+    return GaussianDiffusion(betas, dtype=torch.float64)
+
+
+def test_q_sample_has_the_closed_form_mean_and_variance(diffusion):
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.full((200_000, 1), 0.7, dtype=torch.float64)
+    for step in (0, 100, 500, 999):
+        t = torch.full((x0.shape[0],), step)
+        xt = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=gen, dtype=torch.float64))
+        abar = np.prod(1 - diffusion.float64["betas"][: step + 1])
+        assert xt.mean().item() == pytest.approx(np.sqrt(abar) * 0.7, abs=5e-3)
+        assert xt.var().item() == pytest.approx(1 - abar, rel=2e-2, abs=2e-4)
+        mean, var = diffusion.q_mean_variance(x0[:1], t[:1])
+        assert mean.item() == pytest.approx(np.sqrt(abar) * 0.7, rel=1e-12)
+        assert var.item() == pytest.approx(1 - abar, rel=1e-12)
+
+
+def test_posterior_coefficients_match_their_formulas(diffusion):
+    b = diffusion.float64["betas"]
+    abar = np.cumprod(1 - b)
+    for t in (1, 10, 500, 999):
+        var = b[t] * (1 - abar[t - 1]) / (1 - abar[t])
+        c1 = np.sqrt(abar[t - 1]) * b[t] / (1 - abar[t])
+        c2 = np.sqrt(1 - b[t]) * (1 - abar[t - 1]) / (1 - abar[t])
+        assert diffusion.float64["posterior_variance"][t] == pytest.approx(var, rel=1e-12)
+        assert diffusion.float64["posterior_mean_coef1"][t] == pytest.approx(c1, rel=1e-12)
+        assert diffusion.float64["posterior_mean_coef2"][t] == pytest.approx(c2, rel=1e-12)
+    assert diffusion.float64["posterior_variance"][0] == 0.0
+    assert diffusion.float64["posterior_log_variance_clipped"][0] == np.log(diffusion.float64["posterior_variance"][1])
+
+
+def test_posterior_is_the_gaussian_product_of_forward_marginals(diffusion):
+    """q(x_{t-1}|x_t,x_0) ∝ q(x_t|x_{t-1}) q(x_{t-1}|x_0): check the mean by completing the square."""
+    x0, xt = torch.tensor([[0.3]], dtype=torch.float64), torch.tensor([[-1.1]], dtype=torch.float64)
+    for step in (1, 300, 999):
+        t = torch.tensor([step])
+        b = diffusion.float64["betas"][step]
+        abar_prev = np.prod(1 - diffusion.float64["betas"][:step])
+        # precisions of the two Gaussians in x_{t-1}
+        p1, p2 = (1 - b) / b, 1 / (1 - abar_prev)
+        mean = (np.sqrt(1 - b) / b * xt.item() + np.sqrt(abar_prev) / (1 - abar_prev) * x0.item()) / (p1 + p2)
+        got_mean, got_var, _ = diffusion.q_posterior(x0, xt, t)
+        assert got_mean.item() == pytest.approx(mean, rel=1e-9)
+        assert got_var.item() == pytest.approx(1 / (p1 + p2), rel=1e-9)
+
+
+def test_x0_and_eps_predictions_invert_q_sample(diffusion):
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randn(8, 1, 4, 4, generator=gen, dtype=torch.float64)
+    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, 1000, (8,), generator=gen)
+    xt = diffusion.q_sample(x0, t, eps)
+    assert torch.allclose(diffusion.predict_start_from_noise(xt, t, eps), x0, atol=1e-8)
+    assert torch.allclose(diffusion.predict_noise_from_start(xt, t, x0), eps, atol=1e-8)
+
+
+def test_simple_loss_on_known_inputs(diffusion):
+    x0 = torch.zeros(3, 1, 2, 2, dtype=torch.float64)
+    noise = torch.ones_like(x0)
+    t = torch.tensor([0, 5, 999])
+    perfect = diffusion.training_losses(lambda x, t: noise, x0, t, noise)
+    assert torch.equal(perfect["loss"], torch.zeros(3))
+    off_by_two = diffusion.training_losses(lambda x, t: noise + 2.0, x0, t, noise)
+    assert off_by_two["loss"].dtype == torch.float32  # the loss is reduced in fp32 whatever the compute dtype
+    assert torch.allclose(off_by_two["loss"], torch.full((3,), 4.0))
+    assert set(off_by_two) == {"loss", "mse"}
+
+
+def test_invalid_betas_are_rejected():
+    with pytest.raises(ValueError, match="betas"):
+        GaussianDiffusion(np.array([0.1, 1.5]))

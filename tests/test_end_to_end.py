@@ -1,0 +1,134 @@
+"""The real pipeline: `dvc repro` on tiny params in a copy of the project, checked through DVC and MLflow."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = {
+    "pipeline": {"datasets": ["digits"], "models": ["ddpm", "ddpm_cosine"]},
+    "datasets": {"digits": {"image_size": 8, "train_steps": 30, "batch_size": 16,
+                            "unet": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                                     "attention_resolutions": [4], "dropout": 0.0}}},
+    "models": {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50},
+               "ddpm_cosine": {"family": "ddpm", "schedule": "cosine", "timesteps": 50}},
+    "train": {"log_every": 10, "warmup_steps": 5},
+    "sample": {"steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16, "strip_samples": 4,
+               "strip_frames": 5},
+    "classifier": {"steps": 40, "width": 8, "feature_dim": 8},
+    "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) and key in base else value
+    return out
+
+
+def run(args, cwd, env, check=True):
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", "params.yaml", "pyproject.toml"):
+        shutil.copy(ROOT / name, dest / name)
+    for name in ("src", "stages"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / ".dvc").mkdir()
+    for name in ("config", ".gitignore"):
+        shutil.copy(ROOT / ".dvc" / name, dest / ".dvc" / name)
+    shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", PYTHONPATH=str(dest / "src"), GIT_AUTHOR_NAME="t",
+               GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    run(["git", "init", "-q"], dest, env)
+    run(["git", "add", "-A"], dest, env)
+    run(["git", "commit", "-qm", "tiny"], dest, env)
+    repro = run([str(BIN / "dvc"), "repro"], dest, env)
+    return dest, env, repro
+
+
+def test_repro_runs_every_stage_of_the_matrix(project):
+    dest, _, repro = project
+    for stage in ("prepare@digits", "classifier@digits", "train@digits-ddpm", "sample@digits-ddpm",
+                  "evaluate@digits-ddpm", "train@digits-ddpm_cosine", "evaluate@digits-ddpm_cosine"):
+        assert f"Running stage '{stage}'" in repro.stdout, stage
+
+
+def test_metrics_file_holds_fid_and_is_with_their_features(project):
+    dest, env, _ = project
+    metrics = json.loads((dest / "outputs/evaluate/digits-ddpm/metrics.json").read_text())
+    assert metrics["fid"] >= 0 and metrics["inception_score_mean"] >= 1.0
+    assert metrics["features"] == "classifier"
+    assert (metrics["num_generated"], metrics["num_reference"]) == (40, 297)
+    shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], dest, env).stdout)
+    flat = json.dumps(shown)
+    assert '"fid"' in flat and '"test_accuracy"' in flat and '"final_loss"' in flat
+
+
+def test_sample_pngs_are_images_of_the_expected_layout(project):
+    dest, _, _ = project
+    grid = Image.open(dest / "outputs/sample/digits-ddpm/grid.png")
+    strip = Image.open(dest / "outputs/sample/digits-ddpm/denoising.png")
+    # 8px images shown at 64px, 4x4 grid with 2px padding; strip: 4 rows of 5 frames
+    assert grid.size == (4 * 66 + 2, 4 * 66 + 2)
+    assert strip.size == (5 * 66 + 2, 4 * 66 + 2)
+
+
+def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(project):
+    dest, env, _ = project
+    script = f"""
+import json, mlflow
+from mlflow import MlflowClient
+mlflow.set_tracking_uri("sqlite:///{dest}/mlflow.db")
+client = MlflowClient()
+exp = client.get_experiment_by_name("diffusionlab")
+out = []
+for r in client.search_runs([exp.experiment_id]):
+    out.append({{"name": r.data.tags["mlflow.runName"], "params": r.data.params, "metrics": r.data.metrics,
+                 "tags": r.data.tags, "loss_steps": len(client.get_metric_history(r.info.run_id, "loss")),
+                 "artifacts": sorted(a.path for a in client.list_artifacts(r.info.run_id))
+                              + sorted(a.path for a in client.list_artifacts(r.info.run_id, "samples"))}})
+print(json.dumps(out))
+"""
+    runs = json.loads(run([sys.executable, "-c", script], dest, env).stdout.strip().splitlines()[-1])
+    assert sorted(r["name"] for r in runs) == ["digits-ddpm", "digits-ddpm_cosine"]
+    r = next(r for r in runs if r["name"] == "digits-ddpm")
+    assert r["params"]["model.schedule"] == "linear" and r["params"]["data.train_steps"] == "30"
+    assert r["params"]["data.unet.channel_mult"] == "[1, 2]"
+    assert {"loss", "fid", "inception_score_mean", "sample_seconds"} <= set(r["metrics"])
+    assert r["loss_steps"] == 3
+    assert r["tags"]["device"] == "cpu" and r["tags"]["sampler"] == "ddim"
+    assert {"checkpoint", "loss.csv", "samples/grid.png", "samples/denoising.png"} <= set(r["artifacts"])
+
+
+def test_changing_one_models_params_invalidates_only_that_models_stages(project):
+    dest, env, _ = project
+    status = json.loads(run([str(BIN / "dvc"), "status", "--json"], dest, env).stdout or "{}")
+    assert status == {}, "a second run should have nothing to do"
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["models"]["ddpm_cosine"]["timesteps"] = 40
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        changed = set(json.loads(run([str(BIN / "dvc"), "status", "--json"], dest, env).stdout))
+    finally:
+        params["models"]["ddpm_cosine"]["timesteps"] = 50
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert changed == {"train@digits-ddpm_cosine"}  # downstream stages follow once its outputs change

@@ -1,0 +1,142 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffusionlab.config import SampleConfig
+from diffusionlab.diffusion import GaussianDiffusion
+from diffusionlab.samplers import DDIMSampler, DDPMSampler, make_sampler, sample
+from diffusionlab.schedules import cosine_betas, linear_betas
+
+MU, STD = 0.4, 0.3
+
+
+def gaussian_oracle(diffusion: GaussianDiffusion):
+    """The exact E[eps | x_t] when the data are N(MU, STD^2): a denoiser with a known optimum."""
+    abar = torch.as_tensor(diffusion.float64["alphas_cumprod"])
+
+    def eps(x, t):
+        a = abar[t].reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        return (1 - a).sqrt() * (x - a.sqrt() * MU) / (a * STD**2 + 1 - a)
+
+    return eps
+
+
+@pytest.fixture(params=["linear", "cosine"])
+def diffusion(request):
+    betas = linear_betas(1000) if request.param == "linear" else cosine_betas(1000)
+    return GaussianDiffusion(betas, dtype=torch.float64)
+
+
+def propagate_gaussian(diffusion, sampler, eta):
+    """Mean and variance of the sampler's output for N(MU, STD^2) data, by exact scalar recursion.
+
+    With the exact denoiser every update is affine in x_t plus independent noise, so the output
+    is Gaussian and its moments follow from the coefficients alone.
+    """
+    abar = diffusion.float64["alphas_cumprod"]
+    mean, var = 0.0, 1.0
+    steps = sampler.timesteps
+    for t, prev in zip(steps, steps[1:] + [-1]):
+        a = abar[t]
+        v = a * STD**2 + 1 - a
+        k = STD**2 * math.sqrt(a) / v  # x0_hat = MU + k (x_t - sqrt(a) MU)
+        x0_mean = MU + k * (mean - math.sqrt(a) * MU)
+        eps_coef, eps_mean = math.sqrt(1 - a) / v, (mean - math.sqrt(a) * x0_mean) / math.sqrt(1 - a)
+        a_p = abar[prev] if prev >= 0 else 1.0
+        if isinstance(sampler, DDPMSampler):
+            c1, c2 = diffusion.float64["posterior_mean_coef1"][t], diffusion.float64["posterior_mean_coef2"][t]
+            noise_var = diffusion.float64["posterior_variance"][t] if t > 0 else 0.0
+            coef, mean = c1 * k + c2, c1 * x0_mean + c2 * mean
+        else:
+            noise_var = eta**2 * (1 - a_p) / (1 - a) * (1 - a / a_p)
+            root = math.sqrt(1 - a_p - noise_var)
+            coef, mean = math.sqrt(a_p) * k + root * eps_coef, math.sqrt(a_p) * x0_mean + root * eps_mean
+        var = coef**2 * var + noise_var
+    return mean, var
+
+
+@pytest.mark.parametrize("sampler_name,steps,eta", [("ddpm", None, 0.0), ("ddim", 1000, 0.0)])
+def test_full_length_samplers_recover_gaussian_data_from_its_exact_denoiser(diffusion, sampler_name, steps, eta):
+    sampler = make_sampler(SampleConfig(sampler=sampler_name, steps=steps, eta=eta, clip_denoised=False), diffusion)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(20_000, 1, 1, 1, generator=gen, dtype=torch.float64)
+    x, _ = sample(gaussian_oracle(diffusion), sampler, noise, gen)
+    assert x.mean().item() == pytest.approx(MU, abs=0.01)
+    assert x.std().item() == pytest.approx(STD, rel=0.02)
+
+
+@pytest.mark.parametrize("sampler_name,steps,eta", [("ddpm", None, 0.0), ("ddim", 50, 0.0), ("ddim", 20, 1.0),
+                                                    ("ddim", 10, 0.5)])
+def test_samplers_match_the_exact_moments_of_their_updates(diffusion, sampler_name, steps, eta):
+    """Few-step DDIM shrinks the variance (Cauchy-Schwarz on its affine update); the code must match that exactly."""
+    sampler = make_sampler(SampleConfig(sampler=sampler_name, steps=steps, eta=eta, clip_denoised=False), diffusion)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(40_000, 1, 1, 1, generator=gen, dtype=torch.float64)
+    x, _ = sample(gaussian_oracle(diffusion), sampler, noise, gen)
+    mean, var = propagate_gaussian(diffusion, sampler, eta)
+    assert x.mean().item() == pytest.approx(mean, abs=0.006)
+    assert x.std().item() == pytest.approx(math.sqrt(var), rel=0.015)
+    if sampler_name == "ddim" and steps < 1000:
+        assert math.sqrt(var) < STD
+
+
+def test_ddim_step_matches_song_et_al_equation_12(diffusion):
+    sampler = DDIMSampler(diffusion, num_steps=10, eta=0.5, clip_denoised=False)
+    t, prev = sampler.timesteps[3], sampler.timesteps[4]
+    a_t, a_prev = diffusion.float64["alphas_cumprod"][t], diffusion.float64["alphas_cumprod"][prev]
+    x_t = torch.tensor([[[[0.8]]]], dtype=torch.float64)
+    eps = torch.tensor([[[[-0.25]]]], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).item()
+    x_prev, x0 = sampler.step(eps, t, x_t, gen)
+    x0_expected = (0.8 - math.sqrt(1 - a_t) * -0.25) / math.sqrt(a_t)
+    sigma = 0.5 * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)
+    expected = math.sqrt(a_prev) * x0_expected + math.sqrt(1 - a_prev - sigma**2) * -0.25 + sigma * z
+    assert x0.item() == pytest.approx(x0_expected, rel=1e-12)
+    assert x_prev.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_ddim_with_eta_one_on_the_full_schedule_is_the_ancestral_sampler(diffusion):
+    ddim = DDIMSampler(diffusion, num_steps=1000, eta=1.0)
+    ddpm = DDPMSampler(diffusion)
+    assert ddim.timesteps == ddpm.timesteps
+    x_t = torch.randn(4, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    eps = torch.randn(4, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    for t in (999, 500, 10, 1, 0):
+        a, a0 = ddim.step(eps, t, x_t, torch.Generator().manual_seed(t))
+        b, b0 = ddpm.step(eps, t, x_t, torch.Generator().manual_seed(t))
+        assert torch.allclose(a, b, atol=1e-9), t
+        assert torch.allclose(a0, b0)
+
+
+def test_ddim_is_deterministic_with_eta_zero_and_ends_at_step_zero(diffusion):
+    sampler = DDIMSampler(diffusion, num_steps=25)
+    assert sampler.timesteps[0] == 999 and sampler.timesteps[-1] == 0 and len(sampler.timesteps) == 25
+    assert sampler.timesteps == sorted(sampler.timesteps, reverse=True)
+    noise = torch.randn(6, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    model = gaussian_oracle(diffusion)
+    a, _ = sample(model, sampler, noise, torch.Generator().manual_seed(1))
+    b, _ = sample(model, sampler, noise, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+
+
+def test_sampling_records_the_requested_frames(diffusion):
+    sampler = DDIMSampler(diffusion, num_steps=10)
+    noise = torch.randn(2, 1, 2, 2, dtype=torch.float64)
+    x, traj = sample(gaussian_oracle(diffusion), sampler, noise, record={0, 4, 9})
+    assert traj.steps == [sampler.timesteps[i] for i in (0, 4, 9)]
+    assert torch.equal(traj.x_t[-1], x)
+
+
+def test_ancestral_sampler_refuses_fewer_steps_than_the_model(diffusion):
+    with pytest.raises(ValueError, match="visits all 1000 steps"):
+        make_sampler(SampleConfig(sampler="ddpm", steps=100), diffusion)
+
+
+def test_ddim_refuses_more_steps_than_the_model():
+    d = GaussianDiffusion(linear_betas(30))
+    with pytest.raises(ValueError, match="between 1 and T = 30"):
+        DDIMSampler(d, num_steps=31)
+    assert np.array_equal(DDIMSampler(d, num_steps=30).timesteps, list(range(29, -1, -1)))
