@@ -12,18 +12,26 @@ from diffusionlab.evaluation import fid_and_is
 CPU = torch.device("cpu")
 
 
+def images(seed, n=120, shift=0, with_labels=False):
+    """Noise with a bright 3x3 square; the label is the quadrant of the square."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 120, (n, 1, 8, 8)) + shift
+    corners = rng.integers(0, 6, (n, 2))
+    for img, (r, c) in zip(x, corners):
+        img[:, r : r + 3, c : c + 3] = 255
+    labels = (corners[:, 0] >= 3) * 2 + (corners[:, 1] >= 3)
+    x = np.clip(x, 0, 255).astype(np.uint8)
+    return (x, labels) if with_labels else x
+
+
 @pytest.fixture(scope="module")
 def classifier_path(tmp_path_factory):
-    torch.manual_seed(0)
-    model = Classifier(ClassifierArch(in_channels=1, num_classes=4, width=4, feature_dim=6)).eval()
+    x, y = images(0, n=512, with_labels=True)
+    cfg = ClassifierConfig(steps=80, batch_size=64, lr=1e-2, width=8, feature_dim=6)
+    model, _ = train_classifier(cfg, x, y, 4, CPU, progress=False)
     path = tmp_path_factory.mktemp("clf") / "classifier.pt"
     save_classifier(path, model, accuracy=0.5, dataset="test")
     return path
-
-
-def images(seed, n=120, shift=0):
-    rng = np.random.default_rng(seed)
-    return np.clip(rng.integers(0, 200, (n, 1, 8, 8)) + shift, 0, 255).astype(np.uint8)
 
 
 def features_of(path, x):
@@ -34,7 +42,7 @@ def features_of(path, x):
 
 
 def test_fid_matches_the_frechet_distance_of_the_classifier_features(classifier_path):
-    a, b = images(1), images(2, shift=40)
+    a, b = images(1), images(2, shift=60)
     got = fid_and_is(a, b, classifier_path, CPU, isc_splits=1)
     fa, fb = features_of(classifier_path, a)[0], features_of(classifier_path, b)[0]
     mu1, mu2 = fa.mean(0), fb.mean(0)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, MNIST
+from torchvision.datasets.utils import check_integrity
 from torchvision.transforms.v2 import functional as TF
 
 from .errors import DatasetUnavailable
@@ -104,9 +105,13 @@ def prepare_digits(image_size: int, test_size: int, seed: int) -> PreparedDatase
     return PreparedDataset(card, x_tr, y_tr, x_te, y_te)
 
 
-def mirror_base(mirror: str) -> str:
-    """A mirror (folder or URL) as a base URL ending in '/'."""
-    if "://" in mirror:
+def _is_url(mirror: str) -> bool:
+    return "://" in mirror
+
+
+def _mirror_base(mirror: str) -> str:
+    """A mirror as a base URL ending in '/'; a folder becomes its file:// URI."""
+    if _is_url(mirror):
         return mirror.rstrip("/") + "/"
     folder = Path(mirror).expanduser()
     if not folder.is_dir():
@@ -117,24 +122,45 @@ def mirror_base(mirror: str) -> str:
     return folder.resolve().as_uri() + "/"
 
 
-def _mnist_class(mirror: str | None) -> type[MNIST]:
+def _dataset_class(name: str, mirror: str | None) -> type[MNIST] | type[CIFAR10]:
+    """torchvision's class for the dataset, re-pointed at a mirror."""
+    base = {"mnist": MNIST, "cifar10": CIFAR10}[name]
     if mirror is None:
-        return MNIST
-    return type("MirroredMNIST", (MNIST,), {"mirrors": [mirror_base(mirror)], "__module__": __name__})
+        return base
+    url = _mirror_base(mirror)
+    attrs = {"mirrors": [url]} if issubclass(base, MNIST) else {"url": url + base.filename}
+    # Same class name: torchvision derives MNIST's folder layout from it.
+    return type(base.__name__, (base,), {**attrs, "__module__": __name__})
 
 
-def _cifar10_class(mirror: str | None) -> type[CIFAR10]:
-    if mirror is None:
-        return CIFAR10
-    return type("MirroredCIFAR10", (CIFAR10,), {"url": mirror_base(mirror) + CIFAR10.filename, "__module__": __name__})
+def _archive_folder(cls: type, root: Path) -> Path:
+    """Where torchvision looks for the downloaded archives: <root>/MNIST/raw for MNIST, <root> for CIFAR-10."""
+    return root / cls.__name__ / "raw" if issubclass(cls, MNIST) else root
 
 
-def _sources(name: str, cls: type) -> tuple[list[str], list[str]]:
-    """(URLs tried, original file names) for a torchvision dataset class."""
+def _resources(cls: type) -> list[tuple[str, str]]:
+    """(original file name, md5) of each archive torchvision downloads for the class."""
     if issubclass(cls, MNIST):
-        files = [f for f, _ in cls.resources]
-        return [m + files[0] for m in cls.mirrors], files
-    return [cls.url], [cls.filename]
+        return [(f, md5) for f, md5 in cls.resources]
+    return [(cls.filename, cls.tgz_md5)]
+
+
+def _urls(cls: type) -> list[str]:
+    if issubclass(cls, MNIST):
+        return [m + f for m in cls.mirrors for f, _ in cls.resources[:1]]
+    return [cls.url]
+
+
+def _copy_from_folder(cls: type, folder: Path, dest: Path) -> None:
+    """Copy the original archives from a mirror folder and verify them with torchvision's checksums."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for filename, md5 in _resources(cls):
+        source = folder / filename
+        if not source.is_file():
+            raise DatasetUnavailable(f"{source} is missing")
+        shutil.copyfile(source, dest / filename)
+        if not check_integrity(str(dest / filename), md5):
+            raise DatasetUnavailable(f"{source} fails its checksum (expected md5 {md5}): the file is corrupt or truncated")
 
 
 @contextlib.contextmanager
@@ -154,23 +180,27 @@ def download(name: str, raw_root: str | Path, mirror: str | None, timeout: float
     checksum matched, so an interrupted or corrupt download is never taken as complete.
     """
     mirror = os.environ.get(MIRROR_ENV) or mirror
-    cls = {"mnist": _mnist_class, "cifar10": _cifar10_class}[name](mirror)
+    cls = _dataset_class(name, mirror)
     final = Path(raw_root) / name
     if (final / ".complete").is_file():
         return cls, final
     tmp = Path(raw_root) / f".{name}.download"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    urls, files = _sources(name, cls)
+    tried = _urls(cls)
     try:
+        if mirror is not None and not _is_url(mirror):
+            # torchvision cannot stream file:// URLs; with the verified archives in place it only extracts them.
+            _copy_from_folder(cls, Path(mirror).expanduser(), _archive_folder(cls, tmp))
         with _socket_timeout(timeout):
             cls(root=str(tmp), train=True, download=True)
     except (RuntimeError, OSError, urllib.error.URLError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        files = ", ".join(f for f, _ in _resources(cls))
         raise DatasetUnavailable(
-            f"could not download dataset '{name}': tried {', '.join(urls)}: {str(err).strip()}\n"
+            f"could not download dataset '{name}': tried {', '.join(tried)}: {str(err).strip()}\n"
             f"Fix: point data.mirror in params.yaml (or the {MIRROR_ENV} environment variable) at a folder or "
-            f"URL holding the original files ({', '.join(files)}), or run offline on the bundled dataset: "
+            f"URL holding the original files ({files}), or run offline on the bundled dataset: "
             f"dvc exp run -S 'pipeline.datasets=[{OFFLINE_DATASET}]'"
         ) from None
     (tmp / ".complete").write_text("verified\n")
