@@ -92,8 +92,7 @@ def test_sample_pngs_are_images_of_the_expected_layout(project):
     assert strip.size == (5 * 66 + 2, 4 * 66 + 2)
 
 
-def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(project):
-    dest, env, _ = project
+def mlflow_runs(dest, env):
     script = f"""
 import json, mlflow
 from mlflow import MlflowClient
@@ -108,7 +107,12 @@ for r in client.search_runs([exp.experiment_id]):
                               + sorted(a.path for a in client.list_artifacts(r.info.run_id, "samples"))}})
 print(json.dumps(out))
 """
-    runs = json.loads(run([sys.executable, "-c", script], dest, env).stdout.strip().splitlines()[-1])
+    return json.loads(run([sys.executable, "-c", script], dest, env).stdout.strip().splitlines()[-1])
+
+
+def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(project):
+    dest, env, _ = project
+    runs = mlflow_runs(dest, env)
     assert sorted(r["name"] for r in runs) == ["digits-ddpm", "digits-ddpm_cosine"]
     r = next(r for r in runs if r["name"] == "digits-ddpm")
     assert r["params"]["model.schedule"] == "linear" and r["params"]["data.train_steps"] == "30"
@@ -132,3 +136,21 @@ def test_changing_one_models_params_invalidates_only_that_models_stages(project)
         params["models"]["ddpm_cosine"]["timesteps"] = 50
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert changed == {"train@digits-ddpm_cosine"}  # downstream stages follow once its outputs change
+
+
+def test_a_sampling_change_reruns_sampling_into_a_new_mlflow_run(project):
+    """Runs last: it changes the project. The first run keeps its results; the new one points back to it."""
+    dest, env, _ = project
+    before = {r["name"]: r for r in mlflow_runs(dest, env)}
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["sample"]["steps"] = 5
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repro = run([str(BIN / "dvc"), "repro"], dest, env)
+    assert "Running stage 'train@" not in repro.stdout and "Running stage 'sample@digits-ddpm'" in repro.stdout
+    runs = mlflow_runs(dest, env)
+    assert len(runs) == 4
+    old = next(r for r in runs if r["name"] == "digits-ddpm" and "continues_run" not in r["tags"])
+    new = next(r for r in runs if r["name"] == "digits-ddpm" and "continues_run" in r["tags"])
+    assert old["metrics"]["fid"] == before["digits-ddpm"]["metrics"]["fid"]
+    assert old["params"]["sample.steps"] == "10" and new["params"]["sample.steps"] == "5"
+    assert {"fid", "sample_seconds"} <= set(new["metrics"]) and new["tags"]["sampling_steps"] == "5"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable
 
 from .config import Params, load_params
@@ -26,9 +27,13 @@ def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | No
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    target = f"{args.dataset}-{args.model}" if with_model else args.dataset
+    log = logging.getLogger("diffusionlab")
+    start = time.perf_counter()
     try:
         params: Params = load_params(args.params)
         stage(params, args.dataset, *([args.model] if with_model else []))
     except EXPECTED_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    log.info("%s@%s finished in %.1f s", stage.__module__.rsplit(".", 1)[-1], target, time.perf_counter() - start)

@@ -39,10 +39,8 @@ def run_name(run: RunConfig) -> str:
     return f"{run.name}-{exp}" if exp else run.name
 
 
-def start_run(cfg: MlflowConfig, run: RunConfig, device: torch.device, device_label: str) -> mlflow.ActiveRun:
-    """Open a new MLflow run for the train stage and log the resolved config as params."""
-    _connect(cfg)
-    tags = {
+def _tags(run: RunConfig, device: torch.device, device_label: str) -> dict[str, str]:
+    return {
         "dataset": run.dataset,
         "model": run.model_name,
         "model_family": run.model.family,
@@ -51,10 +49,20 @@ def start_run(cfg: MlflowConfig, run: RunConfig, device: torch.device, device_la
         "torch_version": torch.__version__,
         "cuda_version": str(torch.version.cuda),
         "python_version": platform.python_version(),
+        "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
     }
-    active = mlflow.start_run(run_name=run_name(run), tags=tags)
-    params = {k: _param_value(v) for k, v in flatten(run.to_dict()).items()}
-    mlflow.log_params(params)
+
+
+def _params(run: RunConfig) -> dict[str, str]:
+    return {k: _param_value(v) for k, v in flatten(run.to_dict()).items()}
+
+
+def start_run(cfg: MlflowConfig, run: RunConfig, device: torch.device, device_label: str,
+              extra_tags: dict[str, str] | None = None) -> mlflow.ActiveRun:
+    """Open a new MLflow run and log the resolved config as params."""
+    _connect(cfg)
+    active = mlflow.start_run(run_name=run_name(run), tags={**_tags(run, device, device_label), **(extra_tags or {})})
+    mlflow.log_params(_params(run))
     return active
 
 
@@ -66,18 +74,28 @@ def _param_value(value: Any) -> str:
 
 
 def save_run_file(folder: Path) -> None:
+    """Record the active run's id among a stage's outputs, for the next stage to log into."""
     active = mlflow.active_run()
     write_json(folder / RUN_FILE, {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id})
 
 
-def resume_run(cfg: MlflowConfig, run: RunConfig, train_dir: Path) -> mlflow.ActiveRun:
-    """Reopen the run the train stage started; if the store no longer has it, start a fresh one and say so."""
+def continue_run(cfg: MlflowConfig, run: RunConfig, previous_stage: Path, device: torch.device,
+                 device_label: str) -> mlflow.ActiveRun:
+    """Log into the run the previous stage used, if it describes this configuration; else open a new one.
+
+    One MLflow run holds one resolved configuration: after a change of, say, sampling params
+    (or under another DVC experiment) the sample and evaluate stages open a new run, tagged with
+    the id of the run they continue, so the earlier run's results are never overwritten.
+    """
     _connect(cfg)
-    run_id = read_json(train_dir / RUN_FILE)["run_id"]
+    run_id = read_json(previous_stage / RUN_FILE)["run_id"]
     try:
-        mlflow.get_run(run_id)
-        return mlflow.start_run(run_id=run_id)
+        found = mlflow.get_run(run_id)
     except MlflowException:
         log.warning("MLflow run %s of %s is not in %s; logging to a new run", run_id, run.name, tracking_uri(cfg))
-        return mlflow.start_run(run_name=run_name(run), tags={"dataset": run.dataset, "model": run.model_name,
-                                                              "missing_train_run": run_id})
+        found = None
+    same_experiment = found is not None and found.data.tags.get("dvc_experiment", "") == os.environ.get(
+        "DVC_EXP_NAME", "")
+    if found is not None and same_experiment and found.data.params == _params(run):
+        return mlflow.start_run(run_id=run_id)
+    return start_run(cfg, run, device, device_label, extra_tags={"continues_run": run_id})

@@ -11,11 +11,11 @@ from .. import paths
 from ..classifier import load_classifier
 from ..config import Params
 from ..datasets import load_prepared
-from ..device import resolve_device
+from ..device import device_name, resolve_device
 from ..errors import StageInputError
 from ..evaluation import fid_and_is
 from ..io import write_json
-from ..tracking import resume_run
+from ..tracking import continue_run
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
         )
     generated = np.load(paths.sample(dataset, model) / "samples.npy")
     reference = load_prepared(paths.prepared(dataset)).test_images
-    with resume_run(params.mlflow, run, paths.train(dataset, model)):
+    with continue_run(params.mlflow, run, paths.sample(dataset, model), device, device_name(device)):
         scores = fid_and_is(generated, reference, classifier_path, device, e.isc_splits, e.batch_size, e.seed)
         metrics = {
             **scores,

@@ -10,13 +10,13 @@ import torch
 from .. import paths
 from ..checkpoint import load_checkpoint
 from ..config import Params
-from ..device import resolve_device
+from ..device import device_name, resolve_device
 from ..factory import build_diffusion
 from ..generation import generate
 from ..images import save_grid, save_strip
 from ..io import save_npy, write_json
 from ..samplers import make_sampler
-from ..tracking import resume_run
+from ..tracking import continue_run, save_run_file
 
 
 def sample_stage(params: Params, dataset: str, model: str) -> None:
@@ -27,7 +27,7 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
     ckpt = load_checkpoint(paths.train(dataset, model) / "checkpoint.pt", device)
     sampler = make_sampler(s, build_diffusion(ckpt.config, device))
     size = ckpt.config.data.image_size
-    with resume_run(params.mlflow, run, paths.train(dataset, model)):
+    with continue_run(params.mlflow, run, paths.train(dataset, model), device, device_name(device)):
         start = time.perf_counter()
         generated = generate(ckpt.ema, sampler, s.num_samples, (ckpt.channels, size, size), s.batch_size, device,
                              s.seed, s.strip_frames)
@@ -42,3 +42,4 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
         mlflow.set_tags({"sampler": s.sampler, "sampling_steps": len(sampler.timesteps)})
         for name in ("grid.png", "denoising.png"):
             mlflow.log_artifact(str(out / name), artifact_path="samples")
+        save_run_file(out)

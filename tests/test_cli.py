@@ -1,0 +1,57 @@
+"""Stage entry points: bad input stops a stage at once with a message, not a traceback."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diffusionlab.cli import run_stage
+from diffusionlab.pipeline.prepare import prepare_stage
+from diffusionlab.pipeline.train import train_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_params(folder: Path, **section_updates) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in section_updates.items():
+        section, key = dotted.split("__")
+        raw[section][key] = value
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_misspelt_key_stops_the_stage_with_a_suggestion(tmp_cwd, capsys):
+    write_params(tmp_cwd, train__lrr=0.1)
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(train_stage, with_model=True, argv=["--dataset", "digits", "--model", "ddpm"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown key train.lrr in params.yaml; did you mean train.lr?" in err
+    assert "Traceback" not in err
+
+
+def test_missing_inputs_name_the_stage_to_run_and_keep_existing_files(tmp_cwd, capsys):
+    write_params(tmp_cwd)
+    keep = tmp_cwd / "outputs" / "train" / "digits-ddpm" / "loss.csv"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("step,loss\n")
+    with pytest.raises(SystemExit):
+        run_stage(train_stage, with_model=True, argv=["--dataset", "digits", "--model", "ddpm"])
+    assert "holds no prepared dataset; run its prepare stage first" in capsys.readouterr().err
+    assert keep.read_text() == "step,loss\n"
+
+
+def test_unknown_dataset_is_refused(tmp_cwd, capsys):
+    write_params(tmp_cwd)
+    with pytest.raises(SystemExit):
+        run_stage(prepare_stage, with_model=False, argv=["--dataset", "imagenet"])
+    assert "unknown dataset 'imagenet'" in capsys.readouterr().err
+
+
+def test_prepare_stage_writes_the_prepared_form(tmp_cwd):
+    write_params(tmp_cwd)
+    run_stage(prepare_stage, with_model=False, argv=["--dataset", "digits"])
+    card = yaml.safe_load((tmp_cwd / "data/prepared/digits/card.json").read_text())
+    assert (card["train_size"], card["test_size"], card["image_size"], card["channels"]) == (1500, 297, 16, 1)
