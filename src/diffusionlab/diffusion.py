@@ -1,20 +1,27 @@
-"""The Gaussian diffusion process of Ho et al. 2020, kept apart from the network.
+"""The discrete-time Gaussian diffusion of Ho et al. 2020 and Nichol & Dhariwal 2021, kept apart from the network.
 
 The object holds the schedule's buffers, the forward process q(x_t | x_0), the posterior
-q(x_{t-1} | x_t, x_0) and the training loss. The network is handed in on each call, so
-model families and samplers can be added without touching this file.
+q(x_{t-1} | x_t, x_0), the reverse process p(x_{t-1} | x_t) with a fixed or learned variance,
+the terms of the variational bound and the training losses. The network is handed in on each
+call, so model families and samplers can be added without touching this file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .likelihood import LN2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+
 Denoiser = Callable[[Tensor, Tensor], Tensor]
-"""A network mapping (x_t [B, C, H, W], t [B] int64) to its prediction [B, C, H, W]."""
+"""A network mapping (x_t [B, C, H, W], t [B]) to its output [B, C', H, W]."""
+
+VarianceType = Literal["fixed_small", "fixed_large", "learned_range"]
+LossType = Literal["simple", "hybrid", "vlb"]
 
 
 def extract(values: Tensor, t: Tensor, ndim: int) -> Tensor:
@@ -23,12 +30,33 @@ def extract(values: Tensor, t: Tensor, ndim: int) -> Tensor:
 
 
 class GaussianDiffusion:
-    """Discrete-time Gaussian diffusion with betas [T] (float64), epsilon-prediction.
+    """Discrete-time Gaussian diffusion with betas [T] (float64) and an epsilon-predicting network.
 
     Index t = 0..T-1 here is step t + 1 of the paper (beta_1..beta_T).
+
+    ``variance`` is the reverse-process variance: ``fixed_small`` (the posterior variance beta~_t),
+    ``fixed_large`` (beta_t), or ``learned_range`` (the network also outputs v and the log variance is
+    ((v + 1) / 2) log beta_t + (1 - (v + 1) / 2) log beta~_t, Nichol & Dhariwal eq. 15).
+    ``loss`` is ``simple`` (L_simple), ``hybrid`` (L_simple + vlb_weight * L_vlb with the mean's
+    gradient stopped inside L_vlb) or ``vlb`` (L_vlb alone).
     """
 
-    def __init__(self, betas: np.ndarray, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        betas: np.ndarray,
+        variance: VarianceType = "fixed_small",
+        loss: LossType = "simple",
+        vlb_weight: float = 0.001,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        if variance not in ("fixed_small", "fixed_large", "learned_range"):
+            raise ValueError(f"unknown variance type '{variance}'")
+        if loss not in ("simple", "hybrid", "vlb"):
+            raise ValueError(f"unknown loss type '{loss}'")
+        if loss == "hybrid" and variance != "learned_range":
+            raise ValueError("the hybrid loss trains a learned variance: use variance 'learned_range'")
+        self.variance, self.loss, self.vlb_weight = variance, loss, vlb_weight
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError("betas must be a 1-D array with values in (0, 1]")
@@ -50,6 +78,8 @@ class GaussianDiffusion:
             "posterior_log_variance_clipped": np.log(np.append(posterior_variance[1], posterior_variance[1:])),
             "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
+            "log_betas": np.log(betas),
+            "fixed_large_log_variance": np.log(np.append(posterior_variance[1], betas[1:])),
         }
         self.float64 = arrays
         for name, value in arrays.items():
@@ -88,12 +118,73 @@ class GaussianDiffusion:
             self.sqrt_recipm1_alphas_cumprod, t, x_t
         )
 
-    def training_losses(self, model: Denoiser, x_start: Tensor, t: Tensor, noise: Tensor) -> dict[str, Tensor]:
-        """L_simple of Ho et al. eq. 14: ||eps - eps_theta(x_t, t)||^2, averaged over pixels.
+    def out_channels(self, channels: int) -> int:
+        """Channels the network must output for images of ``channels`` channels."""
+        return 2 * channels if self.variance == "learned_range" else channels
 
-        Returns per-example terms [B]: ``loss`` (what is minimised) and ``mse``.
+    def split_output(self, model_output: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(epsilon, v) from the network output; v is None unless the variance is learned."""
+        if self.variance == "learned_range":
+            eps, v = model_output.chunk(2, dim=1)
+            return eps, v
+        return model_output, None
+
+    def p_mean_variance(
+        self, model_output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean, log variance and predicted x_0 of p(x_{t-1} | x_t).
+
+        The mean is the posterior mean at the predicted x_0 (Ho et al. eq. 11 rewritten); the
+        variance is fixed or interpolated as set by ``variance``.
+        """
+        eps, v = self.split_output(model_output)
+        if self.variance == "learned_range":
+            frac = (v + 1) / 2
+            log_variance = frac * self._at(self.log_betas, t, x_t) + (1 - frac) * self._at(
+                self.posterior_log_variance_clipped, t, x_t)
+        elif self.variance == "fixed_large":
+            log_variance = self._at(self.fixed_large_log_variance, t, x_t).expand_as(x_t)
+        else:
+            log_variance = self._at(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
+        x0 = self.predict_start_from_noise(x_t, t, eps)
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        mean, _, _ = self.q_posterior(x0, x_t, t)
+        return mean, log_variance, x0
+
+    def vb_terms_bpd(self, model_output: Tensor, x_start: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """L_{t-1} of the bound in bits/dim [B]: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0,
+        and the discretised Gaussian decoder's -log p(x_0 | x_1) at t = 0 (Ho et al. eq. 5)."""
+        true_mean, _, true_log_variance = self.q_posterior(x_start, x_t, t)
+        mean, log_variance, _ = self.p_mean_variance(model_output, x_t, t)
+        kl = mean_flat(normal_kl(true_mean, true_log_variance, mean, log_variance)) / LN2
+        decoder_nll = -mean_flat(discretized_gaussian_log_likelihood(x_start, mean, 0.5 * log_variance)) / LN2
+        return torch.where(t == 0, decoder_nll, kl)
+
+    def prior_bpd(self, x_start: Tensor) -> Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim [B]."""
+        t = torch.full((x_start.shape[0],), self.num_timesteps - 1, device=x_start.device, dtype=torch.long)
+        mean, variance = self.q_mean_variance(x_start, t)
+        zero = torch.zeros_like(mean)
+        return mean_flat(normal_kl(mean, variance.log(), zero, zero)) / LN2
+
+    def training_losses(self, model: Denoiser, x_start: Tensor, t: Tensor, noise: Tensor) -> dict[str, Tensor]:
+        """Per-example loss terms [B] at steps t: ``mse`` (L_simple, Ho et al. eq. 14), ``vb`` (L_{t-1} in
+        bits/dim, when the loss or the variance needs it) and ``loss``, the one minimised.
+
+        ``hybrid``: mse + vlb_weight * T * vb with the mean frozen inside vb (Nichol & Dhariwal sec. 3.1),
+        so lambda = 0.001 weighs the bound L_vlb = sum_t L_t, of which T * vb is the one-sample estimate.
+        ``vlb``: T * vb, an unbiased estimate of L_vlb when t is uniform (reweighted otherwise).
         """
         x_t = self.q_sample(x_start, t, noise)
-        eps = model(x_t, t)
-        mse = (noise - eps).float().pow(2).mean(dim=tuple(range(1, x_start.ndim)))
-        return {"loss": mse, "mse": mse}
+        output = model(x_t, t)
+        eps, v = self.split_output(output)
+        terms = {"mse": mean_flat((noise - eps).float() ** 2)}
+        if self.loss == "simple":
+            terms["loss"] = terms["mse"]
+            return terms
+        frozen = output if self.loss == "vlb" else torch.cat([eps.detach(), v], dim=1)
+        terms["vb"] = self.vb_terms_bpd(frozen.float(), x_start.float(), x_t.float(), t)
+        scaled_vb = self.num_timesteps * terms["vb"]
+        terms["loss"] = terms["mse"] + self.vlb_weight * scaled_vb if self.loss == "hybrid" else scaled_vb
+        return terms

@@ -38,7 +38,8 @@ def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 class DDPMSampler:
-    """Ancestral sampling of Ho et al. 2020 (Algorithm 2) with the true posterior variance beta~_t.
+    """Ancestral sampling of Ho et al. 2020 (Algorithm 2) with the reverse variance of the diffusion
+    (the true posterior variance beta~_t by default, or beta_t, or the learned one).
 
     x_{t-1} = mu~_t(x_t, x_0_hat) + sigma_t z, where x_0_hat is recovered from the predicted
     epsilon (and clipped to [-1, 1] when ``clip_denoised``), and no noise is added at the last step.
@@ -58,11 +59,7 @@ class DDPMSampler:
         self.timesteps = list(range(num_steps - 1, -1, -1))
 
     def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        tt = _full(t, x_t)
-        x0 = self.diffusion.predict_start_from_noise(x_t, tt, model_output)
-        if self.clip_denoised:
-            x0 = x0.clamp(-1, 1)
-        mean, _, log_variance = self.diffusion.q_posterior(x0, x_t, tt)
+        mean, log_variance, x0 = self.diffusion.p_mean_variance(model_output, x_t, _full(t, x_t), self.clip_denoised)
         if t == 0:
             return mean, x0
         return mean + (0.5 * log_variance).exp() * _noise_like(x_t, generator), x0
@@ -94,8 +91,8 @@ class DDIMSampler:
     def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         d = self.diffusion
         tt = _full(t, x_t)
-        x0 = d.predict_start_from_noise(x_t, tt, model_output)
-        eps = model_output
+        eps = d.split_output(model_output)[0]
+        x0 = d.predict_start_from_noise(x_t, tt, eps)
         if self.clip_denoised:
             x0 = x0.clamp(-1, 1)
             eps = d.predict_noise_from_start(x_t, tt, x0)
