@@ -29,8 +29,9 @@ class Sampler(Protocol):
         ...
 
 
-def _full(t: int, x: Tensor) -> Tensor:
-    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+def _full(t: int | float, x: Tensor) -> Tensor:
+    """The step of a batch: int64 for discrete steps, x's dtype for continuous times."""
+    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long if isinstance(t, int) else x.dtype)
 
 
 def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -1,0 +1,166 @@
+"""Variational Diffusion Models (Kingma, Salimans, Poole & Ho 2021), kept apart from the network.
+
+Continuous time t in [0, 1], z_t = alpha_t x + sigma_t eps with the log-SNR schedule gamma(t) of
+:mod:`diffusionlab.gamma`. The negative ELBO of 8-bit data x (scaled to [-1, 1]) is
+
+    prior          KL(q(z_1 | x) || N(0, I))
+    reconstruction -log p(x | z_0), a Gaussian of mean z_0 / alpha_0 and scale sigma_0 / alpha_0
+                   discretised into the 256 bins of the data
+    diffusion      0.5 E_{t ~ U(0,1), eps} [gamma'(t) ||eps - eps_hat(z_t; t)||^2]   (eq. 17)
+
+each reported in bits per dimension. The network sees the log-SNR: its time input is gamma(t)
+mapped linearly from [gamma_min, gamma_max] onto [0, 1000].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .diffusion import Denoiser
+from .gamma import Gamma
+from .likelihood import discretized_gaussian_log_likelihood, nats_to_bits_per_dim, normal_kl, sum_flat
+
+NETWORK_TIME_SCALE = 1000.0
+
+
+def _b(x: Tensor, like: Tensor) -> Tensor:
+    return x.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def alpha_sigma(gamma: Tensor) -> tuple[Tensor, Tensor]:
+    """alpha = sqrt(sigmoid(-gamma)), sigma = sqrt(sigmoid(gamma)) (variance preserving)."""
+    return torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
+
+
+class VDM(nn.Module):
+    """The VDM noise process; its only parameters are those of the schedule gamma(t)."""
+
+    def __init__(self, gamma: Gamma):
+        super().__init__()
+        self.gamma = gamma
+
+    def out_channels(self, channels: int) -> int:
+        return channels
+
+    def network_time(self, gamma: Tensor) -> Tensor:
+        g = self.gamma
+        return NETWORK_TIME_SCALE * (gamma - g.gamma_min) / (g.gamma_max - g.gamma_min)
+
+    def denoiser(self, net: Denoiser) -> Denoiser:
+        """The network as a function of (z_t, t) for t in [0, 1]."""
+        return lambda z, t: net(z, self.network_time(self.gamma(t)))
+
+    @staticmethod
+    def antithetic_times(batch_size: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+        """Low-discrepancy t: (u + i / B) mod 1 for one u ~ U(0, 1), so the batch covers [0, 1] evenly."""
+        u = torch.rand((), device=device, generator=generator)
+        return torch.remainder(u + torch.arange(batch_size, device=device) / batch_size, 1.0)
+
+    def loss_terms(self, net: Denoiser, x: Tensor, t: Tensor, eps: Tensor, eps_0: Tensor,
+                   variance_gradient: bool = False) -> dict[str, Tensor]:
+        """Per-example terms [B] in bits/dim: ``prior``, ``reconstruction``, ``diffusion``, ``loss`` (their
+        sum, the negative ELBO) and ``mse``.
+
+        With ``variance_gradient`` the schedule's interior receives the gradient of E[diffusion^2]
+        instead of E[loss] (sec. 5.3, app. I.2): the bound does not depend on the interior in
+        continuous time, so this lowers the variance of its estimate. The endpoints and the
+        network keep the gradient of the bound.
+        """
+        dims = x[0].numel()
+        g_t, dg_t, s, ds = self.gamma.gamma_and_derivative(t)
+        alpha_t, sigma_t = alpha_sigma(g_t)
+        z_t = _b(alpha_t, x) * x + _b(sigma_t, x) * eps
+        eps_hat = net(z_t, self.network_time(g_t))
+        squared = sum_flat((eps - eps_hat).float() ** 2)
+        diffusion = nats_to_bits_per_dim(0.5 * dg_t * squared, dims)
+
+        alpha_1, sigma_1 = alpha_sigma(self.gamma.gamma_1)
+        zero = torch.zeros_like(x)
+        prior = nats_to_bits_per_dim(sum_flat(normal_kl(alpha_1 * x, 2 * sigma_1.log() + zero, zero, zero)), dims)
+
+        g_0 = self.gamma.gamma_0
+        alpha_0, sigma_0 = alpha_sigma(g_0)
+        z_0 = alpha_0 * x + sigma_0 * eps_0
+        log_scale = 0.5 * g_0 + zero  # log(sigma_0 / alpha_0)
+        reconstruction = nats_to_bits_per_dim(-sum_flat(discretized_gaussian_log_likelihood(x, z_0 / alpha_0, log_scale)), dims)
+
+        if variance_gradient and torch.is_grad_enabled() and self.gamma.interior_parameters():
+            scale = 2 * diffusion.detach()
+            s.register_hook(lambda grad: grad * scale)
+            ds.register_hook(lambda grad: grad * scale)
+        return {
+            "loss": prior + reconstruction + diffusion,
+            "prior": prior,
+            "reconstruction": reconstruction,
+            "diffusion": diffusion,
+            "mse": squared / dims,
+        }
+
+    def losses_for_batch(self, net: Denoiser, x: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """Training terms for a batch: antithetic t, fresh noise, variance-minimising schedule gradient."""
+        t = self.antithetic_times(x.shape[0], x.device, generator)
+        eps = torch.randn(x.shape, device=x.device, generator=generator)
+        eps_0 = torch.randn(x.shape, device=x.device, generator=generator)
+        return self.loss_terms(net, x, t, eps, eps_0, variance_gradient=True)
+
+    def scalars(self) -> dict[str, float]:
+        """The schedule's endpoints, for logging."""
+        return {"gamma_0": float(self.gamma.gamma_0), "gamma_1": float(self.gamma.gamma_1)}
+
+    @torch.no_grad()
+    def nll_terms(self, net: Denoiser, x: Tensor, t_draws: int, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """Unbiased per-image estimates [B] of the bound's terms in bits/dim, averaging the diffusion
+        term over ``t_draws`` stratified draws of t per image."""
+        draws = []
+        for k in range(t_draws):
+            u = torch.rand(x.shape[0], device=x.device, generator=generator)
+            t = (k + u) / t_draws
+            eps = torch.randn(x.shape, device=x.device, generator=generator)
+            eps_0 = torch.randn(x.shape, device=x.device, generator=generator)
+            draws.append(self.loss_terms(net, x, t, eps, eps_0))
+        terms = {k: torch.stack([d[k] for d in draws]).mean(0) for k in ("prior", "reconstruction", "diffusion")}
+        terms["total"] = terms["prior"] + terms["reconstruction"] + terms["diffusion"]
+        return terms
+
+
+class VDMSampler:
+    """Ancestral (eta = 1) or DDIM-style (eta < 1) sampling on an even grid of ``num_steps`` times in [0, 1].
+
+    From t to s < t: x_0_hat = (z_t - sigma_t eps_hat) / alpha_t, and
+    z_s = alpha_s x_0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z, with
+    c^2 = eta^2 (sigma_s^2 / sigma_t^2)(1 - alpha_t^2 / alpha_s^2); for eta = 1 this is the true
+    posterior q(z_s | z_t, x = x_0_hat) of the paper's eq. 32. The last step returns x_0_hat, the
+    decoder's mean (sigma_0 / alpha_0 is far below the width of a pixel level).
+    """
+
+    def __init__(self, vdm: VDM, num_steps: int, eta: float = 1.0, clip_denoised: bool = True):
+        self.vdm, self.eta, self.clip_denoised = vdm, eta, clip_denoised
+        self.set_timesteps(num_steps)
+
+    def set_timesteps(self, num_steps: int) -> None:
+        if num_steps < 1:
+            raise ValueError(f"VDM sampling needs at least one step, got {num_steps}")
+        self.timesteps = [i / num_steps for i in range(num_steps, 0, -1)]
+        self._prev = {t: (i - 1) / num_steps for i, t in zip(range(num_steps, 0, -1), self.timesteps)}
+
+    @torch.no_grad()
+    def step(self, model_output: Tensor, t: float, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        gamma = self.vdm.gamma
+        times = torch.tensor([t, self._prev[t]], device=x_t.device, dtype=x_t.dtype)
+        g_t, g_s = gamma(times)
+        alpha_t, sigma_t = alpha_sigma(g_t)
+        alpha_s, sigma_s = alpha_sigma(g_s)
+        x0 = (x_t - sigma_t * model_output) / alpha_t
+        eps = model_output
+        if self.clip_denoised:
+            x0 = x0.clamp(-1, 1)
+            eps = (x_t - alpha_t * x0) / sigma_t
+        if self._prev[t] == 0:
+            return x0, x0
+        c2 = self.eta**2 * (sigma_s**2 / sigma_t**2) * (1 - alpha_t**2 / alpha_s**2)
+        x_s = alpha_s * x0 + (sigma_s**2 - c2).clamp(min=0).sqrt() * eps
+        if self.eta > 0:
+            x_s = x_s + c2.sqrt() * torch.randn(x_t.shape, device=x_t.device, generator=generator, dtype=x_t.dtype)
+        return x_s, x0
+
