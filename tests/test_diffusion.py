@@ -70,10 +70,11 @@ def test_simple_loss_on_known_inputs(diffusion):
     noise = torch.ones_like(x0)
     t = torch.tensor([0, 5, 999])
     perfect = diffusion.training_losses(lambda x, t: noise, x0, t, noise)
-    assert torch.equal(perfect["loss"], torch.zeros(3))
+    assert torch.equal(perfect["loss"], torch.zeros(3, dtype=torch.float64))
     off_by_two = diffusion.training_losses(lambda x, t: noise + 2.0, x0, t, noise)
-    assert off_by_two["loss"].dtype == torch.float32  # the loss is reduced in fp32 whatever the compute dtype
-    assert torch.allclose(off_by_two["loss"], torch.full((3,), 4.0))
+    assert torch.allclose(off_by_two["loss"], torch.full((3,), 4.0, dtype=torch.float64))
+    half = diffusion.training_losses(lambda x, t: (noise + 2.0).bfloat16(), x0.bfloat16(), t, noise.bfloat16())
+    assert half["loss"].dtype == torch.float32  # reduced in fp32 under mixed precision
     assert set(off_by_two) == {"loss", "mse"}
 
 

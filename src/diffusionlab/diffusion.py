@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .likelihood import LN2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .likelihood import LN2, at_least_fp32, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 """A network mapping (x_t [B, C, H, W], t [B]) to its output [B, C', H, W]."""
@@ -179,12 +179,12 @@ class GaussianDiffusion:
         x_t = self.q_sample(x_start, t, noise)
         output = model(x_t, t)
         eps, v = self.split_output(output)
-        terms = {"mse": mean_flat((noise - eps).float() ** 2)}
+        terms = {"mse": mean_flat(at_least_fp32(noise - eps) ** 2)}
         if self.loss == "simple":
             terms["loss"] = terms["mse"]
             return terms
         frozen = output if self.loss == "vlb" else torch.cat([eps.detach(), v], dim=1)
-        terms["vb"] = self.vb_terms_bpd(frozen.float(), x_start.float(), x_t.float(), t)
+        terms["vb"] = self.vb_terms_bpd(at_least_fp32(frozen), at_least_fp32(x_start), at_least_fp32(x_t), t)
         scaled_vb = self.num_timesteps * terms["vb"]
         terms["loss"] = terms["mse"] + self.vlb_weight * scaled_vb if self.loss == "hybrid" else scaled_vb
         return terms

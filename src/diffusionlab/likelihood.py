@@ -44,6 +44,11 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
     )
 
 
+def at_least_fp32(x: Tensor) -> Tensor:
+    """Half and bfloat16 values promoted to float32 for reductions; float32 and float64 kept."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def mean_flat(x: Tensor) -> Tensor:
     """Mean over every dimension but the first: [B, ...] -> [B]."""
     return x.mean(dim=tuple(range(1, x.ndim)))

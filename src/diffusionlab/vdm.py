@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .diffusion import Denoiser
 from .gamma import Gamma
-from .likelihood import discretized_gaussian_log_likelihood, nats_to_bits_per_dim, normal_kl, sum_flat
+from .likelihood import at_least_fp32, discretized_gaussian_log_likelihood, nats_to_bits_per_dim, normal_kl, sum_flat
 
 NETWORK_TIME_SCALE = 1000.0
 
@@ -72,7 +72,7 @@ class VDM(nn.Module):
         alpha_t, sigma_t = alpha_sigma(g_t)
         z_t = _b(alpha_t, x) * x + _b(sigma_t, x) * eps
         eps_hat = net(z_t, self.network_time(g_t))
-        squared = sum_flat((eps - eps_hat).float() ** 2)
+        squared = sum_flat(at_least_fp32(eps - eps_hat) ** 2)
         diffusion = nats_to_bits_per_dim(0.5 * dg_t * squared, dims)
 
         alpha_1, sigma_1 = alpha_sigma(self.gamma.gamma_1)
