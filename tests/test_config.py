@@ -109,3 +109,28 @@ def test_linear_schedule_needs_enough_steps_for_its_scaled_betas(raw):
     raw["models"]["ddpm"]["timesteps"] = 20
     with pytest.raises(ConfigError, match=r"models\.ddpm: the linear schedule needs timesteps >= 21"):
         parse_params(raw)
+
+
+@pytest.mark.parametrize(
+    "model,message",
+    [
+        ({"family": "ddpm", "variance": "learned_range"}, r"variance 'learned_range' does not apply to family 'ddpm'"),
+        ({"family": "vlb", "variance": "fixed_small"}, r"variance 'fixed_small' does not apply to family 'vlb'"),
+        ({"family": "vdm", "loss": "hybrid"}, r"loss 'hybrid' does not apply to family 'vdm'"),
+        ({"family": "vlb", "loss": "hybrid", "importance_sampling": True}, r"importance_sampling .* loss 'vlb'"),
+        ({"family": "vdm", "gamma_min": 5.0, "gamma_max": -13.0}, r"gamma_min \(5.0\) must be below gamma_max"),
+    ],
+)
+def test_settings_that_do_not_fit_the_model_family_are_rejected(raw, model, message):
+    raw["models"]["ddpm"] = model
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)
+
+
+def test_family_defaults_resolve_variance_and_loss(raw):
+    raw["models"] = {"a": {"family": "ddpm"}, "b": {"family": "vlb"}, "c": {"family": "vdm", "timesteps": 5000}}
+    raw["pipeline"]["models"] = ["a", "b", "c"]
+    models = parse_params(raw).models  # vdm: any number of sampling steps
+    assert (models["a"].reverse_variance, models["a"].loss_type) == ("fixed_small", "simple")
+    assert (models["b"].reverse_variance, models["b"].loss_type) == ("learned_range", "hybrid")
+    assert (models["c"].reverse_variance, models["c"].loss_type) == (None, None)

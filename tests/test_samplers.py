@@ -59,7 +59,7 @@ def propagate_gaussian(diffusion, sampler, eta):
 
 @pytest.mark.parametrize("sampler_name,steps,eta", [("ddpm", None, 0.0), ("ddim", 1000, 0.0)])
 def test_full_length_samplers_recover_gaussian_data_from_its_exact_denoiser(diffusion, sampler_name, steps, eta):
-    sampler = make_sampler(SampleConfig(sampler=sampler_name, steps=steps, eta=eta, clip_denoised=False), diffusion)
+    sampler = make_sampler(SampleConfig(sampler=sampler_name, steps=steps, eta=eta, clip_denoised=False), diffusion, 1000)
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(20_000, 1, 1, 1, generator=gen, dtype=torch.float64)
     x, _ = sample(gaussian_oracle(diffusion), sampler, noise, gen)
@@ -71,7 +71,7 @@ def test_full_length_samplers_recover_gaussian_data_from_its_exact_denoiser(diff
                                                     ("ddim", 10, 0.5)])
 def test_samplers_match_the_exact_moments_of_their_updates(diffusion, sampler_name, steps, eta):
     """Few-step DDIM shrinks the variance (Cauchy-Schwarz on its affine update); the code must match that exactly."""
-    sampler = make_sampler(SampleConfig(sampler=sampler_name, steps=steps, eta=eta, clip_denoised=False), diffusion)
+    sampler = make_sampler(SampleConfig(sampler=sampler_name, steps=steps, eta=eta, clip_denoised=False), diffusion, 1000)
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(40_000, 1, 1, 1, generator=gen, dtype=torch.float64)
     x, _ = sample(gaussian_oracle(diffusion), sampler, noise, gen)
@@ -132,7 +132,7 @@ def test_sampling_records_the_requested_frames(diffusion):
 
 def test_ancestral_sampler_refuses_fewer_steps_than_the_model(diffusion):
     with pytest.raises(ValueError, match="visits all 1000 steps"):
-        make_sampler(SampleConfig(sampler="ddpm", steps=100), diffusion)
+        make_sampler(SampleConfig(sampler="ddpm", steps=100), diffusion, 1000)
 
 
 def test_ddim_refuses_more_steps_than_the_model():

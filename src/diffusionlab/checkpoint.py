@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
-from .factory import build_network
+from .factory import Process, build_network, build_process
 from .io import atomic_path
 from .unet import UNet
 
@@ -20,15 +20,18 @@ class Checkpoint:
     step: int
     model: UNet
     ema: UNet
+    process: Process
 
 
-def save_checkpoint(path: str | Path, cfg: RunConfig, channels: int, step: int, model: UNet, ema: UNet) -> None:
+def save_checkpoint(path: str | Path, cfg: RunConfig, channels: int, step: int, model: UNet, ema: UNet,
+                    process: Process) -> None:
     state = {
         "config": cfg.to_dict(),
         "channels": channels,
         "step": step,
         "model": model.state_dict(),
         "ema": ema.state_dict(),
+        "process": process.state_dict() if hasattr(process, "state_dict") else {},
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -41,9 +44,13 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
         raise FileNotFoundError(f"checkpoint {path} not found; train the model first (dvc repro)")
     state = torch.load(path, map_location=device, weights_only=True)
     cfg = RunConfig.from_dict(state["config"])
+    process = build_process(cfg, device)
+    if hasattr(process, "load_state_dict"):
+        process.load_state_dict(state["process"])
+        process.eval()
     nets = []
     for key in ("model", "ema"):
-        net = build_network(cfg, state["channels"]).to(device)
+        net = build_network(cfg, state["channels"], process).to(device)
         net.load_state_dict(state[key])
         nets.append(net.eval())
-    return Checkpoint(cfg, state["channels"], state["step"], *nets)
+    return Checkpoint(cfg, state["channels"], state["step"], *nets, process)

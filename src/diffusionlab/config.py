@@ -87,18 +87,60 @@ class DatasetConfig:
                 )
 
 
+FAMILY_DEFAULTS = {"ddpm": ("fixed_small", "simple"), "vlb": ("learned_range", "hybrid"), "vdm": (None, None)}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    family: Literal["ddpm"] = "ddpm"
+    """A model family and its settings.
+
+    ``ddpm``: epsilon-prediction with a fixed reverse variance (``fixed_small`` or ``fixed_large``), L_simple.
+    ``vlb``: learned reverse variance (``learned_range``), ``hybrid`` or pure ``vlb`` loss, optionally
+    with importance sampling of t. ``vdm``: continuous time with the log-SNR schedule ``gamma``.
+    """
+
+    family: Literal["ddpm", "vlb", "vdm"] = "ddpm"
     schedule: Literal["linear", "cosine"] = "linear"
     timesteps: int = _field(1000, ge=2, le=100_000)
+    """Discrete families: T. vdm: the default number of sampling steps."""
+    variance: Literal["fixed_small", "fixed_large", "learned_range"] | None = None
+    loss: Literal["simple", "hybrid", "vlb"] | None = None
+    vlb_weight: float = _field(0.001, ge=0)
+    importance_sampling: bool = False
+    gamma: Literal["fixed", "scalar", "network"] = "network"
+    gamma_min: float = -13.3
+    gamma_max: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.schedule == "linear" and self.timesteps < LINEAR_MIN_TIMESTEPS:
+        if self.family != "vdm" and self.schedule == "linear" and self.timesteps < LINEAR_MIN_TIMESTEPS:
             raise ConfigError(
                 f"the linear schedule needs timesteps >= {LINEAR_MIN_TIMESTEPS} (its betas, 1e-4 to 0.02 at T = 1000, "
                 f"scale with 1000 / T and must stay below 1); got {self.timesteps}, or use schedule: cosine"
             )
+        allowed = {"ddpm": ({"fixed_small", "fixed_large"}, {"simple"}), "vlb": ({"learned_range"}, {"hybrid", "vlb"}),
+                   "vdm": ({None}, {None})}[self.family]
+        if self.variance is not None and self.variance not in allowed[0] or self.family == "vdm" and self.variance:
+            raise ConfigError(f"variance '{self.variance}' does not apply to family '{self.family}' "
+                              f"(allowed: {', '.join(str(a) for a in sorted(allowed[0], key=str))})")
+        if self.loss is not None and self.loss not in allowed[1] or self.family == "vdm" and self.loss:
+            raise ConfigError(f"loss '{self.loss}' does not apply to family '{self.family}' "
+                              f"(allowed: {', '.join(str(a) for a in sorted(allowed[1], key=str))})")
+        if self.importance_sampling and self.loss_type != "vlb":
+            raise ConfigError("importance_sampling draws t for the pure bound: it needs family 'vlb' with loss 'vlb'")
+        if not self.gamma_min < self.gamma_max:
+            raise ConfigError(f"gamma_min ({self.gamma_min}) must be below gamma_max ({self.gamma_max})")
+
+    @property
+    def reverse_variance(self) -> str | None:
+        return self.variance or FAMILY_DEFAULTS[self.family][0]
+
+    @property
+    def loss_type(self) -> str | None:
+        return self.loss or FAMILY_DEFAULTS[self.family][1]
+
+    @property
+    def discrete(self) -> bool:
+        return self.family != "vdm"
 
 
 @dataclass(frozen=True)
@@ -141,6 +183,10 @@ class ClassifierConfig:
 class EvaluateConfig:
     features: Literal["classifier"] = "classifier"
     min_classifier_accuracy: float = _field(0.9, ge=0, le=1)
+    nll_images: int = _field(100, ge=0)
+    """Held-out images for the bits/dim bound; 0 means the whole split."""
+    nll_t_draws: int = _field(4, ge=1)
+    """Draws of t per image for the unbiased estimate of the sum over t."""
     isc_splits: int = _field(10, ge=1)
     batch_size: int = _field(500, ge=1)
     seed: int = _field(0, ge=0)
@@ -200,6 +246,8 @@ class Params:
                     f"pipeline.models lists '{name}' but params.yaml has no models.{name} block (defined: {known})"
                 )
         for name, model in self.models.items():
+            if not model.discrete:
+                continue
             steps = self.sample.steps
             if steps is not None and steps > model.timesteps:
                 raise ConfigError(

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .timestep_sampling import UniformSampler
 from .likelihood import LN2, at_least_fp32, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -57,6 +58,7 @@ class GaussianDiffusion:
         if loss == "hybrid" and variance != "learned_range":
             raise ValueError("the hybrid loss trains a learned variance: use variance 'learned_range'")
         self.variance, self.loss, self.vlb_weight = variance, loss, vlb_weight
+        self.timestep_sampler = UniformSampler(len(betas))
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError("betas must be a 1-D array with values in (0, 1]")
@@ -187,4 +189,41 @@ class GaussianDiffusion:
         terms["vb"] = self.vb_terms_bpd(at_least_fp32(frozen), at_least_fp32(x_start), at_least_fp32(x_t), t)
         scaled_vb = self.num_timesteps * terms["vb"]
         terms["loss"] = terms["mse"] + self.vlb_weight * scaled_vb if self.loss == "hybrid" else scaled_vb
+        return terms
+
+    def denoiser(self, net: Denoiser) -> Denoiser:
+        """The network as a function of (x_t, t): the discrete step is its time input."""
+        return net
+
+    def scalars(self) -> dict[str, float]:
+        return {}
+
+    def losses_for_batch(self, model: Denoiser, x_start: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """Training terms for a batch, with t drawn by ``timestep_sampler`` and the loss reweighted so its
+        mean stays an unbiased estimate under uniform t."""
+        t, weights = self.timestep_sampler.sample(x_start.shape[0], x_start.device, generator)
+        noise = torch.randn(x_start.shape, device=x_start.device, generator=generator)
+        terms = self.training_losses(model, x_start, t, noise)
+        self.timestep_sampler.update(t, terms["loss"])
+        terms["loss"] = terms["loss"] * weights
+        return terms
+
+    @torch.no_grad()
+    def nll_terms(self, model: Denoiser, x_start: Tensor, t_draws: int, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """Unbiased per-image estimates [B] of the bound in bits/dim: ``prior`` L_T exactly,
+        ``reconstruction`` L_0 from one draw of x_1, ``diffusion`` sum_{t=1}^{T-1} L_t as (T - 1) times
+        the mean of L_t over ``t_draws`` uniform draws of t, and their ``total``."""
+        b, device = x_start.shape[0], x_start.device
+
+        def term(t: Tensor) -> Tensor:
+            noise = torch.randn(x_start.shape, device=device, generator=generator)
+            x_t = self.q_sample(x_start, t, noise)
+            return self.vb_terms_bpd(model(x_t, t), x_start, x_t, t)
+
+        zero = torch.zeros(b, dtype=torch.long, device=device)
+        terms = {"prior": self.prior_bpd(x_start), "reconstruction": term(zero)}
+        draws = [term(torch.randint(1, self.num_timesteps, (b,), device=device, generator=generator))
+                 for _ in range(t_draws)]
+        terms["diffusion"] = (self.num_timesteps - 1) * torch.stack(draws).mean(0)
+        terms["total"] = terms["prior"] + terms["reconstruction"] + terms["diffusion"]
         return terms

@@ -1,21 +1,40 @@
-"""Build the network and the diffusion process from a run's configuration."""
+"""Build the noise process, the network and the sampler from a run's configuration."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .config import RunConfig
 from .diffusion import GaussianDiffusion
+from .gamma import make_gamma
 from .schedules import make_betas
+from .timestep_sampling import LossSecondMomentSampler
 from .unet import UNet
+from .vdm import VDM
+
+Process = GaussianDiffusion | VDM
+"""A noise process: training losses, the bound's terms, and the network's view of time."""
 
 
-def build_network(cfg: RunConfig, channels: int) -> UNet:
-    return UNet(cfg.data.unet, image_size=cfg.data.image_size, in_channels=channels)
+def build_process(cfg: RunConfig, device: torch.device | str = "cpu") -> Process:
+    m = cfg.model
+    if m.family in ("ddpm", "vlb"):
+        betas = make_betas(m.schedule, m.timesteps)
+        diffusion = GaussianDiffusion(betas, m.reverse_variance, m.loss_type, m.vlb_weight, device=device)
+        if m.importance_sampling:
+            diffusion.timestep_sampler = LossSecondMomentSampler(m.timesteps)
+        return diffusion
+    if m.family == "vdm":
+        return VDM(make_gamma(m.gamma, m.gamma_min, m.gamma_max)).to(device)
+    raise ValueError(f"unknown model family '{m.family}'")
 
 
-def build_diffusion(cfg: RunConfig, device: torch.device | str = "cpu") -> GaussianDiffusion:
-    if cfg.model.family != "ddpm":
-        raise ValueError(f"unknown model family '{cfg.model.family}'")
-    return GaussianDiffusion(make_betas(cfg.model.schedule, cfg.model.timesteps), device=device)
+def build_network(cfg: RunConfig, channels: int, process: Process) -> UNet:
+    return UNet(cfg.data.unet, image_size=cfg.data.image_size, in_channels=channels,
+                out_channels=process.out_channels(channels))
 
+
+def process_parameters(process: Process) -> list[nn.Parameter]:
+    """The process's learnable parameters (VDM's schedule); none for a fixed schedule."""
+    return list(process.parameters()) if isinstance(process, nn.Module) else []

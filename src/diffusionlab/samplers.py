@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .config import SampleConfig
 from .diffusion import Denoiser, GaussianDiffusion
+from .vdm import VDM, VDMSampler
 
 
 class Sampler(Protocol):
@@ -107,9 +108,18 @@ class DDIMSampler:
         return x_prev, x0
 
 
-def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion) -> Sampler:
-    """Build the sampler named by ``sample.sampler``: ``ddpm`` (ancestral, all T steps) or ``ddim``."""
+def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_steps: int) -> Sampler:
+    """Build the sampler named by ``sample.sampler``: ``ddpm`` (ancestral) or ``ddim``.
+
+    Discrete-time models: ancestral over all T steps, or DDIM on ``steps`` of them. VDM: its
+    ancestral (eta = 1) or DDIM-style sampler on ``steps`` times (``default_steps`` when null).
+    """
     name, eta, clip_denoised = cfg.sampler, cfg.eta, cfg.clip_denoised
+    if isinstance(diffusion, VDM):
+        steps = default_steps if cfg.steps is None else cfg.steps
+        if name not in ("ddpm", "ddim"):
+            raise ValueError(f"unknown sampler '{name}'; known: ddpm, ddim")
+        return VDMSampler(diffusion, steps, 1.0 if name == "ddpm" else eta, clip_denoised)
     steps = diffusion.num_timesteps if cfg.steps is None else cfg.steps
     if name == "ddpm":
         sampler = DDPMSampler(diffusion, clip_denoised)

@@ -19,9 +19,9 @@ class UniformSampler:
     def probabilities(self) -> np.ndarray:
         return np.full(self.num_timesteps, 1.0 / self.num_timesteps)
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def sample(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """(t [B] int64, weights [B]) with E[weight * L_t] = mean over t of L_t."""
-        p = torch.from_numpy(self.probabilities())
+        p = torch.from_numpy(self.probabilities()).to(device)
         t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
         weights = 1.0 / (self.num_timesteps * p[t])
         return t, weights.float()

@@ -11,7 +11,6 @@ from .. import paths
 from ..checkpoint import load_checkpoint
 from ..config import Params
 from ..device import device_name, resolve_device
-from ..factory import build_diffusion
 from ..generation import generate
 from ..images import save_grid, save_strip
 from ..io import save_npy, write_json
@@ -25,11 +24,11 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
     s = run.sample
     device = resolve_device(run.train.device)
     ckpt = load_checkpoint(paths.train(dataset, model) / "checkpoint.pt", device)
-    sampler = make_sampler(s, build_diffusion(ckpt.config, device))
+    sampler = make_sampler(s, ckpt.process, default_steps=ckpt.config.model.timesteps)
     size = ckpt.config.data.image_size
     with continue_run(params.mlflow, run, paths.train(dataset, model), device, device_name(device)):
         start = time.perf_counter()
-        generated = generate(ckpt.ema, sampler, s.num_samples, (ckpt.channels, size, size), s.batch_size, device,
+        generated = generate(ckpt.process.denoiser(ckpt.ema), sampler, s.num_samples, (ckpt.channels, size, size), s.batch_size, device,
                              s.seed, s.strip_frames)
         seconds = time.perf_counter() - start
         out = paths.sample(dataset, model)

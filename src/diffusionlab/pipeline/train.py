@@ -19,8 +19,10 @@ from ..training import train
 
 
 def write_loss_csv(history: list[dict[str, float]], path: Path) -> None:
+    """One row per logged step: step, loss, then every other term the model family logs."""
+    fields = ["step", "loss"] + sorted({k for row in history for k in row} - {"step", "loss"})
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "loss", "grad_norm", "lr"])
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in history:
             writer.writerow({**row, "step": int(row["step"])})
@@ -41,10 +43,12 @@ def train_stage(params: Params, dataset: str, model: str) -> None:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
 
         result = train(run, data.train_images, device, on_log=on_log)
-        save_checkpoint(out / "checkpoint.pt", run, data.card.channels, result.steps, result.model, result.ema)
+        save_checkpoint(out / "checkpoint.pt", run, data.card.channels, result.steps, result.model, result.ema,
+                        result.process)
         write_loss_csv(result.history, out / "loss.csv")
         summary = {"final_loss": result.history[-1]["loss"], "train_seconds": round(result.seconds, 2),
-                   "images_per_second": round(result.images_per_second, 1), "steps": result.steps}
+                   "images_per_second": round(result.images_per_second, 1), "steps": result.steps,
+                   **result.process.scalars()}
         write_json(out / "train.json", summary)
         mlflow.log_metrics({"train_seconds": summary["train_seconds"], "images_per_second": summary["images_per_second"]})
         mlflow.log_artifact(str(out / "checkpoint.pt"), artifact_path="checkpoint")
