@@ -14,24 +14,26 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = {
-    "pipeline": {"datasets": ["digits"], "models": ["ddpm", "ddpm_cosine"]},
+    "pipeline": {"datasets": ["digits"], "models": ["ddpm", "vlb", "vdm"]},
     "datasets": {"digits": {"image_size": 8, "train_steps": 30, "batch_size": 16,
                             "unet": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
                                      "attention_resolutions": [4], "dropout": 0.0}}},
     "models": {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50},
-               "ddpm_cosine": {"family": "ddpm", "schedule": "cosine", "timesteps": 50}},
+               "vlb": {"family": "vlb", "schedule": "cosine", "timesteps": 50, "loss": "vlb",
+                       "importance_sampling": True},
+               "vdm": {"family": "vdm", "gamma": "network", "timesteps": 50}},
     "train": {"log_every": 10, "warmup_steps": 5},
     "sample": {"steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16, "strip_samples": 4,
                "strip_frames": 5},
     "classifier": {"steps": 40, "width": 8, "feature_dim": 8},
-    "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2},
+    "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2},
 }
 
 
 def merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) and key in base else value
+        out[key] = merge(base[key], value) if isinstance(value, dict) and key in base and key != "models" else value
     return out
 
 
@@ -68,16 +70,20 @@ def project(tmp_path_factory):
 def test_repro_runs_every_stage_of_the_matrix(project):
     dest, _, repro = project
     for stage in ("prepare@digits", "classifier@digits", "train@digits-ddpm", "sample@digits-ddpm",
-                  "evaluate@digits-ddpm", "train@digits-ddpm_cosine", "evaluate@digits-ddpm_cosine"):
+                  "evaluate@digits-ddpm", "train@digits-vlb", "evaluate@digits-vlb", "train@digits-vdm",
+                  "sample@digits-vdm", "evaluate@digits-vdm"):
         assert f"Running stage '{stage}'" in repro.stdout, stage
 
 
-def test_metrics_file_holds_fid_and_is_with_their_features(project):
+def test_metrics_file_holds_fid_is_and_bits_per_dim_for_every_family(project):
     dest, env, _ = project
-    metrics = json.loads((dest / "outputs/evaluate/digits-ddpm/metrics.json").read_text())
-    assert metrics["fid"] >= 0 and metrics["inception_score_mean"] >= 1.0
-    assert metrics["features"] == "classifier"
-    assert (metrics["num_generated"], metrics["num_reference"]) == (40, 297)
+    for model in ("ddpm", "vlb", "vdm"):
+        metrics = json.loads((dest / f"outputs/evaluate/digits-{model}/metrics.json").read_text())
+        assert metrics["fid"] >= 0 and metrics["inception_score_mean"] >= 1.0
+        assert metrics["features"] == "classifier"
+        assert (metrics["num_generated"], metrics["num_reference"], metrics["nll_images"]) == (40, 297, 20)
+        parts = metrics["bpd_prior"] + metrics["bpd_diffusion"] + metrics["bpd_reconstruction"]
+        assert metrics["bpd"] == pytest.approx(parts) and 0 < metrics["bpd"] < float("inf") and metrics["bpd_stderr"] > 0
     shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], dest, env).stdout)
     flat = json.dumps(shown)
     assert '"fid"' in flat and '"test_accuracy"' in flat and '"final_loss"' in flat
@@ -113,11 +119,15 @@ print(json.dumps(out))
 def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(project):
     dest, env, _ = project
     runs = mlflow_runs(dest, env)
-    assert sorted(r["name"] for r in runs) == ["digits-ddpm", "digits-ddpm_cosine"]
+    assert sorted(r["name"] for r in runs) == ["digits-ddpm", "digits-vdm", "digits-vlb"]
     r = next(r for r in runs if r["name"] == "digits-ddpm")
     assert r["params"]["model.schedule"] == "linear" and r["params"]["data.train_steps"] == "30"
     assert r["params"]["data.unet.channel_mult"] == "[1, 2]"
-    assert {"loss", "fid", "inception_score_mean", "sample_seconds"} <= set(r["metrics"])
+    assert {"loss", "mse", "fid", "inception_score_mean", "sample_seconds", "bpd"} <= set(r["metrics"])
+    vdm = next(r for r in runs if r["name"] == "digits-vdm")
+    assert {"gamma_0", "gamma_1", "prior", "diffusion", "reconstruction", "bpd"} <= set(vdm["metrics"])
+    vlb = next(r for r in runs if r["name"] == "digits-vlb")
+    assert {"mse", "vb"} <= set(vlb["metrics"]) and vlb["params"]["model.importance_sampling"] == "True"
     assert r["loss_steps"] == 3
     assert r["tags"]["device"] == "cpu" and r["tags"]["sampler"] == "ddim"
     assert {"checkpoint", "loss.csv", "samples/grid.png", "samples/denoising.png"} <= set(r["artifacts"])
@@ -128,14 +138,14 @@ def test_changing_one_models_params_invalidates_only_that_models_stages(project)
     status = json.loads(run([str(BIN / "dvc"), "status", "--json"], dest, env).stdout or "{}")
     assert status == {}, "a second run should have nothing to do"
     params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["models"]["ddpm_cosine"]["timesteps"] = 40
+    params["models"]["vlb"]["timesteps"] = 40
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         changed = set(json.loads(run([str(BIN / "dvc"), "status", "--json"], dest, env).stdout))
     finally:
-        params["models"]["ddpm_cosine"]["timesteps"] = 50
+        params["models"]["vlb"]["timesteps"] = 50
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert changed == {"train@digits-ddpm_cosine"}  # downstream stages follow once its outputs change
+    assert changed == {"train@digits-vlb"}  # downstream stages follow once its outputs change
 
 
 def test_a_sampling_change_reruns_sampling_into_a_new_mlflow_run(project):
@@ -148,7 +158,7 @@ def test_a_sampling_change_reruns_sampling_into_a_new_mlflow_run(project):
     repro = run([str(BIN / "dvc"), "repro"], dest, env)
     assert "Running stage 'train@" not in repro.stdout and "Running stage 'sample@digits-ddpm'" in repro.stdout
     runs = mlflow_runs(dest, env)
-    assert len(runs) == 4
+    assert len(runs) == 6
     old = next(r for r in runs if r["name"] == "digits-ddpm" and "continues_run" not in r["tags"])
     new = next(r for r in runs if r["name"] == "digits-ddpm" and "continues_run" in r["tags"])
     assert old["metrics"]["fid"] == before["digits-ddpm"]["metrics"]["fid"]
