@@ -28,7 +28,9 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    """GroupNorm with at most 32 groups of at least 4 channels (32 groups at 128 channels, as in Ho et al.);
+    narrower layers get fewer groups rather than per-channel normalisation."""
+    return nn.GroupNorm(math.gcd(32, max(1, channels // 4)), channels)
 
 
 class ResBlock(nn.Module):
