@@ -124,3 +124,15 @@ def test_antithetic_times_cover_the_unit_interval_evenly():
     t = VDM.antithetic_times(8, torch.device("cpu"), torch.Generator().manual_seed(0))
     gaps = torch.diff(torch.sort(t).values)
     assert torch.allclose(gaps, torch.full_like(gaps, 1 / 8), atol=1e-6) and ((t >= 0) & (t < 1)).all()
+
+
+def test_held_out_bits_per_dim_feeds_the_network_as_training_does(data):
+    """The evaluate stage's path (uint8 images in, the network itself handed over) gives the same bound."""
+    from diffusionlab.nll import bits_per_dim
+
+    x, true_bits = data
+    vdm = VDM(make_gamma("fixed", -13.3, 8.0)).double()
+    images = torch.round((x + 1) * 127.5).to(torch.uint8).numpy()
+    net = lambda z, time: optimal_eps(vdm)(z.double(), time)
+    got = bits_per_dim(vdm, net, images, t_draws=32, batch_size=500, device=torch.device("cpu"), seed=0)
+    assert got["bpd"] == pytest.approx(true_bits.mean().item(), abs=3 * got["bpd_stderr"] + 0.02)

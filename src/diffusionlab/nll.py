@@ -16,13 +16,15 @@ from .unet import UNet
 def bits_per_dim(process: Process, net: UNet, images: np.ndarray, t_draws: int, batch_size: int,
                  device: torch.device, seed: int) -> dict[str, float]:
     """Mean over ``images`` (uint8 [N, C, H, W]) of the bound and its terms, with the standard error of
-    the total across images. Each image's estimate is unbiased (the sum over t is sampled)."""
+    the total across images. Each image's estimate is unbiased (the sum over t is sampled).
+
+    ``net`` is the network itself: the process maps its own time onto the network's input, as in training.
+    """
     generator = make_generator(device, seed)
-    denoiser = process.denoiser(net)
     per_image: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
         x = to_model_range(torch.from_numpy(images[start : start + batch_size]).to(device))
-        for key, value in process.nll_terms(denoiser, x, t_draws, generator).items():
+        for key, value in process.nll_terms(net, x, t_draws, generator).items():
             per_image.setdefault(key, []).append(value.double().cpu())
     terms = {k: torch.cat(v) for k, v in per_image.items()}
     total = terms["total"]
