@@ -106,7 +106,7 @@ class VDM(nn.Module):
 
     def scalars(self) -> dict[str, float]:
         """The schedule's endpoints, for logging."""
-        return {"gamma_0": float(self.gamma.gamma_0), "gamma_1": float(self.gamma.gamma_1)}
+        return {"gamma_0": self.gamma.gamma_0.item(), "gamma_1": self.gamma.gamma_1.item()}
 
     @torch.no_grad()
     def nll_terms(self, net: Denoiser, x: Tensor, t_draws: int, generator: torch.Generator | None) -> dict[str, Tensor]:
