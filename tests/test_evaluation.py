@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from diffusionlab.classifier import Classifier, ClassifierArch, load_classifier, save_classifier, train_classifier
+from diffusionlab.classifier import accuracy, load_classifier, save_classifier, train_classifier
 from diffusionlab.config import ClassifierConfig
 from diffusionlab.evaluation import fid_and_is
 
@@ -85,6 +85,4 @@ def test_classifier_learns_separable_classes():
     x[labels == 0, :, 4:] = 255  # class 0: bottom half lit
     cfg = ClassifierConfig(steps=60, batch_size=64, lr=1e-2, width=4, feature_dim=8)
     model, _ = train_classifier(cfg, x, labels, 2, CPU, progress=False)
-    from diffusionlab.classifier import accuracy
-
     assert accuracy(model, x, labels, CPU) > 0.95
