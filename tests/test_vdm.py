@@ -10,8 +10,8 @@ from scipy import stats
 
 from diffusionlab.gamma import make_gamma
 from diffusionlab.likelihood import BIN_HALF_WIDTH
-from diffusionlab.samplers import sample
-from diffusionlab.vdm import VDM, VDMSampler, alpha_sigma
+from diffusionlab.samplers import VDMSampler, sample
+from diffusionlab.vdm import VDM, alpha_sigma
 
 MU, S = 0.1, 0.3
 GRID = torch.arange(256, dtype=torch.float64) / 127.5 - 1

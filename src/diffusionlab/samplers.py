@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .config import SampleConfig
 from .diffusion import Denoiser, GaussianDiffusion
-from .vdm import VDM, VDMSampler
+from .vdm import VDM
 
 
 class Sampler(Protocol):
@@ -37,6 +37,27 @@ def _full(t: int | float, x: Tensor) -> Tensor:
 
 def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def ddim_step(
+    x_t: Tensor, eps: Tensor, a_t: float, a_s: float, eta: float, clip_denoised: bool, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """One DDIM update (Song et al. 2021, eq. 12) of a variance-preserving process, from t to s < t.
+
+    a = alpha_bar = alpha^2 = 1 - sigma^2 at each time. x_0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
+    (clipped to [-1, 1] with eps recomputed from it when ``clip_denoised``), and
+    x_s = sqrt(a_s) x_0_hat + sqrt(1 - a_s - v) eps + sqrt(v) z, v = eta^2 (1 - a_s)/(1 - a_t) (1 - a_t/a_s).
+    eta = 0 is deterministic; eta = 1 is the posterior q(x_s | x_t, x_0 = x_0_hat). Returns (x_s, x_0_hat).
+    """
+    x0 = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    if clip_denoised:
+        x0 = x0.clamp(-1, 1)
+        eps = (x_t - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+    variance = eta**2 * (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
+    x_s = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - variance, 0.0)) * eps
+    if variance > 0:
+        x_s = x_s + math.sqrt(variance) * _noise_like(x_t, generator)
+    return x_s, x0
 
 
 class DDPMSampler:
@@ -70,10 +91,8 @@ class DDPMSampler:
 class DDIMSampler:
     """DDIM of Song et al. 2021 (eq. 12) on an evenly spaced subset of the T steps.
 
-    x_prev = sqrt(a_prev) x_0_hat + sqrt(1 - a_prev - sigma^2) eps_hat + sigma z, with
-    sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev); eta = 0 is deterministic,
-    eta = 1 matches the ancestral sampler's variance on the full schedule. When x_0_hat is
-    clipped, eps_hat is recomputed from it so the update stays consistent.
+    Each step is :func:`ddim_step` with a = alpha_bar at the current and the previous visited step
+    (1 after the last); eta = 1 matches the ancestral sampler on the full schedule.
     """
 
     def __init__(self, diffusion: GaussianDiffusion, num_steps: int, eta: float = 0.0, clip_denoised: bool = True):
@@ -91,21 +110,36 @@ class DDIMSampler:
         self._prev = {t: p for t, p in zip(self.timesteps, self.timesteps[1:] + [-1])}
 
     def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        d = self.diffusion
-        tt = _full(t, x_t)
-        eps = d.split_output(model_output)[0]
-        x0 = d.predict_start_from_noise(x_t, tt, eps)
-        if self.clip_denoised:
-            x0 = x0.clamp(-1, 1)
-            eps = d.predict_noise_from_start(x_t, tt, x0)
+        alphas_cumprod = self.diffusion.float64["alphas_cumprod"]
         prev = self._prev[t]
-        a_t = float(d.float64["alphas_cumprod"][t])
-        a_prev = float(d.float64["alphas_cumprod"][prev]) if prev >= 0 else 1.0
-        sigma = self.eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-        x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
-        if sigma > 0:
-            x_prev = x_prev + sigma * _noise_like(x_t, generator)
-        return x_prev, x0
+        a_prev = float(alphas_cumprod[prev]) if prev >= 0 else 1.0
+        eps = self.diffusion.split_output(model_output)[0]
+        return ddim_step(x_t, eps, float(alphas_cumprod[t]), a_prev, self.eta, self.clip_denoised, generator)
+
+
+class VDMSampler:
+    """VDM's sampler on an even grid of ``num_steps`` times in [0, 1]: :func:`ddim_step` with
+    a = alpha^2 = sigmoid(-gamma(t)) from the learned schedule. eta = 1 is ancestral sampling from the
+    posterior q(z_s | z_t, x = x_0_hat) (Kingma et al. eq. 32); eta < 1 is DDIM-style. The last step
+    returns x_0_hat, the decoder's mean (sigma_0 / alpha_0 is far below the width of a pixel level).
+    """
+
+    def __init__(self, vdm: VDM, num_steps: int, eta: float = 1.0, clip_denoised: bool = True):
+        self.vdm, self.eta, self.clip_denoised = vdm, eta, clip_denoised
+        self.set_timesteps(num_steps)
+
+    def set_timesteps(self, num_steps: int) -> None:
+        if num_steps < 1:
+            raise ValueError(f"VDM sampling needs at least one step, got {num_steps}")
+        self.timesteps = [i / num_steps for i in range(num_steps, 0, -1)]
+        self._prev = {t: (i - 1) / num_steps for i, t in zip(range(num_steps, 0, -1), self.timesteps)}
+
+    @torch.no_grad()
+    def step(self, model_output: Tensor, t: float, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        s = self._prev[t]
+        times = torch.tensor([t, s], device=x_t.device, dtype=torch.float64)
+        a_t, a_s = torch.sigmoid(-self.vdm.gamma(times).double()).tolist()
+        return ddim_step(x_t, model_output, a_t, 1.0 if s == 0 else a_s, self.eta, self.clip_denoised, generator)
 
 
 def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_steps: int) -> Sampler:
@@ -115,19 +149,17 @@ def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_
     ancestral (eta = 1) or DDIM-style sampler on ``steps`` times (``default_steps`` when null).
     """
     name, eta, clip_denoised = cfg.sampler, cfg.eta, cfg.clip_denoised
+    if name not in ("ddpm", "ddim"):
+        raise ValueError(f"unknown sampler '{name}'; known: ddpm, ddim")
     if isinstance(diffusion, VDM):
         steps = default_steps if cfg.steps is None else cfg.steps
-        if name not in ("ddpm", "ddim"):
-            raise ValueError(f"unknown sampler '{name}'; known: ddpm, ddim")
         return VDMSampler(diffusion, steps, 1.0 if name == "ddpm" else eta, clip_denoised)
     steps = diffusion.num_timesteps if cfg.steps is None else cfg.steps
     if name == "ddpm":
         sampler = DDPMSampler(diffusion, clip_denoised)
         sampler.set_timesteps(steps)
         return sampler
-    if name == "ddim":
-        return DDIMSampler(diffusion, steps, eta, clip_denoised)
-    raise ValueError(f"unknown sampler '{name}'; known: ddpm, ddim")
+    return DDIMSampler(diffusion, steps, eta, clip_denoised)
 
 
 @dataclass
