@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .config import RunConfig
 from .factory import Process, build_network, build_process
@@ -31,7 +32,7 @@ def save_checkpoint(path: str | Path, cfg: RunConfig, channels: int, step: int, 
         "step": step,
         "model": model.state_dict(),
         "ema": ema.state_dict(),
-        "process": process.state_dict() if hasattr(process, "state_dict") else {},
+        "process": process.state_dict() if isinstance(process, nn.Module) else {},
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -45,7 +46,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     state = torch.load(path, map_location=device, weights_only=True)
     cfg = RunConfig.from_dict(state["config"])
     process = build_process(cfg, device)
-    if hasattr(process, "load_state_dict"):
+    if isinstance(process, nn.Module):
         process.load_state_dict(state["process"])
         process.eval()
     nets = []
