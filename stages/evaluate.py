@@ -1,4 +1,4 @@
-"""DVC stage evaluate@<dataset>-<model>: FID and Inception Score of the samples against the test split."""
+"""DVC stage evaluate@<dataset>-<model>: FID, IS, KID, precision/recall of the samples and the bits/dim bound."""
 
 from diffusionlab.cli import run_stage
 from diffusionlab.pipeline.evaluate import evaluate_stage

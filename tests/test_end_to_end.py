@@ -24,9 +24,10 @@ TINY = {
                "vdm": {"family": "vdm", "gamma": "network", "timesteps": 50}},
     "train": {"log_every": 10, "warmup_steps": 5},
     "sample": {"steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16, "strip_samples": 4,
-               "strip_frames": 5},
+               "strip_frames": 5, "sweep_steps": [5, 20]},
     "classifier": {"steps": 40, "width": 8, "feature_dim": 8},
-    "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2},
+    "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2,
+                 "kid_subsets": 10, "reference_images": 200},
 }
 
 
@@ -69,24 +70,40 @@ def project(tmp_path_factory):
 
 def test_repro_runs_every_stage_of_the_matrix(project):
     dest, _, repro = project
-    for stage in ("prepare@digits", "classifier@digits", "train@digits-ddpm", "sample@digits-ddpm",
-                  "evaluate@digits-ddpm", "train@digits-vlb", "evaluate@digits-vlb", "train@digits-vdm",
-                  "sample@digits-vdm", "evaluate@digits-vdm"):
+    for stage in ("prepare@digits", "classifier@digits", "reference@digits", "train@digits-ddpm",
+                  "sample@digits-ddpm", "evaluate@digits-ddpm", "train@digits-vlb", "evaluate@digits-vlb",
+                  "train@digits-vdm", "sample@digits-vdm", "evaluate@digits-vdm", "report"):
         assert f"Running stage '{stage}'" in repro.stdout, stage
 
 
-def test_metrics_file_holds_fid_is_and_bits_per_dim_for_every_family(project):
+def test_metrics_file_holds_every_metric_with_its_counts_and_floor_for_every_family(project):
     dest, env, _ = project
+    floor = json.loads((dest / "outputs/reference/digits/floor.json").read_text())
+    assert (floor["num_held_out"], floor["num_reference"]) == (40, 200)
     for model in ("ddpm", "vlb", "vdm"):
         metrics = json.loads((dest / f"outputs/evaluate/digits-{model}/metrics.json").read_text())
-        assert metrics["fid"] >= 0 and metrics["inception_score_mean"] >= 1.0
-        assert metrics["features"] == "classifier"
-        assert (metrics["num_generated"], metrics["num_reference"], metrics["nll_images"]) == (40, 297, 20)
+        scores = metrics["classifier"]
+        assert scores["fid"] >= 0 and scores["isc_mean"] >= 1.0 and 0 <= scores["precision"] <= 1
+        assert scores["fid_floor"] == floor["classifier"]["fid"] and scores["kid_subset_size"] == 40
+        assert (scores["num_generated"], scores["num_reference"], metrics["nll_images"]) == (40, 200, 20)
+        assert "classifier_accuracy" in scores and "inception" not in metrics
+        sweep = (dest / f"outputs/evaluate/digits-{model}/fid_vs_steps.csv").read_text().splitlines()
+        assert [line.split(",")[0] for line in sweep] == ["steps", "5", "10", "20"]
         parts = metrics["bpd_prior"] + metrics["bpd_diffusion"] + metrics["bpd_reconstruction"]
         assert metrics["bpd"] == pytest.approx(parts) and 0 < metrics["bpd"] < float("inf") and metrics["bpd_stderr"] > 0
     shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], dest, env).stdout)
     flat = json.dumps(shown)
-    assert '"fid"' in flat and '"test_accuracy"' in flat and '"final_loss"' in flat
+    assert '"fid"' in flat and '"test_accuracy"' in flat and '"final_loss"' in flat and '"fid_floor"' in flat
+
+
+def test_report_compares_every_model_with_the_floor_in_markdown_and_self_contained_html(project):
+    dest, _, _ = project
+    md = (dest / "outputs/report/report.md").read_text()
+    page = (dest / "outputs/report/report.html").read_text()
+    for text in (md, page):
+        assert "real held-out data" in text and all(m in text for m in ("ddpm", "vlb", "vdm"))
+    assert page.count("data:image/png;base64,") == 2 + 3  # loss and FID-steps figures, three grids
+    assert 'src="http' not in page and "<link" not in page
 
 
 def test_sample_pngs_are_images_of_the_expected_layout(project):
@@ -123,7 +140,8 @@ def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(proje
     r = next(r for r in runs if r["name"] == "digits-ddpm")
     assert r["params"]["model.schedule"] == "linear" and r["params"]["data.train_steps"] == "30"
     assert r["params"]["data.unet.channel_mult"] == "[1, 2]"
-    assert {"loss", "mse", "fid", "inception_score_mean", "sample_seconds", "bpd"} <= set(r["metrics"])
+    assert {"loss", "mse", "classifier.fid", "classifier.isc_mean", "classifier.kid_mean", "classifier.precision",
+            "classifier.fid_floor", "sample_seconds", "bpd"} <= set(r["metrics"])
     vdm = next(r for r in runs if r["name"] == "digits-vdm")
     assert {"gamma_0", "gamma_1", "prior", "diffusion", "reconstruction", "bpd"} <= set(vdm["metrics"])
     vlb = next(r for r in runs if r["name"] == "digits-vlb")
@@ -161,6 +179,6 @@ def test_a_sampling_change_reruns_sampling_into_a_new_mlflow_run(project):
     assert len(runs) == 6
     old = next(r for r in runs if r["name"] == "digits-ddpm" and "continues_run" not in r["tags"])
     new = next(r for r in runs if r["name"] == "digits-ddpm" and "continues_run" in r["tags"])
-    assert old["metrics"]["fid"] == before["digits-ddpm"]["metrics"]["fid"]
+    assert old["metrics"]["classifier.fid"] == before["digits-ddpm"]["metrics"]["classifier.fid"]
     assert old["params"]["sample.steps"] == "10" and new["params"]["sample.steps"] == "5"
-    assert {"fid", "sample_seconds"} <= set(new["metrics"]) and new["tags"]["sampling_steps"] == "5"
+    assert {"classifier.fid", "sample_seconds"} <= set(new["metrics"]) and new["tags"]["sampling_steps"] == "5"

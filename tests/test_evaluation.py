@@ -1,15 +1,38 @@
-"""FID and IS through torch-fidelity on the classifier's features, checked against their closed forms."""
+"""FID, IS, KID and precision/recall through torch-fidelity on both feature backends: closed forms,
+torch-fidelity's own numbers, the reference cache, and orderings every sound metric must respect."""
+
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
+import torch_fidelity
+import yaml
+import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import create_feature_extractor
+from torchvision.transforms.v2 import functional as TF
 
+from diffusionlab import paths
 from diffusionlab.classifier import accuracy, load_classifier, save_classifier, train_classifier
-from diffusionlab.config import ClassifierConfig
-from diffusionlab.evaluation import fid_and_is
+from diffusionlab.config import ClassifierConfig, EvaluateConfig, parse_params
+from diffusionlab.datasets import prepare_digits, save_prepared
+from diffusionlab.errors import StageInputError, WeightsUnavailable
+from diffusionlab.evaluation import ReferenceCache, score
+from diffusionlab.features import (
+    CLASSIFIER_EXTRACTOR,
+    ClassifierFeatureExtractor,
+    classifier_backend,
+    ensure_inception_weights,
+    inception_backend,
+    resolve_backends,
+)
+from diffusionlab.pipeline.reference import reference_stage
 
 CPU = torch.device("cpu")
+ALL = EvaluateConfig(isc_splits=1, kid_subsets=20)
 
 
 def images(seed, n=120, shift=0, with_labels=False):
@@ -30,8 +53,13 @@ def classifier_path(tmp_path_factory):
     cfg = ClassifierConfig(steps=80, batch_size=64, lr=1e-2, width=8, feature_dim=6)
     model, _ = train_classifier(cfg, x, y, 4, CPU, progress=False)
     path = tmp_path_factory.mktemp("clf") / "classifier.pt"
-    save_classifier(path, model, accuracy=0.5, dataset="test")
+    save_classifier(path, model, accuracy=accuracy(model, *images(99, n=200, with_labels=True), CPU), dataset="test")
     return path
+
+
+@pytest.fixture(scope="module")
+def backend(classifier_path):
+    return classifier_backend(classifier_path)
 
 
 def features_of(path, x):
@@ -41,9 +69,9 @@ def features_of(path, x):
     return feats.double().numpy(), logits.double()
 
 
-def test_fid_matches_the_frechet_distance_of_the_classifier_features(classifier_path):
+def test_fid_matches_the_frechet_distance_of_the_classifier_features(classifier_path, backend):
     a, b = images(1), images(2, shift=60)
-    got = fid_and_is(a, b, classifier_path, CPU, isc_splits=1)
+    got = score(a, b, 0, backend, ALL, CPU)
     fa, fb = features_of(classifier_path, a)[0], features_of(classifier_path, b)[0]
     mu1, mu2 = fa.mean(0), fb.mean(0)
     s1, s2 = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
@@ -52,32 +80,120 @@ def test_fid_matches_the_frechet_distance_of_the_classifier_features(classifier_
     assert got["fid"] > 0.01
 
 
-def test_fid_of_a_set_against_itself_is_zero(classifier_path):
+def test_fid_of_a_set_against_itself_is_zero(backend):
     a = images(3)
-    assert fid_and_is(a, a, classifier_path, CPU)["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert score(a, a, 0, backend, ALL, CPU)["fid"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_inception_score_is_exp_of_the_mean_kl_from_the_marginal(classifier_path):
+def test_inception_score_is_exp_of_the_mean_kl_from_the_marginal(classifier_path, backend):
     a = images(4)
-    got = fid_and_is(a, images(5), classifier_path, CPU, isc_splits=1)
+    got = score(a, images(5), 0, backend, ALL, CPU)
     p = features_of(classifier_path, a)[1].softmax(1)
     kl = (p * (p.log() - p.mean(0, keepdim=True).log())).sum(1).mean()
-    assert got["inception_score_mean"] == pytest.approx(kl.exp().item(), rel=1e-6)
-    assert 1.0 <= got["inception_score_mean"] <= 4.0
-    assert got["inception_score_std"] == 0.0
+    assert got["isc_mean"] == pytest.approx(kl.exp().item(), rel=1e-6)
+    assert 1.0 <= got["isc_mean"] <= 4.0
+    assert got["isc_std"] == 0.0
 
 
-def test_metrics_are_deterministic(classifier_path):
+def quadrants(seed, n):
+    """K = 4 well-separated classes: class k lights quadrant k of an 8x8 image; faint noise elsewhere."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 4
+    x = rng.integers(0, 40, (n, 1, 8, 8))
+    for img, k in zip(x, labels):
+        r, c = divmod(int(k), 2)
+        img[:, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = 255
+    return x.astype(np.uint8), labels
+
+
+def test_inception_score_of_k_well_separated_balanced_classes_approaches_k(tmp_path):
+    x, labels = quadrants(0, 256)
+    model, _ = train_classifier(ClassifierConfig(steps=250, batch_size=64, lr=1e-2, width=4, feature_dim=8), x,
+                                labels, 4, CPU, progress=False)
+    save_classifier(tmp_path / "k4.pt", model, accuracy=1.0, dataset="quadrants")
+    held_out = quadrants(1, 200)[0]
+    got = score(held_out, held_out, 0, classifier_backend(tmp_path / "k4.pt"), ALL, CPU)["isc_mean"]
+    assert 3.8 < got <= 4.0
+    one_class = held_out[quadrants(1, 200)[1] == 2]
+    assert score(one_class, one_class, 0, classifier_backend(tmp_path / "k4.pt"), ALL, CPU)["isc_mean"] < 1.2
+
+
+class Plain(torch.utils.data.Dataset):
+    def __init__(self, x):
+        self.x = torch.from_numpy(x)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i]
+
+
+def test_every_metric_equals_torch_fidelitys_own_through_the_reference_cache(backend, tmp_path):
+    """The project adds a cache and a dataset wrapper, never its own formula."""
+    generated, reference = images(10), images(11, n=150, shift=20)
+    cache = ReferenceCache(tmp_path / "cache", "ref")
+    written = score(generated, reference, 0, backend, ALL, CPU, cache)
+    read = score(generated, None, len(reference), backend, ALL, CPU, cache)
+    own = torch_fidelity.calculate_metrics(
+        input1=Plain(generated), input2=Plain(reference),
+        cuda=False, isc=True, fid=True, kid=True, prc=True, feature_extractor=CLASSIFIER_EXTRACTOR,
+        feature_extractor_weights_path=str(backend.weights_path), isc_splits=1, kid_subsets=20,
+        kid_subset_size=120, rng_seed=0, cache=False, save_cpu_ram=True, verbose=False)
+    assert written == read
+    assert read["fid"] == own["frechet_inception_distance"]
+    assert read["kid_mean"] == own["kernel_inception_distance_mean"]
+    assert read["isc_mean"] == own["inception_score_mean"]
+    assert (read["precision"], read["recall"]) == (own["precision"], own["recall"])
+    assert (read["num_generated"], read["num_reference"], read["kid_subset_size"]) == (120, 150, 120)
+
+
+def test_reading_the_cache_never_reads_or_rewrites_the_reference(backend, tmp_path):
+    cache = ReferenceCache(tmp_path / "cache", "ref")
+    score(images(12), images(13), 0, backend, ALL, CPU, cache)
+    before = {p.name: p.stat().st_mtime_ns for p in cache.root.iterdir()}
+    assert len(before) == 3  # features, logits, FID statistics
+    score(images(14), None, 120, backend, ALL, CPU, cache)
+    assert {p.name: p.stat().st_mtime_ns for p in cache.root.iterdir()} == before
+    with pytest.raises(StageInputError, match="dvc repro reference"):
+        score(images(14), None, 120, backend, ALL, CPU, ReferenceCache(tmp_path / "none", "ref"))
+
+
+def test_metrics_are_deterministic_given_the_seed(backend):
     a, b = images(6), images(7)
-    assert fid_and_is(a, b, classifier_path, CPU, seed=3) == fid_and_is(a, b, classifier_path, CPU, seed=3)
+    assert score(a, b, 0, backend, ALL, CPU) == score(a, b, 0, backend, ALL, CPU)
 
 
-def test_mismatched_image_shapes_are_rejected(classifier_path):
+def test_only_the_enabled_metrics_are_computed(backend):
+    got = score(images(6), images(7), 0, backend, EvaluateConfig(isc=False, kid=False, prc=False), CPU)
+    assert set(got) == {"fid", "num_generated", "num_reference"}
+
+
+def test_mismatched_image_shapes_are_rejected(backend):
     with pytest.raises(ValueError, match="differ in shape"):
-        fid_and_is(images(1), np.zeros((4, 1, 16, 16), np.uint8), classifier_path, CPU)
+        score(images(1), np.zeros((4, 1, 16, 16), np.uint8), 0, backend, ALL, CPU)
 
 
-def test_classifier_learns_separable_classes():
+def test_classifier_backend_is_registered_and_gives_features_of_the_documented_shapes(classifier_path):
+    assert FEATURE_EXTRACTORS_REGISTRY[CLASSIFIER_EXTRACTOR] is ClassifierFeatureExtractor
+    extractor = create_feature_extractor(CLASSIFIER_EXTRACTOR, ["features", "logits"], cuda=False,
+                                         feature_extractor_weights_path=str(classifier_path))
+    features, logits = extractor(torch.from_numpy(images(1, n=5)))
+    assert features.shape == (5, 6) and logits.shape == (5, 4)  # [N, feature_dim], [N, num_classes]
+    assert features.dtype == logits.dtype == torch.float32
+
+
+def test_a_classifier_below_the_accuracy_threshold_is_refused(tmp_path, classifier_path):
+    model, _ = load_classifier(classifier_path)
+    weak = tmp_path / "weak.pt"
+    save_classifier(weak, model, accuracy=0.5, dataset="test")
+    with pytest.raises(StageInputError, match="0.5000 held-out accuracy, below evaluate.min_classifier_accuracy"):
+        resolve_backends(EvaluateConfig(min_classifier_accuracy=0.95), weak, timeout=1)
+    (backend,) = resolve_backends(EvaluateConfig(min_classifier_accuracy=0.4), weak, timeout=1)
+    assert backend.identity == {"classifier_accuracy": 0.5}
+
+
+def test_the_classifier_learns_separable_classes():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 256)
     x = np.zeros((256, 1, 8, 8), np.uint8)
@@ -86,3 +202,107 @@ def test_classifier_learns_separable_classes():
     cfg = ClassifierConfig(steps=60, batch_size=64, lr=1e-2, width=4, feature_dim=8)
     model, _ = train_classifier(cfg, x, labels, 2, CPU, progress=False)
     assert accuracy(model, x, labels, CPU) > 0.95
+
+
+# Orderings on real images (scikit-learn's bundled digits), for both backends
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return prepare_digits(16, 300, 0)
+
+
+def degraded(real):
+    """Uniform noise, and a blurred copy of the real images."""
+    noise = np.random.default_rng(0).integers(0, 256, real.shape, dtype=np.uint8)
+    return noise, TF.gaussian_blur(torch.from_numpy(real), [5, 5], [1.5, 1.5]).numpy()
+
+
+@pytest.fixture(scope="module")
+def random_inception_weights(tmp_path_factory, digits):
+    """A weights file of torch-fidelity's InceptionV3 in its original format: random convolutions,
+    batch-norm statistics measured on digits so that activations keep their scale."""
+    torch.manual_seed(0)
+    with mock.patch.object(fidelity_inception, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(fidelity_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None):
+        net = fidelity_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average over the calibration batch
+            module.reset_running_stats()
+    net.train()
+    with torch.no_grad():
+        net(torch.from_numpy(digits.train_images[:16]).repeat(1, 3, 1, 1))
+    path = tmp_path_factory.mktemp("inception") / "weights-inception.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def assert_real_scores_far_better_than_noise_and_blur(backend, digits, n_ref, n, tmp_path):
+    cfg = EvaluateConfig(isc=False, kid=False, prc=False)
+    cache = ReferenceCache(tmp_path / backend.name, "train")
+    real = score(digits.test_images[:n], digits.train_images[:n_ref], 0, backend, cfg, CPU, cache)["fid"]
+    noise, blurred = degraded(digits.test_images[:n])
+    worse = [score(x, None, n_ref, backend, cfg, CPU, cache)["fid"] for x in (noise, blurred)]
+    assert 0 <= real and all(fid > 2 * real for fid in worse), (real, worse)
+
+
+def test_classifier_backend_scores_real_data_far_better_than_noise_and_blur(digits, tmp_path):
+    model, _ = train_classifier(ClassifierConfig(steps=120, width=8, feature_dim=16), digits.train_images,
+                                digits.train_labels, 10, CPU, progress=False)
+    path = tmp_path / "digits.pt"
+    save_classifier(path, model, accuracy(model, digits.test_images, digits.test_labels, CPU), "digits")
+    assert_real_scores_far_better_than_noise_and_blur(classifier_backend(path), digits, 1000, 300, tmp_path)
+
+
+def test_inception_backend_scores_real_data_far_better_than_noise_and_blur(digits, random_inception_weights,
+                                                                          tmp_path):
+    """Grayscale digits go in as uint8, repeated to the 3 channels InceptionV3 takes."""
+    backend = inception_backend(random_inception_weights)
+    assert backend.rgb and len(backend.identity["weights_sha256"]) == 64
+    assert_real_scores_far_better_than_noise_and_blur(backend, digits, 64, 32, tmp_path)
+
+
+# Inception weights: offline, corrupt, or carrying code
+
+UNREACHABLE = "http://127.0.0.1:9/weights-inception-2015-12-05-6726825d.pth"
+
+
+def test_missing_inception_weights_offline_fail_at_once_naming_the_file_and_the_offline_backend(tmp_path):
+    target = tmp_path / "weights" / "weights-inception-2015-12-05-6726825d.pth"
+    with pytest.raises(WeightsUnavailable) as err:
+        ensure_inception_weights(target, timeout=2, url=UNREACHABLE)
+    message = str(err.value)
+    assert str(target) in message and "weights-inception-2015-12-05-6726825d.pth" in message
+    assert "evaluate.inception_weights" in message and "evaluate.features: [classifier]" in message
+    assert not (tmp_path / "weights").exists(), "nothing may be written when the download fails"
+
+
+def test_a_weights_file_that_is_no_state_dict_or_carries_code_is_refused(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsUnavailable, match="not a usable InceptionV3 weights file"):
+        ensure_inception_weights(junk, timeout=1, url=UNREACHABLE)
+    code = tmp_path / "code.pth"
+    torch.save({"fc.weight": torch.zeros(1), "hook": Plain}, code)  # a class: only unpickled with code execution
+    with pytest.raises(WeightsUnavailable, match="not a usable InceptionV3 weights file"):
+        ensure_inception_weights(code, timeout=1, url=UNREACHABLE)
+
+
+def test_reference_stage_without_inception_weights_fails_before_writing_anything(tmp_cwd, monkeypatch, digits,
+                                                                                   classifier_path):
+    monkeypatch.setattr("diffusionlab.features.INCEPTION_URL", UNREACHABLE)
+    save_prepared(digits, paths.prepared("digits"))
+    save_classifier(paths.classifier("digits") / "classifier.pt", load_classifier(classifier_path)[0], 1.0, "digits")
+    floor = paths.reference("digits") / "floor.json"
+    floor.parent.mkdir(parents=True)
+    floor.write_text('{"earlier": "result"}')
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    raw["data"]["download_timeout"] = 2
+    raw["evaluate"]["features"] = ["classifier", "inception"]
+    params = parse_params(raw)
+    with pytest.raises(WeightsUnavailable, match="evaluate.features: \\[classifier\\]"):
+        reference_stage(params, "digits")
+    assert floor.read_text() == '{"earlier": "result"}'
+    assert sorted(p.name for p in floor.parent.iterdir()) == ["floor.json"]
+    assert not Path("data/weights").exists()

@@ -12,14 +12,16 @@ from .config import Params, load_params
 from .errors import EXPECTED_ERRORS
 
 
-def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | None = None) -> None:
-    """Parse ``--dataset`` (and ``--model``), load params.yaml and run ``stage(params, dataset[, model])``.
+def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | None = None,
+              with_dataset: bool = True) -> None:
+    """Parse ``--dataset`` (and ``--model``), load params.yaml and run ``stage(params[, dataset[, model]])``.
 
     Expected failures (bad params, unavailable data, missing inputs) exit with status 2 and a
     one-paragraph message instead of a traceback.
     """
     parser = argparse.ArgumentParser(description=stage.__doc__)
-    parser.add_argument("--dataset", required=True)
+    if with_dataset:
+        parser.add_argument("--dataset", required=True)
     if with_model:
         parser.add_argument("--model", required=True)
     parser.add_argument("--params", default="params.yaml")
@@ -27,13 +29,15 @@ def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | No
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    target = f"{args.dataset}-{args.model}" if with_model else args.dataset
+    names = [getattr(args, name) for name, wanted in (("dataset", with_dataset), ("model", with_model)) if wanted]
+    target = "-".join(names)
     log = logging.getLogger("diffusionlab")
     start = time.perf_counter()
     try:
         params: Params = load_params(args.params)
-        stage(params, args.dataset, *([args.model] if with_model else []))
+        stage(params, *names)
     except EXPECTED_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    log.info("%s@%s finished in %.1f s", stage.__module__.rsplit(".", 1)[-1], target, time.perf_counter() - start)
+    name = stage.__module__.rsplit(".", 1)[-1] + (f"@{target}" if target else "")
+    log.info("%s finished in %.1f s", name, time.perf_counter() - start)

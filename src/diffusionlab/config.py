@@ -21,6 +21,7 @@ import yaml
 from .errors import ConfigError
 
 DatasetName = Literal["digits", "mnist", "cifar10"]
+FeatureBackend = Literal["classifier", "inception"]
 DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
 LINEAR_MIN_TIMESTEPS = 21
 
@@ -167,6 +168,16 @@ class SampleConfig:
     strip_samples: int = _field(8, ge=1)
     strip_frames: int = _field(10, ge=2)
     seed: int = _field(1, ge=0)
+    sweep_steps: tuple[int, ...] = ()
+    """Further step counts whose samples are scored too (FID against steps), for samplers that take a
+    step count: ``ddim``, and both samplers of continuous-time models."""
+
+    def __post_init__(self) -> None:
+        bad = [n for n in self.sweep_steps if n < 1]
+        if bad:
+            raise ConfigError(f"sample.sweep_steps must hold step counts >= 1, got {list(self.sweep_steps)}")
+        if len(set(self.sweep_steps)) != len(self.sweep_steps):
+            raise ConfigError(f"sample.sweep_steps lists a step count twice: {list(self.sweep_steps)}")
 
 
 @dataclass(frozen=True)
@@ -181,8 +192,23 @@ class ClassifierConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    features: Literal["classifier"] = "classifier"
-    min_classifier_accuracy: float = _field(0.9, ge=0, le=1)
+    features: tuple[FeatureBackend, ...] = ("classifier",)
+    """Feature backends, each scored separately: ``classifier`` (trained on the dataset, offline) and
+    ``inception`` (torch-fidelity's InceptionV3, the features papers report)."""
+    fid: bool = True
+    isc: bool = True
+    kid: bool = True
+    prc: bool = True
+    """Precision and recall (Kynkaanniemi et al. 2019)."""
+    kid_subsets: int = _field(100, ge=1)
+    kid_subset_size: int = _field(1000, ge=2)
+    """Capped at the smaller of the two image counts; the value used is recorded with KID."""
+    prc_neighborhood: int = _field(3, ge=1)
+    reference_images: int = _field(0, ge=0)
+    """Training images that make the reference statistics; 0 means the whole training split."""
+    inception_weights: str = "data/weights/weights-inception-2015-12-05-6726825d.pth"
+    """Where torch-fidelity's InceptionV3 weights are read from (downloaded there when missing)."""
+    min_classifier_accuracy: float = _field(0.95, ge=0, le=1)
     nll_images: int = _field(100, ge=0)
     """Held-out images for the bits/dim bound; 0 means the whole split."""
     nll_t_draws: int = _field(4, ge=1)
@@ -190,6 +216,14 @@ class EvaluateConfig:
     isc_splits: int = _field(10, ge=1)
     batch_size: int = _field(500, ge=1)
     seed: int = _field(0, ge=0)
+
+    def __post_init__(self) -> None:
+        if not self.features:
+            raise ConfigError("evaluate.features is empty; list at least one of: classifier, inception")
+        if len(set(self.features)) != len(self.features):
+            raise ConfigError(f"evaluate.features lists a backend twice: {list(self.features)}")
+        if not (self.fid or self.isc or self.kid or self.prc):
+            raise ConfigError("evaluate.fid, isc, kid and prc are all false; enable at least one metric")
 
 
 @dataclass(frozen=True)
@@ -252,6 +286,12 @@ class Params:
             if steps is not None and steps > model.timesteps:
                 raise ConfigError(
                     f"sample.steps is {steps} but models.{name}.timesteps is {model.timesteps}; "
+                    "a sampler cannot take more steps than the model has"
+                )
+            too_many = [n for n in self.sample.sweep_steps if n > model.timesteps]
+            if too_many:
+                raise ConfigError(
+                    f"sample.sweep_steps holds {too_many} but models.{name}.timesteps is {model.timesteps}; "
                     "a sampler cannot take more steps than the model has"
                 )
             if self.sample.sampler == "ddpm" and steps not in (None, model.timesteps):

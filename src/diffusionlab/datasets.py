@@ -7,12 +7,9 @@ stage reads it in a fraction of a second.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import urllib.error
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.transforms.v2 import functional as TF
 
 from .errors import DatasetUnavailable
-from .io import atomic_dir, read_json, save_npy, write_json
+from .io import atomic_dir, read_json, save_npy, socket_timeout, write_json
 
 MIRROR_ENV = "DIFFUSIONLAB_DATA_MIRROR"
 OFFLINE_DATASET = "digits"
@@ -163,16 +160,6 @@ def _copy_from_folder(cls: type, folder: Path, dest: Path) -> None:
             raise DatasetUnavailable(f"{source} fails its checksum (expected md5 {md5}): the file is corrupt or truncated")
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
 def download(name: str, raw_root: str | Path, mirror: str | None, timeout: float) -> tuple[type, Path]:
     """Download a torchvision dataset into ``raw_root/name``, verified by its checksums.
 
@@ -192,7 +179,7 @@ def download(name: str, raw_root: str | Path, mirror: str | None, timeout: float
         if mirror is not None and not _is_url(mirror):
             # torchvision cannot stream file:// URLs; with the verified archives in place it only extracts them.
             _copy_from_folder(cls, Path(mirror).expanduser(), _archive_folder(cls, tmp))
-        with _socket_timeout(timeout):
+        with socket_timeout(timeout):
             cls(root=str(tmp), train=True, download=True)
     except (RuntimeError, OSError, urllib.error.URLError) as err:
         shutil.rmtree(tmp, ignore_errors=True)

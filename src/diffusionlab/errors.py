@@ -9,8 +9,12 @@ class DatasetUnavailable(RuntimeError):
     """A dataset could not be downloaded or failed its checksum."""
 
 
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights (InceptionV3 for FID) are neither on disk nor downloadable."""
+
+
 class StageInputError(RuntimeError):
     """A stage's inputs exist but cannot be used as they are (stale or below a quality threshold)."""
 
 
-EXPECTED_ERRORS = (ConfigError, DatasetUnavailable, StageInputError, FileNotFoundError)
+EXPECTED_ERRORS = (ConfigError, DatasetUnavailable, WeightsUnavailable, StageInputError, FileNotFoundError)

@@ -1,7 +1,13 @@
-"""FID and Inception Score through torch-fidelity, on the features of the dataset's classifier."""
+"""FID, Inception Score, KID and precision/recall, computed by ``torch_fidelity.calculate_metrics``.
+
+The reference side (the real training images) goes through torch-fidelity's own file cache: the
+``reference`` stage writes it once per dataset and backend, and every model's evaluation reads it
+instead of extracting the same features again.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,97 +15,109 @@ import torch
 import torch_fidelity
 from torch import Tensor
 from torch.utils.data import Dataset
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from .classifier import load_classifier
+from . import paths
+from .config import EvaluateConfig
+from .errors import StageInputError
+from .features import Backend, ImageArrayDataset
 
-CLASSIFIER_EXTRACTOR = "diffusionlab-classifier"
-
-
-class ClassifierFeatureExtractor(FeatureExtractorBase):
-    """Torch-fidelity feature extractor over a trained :class:`~diffusionlab.classifier.Classifier`.
-
-    Provides ``features`` (the penultimate layer, used for FID) and ``logits`` (torch-fidelity's
-    Inception Score applies the softmax itself).
-    """
-
-    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None, **kwargs):
-        super().__init__(name, features_list)
-        if feature_extractor_weights_path is None:
-            raise ValueError("the classifier feature extractor needs feature_extractor_weights_path")
-        self.model, _ = load_classifier(feature_extractor_weights_path)
-
-    @staticmethod
-    def get_provided_features_list() -> tuple[str, ...]:
-        return ("features", "logits")
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric: str) -> str:
-        return {"isc": "logits", "fid": "features", "kid": "features", "prc": "features"}[metric]
-
-    @staticmethod
-    def can_be_compiled() -> bool:
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile() -> Tensor:
-        raise NotImplementedError
-
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        features, logits = self.model(images)
-        named = {"features": features, "logits": logits}
-        return tuple(named[name].float() for name in self.features_list)
+FIDELITY_KEYS = {
+    "frechet_inception_distance": "fid",
+    "inception_score_mean": "isc_mean",
+    "inception_score_std": "isc_std",
+    "kernel_inception_distance_mean": "kid_mean",
+    "kernel_inception_distance_std": "kid_std",
+    "precision": "precision",
+    "recall": "recall",
+    "f_score": "f_score",
+}
+"""torch-fidelity's result keys and the shorter names the metrics files and MLflow use."""
 
 
-if CLASSIFIER_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
-    register_feature_extractor(CLASSIFIER_EXTRACTOR, ClassifierFeatureExtractor)
+@dataclass(frozen=True)
+class ReferenceCache:
+    """torch-fidelity cache entry of the reference images: ``cache_root`` and ``input2_cache_name``."""
+
+    root: Path
+    name: str
+
+    def exists(self) -> bool:
+        return self.root.is_dir() and any(self.root.glob(f"{self.name}-*"))
 
 
-class ImageArrayDataset(Dataset):
-    """uint8 [N, C, H, W] array as the dataset of uint8 tensors torch-fidelity expects."""
+def reference_cache(dataset: str, backend: str, root: Path | None = None) -> ReferenceCache:
+    """The cache entry of ``dataset``'s training images for ``backend``, in the reference stage's
+    output folder (or in ``root``, where that folder is being written)."""
+    return ReferenceCache((root or paths.reference(dataset) / "cache") / backend, f"{dataset}-train")
 
-    def __init__(self, images: np.ndarray):
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(f"expected uint8 images [N, C, H, W], got {images.dtype} {images.shape}")
-        self.images = torch.from_numpy(images)
+
+class _CachedOnly(Dataset):
+    """Stands for reference images whose features are in the cache; reading an image is an error."""
+
+    def __init__(self, cache: ReferenceCache, size: int):
+        self.cache, self.size = cache, size
 
     def __len__(self) -> int:
-        return len(self.images)
+        return self.size
 
     def __getitem__(self, i: int) -> Tensor:
-        return self.images[i]
+        raise StageInputError(f"reference features are missing from the cache {self.cache.root} "
+                              f"({self.cache.name}); run: dvc repro reference")
 
 
-def fid_and_is(
-    generated: np.ndarray,
-    reference: np.ndarray,
-    classifier_path: str | Path,
+def score(
+    images: np.ndarray,
+    reference: np.ndarray | None,
+    num_reference: int,
+    backend: Backend,
+    cfg: EvaluateConfig,
     device: torch.device,
-    isc_splits: int = 10,
-    batch_size: int = 500,
-    seed: int = 0,
-) -> dict[str, float]:
-    """FID of ``generated`` against ``reference`` and the IS of ``generated``, both uint8 [N, C, H, W]."""
-    if generated.shape[1:] != reference.shape[1:]:
-        raise ValueError(f"generated images {generated.shape[1:]} and reference {reference.shape[1:]} differ in shape")
-    metrics = torch_fidelity.calculate_metrics(
-        input1=ImageArrayDataset(generated),
-        input2=ImageArrayDataset(reference),
+    cache: ReferenceCache | None = None,
+) -> dict[str, float | int]:
+    """The metrics ``cfg`` enables, of ``images`` (uint8 [N, C, H, W]) against the reference images.
+
+    ``reference`` given: its features are extracted (and written to ``cache`` when one is given).
+    ``reference`` None: its features are read from ``cache``, which must exist. IS is of ``images``
+    alone. Returns the metrics plus the counts they were computed at (``num_generated``,
+    ``num_reference``, ``kid_subset_size``), deterministic given ``cfg.seed``.
+    """
+    if reference is not None and images.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"images {images.shape[1:]} and reference {reference.shape[1:]} differ in shape")
+    if reference is None:
+        if cache is None or not cache.exists():
+            where = "no cache" if cache is None else f"{cache.root} ({cache.name})"
+            raise StageInputError(f"reference features not found in {where}; run: dvc repro reference")
+        input2: Dataset = _CachedOnly(cache, num_reference)
+    else:
+        input2 = ImageArrayDataset(reference, backend.rgb)
+        num_reference = len(reference)
+    kid_subset_size = min(cfg.kid_subset_size, len(images), num_reference)
+    if cfg.kid and kid_subset_size < 2:
+        raise StageInputError(f"KID needs at least 2 images on each side, got {len(images)} and {num_reference}")
+    raw = torch_fidelity.calculate_metrics(
+        input1=ImageArrayDataset(images, backend.rgb),
+        input2=input2,
         cuda=device.type == "cuda",
-        fid=True,
-        isc=True,
-        feature_extractor=CLASSIFIER_EXTRACTOR,
-        feature_extractor_weights_path=str(classifier_path),
-        isc_splits=isc_splits,
-        batch_size=batch_size,
-        rng_seed=seed,
-        cache=False,
+        fid=cfg.fid,
+        isc=cfg.isc,
+        kid=cfg.kid,
+        prc=cfg.prc,
+        feature_extractor=backend.extractor,
+        feature_extractor_weights_path=str(backend.weights_path),
+        isc_splits=cfg.isc_splits,
+        kid_subsets=cfg.kid_subsets,
+        kid_subset_size=kid_subset_size,
+        prc_neighborhood=cfg.prc_neighborhood,
+        batch_size=cfg.batch_size,
+        rng_seed=cfg.seed,
+        cache=cache is not None,
+        cache_root=str(cache.root) if cache is not None else None,
+        input2_cache_name=cache.name if cache is not None else None,
         save_cpu_ram=True,
         verbose=False,
     )
-    return {
-        "fid": float(metrics["frechet_inception_distance"]),
-        "inception_score_mean": float(metrics["inception_score_mean"]),
-        "inception_score_std": float(metrics["inception_score_std"]),
-    }
+    out: dict[str, float | int] = {FIDELITY_KEYS[k]: float(v) for k, v in raw.items() if k in FIDELITY_KEYS}
+    out.update(num_generated=int(len(images)), num_reference=int(num_reference))
+    if cfg.kid:
+        out["kid_subset_size"] = int(kid_subset_size)
+    return out

@@ -27,3 +27,11 @@ def sample(dataset: str, model: str) -> Path:
 
 def evaluate(dataset: str, model: str) -> Path:
     return OUTPUTS / "evaluate" / f"{dataset}-{model}"
+
+
+def reference(dataset: str) -> Path:
+    return OUTPUTS / "reference" / dataset
+
+
+def report() -> Path:
+    return OUTPUTS / "report"

@@ -162,6 +162,12 @@ def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_
     return DDIMSampler(diffusion, steps, eta, clip_denoised)
 
 
+def takes_step_count(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM) -> bool:
+    """Whether the sampler ``cfg`` names runs on any number of steps (the ancestral sampler of a
+    discrete-time model runs all T)."""
+    return isinstance(diffusion, VDM) or cfg.sampler != "ddpm"
+
+
 @dataclass
 class Trajectory:
     """Frames recorded during sampling: step index, x_t and predicted x_0, each [B, C, H, W]."""

@@ -6,55 +6,79 @@ import logging
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 from .. import paths
 from ..checkpoint import load_checkpoint
-from ..classifier import load_classifier
 from ..config import Params
 from ..datasets import load_prepared
 from ..device import device_name, resolve_device
-from ..errors import StageInputError
-from ..evaluation import fid_and_is
-from ..io import write_json
+from ..evaluation import reference_cache, score
+from ..features import resolve_backends
+from ..io import atomic_path, read_json, write_json
 from ..nll import bits_per_dim
 from ..tracking import continue_run
 
 log = logging.getLogger(__name__)
 
+SWEEP_COLUMNS = ["steps", "backend", "fid", "isc_mean", "kid_mean", "precision", "recall"]
+
 
 def evaluate_stage(params: Params, dataset: str, model: str) -> None:
-    """FID and Inception Score of the samples against the held-out split, and the bound on the held-out
-    negative log-likelihood in bits/dim with its terms, written as DVC metrics."""
+    """Score the samples with every feature backend against the cached reference statistics, next
+    to the real-data floor; score the samples of each sweep step count; and bound the held-out
+    negative log-likelihood in bits/dim. Written as DVC metrics and plots and logged to MLflow."""
     run = params.run(dataset, model)
     e = run.evaluate
     device = resolve_device(run.train.device)
-    classifier_path = paths.classifier(dataset) / "classifier.pt"
-    _, meta = load_classifier(classifier_path)
-    if meta["accuracy"] < e.min_classifier_accuracy:
-        raise StageInputError(
-            f"the {dataset} classifier reaches {meta['accuracy']:.3f} test accuracy, below "
-            f"evaluate.min_classifier_accuracy = {e.min_classifier_accuracy}; its features would make FID and IS "
-            "meaningless: train it longer (classifier.steps) or lower the threshold"
-        )
-    generated = np.load(paths.sample(dataset, model) / "samples.npy")
-    reference = load_prepared(paths.prepared(dataset)).test_images
+    backends = resolve_backends(e, paths.classifier(dataset) / "classifier.pt", params.data.download_timeout)
+    floor = read_json(paths.reference(dataset) / "floor.json")
+    missing = [b.name for b in backends if b.name not in floor]
+    if missing:
+        raise FileNotFoundError(f"the reference statistics of {dataset} lack the backends {missing}; "
+                                f"run: dvc repro reference@{dataset}")
+    sample_dir = paths.sample(dataset, model)
+    card = read_json(sample_dir / "sample.json")
+    generated = {card["steps"]: np.load(sample_dir / "samples.npy")}
+    for n in card["sweep_steps"]:
+        generated[n] = np.load(sample_dir / "sweep" / f"steps_{n}.npy")
     ckpt = load_checkpoint(paths.train(dataset, model) / "checkpoint.pt", device)
-    with continue_run(params.mlflow, run, paths.sample(dataset, model), device, device_name(device)):
-        scores = fid_and_is(generated, reference, classifier_path, device, e.isc_splits, e.batch_size, e.seed)
-        nll_images = reference if e.nll_images == 0 else reference[: e.nll_images]
-        scores.update(bits_per_dim(ckpt.process, ckpt.ema, nll_images, e.nll_t_draws, e.batch_size, device, e.seed))
-        metrics = {
-            **scores,
-            "features": e.features,
-            "classifier_accuracy": meta["accuracy"],
-            "num_generated": int(len(generated)),
-            "num_reference": int(len(reference)),
-            "nll_images": int(len(nll_images)),
-            "nll_t_draws": e.nll_t_draws,
-        }
-        write_json(paths.evaluate(dataset, model) / "metrics.json", metrics)
-        mlflow.log_metrics({**scores, "classifier_accuracy": meta["accuracy"]})
-        mlflow.set_tags({"fid_features": e.features, "fid_num_generated": len(generated),
-                         "fid_num_reference": len(reference)})
-    log.info("%s-%s: FID %.3f, IS %.3f (%s features), NLL bound %.3f ± %.3f bits/dim", dataset, model,
-             scores["fid"], scores["inception_score_mean"], e.features, scores["bpd"], scores["bpd_stderr"])
+    nll_images = load_prepared(paths.prepared(dataset)).test_images
+    nll_images = nll_images if e.nll_images == 0 else nll_images[: e.nll_images]
+
+    with continue_run(params.mlflow, run, sample_dir, device, device_name(device)):
+        metrics: dict = {"family": run.model.family, "sampler": card["sampler"], "steps": card["steps"], "num_generated": card["num_samples"],
+                         "num_reference": floor["num_reference"], "num_held_out": floor["num_held_out"]}
+        rows = []
+        for backend in backends:
+            cache = reference_cache(dataset, backend.name)
+            for n, images in sorted(generated.items()):
+                result = score(images, None, floor["num_reference"], backend, e, device, cache)
+                rows.append({"steps": n, "backend": backend.name, **result})
+                if n == card["steps"]:
+                    main = result
+            real = {f"{k}_floor": v for k, v in floor[backend.name].items() if isinstance(v, float)}
+            metrics[backend.name] = {**main, **real, **backend.identity}
+            mlflow.log_metrics({f"{backend.name}.{k}": v for k, v in {**main, **real}.items()})
+        metrics.update(bits_per_dim(ckpt.process, ckpt.ema, nll_images, e.nll_t_draws, e.batch_size, device, e.seed))
+        metrics.update(nll_images=int(len(nll_images)), nll_t_draws=e.nll_t_draws)
+        mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith("bpd")})
+        sweep = pd.DataFrame(rows)
+        for backend in backends:
+            for _, row in sweep[sweep.backend == backend.name].iterrows():
+                mlflow.log_metric(f"{backend.name}.fid_vs_steps", row["fid"], step=int(row["steps"]))
+        out = paths.evaluate(dataset, model)
+        with atomic_path(out / "sweep.csv") as tmp:
+            sweep.to_csv(tmp, index=False)
+        primary = sweep[sweep.backend == backends[0].name]
+        with atomic_path(out / "fid_vs_steps.csv") as tmp:
+            primary[[c for c in SWEEP_COLUMNS if c in primary]].to_csv(tmp, index=False)
+        write_json(out / "metrics.json", metrics)
+        mlflow.set_tags({"fid_features": ",".join(e.features), "fid_num_generated": card["num_samples"],
+                         "fid_num_reference": floor["num_reference"]})
+    for backend in backends:
+        m = metrics[backend.name]
+        log.info("%s-%s (%s features, %d generated vs %d train): FID %.3f (real-data floor %.3f)", dataset, model,
+                 backend.name, card["num_samples"], floor["num_reference"], m.get("fid", float("nan")),
+                 m.get("fid_floor", float("nan")))
+    log.info("%s-%s: NLL bound %.3f ± %.3f bits/dim", dataset, model, metrics["bpd"], metrics["bpd_stderr"])

@@ -1,0 +1,44 @@
+"""Stage report."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from .. import paths
+from ..config import Params
+from ..io import atomic_path, read_json
+from ..report import ModelResult, Results, render_html, render_markdown, results_table
+
+log = logging.getLogger(__name__)
+
+
+def collect(params: Params) -> Results:
+    """The results of every (dataset, model) that ``pipeline`` lists, read from the stages' outputs."""
+    results = Results()
+    for dataset in params.pipeline.datasets:
+        results.floors[dataset] = read_json(paths.reference(dataset) / "floor.json")
+        for model in params.pipeline.models:
+            evaluated = paths.evaluate(dataset, model)
+            metrics = read_json(evaluated / "metrics.json")
+            results.models.append(ModelResult(
+                dataset=dataset, model=model, family=metrics["family"], metrics=metrics,
+                sweep=pd.read_csv(evaluated / "sweep.csv"),
+                loss=pd.read_csv(paths.train(dataset, model) / "loss.csv"),
+                grid_png=paths.sample(dataset, model) / "grid.png",
+            ))
+    return results
+
+
+def report_stage(params: Params) -> None:
+    """Write the comparison report: report.md, report.html (self-contained) and results.csv."""
+    results = collect(params)
+    out = paths.report()
+    with atomic_path(out / "results.csv") as tmp:
+        results_table(results).to_csv(tmp, index=False)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(render_markdown(results, out))
+    with atomic_path(out / "report.html") as tmp:
+        tmp.write_text(render_html(results))
+    log.info("report of %d models on %s: %s", len(results.models), ", ".join(results.floors), out / "report.html")
