@@ -54,4 +54,4 @@ def test_prepare_stage_writes_the_prepared_form(tmp_cwd):
     write_params(tmp_cwd)
     run_stage(prepare_stage, with_model=False, argv=["--dataset", "digits"])
     card = yaml.safe_load((tmp_cwd / "data/prepared/digits/card.json").read_text())
-    assert (card["train_size"], card["test_size"], card["image_size"], card["channels"]) == (1500, 297, 16, 1)
+    assert (card["train_size"], card["test_size"], card["image_size"], card["channels"]) == (1497, 300, 16, 1)

@@ -134,3 +134,25 @@ def test_family_defaults_resolve_variance_and_loss(raw):
     assert (models["a"].reverse_variance, models["a"].loss_type) == ("fixed_small", "simple")
     assert (models["b"].reverse_variance, models["b"].loss_type) == ("learned_range", "hybrid")
     assert (models["c"].reverse_variance, models["c"].loss_type) == (None, None)
+
+
+def test_sweep_steps_are_checked_against_every_discrete_model(raw):
+    raw["sample"]["sweep_steps"] = [10, 2000]
+    with pytest.raises(ConfigError, match=r"sample.sweep_steps holds \[2000\] but models.ddpm.timesteps is 1000"):
+        parse_params(raw)
+    raw["sample"]["sweep_steps"] = [10, 10]
+    with pytest.raises(ConfigError, match="lists a step count twice"):
+        parse_params(raw)
+
+
+def test_feature_backends_must_be_known_unique_and_present(raw):
+    for features, message in ((["clasifier"], "must be one of 'classifier', 'inception'"),
+                              ([], "evaluate.features is empty"),
+                              (["inception", "inception"], "lists a backend twice")):
+        bad = copy.deepcopy(raw)
+        bad["evaluate"]["features"] = features
+        with pytest.raises(ConfigError, match=message):
+            parse_params(bad)
+    raw["evaluate"].update(fid=False, isc=False, kid=False, prc=False)
+    with pytest.raises(ConfigError, match="enable at least one metric"):
+        parse_params(raw)

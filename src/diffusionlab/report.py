@@ -106,12 +106,20 @@ def fid_steps_figure(results: Results, dataset: str) -> bytes:
         if isinstance(metrics, dict) and "fid" in metrics:
             ax.axhline(metrics["fid"], linestyle="--", color="gray", label=f"real data ({backend})")
     ax.set(xlabel="sampling steps", ylabel="FID", xscale="log", title=f"{dataset}: FID against sampling steps")
+    steps = sorted({int(n) for r in results.models if r.dataset == dataset for n in r.sweep["steps"]})
+    ax.set_xticks(steps, [str(n) for n in steps])
+    ax.minorticks_off()
     ax.legend(fontsize="small")
     return _figure_png(fig)
 
 
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table_markdown(table: pd.DataFrame) -> str:
+    shown = table.astype(object).where(table.notna(), "")
+    return shown.to_markdown(index=False, floatfmt=".4g")
 
 
 def _table_html(table: pd.DataFrame) -> str:
@@ -150,7 +158,7 @@ def render_html(results: Results) -> str:
 def render_markdown(results: Results, grid_root: Path) -> str:
     """The tables in Markdown; sample grids linked relative to ``grid_root`` (the report's folder)."""
     lines = ["# diffusionlab report", "", NOTE, "", "## Results at each model's sampling steps", "",
-             main_table(results).to_markdown(index=False, floatfmt=".4g"), ""]
+             _table_markdown(main_table(results)), ""]
     for dataset in results.floors:
         lines += [f"## {dataset}: samples", ""]
         for r in results.models:
@@ -158,5 +166,5 @@ def render_markdown(results: Results, grid_root: Path) -> str:
                 rel = Path(*[".."] * len(grid_root.parts)) / r.grid_png
                 lines.append(f"![{dataset}-{r.model}]({rel.as_posix()})")
         lines.append("")
-    lines += ["## Every sampling step count", "", results_table(results).to_markdown(index=False, floatfmt=".4g"), ""]
+    lines += ["## Every sampling step count", "", _table_markdown(results_table(results)), ""]
     return "\n".join(lines)
