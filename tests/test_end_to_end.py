@@ -45,9 +45,9 @@ def run(args, cwd, env, check=True):
     return proc
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    dest = tmp_path_factory.mktemp("project")
+def make_project(dest: Path, overrides: dict) -> dict:
+    """A git repository at ``dest`` holding the project with ``overrides`` merged into params.yaml;
+    returns the environment to run its commands in."""
     for name in ("dvc.yaml", "params.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, dest / name)
     for name in ("src", "stages"):
@@ -56,7 +56,7 @@ def project(tmp_path_factory):
     for name in ("config", ".gitignore"):
         shutil.copy(ROOT / ".dvc" / name, dest / ".dvc" / name)
     shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", PYTHONPATH=str(dest / "src"), GIT_AUTHOR_NAME="t",
@@ -64,6 +64,13 @@ def project(tmp_path_factory):
     run(["git", "init", "-q"], dest, env)
     run(["git", "add", "-A"], dest, env)
     run(["git", "commit", "-qm", "tiny"], dest, env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("project")
+    env = make_project(dest, TINY)
     repro = run([str(BIN / "dvc"), "repro"], dest, env)
     return dest, env, repro
 

@@ -150,9 +150,21 @@ class TrainConfig:
     warmup_steps: int = _field(0, ge=0)
     grad_clip: float = _field(1.0, ge=0)
     ema_decay: float = _field(0.999, ge=0, lt=1)
+    ema_warmup: bool = True
+    """EMA decay min(ema_decay, (1 + n) / (10 + n)) over the first updates."""
     seed: int = _field(0, ge=0)
     log_every: int = _field(50, ge=1)
+    checkpoint_every: int = _field(500, ge=1)
+    """Steps between resumable checkpoints (outputs/train/<dataset>-<model>/resume.pt)."""
+    skip_nonfinite: bool = False
+    """Skip a batch whose loss or gradient is not finite (counted in MLflow) instead of stopping."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True
+    """bf16 autocast on CUDA; CPU always trains in fp32."""
+    compile: bool = False
+    """torch.compile the network."""
+    channels_last: bool = True
+    """channels-last memory format on CUDA."""
 
 
 @dataclass(frozen=True)

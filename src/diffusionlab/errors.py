@@ -13,8 +13,13 @@ class WeightsUnavailable(RuntimeError):
     """Pretrained weights (InceptionV3 for FID) are neither on disk nor downloadable."""
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss or gradient became NaN or infinite."""
+
+
 class StageInputError(RuntimeError):
     """A stage's inputs exist but cannot be used as they are (stale or below a quality threshold)."""
 
 
-EXPECTED_ERRORS = (ConfigError, DatasetUnavailable, WeightsUnavailable, StageInputError, FileNotFoundError)
+EXPECTED_ERRORS = (ConfigError, DatasetUnavailable, WeightsUnavailable, TrainingDiverged, StageInputError,
+                   FileNotFoundError)

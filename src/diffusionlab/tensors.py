@@ -18,11 +18,34 @@ def to_uint8(x: Tensor) -> Tensor:
     return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+class BatchOrder:
+    """Endless index batches, a fresh permutation each epoch (a batch may span two epochs).
+
+    Its state (the generator and the rest of the current permutation) is saved with a training
+    checkpoint, so a resumed run sees the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, generator: torch.Generator):
+        self.num_items, self.batch_size, self.generator = num_items, batch_size, generator
+        self.buffer = torch.empty(0, dtype=torch.long)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return self
+
+    def __next__(self) -> Tensor:
+        while self.buffer.numel() < self.batch_size:
+            self.buffer = torch.cat([self.buffer, torch.randperm(self.num_items, generator=self.generator)])
+        batch, self.buffer = self.buffer[: self.batch_size], self.buffer[self.batch_size :]
+        return batch
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"generator": self.generator.get_state(), "buffer": self.buffer.clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+        self.buffer = state["buffer"].clone()
+
+
 def batches(num_items: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
-    """Endless index batches, a fresh permutation each epoch (a batch may span two epochs)."""
-    buffer = torch.empty(0, dtype=torch.long)
-    while True:
-        while buffer.numel() < batch_size:
-            buffer = torch.cat([buffer, torch.randperm(num_items, generator=generator)])
-        yield buffer[:batch_size]
-        buffer = buffer[batch_size:]
+    """Endless index batches, a fresh permutation each epoch."""
+    return BatchOrder(num_items, batch_size, generator)

@@ -29,6 +29,13 @@ class UniformSampler:
     def update(self, t: Tensor, losses: Tensor) -> None:
         """Record the per-example losses seen at steps t (unused by the uniform sampler)."""
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """Uniform sampling keeps no state."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Uniform sampling keeps no state."""
+
 
 class LossSecondMomentSampler(UniformSampler):
     def __init__(self, num_timesteps: int, history: int = 10, uniform_prob: float = 0.001):
@@ -36,6 +43,12 @@ class LossSecondMomentSampler(UniformSampler):
         self.uniform_prob = uniform_prob
         self.losses = np.zeros((num_timesteps, history))
         self.counts = np.zeros(num_timesteps, dtype=np.int64)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"losses": torch.from_numpy(self.losses.copy()), "counts": torch.from_numpy(self.counts.copy())}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.losses, self.counts = state["losses"].numpy().copy(), state["counts"].numpy().copy()
 
     def warmed_up(self) -> bool:
         return bool((self.counts == self.losses.shape[1]).all())

@@ -99,3 +99,16 @@ def continue_run(cfg: MlflowConfig, run: RunConfig, previous_stage: Path, device
     if found is not None and same_experiment and found.data.params == _params(run):
         return mlflow.start_run(run_id=run_id)
     return start_run(cfg, run, device, device_label, extra_tags={"continues_run": run_id})
+
+
+def resume_run(cfg: MlflowConfig, run_id: str | None) -> mlflow.ActiveRun | None:
+    """Reopen the run an interrupted training logged into, if the tracking store still has it."""
+    if run_id is None:
+        return None
+    _connect(cfg)
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        log.warning("MLflow run %s of the interrupted training is gone; logging to a new run", run_id)
+        return None
+    return mlflow.start_run(run_id=run_id)

@@ -1,12 +1,21 @@
 """The training loop, the same for every model family: data held as a uint8 tensor on the device,
 Adam with warm-up, gradient clipping and EMA of the network's weights. The noise process supplies
-the per-batch loss terms; its own parameters (VDM's schedule) are trained alongside."""
+the per-batch loss terms; its own parameters (VDM's schedule) are trained alongside.
+
+:class:`Trainer` holds everything a step changes (weights, EMA, optimizer, LR schedule, the data
+order and every random number generator), so a run resumed from :meth:`Trainer.state_dict` takes
+exactly the steps an uninterrupted run would have taken.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,9 +24,12 @@ from tqdm import tqdm
 from .config import RunConfig
 from .device import make_generator
 from .ema import make_ema
+from .errors import TrainingDiverged
 from .factory import Process, build_network, build_process, process_parameters
-from .tensors import batches, to_model_range
+from .tensors import BatchOrder, to_model_range
 from .unet import UNet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,72 +40,191 @@ class TrainResult:
     steps: int
     batch_size: int
     seconds: float = 0.0
+    """Training time summed over every process that trained this run (resumes included)."""
     history: list[dict[str, float]] = field(default_factory=list)
+    skipped: int = 0
+    """Batches skipped for a non-finite loss or gradient (``train.skip_nonfinite``)."""
 
     @property
     def images_per_second(self) -> float:
         return self.steps * self.batch_size / max(self.seconds, 1e-9)
 
 
-def train(
-    cfg: RunConfig,
-    images: np.ndarray,
-    device: torch.device,
-    on_log: Callable[[dict[str, float]], None] | None = None,
-    progress: bool = True,
-) -> TrainResult:
-    """Train a U-Net on uint8 images [N, C, H, W] with the loss of the configured model family.
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and every CUDA device's global generator states."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
+                  "cached": cached},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
-    Every ``train.log_every`` steps the window's mean of every loss term, the gradient norm, the
-    learning rate and the process's scalars (VDM's gamma_0, gamma_1) are appended to the history
-    and passed to ``on_log``.
-    """
-    tc, dc = cfg.train, cfg.data
-    torch.manual_seed(tc.seed)
-    data = torch.from_numpy(images).to(device)
-    process = build_process(cfg, device)
-    model = build_network(cfg, images.shape[1], process).to(device)
-    ema = make_ema(model, tc.ema_decay)
-    parameters = list(model.parameters()) + process_parameters(process)
-    optimizer = torch.optim.Adam(parameters, lr=tc.lr)
-    warmup = max(tc.warmup_steps, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    index_gen = torch.Generator().manual_seed(tc.seed)
-    noise_gen = make_generator(device, tc.seed + 1)
-    order = batches(len(data), dc.batch_size, index_gen)
 
-    result = TrainResult(model, ema.module, process, dc.train_steps, dc.batch_size)
-    window: dict[str, float] = {}
-    window_n = 0
-    start = time.perf_counter()
-    model.train()
-    bar = tqdm(range(1, dc.train_steps + 1), desc=f"train {cfg.name}", disable=not progress, mininterval=2.0)
-    for step in bar:
-        x0 = to_model_range(data[next(order).to(device)])
-        if dc.random_flip:
-            flip = torch.rand(x0.shape[0], device=device, generator=noise_gen) < 0.5
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class Trainer:
+    """One training run of ``cfg`` on uint8 images [N, C, H, W]."""
+
+    def __init__(self, cfg: RunConfig, images: np.ndarray, device: torch.device):
+        tc, dc = cfg.train, cfg.data
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(tc.seed)
+        random.seed(tc.seed)
+        np.random.seed(tc.seed)
+        self.data = torch.from_numpy(images).to(device)
+        self.process = build_process(cfg, device)
+        self.model = build_network(cfg, images.shape[1], self.process).to(device)
+        if tc.channels_last and device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = make_ema(self.model, tc.ema_decay, tc.ema_warmup)
+        self.parameters = list(self.model.parameters()) + process_parameters(self.process)
+        self.optimizer = torch.optim.Adam(self.parameters, lr=tc.lr)
+        warmup = max(tc.warmup_steps, 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.order = BatchOrder(len(self.data), dc.batch_size, torch.Generator().manual_seed(tc.seed))
+        self.noise_gen = make_generator(device, tc.seed + 1)
+        self.step = 0
+        self.seconds = 0.0
+        self.skipped = 0
+        self.history: list[dict[str, float]] = []
+        self.window: dict[str, float] = {}
+        self.window_n = 0
+        self.forward_model = torch.compile(self.model) if tc.compile else self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next step depends on; loadable with ``torch.load(weights_only=True)``."""
+        sampler = getattr(self.process, "timestep_sampler", None)
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "process": self.process.state_dict() if isinstance(self.process, torch.nn.Module) else {},
+            "timestep_sampler": sampler.state_dict() if sampler is not None else {},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "order": self.order.state_dict(),
+            "noise_generator": self.noise_gen.get_state(),
+            "rng": rng_states(),
+            "history": self.history,
+            "window": self.window,
+            "window_n": self.window_n,
+            "skipped": self.skipped,
+            "seconds": self.seconds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        if isinstance(self.process, torch.nn.Module):
+            self.process.load_state_dict(state["process"])
+        sampler = getattr(self.process, "timestep_sampler", None)
+        if sampler is not None:
+            sampler.load_state_dict(state["timestep_sampler"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.order.load_state_dict(state["order"])
+        self.noise_gen.set_state(state["noise_generator"])
+        set_rng_states(state["rng"])
+        self.history = list(state["history"])
+        self.window, self.window_n, self.skipped = dict(state["window"]), state["window_n"], state["skipped"]
+        self.seconds = state["seconds"]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.train.bf16 and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _nonfinite(self, what: str, value: float) -> None:
+        """Stop at once, or skip the batch when ``train.skip_nonfinite`` allows it."""
+        if not self.cfg.train.skip_nonfinite:
+            raise TrainingDiverged(
+                f"step {self.step}: the {what} is {value}; training stopped before the update, so the last "
+                "checkpoint written (train.checkpoint_every) holds finite weights. Lower train.lr, raise "
+                "train.warmup_steps or set train.grad_clip, or set train.skip_nonfinite: true to skip such batches"
+            )
+        self.skipped += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        log.warning("step %d: %s is %s; batch skipped (%d so far)", self.step, what, value, self.skipped)
+
+    def train_step(self) -> None:
+        tc = self.cfg.train
+        self.step += 1
+        x0 = to_model_range(self.data[next(self.order).to(self.device)])
+        if self.cfg.data.random_flip:
+            flip = torch.rand(x0.shape[0], device=self.device, generator=self.noise_gen) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        terms = process.losses_for_batch(model, x0, noise_gen)
-        loss = terms["loss"].mean()
-        optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            terms = self.process.losses_for_batch(self.forward_model, x0, self.noise_gen)
+        loss = terms["loss"].float().mean()
+        if not torch.isfinite(loss):
+            return self._nonfinite("loss", loss.item())
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-        optimizer.step()
-        scheduler.step()
-        ema.update_parameters(model)
-        for key, value in [*((k, v.detach().mean()) for k, v in terms.items()), ("grad_norm", grad_norm)]:
-            window[key] = window.get(key, 0.0) + value.item()
-        window_n += 1
-        if step % tc.log_every == 0 or step == dc.train_steps:
-            row = {"step": float(step), **{k: v / window_n for k, v in window.items()},
-                   "lr": optimizer.param_groups[0]["lr"], **process.scalars()}
-            result.history.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if on_log:
-                on_log(row)
-            window, window_n = {}, 0
-    result.seconds = time.perf_counter() - start
-    model.eval()
-    ema.module.eval()
-    return result
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
+        if not torch.isfinite(grad_norm):
+            return self._nonfinite("gradient norm", grad_norm.item())
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update_parameters(self.model)
+        for key, value in [*((k, v.detach().float().mean()) for k, v in terms.items()), ("grad_norm", grad_norm)]:
+            self.window[key] = self.window.get(key, 0.0) + value.item()
+        self.window_n += 1
+
+    def _log_row(self) -> dict[str, float] | None:
+        if self.window_n == 0:
+            return None
+        row = {"step": float(self.step), **{k: v / self.window_n for k, v in self.window.items()},
+               "lr": self.optimizer.param_groups[0]["lr"], **self.process.scalars()}
+        self.history.append(row)
+        self.window, self.window_n = {}, 0
+        return row
+
+    def run(
+        self,
+        on_log: Callable[[dict[str, float]], None] | None = None,
+        on_checkpoint: Callable[[Trainer], None] | None = None,
+        progress: bool = True,
+    ) -> TrainResult:
+        """Train from the current step to ``train_steps``. Every ``train.log_every`` steps the window's
+        mean of every loss term, the gradient norm, the learning rate and the process's scalars go to
+        the history and ``on_log``; every ``train.checkpoint_every`` steps (and at the end)
+        ``on_checkpoint`` receives the trainer."""
+        tc, total = self.cfg.train, self.cfg.data.train_steps
+        start = time.perf_counter() - self.seconds
+        self.model.train()
+        bar = tqdm(total=total, initial=self.step, desc=f"train {self.cfg.name}", disable=not progress, mininterval=2.0)
+        while self.step < total:
+            self.train_step()
+            bar.update(1)
+            if self.step % tc.log_every == 0 or self.step == total:
+                row = self._log_row()
+                if row is not None:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}")
+                    if on_log:
+                        on_log(row)
+            if on_checkpoint and (self.step % tc.checkpoint_every == 0 or self.step == total):
+                self.seconds = time.perf_counter() - start
+                on_checkpoint(self)
+        bar.close()
+        self.seconds = time.perf_counter() - start
+        self.model.eval()
+        self.ema.module.eval()
+        return TrainResult(self.model, self.ema.module, self.process, total, self.cfg.data.batch_size, self.seconds,
+                           self.history, self.skipped)
+
+
+def train(cfg: RunConfig, images: np.ndarray, device: torch.device,
+          on_log: Callable[[dict[str, float]], None] | None = None, progress: bool = True) -> TrainResult:
+    """Train a U-Net from scratch on uint8 images [N, C, H, W] with the configured model family's loss."""
+    return Trainer(cfg, images, device).run(on_log=on_log, progress=progress)

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import mlflow
 
 from .. import paths
-from ..checkpoint import save_checkpoint
+from ..checkpoint import load_resume, save_checkpoint, save_resume
 from ..config import Params
 from ..datasets import load_prepared
 from ..device import device_name, resolve_device
 from ..errors import StageInputError
 from ..io import atomic_path, write_json
-from ..tracking import save_run_file, start_run
-from ..training import train
+from ..tracking import resume_run, save_run_file, start_run
+from ..training import Trainer
+
+log = logging.getLogger(__name__)
+RESUME_FILE = "resume.pt"
 
 
 def write_loss_csv(history: list[dict[str, float]], path: Path) -> None:
@@ -29,7 +33,11 @@ def write_loss_csv(history: list[dict[str, float]], path: Path) -> None:
 
 
 def train_stage(params: Params, dataset: str, model: str) -> None:
-    """Train one diffusion model; the checkpoint, loss history and MLflow run id are its outputs."""
+    """Train one diffusion model; the checkpoint, loss history and MLflow run id are its outputs.
+
+    A resumable checkpoint (``resume.pt``) is written every ``train.checkpoint_every`` steps; after an
+    interruption the stage resumes from it, in the same MLflow run, when params and code are unchanged.
+    """
     run = params.run(dataset, model)
     device = resolve_device(run.train.device)
     data = load_prepared(paths.prepared(dataset))
@@ -37,17 +45,34 @@ def train_stage(params: Params, dataset: str, model: str) -> None:
         raise StageInputError(f"prepared {dataset} has {data.card.image_size}px images but params say "
                               f"datasets.{dataset}.image_size = {run.data.image_size}; re-run its prepare stage")
     out = paths.train(dataset, model)
-    with start_run(params.mlflow, run, device, device_name(device)):
+    channels = data.card.channels
+    trainer = Trainer(run, data.train_images, device)
+    resume = load_resume(out / RESUME_FILE, run, channels, device)
+    if resume is not None:
+        trainer.load_state_dict(resume.trainer)
+        log.info("resuming %s from step %d of %d (%s)", run.name, trainer.step, run.data.train_steps,
+                 out / RESUME_FILE)
+    active = resume_run(params.mlflow, resume.mlflow_run_id) if resume is not None else None
+    with active or start_run(params.mlflow, run, device, device_name(device)):
+        run_id = mlflow.active_run().info.run_id
+        if resume is not None:
+            mlflow.log_metric("resumed_from_step", trainer.step, step=trainer.step)
+            mlflow.set_tag("resumed_from_step", trainer.step)
 
         def on_log(row: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
 
-        result = train(run, data.train_images, device, on_log=on_log)
-        save_checkpoint(out / "checkpoint.pt", run, data.card.channels, result.steps, result.model, result.ema,
+        def on_checkpoint(t: Trainer) -> None:
+            save_resume(out / RESUME_FILE, run, channels, t.state_dict(), run_id)
+
+        result = trainer.run(on_log=on_log, on_checkpoint=on_checkpoint)
+        mlflow.log_metric("nonfinite_skips", result.skipped)
+        save_checkpoint(out / "checkpoint.pt", run, channels, result.steps, result.model, result.ema,
                         result.process)
         write_loss_csv(result.history, out / "loss.csv")
         summary = {"final_loss": result.history[-1]["loss"], "train_seconds": round(result.seconds, 2),
                    "images_per_second": round(result.images_per_second, 1), "steps": result.steps,
+                   "nonfinite_skips": result.skipped,
                    **result.process.scalars()}
         write_json(out / "train.json", summary)
         mlflow.log_metrics({"train_seconds": summary["train_seconds"], "images_per_second": summary["images_per_second"]})

@@ -1,0 +1,86 @@
+"""Data-parallel training with ``torchrun``: one code path for one process or many.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) each process joins a process group
+(NCCL on GPUs, Gloo on CPU) and trains on its slice of every global batch; outside it, the world
+is one process and every collective below is the identity.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes files and logs to MLflow."""
+        return self.rank == 0
+
+    def shard(self, global_batch: int) -> slice:
+        """This process's rows of a global batch."""
+        if global_batch % self.size:
+            raise ConfigError(f"the batch size {global_batch} does not divide among {self.size} processes; "
+                              f"choose a batch size that is a multiple of {self.size}")
+        local = global_batch // self.size
+        return slice(self.rank * local, (self.rank + 1) * local)
+
+
+def init_world(device: torch.device) -> tuple[World, torch.device]:
+    """Join the process group ``torchrun`` describes (if any); returns the world and this process's device."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(rank, size, local_rank), device
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_gather_cat(tensor: Tensor) -> Tensor:
+    """The tensors of every process concatenated in rank order along dim 0 (equal shapes)."""
+    if not active():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def all_mean_(tensors: list[Tensor]) -> None:
+    """Replace each tensor by its mean over the processes, in place."""
+    if not active() or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every process."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

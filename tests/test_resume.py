@@ -1,0 +1,92 @@
+"""A training process killed with SIGKILL mid-run: `dvc repro` resumes it from the last checkpoint,
+says so in the log and in MLflow, and ends with weights bitwise equal to an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from test_end_to_end import BIN, make_project, run
+
+SLOW_ENOUGH_TO_KILL = {
+    "pipeline": {"datasets": ["digits"], "models": ["ddpm"]},
+    "datasets": {"digits": {"image_size": 8, "train_steps": 400, "batch_size": 64,
+                            "unet": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                                     "attention_resolutions": [4], "dropout": 0.1}}},
+    "models": {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50}},
+    "train": {"log_every": 10, "warmup_steps": 5, "checkpoint_every": 20},
+}
+TRAIN = ["stages/train.py", "--dataset", "digits", "--model", "ddpm"]
+
+
+def descendants(pid: int) -> list[int]:
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def training_process(parent: int) -> int | None:
+    for pid in descendants(parent):
+        try:
+            if b"stages/train.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
+    return None
+
+
+def test_sigkill_then_dvc_repro_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    reference, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    reference.mkdir()
+    killed.mkdir()
+    env = make_project(reference, SLOW_ENOUGH_TO_KILL)
+    run([sys.executable, "stages/prepare.py", "--dataset", "digits"], reference, env)
+    run([sys.executable, *TRAIN], reference, env)
+
+    env = make_project(killed, SLOW_ENOUGH_TO_KILL)
+    run([str(BIN / "dvc"), "repro", "prepare@digits"], killed, env)
+    out = killed / "outputs/train/digits-ddpm"
+    dvc = subprocess.Popen([str(BIN / "dvc"), "repro", "train@digits-ddpm"], cwd=killed, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "resume.pt").exists() and time.monotonic() < deadline and dvc.poll() is None:
+        time.sleep(0.02)
+    pid = training_process(dvc.pid)
+    assert pid is not None, "the training process ended before it could be killed"
+    os.kill(pid, signal.SIGKILL)
+    dvc.communicate(timeout=120)
+    assert dvc.returncode != 0
+    interrupted_at = torch.load(out / "resume.pt", weights_only=True)["trainer"]["step"]
+    assert 0 < interrupted_at < 400 and not (out / "checkpoint.pt").exists()
+
+    again = run([str(BIN / "dvc"), "repro", "train@digits-ddpm"], killed, env)
+    assert f"resuming digits-ddpm from step {interrupted_at} of 400" in again.stdout + again.stderr
+    a = torch.load(reference / "outputs/train/digits-ddpm/checkpoint.pt", weights_only=True)
+    b = torch.load(out / "checkpoint.pt", weights_only=True)
+    for key in ("model", "ema"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after the resume"
+    assert (reference / "outputs/train/digits-ddpm/loss.csv").read_text() == (out / "loss.csv").read_text()
+
+    script = f"""
+import mlflow
+mlflow.set_tracking_uri("sqlite:///{killed}/mlflow.db")
+runs = mlflow.search_runs(experiment_names=["diffusionlab"], output_format="list")
+print(len(runs), runs[0].data.tags.get("resumed_from_step"), runs[0].info.status)
+"""
+    shown = run([sys.executable, "-c", script], killed, env).stdout.split()
+    assert shown == ["1", str(interrupted_at), "FINISHED"]
