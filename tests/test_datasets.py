@@ -121,6 +121,19 @@ def test_mnist_with_a_corrupt_file_fails_its_checksum_and_leaves_nothing(tmp_pat
     assert list((tmp_path / "raw").iterdir()) == []
 
 
+def test_a_downloaded_file_corrupted_later_is_detected_and_downloaded_again(tmp_path, mnist_mirror, caplog):
+    mirror, arrays = mnist_mirror
+    _prepare("mnist", tmp_path, mirror)
+    raw = tmp_path / "raw" / "mnist" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    raw.write_bytes(raw.read_bytes()[:-10])
+    with pytest.raises(DatasetUnavailable, match="could not download dataset 'mnist'"):
+        _prepare("mnist", tmp_path, tmp_path / "nowhere")
+    assert raw.is_file(), "the earlier download stays until a verified one replaces it"
+    data = _prepare("mnist", tmp_path, mirror)
+    assert "train-images-idx3-ubyte.gz fail their checksums" in caplog.text
+    assert np.array_equal(data.train_images[:, 0], arrays["train-images-idx3-ubyte.gz"])
+
+
 def test_unreachable_source_fails_fast_naming_dataset_source_and_remedy(tmp_path):
     # Port 9 (discard) on loopback: nothing listens there, so the connection is refused at once.
     with pytest.raises(DatasetUnavailable) as err:

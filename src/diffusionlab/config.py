@@ -159,6 +159,9 @@ class TrainConfig:
     skip_nonfinite: bool = False
     """Skip a batch whose loss or gradient is not finite (counted in MLflow) instead of stopping."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    nproc_per_node: int = _field(1, ge=1, le=1024)
+    """Data-parallel processes the train stage starts on this machine (torchrun); the global batch stays
+    datasets.<name>.batch_size."""
     bf16: bool = True
     """bf16 autocast on CUDA; CPU always trains in fp32."""
     compile: bool = False

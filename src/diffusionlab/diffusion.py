@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .distributed import Shard, all_gather_cat, global_rows
 from .timestep_sampling import UniformSampler
 from .likelihood import LN2, at_least_fp32, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 
@@ -198,13 +199,18 @@ class GaussianDiffusion:
     def scalars(self) -> dict[str, float]:
         return {}
 
-    def losses_for_batch(self, model: Denoiser, x_start: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
+    def losses_for_batch(self, model: Denoiser, x_start: Tensor, generator: torch.Generator | None,
+                         shard: Shard | None = None) -> dict[str, Tensor]:
         """Training terms for a batch, with t drawn by ``timestep_sampler`` and the loss reweighted so its
-        mean stays an unbiased estimate under uniform t."""
-        t, weights = self.timestep_sampler.sample(x_start.shape[0], x_start.device, generator)
-        noise = torch.randn(x_start.shape, device=x_start.device, generator=generator)
+        mean stays an unbiased estimate under uniform t. With a ``shard``, ``x_start`` is this process's
+        rows of a global batch, and the importance sampler learns from the losses of all of it."""
+        n, rows = global_rows(x_start.shape[0], shard)
+        t, weights = self.timestep_sampler.sample(n, x_start.device, generator)
+        noise = torch.randn((n, *x_start.shape[1:]), device=x_start.device, generator=generator)
+        t, weights, noise = t[rows], weights[rows], noise[rows]
         terms = self.training_losses(model, x_start, t, noise)
-        self.timestep_sampler.update(t, terms["loss"])
+        if self.timestep_sampler.learns_from_losses:
+            self.timestep_sampler.update(all_gather_cat(t), all_gather_cat(terms["loss"].detach()))
         terms["loss"] = terms["loss"] * weights
         return terms
 

@@ -18,6 +18,21 @@ from .errors import ConfigError
 
 
 @dataclass(frozen=True)
+class Shard:
+    """This process's ``rows`` of a global batch of ``total`` examples. Random draws are made for the
+    whole global batch and sliced, so every example sees the same t and noise however many
+    processes share the batch."""
+
+    rows: slice
+    total: int
+
+
+def global_rows(local_batch: int, shard: Shard | None) -> tuple[int, slice]:
+    """How many examples to draw randomness for, and which of them are this process's."""
+    return (local_batch, slice(None)) if shard is None else (shard.total, shard.rows)
+
+
+@dataclass(frozen=True)
 class World:
     rank: int = 0
     size: int = 1
@@ -28,13 +43,15 @@ class World:
         """Rank 0: the only process that writes files and logs to MLflow."""
         return self.rank == 0
 
-    def shard(self, global_batch: int) -> slice:
-        """This process's rows of a global batch."""
+    def shard(self, global_batch: int) -> Shard | None:
+        """This process's rows of a global batch (None for a single process)."""
+        if self.size == 1:
+            return None
         if global_batch % self.size:
             raise ConfigError(f"the batch size {global_batch} does not divide among {self.size} processes; "
                               f"choose a batch size that is a multiple of {self.size}")
         local = global_batch // self.size
-        return slice(self.rank * local, (self.rank + 1) * local)
+        return Shard(slice(self.rank * local, (self.rank + 1) * local), global_batch)
 
 
 def init_world(device: torch.device) -> tuple[World, torch.device]:
@@ -49,6 +66,12 @@ def init_world(device: torch.device) -> tuple[World, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return World(rank, size, local_rank), device
+
+
+def finish_world() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def active() -> bool:

@@ -13,6 +13,8 @@ from torch import Tensor
 
 
 class UniformSampler:
+    learns_from_losses = False
+
     def __init__(self, num_timesteps: int):
         self.num_timesteps = num_timesteps
 
@@ -38,6 +40,8 @@ class UniformSampler:
 
 
 class LossSecondMomentSampler(UniformSampler):
+    learns_from_losses = True
+
     def __init__(self, num_timesteps: int, history: int = 10, uniform_prob: float = 0.001):
         super().__init__(num_timesteps)
         self.uniform_prob = uniform_prob

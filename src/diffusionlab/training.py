@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .config import RunConfig
 from .device import make_generator
+from .distributed import World, all_mean_, global_rows
 from .ema import make_ema
 from .errors import TrainingDiverged
 from .factory import Process, build_network, build_process, process_parameters
@@ -72,11 +74,18 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class Trainer:
-    """One training run of ``cfg`` on uint8 images [N, C, H, W]."""
+    """One training run of ``cfg`` on uint8 images [N, C, H, W].
 
-    def __init__(self, cfg: RunConfig, images: np.ndarray, device: torch.device):
+    In a ``world`` of several processes each takes its rows of every global batch of
+    ``batch_size`` images (the same batches, t and noise as one process would draw), gradients are
+    averaged (DistributedDataParallel for the network, an all-reduce for the process's own
+    parameters), and every process holds the same weights after each step.
+    """
+
+    def __init__(self, cfg: RunConfig, images: np.ndarray, device: torch.device, world: World = World()):
         tc, dc = cfg.train, cfg.data
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.world = cfg, device, world
+        self.shard = world.shard(dc.batch_size)
         torch.manual_seed(tc.seed)
         random.seed(tc.seed)
         np.random.seed(tc.seed)
@@ -85,6 +94,8 @@ class Trainer:
         self.model = build_network(cfg, images.shape[1], self.process).to(device)
         if tc.channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        if world.rank:
+            torch.manual_seed(tc.seed + world.rank)  # dropout masks differ between processes
         self.ema = make_ema(self.model, tc.ema_decay, tc.ema_warmup)
         self.parameters = list(self.model.parameters()) + process_parameters(self.process)
         self.optimizer = torch.optim.Adam(self.parameters, lr=tc.lr)
@@ -98,7 +109,11 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.window: dict[str, float] = {}
         self.window_n = 0
-        self.forward_model = torch.compile(self.model) if tc.compile else self.model
+        self.process_parameters = process_parameters(self.process)
+        forward: torch.nn.Module = self.model
+        if world.size > 1:
+            forward = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.forward_model = torch.compile(forward) if tc.compile else forward
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next step depends on; loadable with ``torch.load(weights_only=True)``."""
@@ -159,17 +174,22 @@ class Trainer:
     def train_step(self) -> None:
         tc = self.cfg.train
         self.step += 1
-        x0 = to_model_range(self.data[next(self.order).to(self.device)])
+        n, rows = global_rows(self.cfg.data.batch_size, self.shard)
+        x0 = to_model_range(self.data[next(self.order)[rows].to(self.device)])
         if self.cfg.data.random_flip:
-            flip = torch.rand(x0.shape[0], device=self.device, generator=self.noise_gen) < 0.5
+            flip = (torch.rand(n, device=self.device, generator=self.noise_gen) < 0.5)[rows]
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         with self._autocast():
-            terms = self.process.losses_for_batch(self.forward_model, x0, self.noise_gen)
+            terms = self.process.losses_for_batch(self.forward_model, x0, self.noise_gen, self.shard)
         loss = terms["loss"].float().mean()
-        if not torch.isfinite(loss):
-            return self._nonfinite("loss", loss.item())
+        means = torch.stack([v.detach().float().mean() for v in terms.values()])
+        all_mean_([means])  # every process sees the global batch's values and takes the same decision
+        global_loss = means[list(terms).index("loss")]
+        if not torch.isfinite(global_loss):
+            return self._nonfinite("loss", global_loss.item())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        all_mean_([p.grad for p in self.process_parameters if p.grad is not None])
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
         if not torch.isfinite(grad_norm):
@@ -177,7 +197,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update_parameters(self.model)
-        for key, value in [*((k, v.detach().float().mean()) for k, v in terms.items()), ("grad_norm", grad_norm)]:
+        for key, value in [*zip(terms, means), ("grad_norm", grad_norm)]:
             self.window[key] = self.window.get(key, 0.0) + value.item()
         self.window_n += 1
 
@@ -203,7 +223,8 @@ class Trainer:
         tc, total = self.cfg.train, self.cfg.data.train_steps
         start = time.perf_counter() - self.seconds
         self.model.train()
-        bar = tqdm(total=total, initial=self.step, desc=f"train {self.cfg.name}", disable=not progress, mininterval=2.0)
+        bar = tqdm(total=total, initial=self.step, desc=f"train {self.cfg.name}",
+                   disable=not progress or not self.world.is_main, mininterval=2.0)
         while self.step < total:
             self.train_step()
             bar.update(1)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .diffusion import Denoiser
+from .distributed import Shard, global_rows
 from .gamma import Gamma
 from .likelihood import at_least_fp32, discretized_gaussian_log_likelihood, nats_to_bits_per_dim, normal_kl, sum_flat
 
@@ -97,11 +98,15 @@ class VDM(nn.Module):
             "mse": squared / dims,
         }
 
-    def losses_for_batch(self, net: Denoiser, x: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
-        """Training terms for a batch: antithetic t, fresh noise, variance-minimising schedule gradient."""
-        t = self.antithetic_times(x.shape[0], x.device, generator)
-        eps = torch.randn(x.shape, device=x.device, generator=generator)
-        eps_0 = torch.randn(x.shape, device=x.device, generator=generator)
+    def losses_for_batch(self, net: Denoiser, x: Tensor, generator: torch.Generator | None,
+                         shard: Shard | None = None) -> dict[str, Tensor]:
+        """Training terms for a batch: antithetic t, fresh noise, variance-minimising schedule gradient.
+        With a ``shard``, ``x`` is this process's rows of a global batch (t spread over all of it)."""
+        n, rows = global_rows(x.shape[0], shard)
+        t = self.antithetic_times(n, x.device, generator)
+        eps = torch.randn((n, *x.shape[1:]), device=x.device, generator=generator)
+        eps_0 = torch.randn((n, *x.shape[1:]), device=x.device, generator=generator)
+        t, eps, eps_0 = t[rows], eps[rows], eps_0[rows]
         return self.loss_terms(net, x, t, eps, eps_0, variance_gradient=True)
 
     def scalars(self) -> dict[str, float]:
