@@ -32,6 +32,25 @@ def test_misspelt_key_stops_the_stage_with_a_suggestion(tmp_cwd, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("updates, message", [
+    ({"train__lrr": 0.1}, "unknown key train.lrr in params.yaml; did you mean train.lr?"),
+    ({"train__lr": "fast"}, "train.lr must be a number"),
+    ({"sample__steps": 5000}, "sample.steps is 5000 but models.ddpm.timesteps is 1000"),
+    ({"train__nproc_per_node": 3}, "datasets.digits.batch_size 64 does not divide among train.nproc_per_node = 3"),
+    ({"evaluate__features": []}, "evaluate.features is empty"),
+])
+def test_bad_params_stop_every_stage_before_work_and_keep_earlier_outputs(tmp_cwd, capsys, updates, message):
+    write_params(tmp_cwd, **updates)
+    keep = tmp_cwd / "outputs" / "train" / "digits-ddpm" / "checkpoint.pt"
+    keep.parent.mkdir(parents=True)
+    keep.write_bytes(b"earlier result")
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(train_stage, with_model=True, argv=["--dataset", "digits", "--model", "ddpm"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert keep.read_bytes() == b"earlier result"
+
+
 def test_missing_inputs_name_the_stage_to_run_and_keep_existing_files(tmp_cwd, capsys):
     write_params(tmp_cwd)
     keep = tmp_cwd / "outputs" / "train" / "digits-ddpm" / "loss.csv"

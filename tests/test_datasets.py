@@ -126,8 +126,9 @@ def test_a_downloaded_file_corrupted_later_is_detected_and_downloaded_again(tmp_
     _prepare("mnist", tmp_path, mirror)
     raw = tmp_path / "raw" / "mnist" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     raw.write_bytes(raw.read_bytes()[:-10])
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetUnavailable, match="could not download dataset 'mnist'"):
-        _prepare("mnist", tmp_path, tmp_path / "nowhere")
+        _prepare("mnist", tmp_path, tmp_path / "empty")
     assert raw.is_file(), "the earlier download stays until a verified one replaces it"
     data = _prepare("mnist", tmp_path, mirror)
     assert "train-images-idx3-ubyte.gz fail their checksums" in caplog.text

@@ -294,6 +294,14 @@ class Params:
                 raise ConfigError(
                     f"pipeline.models lists '{name}' but params.yaml has no models.{name} block (defined: {known})"
                 )
+        for name in self.pipeline.datasets:
+            data = self.datasets[name]
+            if data.batch_size % self.train.nproc_per_node:
+                raise ConfigError(
+                    f"datasets.{name}.batch_size {data.batch_size} does not divide among train.nproc_per_node = "
+                    f"{self.train.nproc_per_node} processes; the batch size is global: make it a multiple of "
+                    f"{self.train.nproc_per_node}"
+                )
         for name, model in self.models.items():
             if not model.discrete:
                 continue

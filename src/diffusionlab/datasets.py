@@ -7,6 +7,7 @@ stage reads it in a fraction of a second.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import urllib.error
@@ -22,6 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 from .errors import DatasetUnavailable
 from .io import atomic_dir, read_json, save_npy, socket_timeout, write_json
 
+log = logging.getLogger(__name__)
 MIRROR_ENV = "DIFFUSIONLAB_DATA_MIRROR"
 OFFLINE_DATASET = "digits"
 
@@ -164,13 +166,17 @@ def download(name: str, raw_root: str | Path, mirror: str | None, timeout: float
     """Download a torchvision dataset into ``raw_root/name``, verified by its checksums.
 
     The files are fetched into a temporary folder and moved into place only when every
-    checksum matched, so an interrupted or corrupt download is never taken as complete.
+    checksum matched, so an interrupted or corrupt download is never taken as complete. Files
+    already in place are checked again each time; corrupt ones are downloaded again.
     """
     mirror = os.environ.get(MIRROR_ENV) or mirror
     cls = _dataset_class(name, mirror)
     final = Path(raw_root) / name
     if (final / ".complete").is_file():
-        return cls, final
+        corrupt = [f for f, md5 in _resources(cls) if not check_integrity(str(_archive_folder(cls, final) / f), md5)]
+        if not corrupt:
+            return cls, final
+        log.warning("%s: %s fail their checksums (corrupt or truncated); downloading again", name, ", ".join(corrupt))
     tmp = Path(raw_root) / f".{name}.download"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
