@@ -10,7 +10,8 @@ from scipy import stats
 
 from diffusionlab.gamma import make_gamma
 from diffusionlab.likelihood import BIN_HALF_WIDTH
-from diffusionlab.samplers import VDMSampler, sample
+from diffusionlab.config import SampleConfig
+from diffusionlab.samplers import VDMSampler, make_sampler, sample
 from diffusionlab.vdm import VDM, alpha_sigma
 
 MU, S = 0.1, 0.3
@@ -136,3 +137,13 @@ def test_held_out_bits_per_dim_feeds_the_network_as_training_does(data):
     net = lambda z, time: optimal_eps(vdm)(z.double(), time)
     got = bits_per_dim(vdm, net, images, t_draws=32, batch_size=500, device=torch.device("cpu"), seed=0)
     assert got["bpd"] == pytest.approx(true_bits.mean().item(), abs=3 * got["bpd_stderr"] + 0.02)
+
+
+def test_dpm_solver_pp_2m_on_the_learned_schedule_recovers_the_data_distribution_in_20_steps():
+    vdm = VDM(make_gamma("network", -13.3, 8.0)).double()
+    sampler = make_sampler(SampleConfig(sampler="dpmpp_2m", steps=20, clip_denoised=False), vdm, 1000)
+    assert len(sampler.timesteps) == 20 and sampler.timesteps[0] == 1.0 and sampler.timesteps[-1] == 0.0
+    noise = torch.randn(4000, 1, 1, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x, _ = sample(vdm.denoiser(optimal_eps(vdm)), sampler, noise)
+    assert x.mean().item() == pytest.approx(MU, abs=0.015)
+    assert x.std().item() == pytest.approx(S, rel=0.04)

@@ -172,7 +172,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: Literal["ddpm", "ddim"] = "ddim"
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddim"
+    """ddpm: ancestral; ddim: DDIM with eta; dpmpp_2m: DPM-Solver++(2M), deterministic, for 10-25 steps."""
     steps: int | None = _field(None, ge=1)
     """Number of reverse steps; ``null`` means every step of the model (T)."""
     eta: float = _field(0.0, ge=0)

@@ -105,8 +105,7 @@ class DDIMSampler:
         total = self.diffusion.num_timesteps
         if not 1 <= num_steps <= total:
             raise ValueError(f"DDIM steps must be between 1 and T = {total}, got {num_steps}")
-        steps = np.unique(np.round(np.linspace(0, total - 1, num_steps)).astype(np.int64))
-        self.timesteps = steps[::-1].tolist()
+        self.timesteps = even_steps(total, num_steps)
         self._prev = {t: p for t, p in zip(self.timesteps, self.timesteps[1:] + [-1])}
 
     def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -142,19 +141,104 @@ class VDMSampler:
         return ddim_step(x_t, model_output, a_t, 1.0 if s == 0 else a_s, self.eta, self.clip_denoised, generator)
 
 
-def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_steps: int) -> Sampler:
-    """Build the sampler named by ``sample.sampler``: ``ddpm`` (ancestral) or ``ddim``.
+def even_steps(total: int, num_steps: int) -> list[int]:
+    """``num_steps`` of the steps 0..total-1, evenly spaced, in the order sampling visits them."""
+    if not 1 <= num_steps <= total:
+        raise ValueError(f"the number of steps must be between 1 and T = {total}, got {num_steps}")
+    if num_steps == 1:
+        return [total - 1]  # one step starts where the noise is: at T - 1
+    return np.unique(np.round(np.linspace(0, total - 1, num_steps)).astype(np.int64))[::-1].tolist()
 
-    Discrete-time models: ancestral over all T steps, or DDIM on ``steps`` of them. VDM: its
-    ancestral (eta = 1) or DDIM-style sampler on ``steps`` times (``default_steps`` when null).
+
+def logsnr_uniform_steps(lambdas: np.ndarray, num_steps: int) -> list[int]:
+    """Indices into ``lambdas`` (log-SNR, decreasing with the index) whose values are closest to
+    ``num_steps`` evenly spaced log-SNRs from the last index to the first: strictly decreasing,
+    from ``len(lambdas) - 1`` to 0 (Lu et al. 2022's uniform-logSNR steps)."""
+    total = len(lambdas)
+    if not 1 <= num_steps <= total:
+        raise ValueError(f"the number of steps must be between 1 and {total}, got {num_steps}")
+    targets = np.linspace(lambdas[-1], lambdas[0], num_steps)
+    chosen: list[int] = []
+    for k, target in enumerate(targets):
+        nearest = int(np.argmin(np.abs(lambdas - target)))
+        upper = chosen[-1] - 1 if chosen else total - 1
+        chosen.append(min(max(nearest, num_steps - 1 - k), upper))
+    return chosen
+
+
+class DPMSolverPP2M:
+    """DPM-Solver++(2M) of Lu et al. 2022 (Algorithm 2): the multistep second-order solver of the
+    probability-flow ODE in its data-prediction form, for 10-25 steps.
+
+    With lambda = log(alpha / sigma), h_i = lambda_{t_i} - lambda_{t_{i-1}} and D_i the predicted x_0
+    (clipped when ``clip_denoised``):
+        x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x_{t_{i-1}} - alpha_{t_i} (e^{-h_i} - 1) D,
+        D = (1 + 1 / (2 r_i)) D_{i-1} - 1 / (2 r_i) D_{i-2},  r_i = h_{i-1} / h_i,
+    first order (D = D_{i-1}) at the first step, and the final step, to sigma = 0, returns D_{i-1}. The visited times are uniform in log-SNR
+    (:func:`logsnr_uniform_steps`), where the solver's error is smallest.
+    ``alpha_bars[i]`` is alpha^2 at ``timesteps[i]``; ``eps_of`` takes epsilon from a model output.
+    Deterministic: the generator is not used.
+    """
+
+    def __init__(self, timesteps: list, alpha_bars: list[float], eps_of, clip_denoised: bool = True):
+        self.timesteps, self.eps_of, self.clip_denoised = list(timesteps), eps_of, clip_denoised
+        self._a = list(alpha_bars) + [1.0]
+        self._index = {t: i for i, t in enumerate(self.timesteps)}
+        self._previous: tuple[Tensor, float] | None = None
+
+    def set_timesteps(self, num_steps: int) -> None:
+        if num_steps != len(self.timesteps):
+            raise ValueError("build a new DPMSolverPP2M for another number of steps (make_sampler)")
+
+    def step(self, model_output: Tensor, t, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        i = self._index[t]
+        if i == 0:
+            self._previous = None  # a new batch starts
+        a_t, a_s = self._a[i], self._a[i + 1]
+        x0 = (x_t - math.sqrt(1 - a_t) * self.eps_of(model_output)) / math.sqrt(a_t)
+        if self.clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        if a_s >= 1.0:
+            return x0, x0
+        h = 0.5 * (math.log(a_s / (1 - a_s)) - math.log(a_t / (1 - a_t)))
+        d = x0
+        if self._previous is not None:
+            previous_x0, previous_h = self._previous
+            r = previous_h / h
+            d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * previous_x0
+        self._previous = (x0, h)
+        x_s = math.sqrt((1 - a_s) / (1 - a_t)) * x_t - math.sqrt(a_s) * math.expm1(-h) * d
+        return x_s, x0
+
+
+def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_steps: int) -> Sampler:
+    """Build the sampler named by ``sample.sampler``: ``ddpm`` (ancestral), ``ddim`` or ``dpmpp_2m``.
+
+    Discrete-time models: ancestral over all T steps, or DDIM / DPM-Solver++(2M) on ``steps`` of
+    them. VDM: its ancestral (eta = 1) or DDIM-style sampler, or DPM-Solver++(2M), on ``steps``
+    times of its learned schedule (``default_steps`` when null).
     """
     name, eta, clip_denoised = cfg.sampler, cfg.eta, cfg.clip_denoised
-    if name not in ("ddpm", "ddim"):
-        raise ValueError(f"unknown sampler '{name}'; known: ddpm, ddim")
+    if name not in ("ddpm", "ddim", "dpmpp_2m"):
+        raise ValueError(f"unknown sampler '{name}'; known: ddpm, ddim, dpmpp_2m")
     if isinstance(diffusion, VDM):
         steps = default_steps if cfg.steps is None else cfg.steps
+        if name == "dpmpp_2m":
+            grid = np.linspace(0.0, 1.0, 10_001)
+            with torch.no_grad():
+                device = next(iter([*diffusion.parameters(), *diffusion.buffers()]), torch.empty(0)).device
+                gammas = diffusion.gamma(torch.tensor(grid, device=device)).double().cpu().numpy()
+            visited = logsnr_uniform_steps(-gammas / 2, steps)
+            times = [float(grid[i]) for i in visited]
+            alpha_bars = [float(1 / (1 + np.exp(gammas[i]))) for i in visited]  # sigmoid(-gamma)
+            return DPMSolverPP2M(times, alpha_bars, lambda out: out, clip_denoised)
         return VDMSampler(diffusion, steps, 1.0 if name == "ddpm" else eta, clip_denoised)
     steps = diffusion.num_timesteps if cfg.steps is None else cfg.steps
+    if name == "dpmpp_2m":
+        alphas_cumprod = diffusion.float64["alphas_cumprod"]
+        visited = logsnr_uniform_steps(0.5 * np.log(alphas_cumprod / (1 - alphas_cumprod)), steps)
+        alpha_bars = [float(alphas_cumprod[t]) for t in visited]
+        return DPMSolverPP2M(visited, alpha_bars, lambda out: diffusion.split_output(out)[0], clip_denoised)
     if name == "ddpm":
         sampler = DDPMSampler(diffusion, clip_denoised)
         sampler.set_timesteps(steps)
