@@ -81,11 +81,9 @@ def test_sampling_steps_above_the_model_steps_are_rejected(raw):
         parse_params(raw)
 
 
-def test_ancestral_sampler_with_fewer_steps_is_rejected(raw):
-    raw["sample"].update(sampler="ddpm", steps=50)
-    with pytest.raises(ConfigError, match=r"set sample\.steps to null"):
-        parse_params(raw)
-
+def test_ancestral_sampler_with_fewer_steps_is_respaced_not_rejected(raw):
+    raw["sample"].update(sampler="ddpm", steps=50, sweep_steps=[10, 100])
+    assert parse_params(raw).sample.steps == 50
 
 def test_pipeline_must_name_defined_blocks(raw):
     raw["pipeline"]["models"] = ["ddpm", "ddpm_cosine"]

@@ -6,7 +6,14 @@ import torch
 
 from diffusionlab.config import SampleConfig
 from diffusionlab.diffusion import GaussianDiffusion
-from diffusionlab.samplers import DDIMSampler, DDPMSampler, logsnr_uniform_steps, make_sampler, sample
+from diffusionlab.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    logsnr_uniform_steps,
+    make_sampler,
+    respaced_betas,
+    sample,
+)
 from diffusionlab.schedules import cosine_betas, linear_betas
 
 MU, STD = 0.4, 0.3
@@ -45,9 +52,10 @@ def propagate_gaussian(diffusion, sampler, eta):
         x0_mean = MU + k * (mean - math.sqrt(a) * MU)
         eps_coef, eps_mean = math.sqrt(1 - a) / v, (mean - math.sqrt(a) * x0_mean) / math.sqrt(1 - a)
         a_p = abar[prev] if prev >= 0 else 1.0
-        if isinstance(sampler, DDPMSampler):
-            c1, c2 = diffusion.float64["posterior_mean_coef1"][t], diffusion.float64["posterior_mean_coef2"][t]
-            noise_var = diffusion.float64["posterior_variance"][t] if t > 0 else 0.0
+        if isinstance(sampler, DDPMSampler):  # possibly respaced: its own process, indexed by position
+            process, i = sampler._process.float64, sampler._index[t]
+            c1, c2 = process["posterior_mean_coef1"][i], process["posterior_mean_coef2"][i]
+            noise_var = process["posterior_variance"][i] if i > 0 else 0.0
             coef, mean = c1 * k + c2, c1 * x0_mean + c2 * mean
         else:
             noise_var = eta**2 * (1 - a_p) / (1 - a) * (1 - a / a_p)
@@ -67,8 +75,8 @@ def test_full_length_samplers_recover_gaussian_data_from_its_exact_denoiser(diff
     assert x.std().item() == pytest.approx(STD, rel=0.02)
 
 
-@pytest.mark.parametrize("sampler_name,steps,eta", [("ddpm", None, 0.0), ("ddim", 50, 0.0), ("ddim", 20, 1.0),
-                                                    ("ddim", 10, 0.5)])
+@pytest.mark.parametrize("sampler_name,steps,eta", [("ddpm", None, 0.0), ("ddpm", 100, 0.0), ("ddpm", 25, 0.0),
+                                                    ("ddim", 50, 0.0), ("ddim", 20, 1.0), ("ddim", 10, 0.5)])
 def test_samplers_match_the_exact_moments_of_their_updates(diffusion, sampler_name, steps, eta):
     """Few-step DDIM shrinks the variance (Cauchy-Schwarz on its affine update); the code must match that exactly."""
     sampler = make_sampler(SampleConfig(sampler=sampler_name, steps=steps, eta=eta, clip_denoised=False), diffusion, 1000)
@@ -130,9 +138,20 @@ def test_sampling_records_the_requested_frames(diffusion):
     assert torch.equal(traj.x_t[-1], x)
 
 
-def test_ancestral_sampler_refuses_fewer_steps_than_the_model(diffusion):
-    with pytest.raises(ValueError, match="visits all 1000 steps"):
-        make_sampler(SampleConfig(sampler="ddpm", steps=100), diffusion, 1000)
+def test_respaced_betas_reproduce_alpha_bar_at_the_kept_steps(diffusion):
+    kept = [999, 700, 420, 100, 37, 5, 0]
+    betas = respaced_betas(diffusion.float64["alphas_cumprod"], kept)
+    assert np.allclose(np.cumprod(1 - betas), diffusion.float64["alphas_cumprod"][sorted(kept)], rtol=1e-12)
+    sampler = DDPMSampler(diffusion, clip_denoised=False)
+    sampler.set_timesteps(kept)
+    assert sampler.timesteps == kept and sampler._process.num_timesteps == 7
+
+
+def test_ancestral_sampler_on_all_steps_is_the_unrespaced_one(diffusion):
+    sampler = make_sampler(SampleConfig(sampler="ddpm", steps=1000), diffusion, 1000)
+    assert sampler._process is diffusion and sampler.timesteps == list(range(999, -1, -1))
+    with pytest.raises(ValueError, match="between 1 and T = 1000"):
+        make_sampler(SampleConfig(sampler="ddpm", steps=1001), diffusion, 1000)
 
 
 def test_ddim_refuses_more_steps_than_the_model():

@@ -60,12 +60,23 @@ def ddim_step(
     return x_s, x0
 
 
+def respaced_betas(alphas_cumprod: np.ndarray, kept: list[int]) -> np.ndarray:
+    """Betas of the process that visits only the steps ``kept`` (Nichol & Dhariwal 2021, sec. 4):
+    beta'_i = 1 - alpha_bar_{k_i} / alpha_bar_{k_{i-1}} over the kept steps in increasing order, so
+    its alpha_bar'_i equals alpha_bar_{k_i} at every kept step."""
+    steps = sorted(kept)
+    abar = np.asarray(alphas_cumprod, dtype=np.float64)[steps]
+    return 1.0 - abar / np.append(1.0, abar[:-1])
+
+
 class DDPMSampler:
     """Ancestral sampling of Ho et al. 2020 (Algorithm 2) with the reverse variance of the diffusion
     (the true posterior variance beta~_t by default, or beta_t, or the learned one).
 
     x_{t-1} = mu~_t(x_t, x_0_hat) + sigma_t z, where x_0_hat is recovered from the predicted
     epsilon (and clipped to [-1, 1] when ``clip_denoised``), and no noise is added at the last step.
+    On fewer than T steps (evenly spaced, or the given list) it samples the respaced process of
+    :func:`respaced_betas`, calling the network at the original step numbers.
     """
 
     def __init__(self, diffusion: GaussianDiffusion, clip_denoised: bool = True):
@@ -73,17 +84,24 @@ class DDPMSampler:
         self.clip_denoised = clip_denoised
         self.set_timesteps(diffusion.num_timesteps)
 
-    def set_timesteps(self, num_steps: int) -> None:
-        if num_steps != self.diffusion.num_timesteps:
-            raise ValueError(
-                f"the ancestral DDPM sampler visits all {self.diffusion.num_timesteps} steps; "
-                f"got {num_steps} (use the DDIM sampler for fewer)"
-            )
-        self.timesteps = list(range(num_steps - 1, -1, -1))
+    def set_timesteps(self, num_steps: int | list[int]) -> None:
+        total = self.diffusion.num_timesteps
+        kept = even_steps(total, num_steps) if isinstance(num_steps, int) else sorted(set(num_steps), reverse=True)
+        if not kept or kept[-1] < 0 or kept[0] >= total:
+            raise ValueError(f"respaced steps must lie in 0..{total - 1}, got {num_steps}")
+        self.timesteps = kept
+        self._index = {t: i for i, t in enumerate(sorted(kept))}
+        if len(kept) == total:
+            self._process = self.diffusion
+        else:
+            d = self.diffusion
+            self._process = GaussianDiffusion(respaced_betas(d.float64["alphas_cumprod"], kept), d.variance, d.loss,
+                                              d.vlb_weight, device=d.betas.device, dtype=d.betas.dtype)
 
     def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        mean, log_variance, x0 = self.diffusion.p_mean_variance(model_output, x_t, _full(t, x_t), self.clip_denoised)
-        if t == 0:
+        i = self._index[t]
+        mean, log_variance, x0 = self._process.p_mean_variance(model_output, x_t, _full(i, x_t), self.clip_denoised)
+        if i == 0:
             return mean, x0
         return mean + (0.5 * log_variance).exp() * _noise_like(x_t, generator), x0
 
@@ -214,8 +232,8 @@ class DPMSolverPP2M:
 def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_steps: int) -> Sampler:
     """Build the sampler named by ``sample.sampler``: ``ddpm`` (ancestral), ``ddim`` or ``dpmpp_2m``.
 
-    Discrete-time models: ancestral over all T steps, or DDIM / DPM-Solver++(2M) on ``steps`` of
-    them. VDM: its ancestral (eta = 1) or DDIM-style sampler, or DPM-Solver++(2M), on ``steps``
+    Discrete-time models: ancestral (respaced when ``steps`` < T), DDIM or DPM-Solver++(2M) on
+    ``steps`` of the T steps. VDM: its ancestral (eta = 1) or DDIM-style sampler, or DPM-Solver++(2M), on ``steps``
     times of its learned schedule (``default_steps`` when null).
     """
     name, eta, clip_denoised = cfg.sampler, cfg.eta, cfg.clip_denoised
@@ -244,12 +262,6 @@ def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_
         sampler.set_timesteps(steps)
         return sampler
     return DDIMSampler(diffusion, steps, eta, clip_denoised)
-
-
-def takes_step_count(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM) -> bool:
-    """Whether the sampler ``cfg`` names runs on any number of steps (the ancestral sampler of a
-    discrete-time model runs all T)."""
-    return isinstance(diffusion, VDM) or cfg.sampler != "ddpm"
 
 
 @dataclass

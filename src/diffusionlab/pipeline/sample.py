@@ -16,7 +16,7 @@ from ..device import device_name, resolve_device
 from ..generation import generate
 from ..images import save_grid, save_strip
 from ..io import atomic_dir, save_npy, write_json
-from ..samplers import make_sampler, takes_step_count
+from ..samplers import make_sampler
 from ..tracking import continue_run, save_run_file
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,6 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
     sampler = make_sampler(s, ckpt.process, default_steps=ckpt.config.model.timesteps)
     steps = len(sampler.timesteps)
     sweep = sorted(set(s.sweep_steps) - {steps})
-    if sweep and not takes_step_count(s, ckpt.process):
-        log.info("sample.sweep_steps ignored: sampler '%s' of this model runs all %d steps", s.sampler, steps)
-        sweep = []
     size = ckpt.config.data.image_size
     shape = (ckpt.channels, size, size)
     denoiser = ckpt.process.denoiser(ckpt.ema)
