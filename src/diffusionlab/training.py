@@ -97,7 +97,8 @@ class Trainer:
         if world.rank:
             torch.manual_seed(tc.seed + world.rank)  # dropout masks differ between processes
         self.ema = make_ema(self.model, tc.ema_decay, tc.ema_warmup)
-        self.parameters = list(self.model.parameters()) + process_parameters(self.process)
+        self.process_parameters = process_parameters(self.process)
+        self.parameters = list(self.model.parameters()) + self.process_parameters
         self.optimizer = torch.optim.Adam(self.parameters, lr=tc.lr)
         warmup = max(tc.warmup_steps, 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
@@ -109,7 +110,6 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.window: dict[str, float] = {}
         self.window_n = 0
-        self.process_parameters = process_parameters(self.process)
         forward: torch.nn.Module = self.model
         if world.size > 1:
             forward = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)

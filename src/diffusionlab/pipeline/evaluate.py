@@ -47,16 +47,16 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
     nll_images = nll_images if e.nll_images == 0 else nll_images[: e.nll_images]
 
     with continue_run(params.mlflow, run, sample_dir, device, device_name(device)):
-        metrics: dict = {"family": run.model.family, "sampler": card["sampler"], "steps": card["steps"], "num_generated": card["num_samples"],
-                         "num_reference": floor["num_reference"], "num_held_out": floor["num_held_out"]}
+        metrics: dict = {"family": run.model.family, "sampler": card["sampler"], "steps": card["steps"],
+                         "num_generated": card["num_samples"], "num_reference": floor["num_reference"],
+                         "num_held_out": floor["num_held_out"]}
         rows = []
         for backend in backends:
             cache = reference_cache(dataset, backend.name)
-            for n, images in sorted(generated.items()):
-                result = score(images, None, floor["num_reference"], backend, e, device, cache)
-                rows.append({"steps": n, "backend": backend.name, **result})
-                if n == card["steps"]:
-                    main = result
+            by_steps = {n: score(images, None, floor["num_reference"], backend, e, device, cache)
+                        for n, images in sorted(generated.items())}
+            rows += [{"steps": n, "backend": backend.name, **result} for n, result in by_steps.items()]
+            main = by_steps[card["steps"]]
             real = {f"{k}_floor": v for k, v in floor[backend.name].items() if isinstance(v, float)}
             metrics[backend.name] = {**main, **real, **backend.identity}
             mlflow.log_metrics({f"{backend.name}.{k}": v for k, v in {**main, **real}.items()})
@@ -64,9 +64,9 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
         metrics.update(nll_images=int(len(nll_images)), nll_t_draws=e.nll_t_draws)
         mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith("bpd")})
         sweep = pd.DataFrame(rows)
-        for backend in backends:
-            for _, row in sweep[sweep.backend == backend.name].iterrows():
-                mlflow.log_metric(f"{backend.name}.fid_vs_steps", row["fid"], step=int(row["steps"]))
+        if e.fid:
+            for row in rows:
+                mlflow.log_metric(f"{row['backend']}.fid_vs_steps", row["fid"], step=int(row["steps"]))
         out = paths.evaluate(dataset, model)
         with atomic_path(out / "sweep.csv") as tmp:
             sweep.to_csv(tmp, index=False)
