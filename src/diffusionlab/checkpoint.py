@@ -8,6 +8,7 @@ same code.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import pickle
@@ -92,6 +93,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     return Checkpoint(cfg, state["channels"], state["step"], *nets, process)
 
 
+@functools.cache
 def code_fingerprint() -> str:
     """SHA-256 over the package's source: a resume checkpoint is used only by the code that wrote it."""
     digest = hashlib.sha256()

@@ -39,6 +39,12 @@ def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+def predict_x0(x_t: Tensor, eps: Tensor, a_t: float, clip_denoised: bool) -> Tensor:
+    """x_0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), clipped to [-1, 1] when ``clip_denoised``."""
+    x0 = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    return x0.clamp(-1, 1) if clip_denoised else x0
+
+
 def ddim_step(
     x_t: Tensor, eps: Tensor, a_t: float, a_s: float, eta: float, clip_denoised: bool, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:
@@ -49,9 +55,8 @@ def ddim_step(
     x_s = sqrt(a_s) x_0_hat + sqrt(1 - a_s - v) eps + sqrt(v) z, v = eta^2 (1 - a_s)/(1 - a_t) (1 - a_t/a_s).
     eta = 0 is deterministic; eta = 1 is the posterior q(x_s | x_t, x_0 = x_0_hat). Returns (x_s, x_0_hat).
     """
-    x0 = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    x0 = predict_x0(x_t, eps, a_t, clip_denoised)
     if clip_denoised:
-        x0 = x0.clamp(-1, 1)
         eps = (x_t - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
     variance = eta**2 * (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
     x_s = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - variance, 0.0)) * eps
@@ -120,10 +125,7 @@ class DDIMSampler:
         self.set_timesteps(num_steps)
 
     def set_timesteps(self, num_steps: int) -> None:
-        total = self.diffusion.num_timesteps
-        if not 1 <= num_steps <= total:
-            raise ValueError(f"DDIM steps must be between 1 and T = {total}, got {num_steps}")
-        self.timesteps = even_steps(total, num_steps)
+        self.timesteps = even_steps(self.diffusion.num_timesteps, num_steps)
         self._prev = {t: p for t, p in zip(self.timesteps, self.timesteps[1:] + [-1])}
 
     def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -213,9 +215,7 @@ class DPMSolverPP2M:
         if i == 0:
             self._previous = None  # a new batch starts
         a_t, a_s = self._a[i], self._a[i + 1]
-        x0 = (x_t - math.sqrt(1 - a_t) * self.eps_of(model_output)) / math.sqrt(a_t)
-        if self.clip_denoised:
-            x0 = x0.clamp(-1, 1)
+        x0 = predict_x0(x_t, self.eps_of(model_output), a_t, self.clip_denoised)
         if a_s >= 1.0:
             return x0, x0
         h = 0.5 * (math.log(a_s / (1 - a_s)) - math.log(a_t / (1 - a_t)))
