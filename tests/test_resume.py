@@ -1,6 +1,7 @@
 """A training process killed with SIGKILL mid-run: `dvc repro` resumes it from the last checkpoint,
 says so in the log and in MLflow, and ends with weights bitwise equal to an uninterrupted run."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -39,14 +40,17 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def training_process(parent: int) -> int | None:
+def training_processes(parent: int) -> list[int]:
+    """Every descendant running the train stage: the shell DVC starts it with, when the shell does
+    not exec, and the Python process itself. Killing only the shell would orphan the trainer."""
+    found = []
     for pid in descendants(parent):
         try:
             if b"stages/train.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
+                found.append(pid)
         except OSError:
             continue
-    return None
+    return found
 
 
 def test_sigkill_then_dvc_repro_resumes_and_matches_an_uninterrupted_run(tmp_path):
@@ -65,9 +69,11 @@ def test_sigkill_then_dvc_repro_resumes_and_matches_an_uninterrupted_run(tmp_pat
     deadline = time.monotonic() + 300
     while not (out / "resume.pt").exists() and time.monotonic() < deadline and dvc.poll() is None:
         time.sleep(0.02)
-    pid = training_process(dvc.pid)
-    assert pid is not None, "the training process ended before it could be killed"
-    os.kill(pid, signal.SIGKILL)
+    pids = training_processes(dvc.pid)
+    assert pids, "the training process ended before it could be killed"
+    for pid in reversed(pids):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     dvc.communicate(timeout=120)
     assert dvc.returncode != 0
     interrupted_at = torch.load(out / "resume.pt", weights_only=True)["trainer"]["step"]
