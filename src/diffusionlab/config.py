@@ -23,10 +23,8 @@ from .errors import ConfigError
 DatasetName = Literal["digits", "mnist", "cifar10"]
 FeatureBackend = Literal["classifier", "inception"]
 DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
+NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10}
 LINEAR_MIN_TIMESTEPS = 21
-
-
-
 
 def _range(ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None) -> dict:
     return {"ge": ge, "gt": gt, "le": le, "lt": lt}
@@ -111,6 +109,10 @@ class ModelConfig:
     gamma: Literal["fixed", "scalar", "network"] = "network"
     gamma_min: float = -13.3
     gamma_max: float = 5.0
+    class_conditional: bool = False
+    """Train on the dataset's labels, for class-conditional sampling and classifier-free guidance."""
+    label_dropout: float = _field(0.1, ge=0.0, lt=1.0)
+    """Rate at which a conditional model's label is replaced by the null label in training (guidance needs > 0)."""
 
     def __post_init__(self) -> None:
         if self.family != "vdm" and self.schedule == "linear" and self.timesteps < LINEAR_MIN_TIMESTEPS:
@@ -186,10 +188,26 @@ class SampleConfig:
     strip_frames: int = _field(10, ge=2)
     seed: int = _field(1, ge=0)
     sweep_steps: tuple[int, ...] = ()
-    """Further step counts whose samples are scored too (FID against steps), for samplers that take a
-    step count: ``ddim``, and both samplers of continuous-time models."""
+    """Further step counts whose samples are scored too (FID against steps)."""
+    step_list: tuple[int, ...] = ()
+    """Explicit model steps (0..T-1) for the ``ddpm`` and ``ddim`` samplers of discrete-time models, instead of
+    ``steps`` evenly spaced ones."""
+    guidance: float = _field(1.0, ge=0)
+    """Classifier-free guidance scale w of class-conditional models: 0 unconditional, 1 conditional, > 1 guided."""
+    classes: tuple[int, ...] = ()
+    """Classes a class-conditional model is asked for, repeated in order; empty: every class in turn."""
+    guidance_sweep: tuple[float, ...] = ()
+    """Further guidance scales whose samples are scored too (class accuracy, FID and IS against w)."""
 
     def __post_init__(self) -> None:
+        if self.step_list:
+            if self.sampler == "dpmpp_2m":
+                raise ConfigError("sample.step_list applies to the ddpm and ddim samplers; DPM-Solver++ chooses its "
+                                  "own uniform-logSNR steps from sample.steps: empty sample.step_list")
+            if len(set(self.step_list)) != len(self.step_list) or min(self.step_list) < 0:
+                raise ConfigError(f"sample.step_list must hold distinct steps >= 0, got {list(self.step_list)}")
+        if any(w < 0 for w in self.guidance_sweep) or len(set(self.guidance_sweep)) != len(self.guidance_sweep):
+            raise ConfigError(f"sample.guidance_sweep must hold distinct scales >= 0, got {list(self.guidance_sweep)}")
         bad = [n for n in self.sweep_steps if n < 1]
         if bad:
             raise ConfigError(f"sample.sweep_steps must hold step counts >= 1, got {list(self.sweep_steps)}")
@@ -304,9 +322,16 @@ class Params:
                     f"{self.train.nproc_per_node} processes; the batch size is global: make it a multiple of "
                     f"{self.train.nproc_per_node}"
                 )
+        self._check_classes()
         for name, model in self.models.items():
             if not model.discrete:
+                if self.sample.step_list and name in self.pipeline.models:
+                    raise ConfigError(f"sample.step_list names discrete steps, but models.{name} is a continuous-time "
+                                      "model (vdm); use sample.steps, or run it without sample.step_list")
                 continue
+            late = [t for t in self.sample.step_list if t >= model.timesteps]
+            if late:
+                raise ConfigError(f"sample.step_list holds {late} but models.{name} has steps 0..{model.timesteps - 1}")
             steps = self.sample.steps
             if steps is not None and steps > model.timesteps:
                 raise ConfigError(
@@ -319,6 +344,21 @@ class Params:
                     f"sample.sweep_steps holds {too_many} but models.{name}.timesteps is {model.timesteps}; "
                     "a sampler cannot take more steps than the model has"
                 )
+
+    def _check_classes(self) -> None:
+        """Requested classes need class-conditional models and must exist in every dataset."""
+        if not self.sample.classes:
+            return
+        unconditional = [m for m in self.pipeline.models if not self.models[m].class_conditional]
+        if unconditional:
+            raise ConfigError(
+                f"sample.classes asks for classes {list(self.sample.classes)}, but models.{unconditional[0]} is "
+                "unconditional: set class_conditional: true in its block (and retrain), or empty sample.classes"
+            )
+        for name in self.pipeline.datasets:
+            bad = [c for c in self.sample.classes if not 0 <= c < NUM_CLASSES[name]]
+            if bad:
+                raise ConfigError(f"sample.classes holds {bad}, but {name} has classes 0..{NUM_CLASSES[name] - 1}")
 
     def run(self, dataset: str, model: str) -> RunConfig:
         """The resolved configuration of one (dataset, model) combination."""

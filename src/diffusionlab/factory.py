@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import RunConfig
+from .config import NUM_CLASSES, RunConfig
 from .diffusion import GaussianDiffusion
 from .gamma import make_gamma
 from .schedules import make_betas
@@ -30,9 +30,14 @@ def build_process(cfg: RunConfig, device: torch.device | str = "cpu") -> Process
     raise ValueError(f"unknown model family '{m.family}'")
 
 
+def num_classes(cfg: RunConfig) -> int:
+    """Classes the network is conditioned on: the dataset's for a class-conditional model, else 0."""
+    return NUM_CLASSES[cfg.dataset] if cfg.model.class_conditional else 0
+
+
 def build_network(cfg: RunConfig, channels: int, process: Process) -> UNet:
     return UNet(cfg.data.unet, image_size=cfg.data.image_size, in_channels=channels,
-                out_channels=process.out_channels(channels))
+                out_channels=process.out_channels(channels), num_classes=num_classes(cfg))
 
 
 def process_parameters(process: Process) -> list[nn.Parameter]:

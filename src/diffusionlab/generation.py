@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .device import make_generator
-from .diffusion import Denoiser
+from .guidance import ConditionalModel
 from .samplers import Sampler, Trajectory, sample
 from .tensors import to_uint8
 
@@ -18,6 +19,8 @@ from .tensors import to_uint8
 class Generated:
     images: np.ndarray
     """uint8 [N, C, H, W]."""
+    labels: np.ndarray | None
+    """The class asked for each image (None: unconditional)."""
     trajectory: Trajectory
     """Frames of the first batch, at evenly spaced steps."""
 
@@ -28,7 +31,7 @@ def frame_indices(num_steps: int, num_frames: int) -> set[int]:
 
 
 def generate(
-    model: Denoiser,
+    model: ConditionalModel,
     sampler: Sampler,
     num_samples: int,
     shape: tuple[int, int, int],
@@ -36,8 +39,13 @@ def generate(
     device: torch.device,
     seed: int,
     num_frames: int = 10,
+    labels: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Generated:
-    """Draw ``num_samples`` images of ``shape`` (C, H, W), deterministic given ``seed``."""
+    """Draw ``num_samples`` images of ``shape`` (C, H, W), deterministic given ``seed``; of the classes
+    ``labels`` [num_samples] (guided with the model's scale) when given. ``progress`` hears of each batch's size."""
+    if labels is not None and len(labels) != num_samples:
+        raise ValueError(f"{len(labels)} labels for {num_samples} samples")
     generator = make_generator(device, seed)
     record = frame_indices(len(sampler.timesteps), num_frames)
     chunks: list[Tensor] = []
@@ -45,7 +53,10 @@ def generate(
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
         noise = torch.randn((n, *shape), device=device, generator=generator)
-        x, traj = sample(model, sampler, noise, generator, record if trajectory is None else None)
+        y = None if labels is None else torch.as_tensor(labels[start:start + n], device=device)
+        x, traj = sample(model.denoiser(y), sampler, noise, generator, record if trajectory is None else None)
         trajectory = trajectory or traj
         chunks.append(to_uint8(x).cpu())
-    return Generated(torch.cat(chunks).numpy(), trajectory)
+        if progress:
+            progress(n)
+    return Generated(torch.cat(chunks).numpy(), labels, trajectory)

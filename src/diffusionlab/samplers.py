@@ -22,6 +22,8 @@ from .vdm import VDM
 
 class Sampler(Protocol):
     timesteps: list[int]
+    alpha_bars: list[float]
+    """alpha_bar (alpha^2) of the process at each visited time; the data, after the last one, has 1."""
 
     def set_timesteps(self, num_steps: int) -> None: ...
 
@@ -30,7 +32,7 @@ class Sampler(Protocol):
         ...
 
 
-def _full(t: int | float, x: Tensor) -> Tensor:
+def batch_time(t: int | float, x: Tensor) -> Tensor:
     """The step of a batch: int64 for discrete steps, x's dtype for continuous times."""
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long if isinstance(t, int) else x.dtype)
 
@@ -95,6 +97,7 @@ class DDPMSampler:
         if not kept or kept[-1] < 0 or kept[0] >= total:
             raise ValueError(f"respaced steps must lie in 0..{total - 1}, got {num_steps}")
         self.timesteps = kept
+        self.alpha_bars = [float(self.diffusion.float64["alphas_cumprod"][t]) for t in kept]
         self._index = {t: i for i, t in enumerate(sorted(kept))}
         if len(kept) == total:
             self._process = self.diffusion
@@ -105,14 +108,14 @@ class DDPMSampler:
 
     def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         i = self._index[t]
-        mean, log_variance, x0 = self._process.p_mean_variance(model_output, x_t, _full(i, x_t), self.clip_denoised)
+        mean, log_variance, x0 = self._process.p_mean_variance(model_output, x_t, batch_time(i, x_t), self.clip_denoised)
         if i == 0:
             return mean, x0
         return mean + (0.5 * log_variance).exp() * _noise_like(x_t, generator), x0
 
 
 class DDIMSampler:
-    """DDIM of Song et al. 2021 (eq. 12) on an evenly spaced subset of the T steps.
+    """DDIM of Song et al. 2021 (eq. 12) on an evenly spaced subset of the T steps (or the given list).
 
     Each step is :func:`ddim_step` with a = alpha_bar at the current and the previous visited step
     (1 after the last); eta = 1 matches the ancestral sampler on the full schedule.
@@ -124,8 +127,15 @@ class DDIMSampler:
         self.clip_denoised = clip_denoised
         self.set_timesteps(num_steps)
 
-    def set_timesteps(self, num_steps: int) -> None:
-        self.timesteps = even_steps(self.diffusion.num_timesteps, num_steps)
+    def set_timesteps(self, num_steps: int | list[int]) -> None:
+        total = self.diffusion.num_timesteps
+        if isinstance(num_steps, int):
+            self.timesteps = even_steps(total, num_steps)
+        else:
+            self.timesteps = sorted(set(num_steps), reverse=True)
+            if not self.timesteps or self.timesteps[-1] < 0 or self.timesteps[0] >= total:
+                raise ValueError(f"DDIM steps must lie in 0..{total - 1}, got {num_steps}")
+        self.alpha_bars = [float(self.diffusion.float64["alphas_cumprod"][t]) for t in self.timesteps]
         self._prev = {t: p for t, p in zip(self.timesteps, self.timesteps[1:] + [-1])}
 
     def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -152,6 +162,10 @@ class VDMSampler:
             raise ValueError(f"VDM sampling needs at least one step, got {num_steps}")
         self.timesteps = [i / num_steps for i in range(num_steps, 0, -1)]
         self._prev = {t: (i - 1) / num_steps for i, t in zip(range(num_steps, 0, -1), self.timesteps)}
+        with torch.no_grad():
+            gammas = self.vdm.gamma(torch.tensor(self.timesteps, dtype=torch.float64,
+                                                 device=self.vdm.gamma.gamma_0.device))
+        self.alpha_bars = torch.sigmoid(-gammas.double()).tolist()
 
     @torch.no_grad()
     def step(self, model_output: Tensor, t: float, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -202,9 +216,14 @@ class DPMSolverPP2M:
 
     def __init__(self, timesteps: list, alpha_bars: list[float], eps_of, clip_denoised: bool = True):
         self.timesteps, self.eps_of, self.clip_denoised = list(timesteps), eps_of, clip_denoised
-        self._a = list(alpha_bars) + [1.0]
+        self.alpha_bars = list(alpha_bars)
+        self._a = self.alpha_bars + [1.0]
         self._index = {t: i for i, t in enumerate(self.timesteps)}
         self._previous: tuple[Tensor, float] | None = None
+
+    def reset(self) -> None:
+        """Forget the previous step's prediction: a new trajectory starts."""
+        self._previous = None
 
     def set_timesteps(self, num_steps: int) -> None:
         if num_steps != len(self.timesteps):
@@ -233,7 +252,7 @@ def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_
     """Build the sampler named by ``sample.sampler``: ``ddpm`` (ancestral), ``ddim`` or ``dpmpp_2m``.
 
     Discrete-time models: ancestral (respaced when ``steps`` < T), DDIM or DPM-Solver++(2M) on
-    ``steps`` of the T steps. VDM: its ancestral (eta = 1) or DDIM-style sampler, or DPM-Solver++(2M), on ``steps``
+    ``steps`` of the T steps; ancestral and DDIM visit exactly ``step_list`` when it is given. VDM: its ancestral (eta = 1) or DDIM-style sampler, or DPM-Solver++(2M), on ``steps``
     times of its learned schedule (``default_steps`` when null).
     """
     name, eta, clip_denoised = cfg.sampler, cfg.eta, cfg.clip_denoised
@@ -257,11 +276,12 @@ def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_
         visited = logsnr_uniform_steps(0.5 * np.log(alphas_cumprod / (1 - alphas_cumprod)), steps)
         alpha_bars = [float(alphas_cumprod[t]) for t in visited]
         return DPMSolverPP2M(visited, alpha_bars, lambda out: diffusion.split_output(out)[0], clip_denoised)
+    visit = list(cfg.step_list) or steps
     if name == "ddpm":
         sampler = DDPMSampler(diffusion, clip_denoised)
-        sampler.set_timesteps(steps)
+        sampler.set_timesteps(visit)
         return sampler
-    return DDIMSampler(diffusion, steps, eta, clip_denoised)
+    return DDIMSampler(diffusion, visit, eta, clip_denoised)
 
 
 @dataclass
@@ -280,12 +300,16 @@ def sample(
     noise: Tensor,
     generator: torch.Generator | None = None,
     record: set[int] | None = None,
+    start: int = 0,
 ) -> tuple[Tensor, Trajectory]:
-    """Run the reverse process from ``noise`` [B, C, H, W]; records frames at the step indices in ``record``."""
+    """Run the reverse process from ``noise`` [B, C, H, W], a draw at the sampler's visited time
+    ``timesteps[start]`` (pure noise when ``start`` is 0); records frames at the step indices in ``record``."""
     x = noise
     trajectory = Trajectory([], [], [])
-    for i, t in enumerate(sampler.timesteps):
-        x, x0 = sampler.step(model(x, _full(t, x)), t, x, generator)
+    if hasattr(sampler, "reset"):
+        sampler.reset()
+    for i, t in enumerate(sampler.timesteps[start:], start):
+        x, x0 = sampler.step(model(x, batch_time(t, x)), t, x, generator)
         if record and i in record:
             trajectory.steps.append(t)
             trajectory.x_t.append(x.cpu())

@@ -27,7 +27,8 @@ from .device import make_generator
 from .distributed import World, all_mean_, global_rows
 from .ema import make_ema
 from .errors import TrainingDiverged
-from .factory import Process, build_network, build_process, process_parameters
+from .factory import Process, build_network, build_process, num_classes, process_parameters
+from .guidance import drop_labels
 from .tensors import BatchOrder, to_model_range
 from .unet import UNet
 
@@ -82,9 +83,13 @@ class Trainer:
     parameters), and every process holds the same weights after each step.
     """
 
-    def __init__(self, cfg: RunConfig, images: np.ndarray, device: torch.device, world: World = World()):
+    def __init__(self, cfg: RunConfig, images: np.ndarray, device: torch.device, world: World = World(),
+                 labels: np.ndarray | None = None):
         tc, dc = cfg.train, cfg.data
         self.cfg, self.device, self.world = cfg, device, world
+        if cfg.model.class_conditional and labels is None:
+            raise ValueError(f"{cfg.name} is class-conditional: pass the training labels")
+        self.labels = torch.from_numpy(labels).to(device) if cfg.model.class_conditional else None
         self.shard = world.shard(dc.batch_size)
         torch.manual_seed(tc.seed)
         random.seed(tc.seed)
@@ -175,12 +180,19 @@ class Trainer:
         tc = self.cfg.train
         self.step += 1
         n, rows = global_rows(self.cfg.data.batch_size, self.shard)
-        x0 = to_model_range(self.data[next(self.order)[rows].to(self.device)])
+        batch = next(self.order).to(self.device)
+        x0 = to_model_range(self.data[batch[rows]])
         if self.cfg.data.random_flip:
             flip = (torch.rand(n, device=self.device, generator=self.noise_gen) < 0.5)[rows]
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        model = self.forward_model
+        if self.labels is not None:
+            m = self.cfg.model
+            y = drop_labels(self.labels[batch], m.label_dropout, num_classes(self.cfg), self.noise_gen)[rows]
+            net = self.forward_model
+            model = lambda x, t: net(x, t, y)  # noqa: E731
         with self._autocast():
-            terms = self.process.losses_for_batch(self.forward_model, x0, self.noise_gen, self.shard)
+            terms = self.process.losses_for_batch(model, x0, self.noise_gen, self.shard)
         loss = terms["loss"].float().mean()
         means = torch.stack([v.detach().float().mean() for v in terms.values()])
         all_mean_([means])  # every process sees the global batch's values and takes the same decision
@@ -246,6 +258,8 @@ class Trainer:
 
 
 def train(cfg: RunConfig, images: np.ndarray, device: torch.device,
-          on_log: Callable[[dict[str, float]], None] | None = None, progress: bool = True) -> TrainResult:
-    """Train a U-Net from scratch on uint8 images [N, C, H, W] with the configured model family's loss."""
-    return Trainer(cfg, images, device).run(on_log=on_log, progress=progress)
+          on_log: Callable[[dict[str, float]], None] | None = None, progress: bool = True,
+          labels: np.ndarray | None = None) -> TrainResult:
+    """Train a U-Net from scratch on uint8 images [N, C, H, W] (and their labels [N] for a class-conditional
+    model) with the configured model family's loss."""
+    return Trainer(cfg, images, device, labels=labels).run(on_log=on_log, progress=progress)

@@ -85,15 +85,20 @@ class UNet(nn.Module):
     """Epsilon-prediction U-Net.
 
     ``out_channels`` defaults to ``in_channels``; a wider output leaves room for heads such as
-    a learned variance.
+    a learned variance. With ``num_classes`` > 0 the network is class-conditional: a learned
+    embedding of the label y, one of 0..num_classes-1 or the null label ``num_classes`` (no class,
+    used for classifier-free guidance), is added to the time embedding.
     """
 
-    def __init__(self, cfg: UNetConfig, image_size: int, in_channels: int, out_channels: int | None = None):
+    def __init__(self, cfg: UNetConfig, image_size: int, in_channels: int, out_channels: int | None = None,
+                 num_classes: int = 0):
         super().__init__()
         ch = cfg.base_channels
         self.base_channels = ch
+        self.num_classes = num_classes
         emb_dim = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.stem = nn.Conv2d(in_channels, ch, 3, padding=1)
 
         widths = [ch * m for m in cfg.channel_mult]
@@ -134,8 +139,15 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """x_t [B, C, H, W], t [B] and, for a class-conditional network, labels y [B] (None: the null label)."""
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))
+        if self.label_emb is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            emb = emb + self.label_emb(y)
+        elif y is not None:
+            raise ValueError("labels given to an unconditional network; train it with class_conditional: true")
         h = self.stem(x)
         hs = [h]
         for i, level in enumerate(self.down):

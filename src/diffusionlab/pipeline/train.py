@@ -72,7 +72,7 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
                               f"datasets.{dataset}.image_size = {run.data.image_size}; re-run its prepare stage")
     out = paths.train(dataset, model)
     channels = data.card.channels
-    trainer = Trainer(run, data.train_images, device, world)
+    trainer = Trainer(run, data.train_images, device, world, labels=data.train_labels)
     resume = load_resume(out / RESUME_FILE, run, channels, device) if world.is_main else None
     resume = broadcast_object(resume)
     if resume is not None:

@@ -1,0 +1,93 @@
+"""Inverse problems and round trips with any trained model and any one-step sampler.
+
+- :func:`inpaint`: fill the unknown pixels of an image given a mask (Lugmayr et al. 2022, RePaint).
+  Before each reverse step the known pixels of x_t are replaced by a fresh draw of the forward
+  process q(x_t | x_0) at the observation, so the network always sees them at the right noise level;
+  with ``resample`` r > 1 each step is undone r - 1 times (x_t ~ q(x_t | x_s), one forward jump) and
+  redone, which lets the generated region agree with the known one.
+- :func:`round_trip`: noise an image to a visited time and denoise it back.
+- :func:`ddim_invert`: the deterministic DDIM map run backwards, from an image to its latent x_T.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .diffusion import Denoiser
+from .samplers import Sampler, batch_time, ddim_step, sample
+
+
+def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def forward_noise(x0: Tensor, alpha_bar: float, generator: torch.Generator | None) -> Tensor:
+    """A draw of q(x_t | x_0) = N(sqrt(a) x_0, (1 - a) I) at alpha_bar a."""
+    return math.sqrt(alpha_bar) * x0 + math.sqrt(1 - alpha_bar) * _noise(x0, generator)
+
+
+def _check_one_step(sampler: Sampler) -> None:
+    if hasattr(sampler, "reset"):
+        raise ValueError("inpainting steps back and forth, which a multistep solver (dpmpp_2m) cannot follow; "
+                         "use the ddpm or ddim sampler")
+
+
+@torch.inference_mode()
+def inpaint(
+    model: Denoiser,
+    sampler: Sampler,
+    image: Tensor,
+    mask: Tensor,
+    generator: torch.Generator | None = None,
+    resample: int = 1,
+) -> Tensor:
+    """Sample the pixels of ``image`` [B, C, H, W] (model range [-1, 1]) where ``mask`` (broadcastable,
+    1 known, 0 unknown) is 0. Returns the completed images; their known pixels equal ``image``'s."""
+    if resample < 1:
+        raise ValueError(f"resample must be >= 1, got {resample}")
+    _check_one_step(sampler)
+    mask = mask.to(image.dtype).expand_as(image)
+    x = _noise(image, generator)
+    abars = sampler.alpha_bars + [1.0]
+    for i, t in enumerate(sampler.timesteps):
+        a_t, a_s = abars[i], abars[i + 1]
+        for r in range(resample):
+            x_t = mask * forward_noise(image, a_t, generator) + (1 - mask) * x
+            x_s, _ = sampler.step(model(x_t, batch_time(t, x_t)), t, x_t, generator)
+            if r < resample - 1:
+                x = forward_noise(x_s, a_t / a_s, generator)  # x_t ~ q(x_t | x_s)
+            else:
+                x = x_s
+    return mask * image + (1 - mask) * x
+
+
+@torch.inference_mode()
+def round_trip(model: Denoiser, sampler: Sampler, image: Tensor, start: int,
+               generator: torch.Generator | None = None) -> Tensor:
+    """Noise ``image`` to the sampler's visited time ``timesteps[start]`` and denoise it back from there."""
+    if not 0 <= start < len(sampler.timesteps):
+        raise ValueError(f"start must index the sampler's {len(sampler.timesteps)} visited times, got {start}")
+    noisy = forward_noise(image, sampler.alpha_bars[start], generator)
+    return sample(model, sampler, noisy, generator, start=start)[0]
+
+
+@torch.inference_mode()
+def ddim_invert(model: Denoiser, sampler: Sampler, image: Tensor) -> Tensor:
+    """The latent x_T whose deterministic DDIM sampling (eta = 0, no clipping) returns ``image``: each step
+    runs eq. 12 of Song et al. from the lower-noise time s to t with the epsilon predicted at s (at the
+    first visited time for the clean image), x_t = sqrt(a_t) x_0_hat + sqrt(1 - a_t) eps."""
+    channels = image.shape[1]
+    times = sampler.timesteps[::-1]
+    abars = sampler.alpha_bars[::-1]
+    x = image
+    for k, (t, a_t) in enumerate(zip(times, abars)):
+        s, a_s = (times[0], 1.0) if k == 0 else (times[k - 1], abars[k - 1])
+        eps = model(x, batch_time(s, x))[:, :channels]
+        if k == 0:
+            x = math.sqrt(a_t) * x + math.sqrt(1 - a_t) * eps
+        else:
+            x, _ = ddim_step(x, eps, a_s, a_t, 0.0, False, None)
+    return x
