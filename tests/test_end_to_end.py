@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -18,13 +20,13 @@ TINY = {
     "datasets": {"digits": {"image_size": 8, "train_steps": 30, "batch_size": 16,
                             "unet": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
                                      "attention_resolutions": [4], "dropout": 0.0}}},
-    "models": {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50},
+    "models": {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50, "class_conditional": True},
                "vlb": {"family": "vlb", "schedule": "cosine", "timesteps": 50, "loss": "vlb",
                        "importance_sampling": True},
                "vdm": {"family": "vdm", "gamma": "network", "timesteps": 50}},
     "train": {"log_every": 10, "warmup_steps": 5},
     "sample": {"steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16, "strip_samples": 4,
-               "strip_frames": 5, "sweep_steps": [5, 20]},
+               "strip_frames": 5, "sweep_steps": [5, 20], "guidance_sweep": [0.0, 2.0], "repaint_resample": 2},
     "classifier": {"steps": 40, "width": 8, "feature_dim": 8},
     "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2,
                  "kid_subsets": 10, "reference_images": 200},
@@ -115,11 +117,32 @@ def test_report_compares_every_model_with_the_floor_in_markdown_and_self_contain
 
 def test_sample_pngs_are_images_of_the_expected_layout(project):
     dest, _, _ = project
-    grid = Image.open(dest / "outputs/sample/digits-ddpm/grid.png")
-    strip = Image.open(dest / "outputs/sample/digits-ddpm/denoising.png")
+    grid = Image.open(dest / "outputs/sample/digits-vlb/grid.png")
+    strip = Image.open(dest / "outputs/sample/digits-vlb/figures/denoising.png")
     # 8px images shown at 64px, 4x4 grid with 2px padding; strip: 4 rows of 5 frames
     assert grid.size == (4 * 66 + 2, 4 * 66 + 2)
     assert strip.size == (5 * 66 + 2, 4 * 66 + 2)
+    conditional = Image.open(dest / "outputs/sample/digits-ddpm/grid.png")
+    assert conditional.size == (10 * 66 + 2, 2 * 66 + 2)  # one column per class
+    for model in ("ddpm", "vlb", "vdm"):
+        figures = dest / f"outputs/sample/digits-{model}/figures"
+        for name in ("forward.png", "reverse.png", "inpainting.png", "round_trip.png"):
+            assert Image.open(figures / name).format == "PNG"
+        gif = Image.open(figures / "denoising.gif")
+        assert gif.format == "GIF" and gif.n_frames == 5
+
+
+def test_a_class_conditional_model_is_scored_against_the_guidance_scale(project):
+    dest, _, _ = project
+    labels = np.load(dest / "outputs/sample/digits-ddpm/labels.npy")
+    assert labels.tolist() == [i % 10 for i in range(40)]
+    assert np.load(dest / "outputs/sample/digits-vlb/labels.npy").tolist() == [-1] * 40
+    table = pd.read_csv(dest / "outputs/evaluate/digits-ddpm/guidance.csv")
+    assert table.guidance.tolist() == [0.0, 1.0, 2.0]
+    assert table.class_accuracy.between(0, 1).all() and table.fid.notna().all()
+    metrics = json.loads((dest / "outputs/evaluate/digits-ddpm/metrics.json").read_text())
+    assert metrics["class_accuracy"] == table.class_accuracy[1] and metrics["guidance"] == 1.0
+    assert pd.read_csv(dest / "outputs/evaluate/digits-vlb/guidance.csv").empty
 
 
 def mlflow_runs(dest, env):
@@ -155,7 +178,10 @@ def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(proje
     assert {"mse", "vb"} <= set(vlb["metrics"]) and vlb["params"]["model.importance_sampling"] == "True"
     assert r["loss_steps"] == 3
     assert r["tags"]["device"] == "cpu" and r["tags"]["sampler"] == "ddim"
-    assert {"checkpoint", "loss.csv", "samples/grid.png", "samples/denoising.png"} <= set(r["artifacts"])
+    assert {"checkpoint", "loss.csv", "samples/grid.png", "samples/denoising.png", "samples/denoising.gif",
+            "samples/forward.png", "samples/reverse.png", "samples/inpainting.png",
+            "samples/round_trip.png"} <= set(r["artifacts"])
+    assert "class_accuracy" in r["metrics"]
 
 
 def test_changing_one_models_params_invalidates_only_that_models_stages(project):

@@ -198,6 +198,8 @@ class SampleConfig:
     """Classes a class-conditional model is asked for, repeated in order; empty: every class in turn."""
     guidance_sweep: tuple[float, ...] = ()
     """Further guidance scales whose samples are scored too (class accuracy, FID and IS against w)."""
+    repaint_resample: int = _field(5, ge=1, le=100)
+    """RePaint resamplings per step in the inpainting figure (1: plain replacement)."""
 
     def __post_init__(self) -> None:
         if self.step_list:

@@ -15,7 +15,7 @@ from .io import atomic_path
 MIN_DISPLAY_PIXELS = 64
 
 
-def _enlarge(images: Tensor) -> Tensor:
+def enlarge(images: Tensor) -> Tensor:
     """Nearest-neighbour upscaling so that small images stay legible in a PNG viewer."""
     factor = max(1, MIN_DISPLAY_PIXELS // images.shape[-1])
     return F.interpolate(images, scale_factor=factor, mode="nearest") if factor > 1 else images
@@ -29,7 +29,7 @@ def _save(tensor: Tensor, path: str | Path) -> None:
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> None:
     """Save uint8 [N, C, H, W] images as one square-ish grid."""
     nrow = nrow or math.ceil(math.sqrt(images.shape[0]))
-    grid = make_grid(_enlarge(images.float() / 255.0), nrow=nrow, padding=2, pad_value=1.0)
+    grid = make_grid(enlarge(images.float() / 255.0), nrow=nrow, padding=2, pad_value=1.0)
     _save(grid, path)
 
 
@@ -37,4 +37,4 @@ def save_strip(frames: list[Tensor], path: str | Path, rows: int) -> None:
     """One row per sample, one column per frame: frames are [B, C, H, W] in [-1, 1], first to last step."""
     stacked = torch.stack([f[:rows] for f in frames], dim=1)  # [rows, frames, C, H, W]
     tiles = ((stacked.flatten(0, 1) + 1) / 2).clamp(0, 1)
-    _save(make_grid(_enlarge(tiles), nrow=len(frames), padding=2, pad_value=1.0), path)
+    _save(make_grid(enlarge(tiles), nrow=len(frames), padding=2, pad_value=1.0), path)

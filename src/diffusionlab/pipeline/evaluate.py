@@ -10,6 +10,7 @@ import pandas as pd
 
 from .. import paths
 from ..checkpoint import load_checkpoint
+from ..classifier import accuracy, load_classifier
 from ..config import Params
 from ..datasets import load_prepared
 from ..device import device_name, resolve_device
@@ -18,10 +19,12 @@ from ..features import resolve_backends
 from ..io import atomic_path, read_json, write_json
 from ..nll import bits_per_dim
 from ..tracking import continue_run
+from .sample import guidance_file
 
 log = logging.getLogger(__name__)
 
 SWEEP_COLUMNS = ["steps", "backend", "fid", "isc_mean", "kid_mean", "precision", "recall"]
+GUIDANCE_COLUMNS = ["guidance", "class_accuracy", "backend", "fid", "isc_mean"]
 
 
 def evaluate_stage(params: Params, dataset: str, model: str) -> None:
@@ -46,6 +49,7 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
     nll_images = load_prepared(paths.prepared(dataset)).test_images
     nll_images = nll_images if e.nll_images == 0 else nll_images[: e.nll_images]
 
+    out = paths.evaluate(dataset, model)
     with continue_run(params.mlflow, run, sample_dir, device, device_name(device)):
         metrics: dict = {"family": run.model.family, "sampler": card["sampler"], "steps": card["steps"],
                          "num_generated": card["num_samples"], "num_reference": floor["num_reference"],
@@ -60,6 +64,11 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
             real = {f"{k}_floor": v for k, v in floor[backend.name].items() if isinstance(v, float)}
             metrics[backend.name] = {**main, **real, **backend.identity}
             mlflow.log_metrics({f"{backend.name}.{k}": v for k, v in {**main, **real}.items()})
+        if card["class_conditional"]:
+            metrics.update(score_guidance(dataset, card, sample_dir, backends, floor, e, device, out))
+        else:
+            with atomic_path(out / "guidance.csv") as tmp:
+                pd.DataFrame(columns=GUIDANCE_COLUMNS).to_csv(tmp, index=False)
         metrics.update(bits_per_dim(ckpt.process, ckpt.ema, nll_images, e.nll_t_draws, e.batch_size, device, e.seed))
         metrics.update(nll_images=int(len(nll_images)), nll_t_draws=e.nll_t_draws)
         mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith("bpd")})
@@ -67,7 +76,6 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
         if e.fid:
             for row in rows:
                 mlflow.log_metric(f"{row['backend']}.fid_vs_steps", row["fid"], step=int(row["steps"]))
-        out = paths.evaluate(dataset, model)
         with atomic_path(out / "sweep.csv") as tmp:
             sweep.to_csv(tmp, index=False)
         primary = sweep[sweep.backend == backends[0].name]
@@ -82,3 +90,28 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
                  backend.name, card["num_samples"], floor["num_reference"], m.get("fid", float("nan")),
                  m.get("fid_floor", float("nan")))
     log.info("%s-%s: NLL bound %.3f ± %.3f bits/dim", dataset, model, metrics["bpd"], metrics["bpd_stderr"])
+
+
+def score_guidance(dataset: str, card: dict, sample_dir, backends, floor: dict, e, device, out) -> dict:
+    """For a class-conditional model: the dataset classifier's accuracy on the class asked for, and FID and IS,
+    at the sampling guidance scale and at each of the guidance sweep; written to guidance.csv and MLflow."""
+    labels = np.load(sample_dir / "labels.npy")
+    by_w = {card["guidance"]: np.load(sample_dir / "samples.npy")}
+    for w in card["guidance_sweep"]:
+        by_w[w] = np.load(sample_dir / "guidance" / guidance_file(w))
+    classifier, _ = load_classifier(paths.classifier(dataset) / "classifier.pt", device)
+    rows = []
+    for w, images in sorted(by_w.items()):
+        hit = accuracy(classifier, images, labels, device)
+        mlflow.log_metric("class_accuracy_vs_guidance", hit, step=round(100 * w))
+        for backend in backends:
+            result = score(images, None, floor["num_reference"], backend, e, device, reference_cache(dataset, backend.name))
+            rows.append({"guidance": w, "class_accuracy": hit, "backend": backend.name, **result})
+    table = pd.DataFrame(rows)
+    with atomic_path(out / "guidance.csv") as tmp:
+        table[[c for c in GUIDANCE_COLUMNS if c in table]].to_csv(tmp, index=False)
+    main = table[table.guidance == card["guidance"]].iloc[0]
+    mlflow.log_metric("class_accuracy", float(main["class_accuracy"]))
+    log.info("class accuracy against guidance scale w: %s",
+             ", ".join(f"w={w:g}: {a:.3f}" for w, a in table.groupby("guidance")["class_accuracy"].first().items()))
+    return {"class_accuracy": float(main["class_accuracy"]), "guidance": card["guidance"]}

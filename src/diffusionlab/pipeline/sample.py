@@ -5,61 +5,125 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 
 from .. import paths
-from ..checkpoint import load_checkpoint
-from ..config import Params
-from ..device import device_name, resolve_device
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..config import Params, SampleConfig
+from ..datasets import load_prepared
+from ..device import device_name, make_generator, resolve_device
+from ..figures import denoising_gif, forward_process_figure, panels_figure, reverse_process_figure
 from ..generation import generate
+from ..guidance import ConditionalModel, requested_labels
 from ..images import save_grid, save_strip
+from ..inverse import inpaint, round_trip
 from ..io import atomic_dir, save_npy, write_json
 from ..samplers import make_sampler
+from ..tensors import to_model_range
 from ..tracking import continue_run, save_run_file
 
 log = logging.getLogger(__name__)
+FIGURE_IMAGES = 6
+"""Held-out images shown in the inpainting and round-trip figures."""
+
+
+def guidance_file(w: float) -> str:
+    return f"w_{w:g}.npy"
 
 
 def sample_stage(params: Params, dataset: str, model: str) -> None:
-    """Draw samples from the EMA weights at ``sample.steps`` (and at each of ``sample.sweep_steps``);
-    write them, a grid and a denoising strip."""
+    """Draw samples from the EMA weights at ``sample.steps`` (and at each of ``sample.sweep_steps``, and for a
+    class-conditional model at each of ``sample.guidance_sweep``); write them, their requested classes, a
+    grid, and the figures of the forward and reverse processes, inpainting and the round trip."""
     run = params.run(dataset, model)
     s = run.sample
     device = resolve_device(run.train.device)
     ckpt = load_checkpoint(paths.train(dataset, model) / "checkpoint.pt", device)
+    held_out = load_prepared(paths.prepared(dataset))
     sampler = make_sampler(s, ckpt.process, default_steps=ckpt.config.model.timesteps)
     steps = len(sampler.timesteps)
     sweep = sorted(set(s.sweep_steps) - {steps})
+    num_classes = ckpt.ema.num_classes
+    labels = requested_labels(s.num_samples, s.classes, num_classes) if num_classes else None
+    guidance_sweep = sorted(set(s.guidance_sweep) - {s.guidance}) if num_classes else []
+    if s.guidance_sweep and not num_classes:
+        log.info("%s is unconditional: sample.guidance_sweep does not apply", run.name)
     size = ckpt.config.data.image_size
     shape = (ckpt.channels, size, size)
-    denoiser = ckpt.process.denoiser(ckpt.ema)
+    net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, s.guidance)
     out = paths.sample(dataset, model)
     with continue_run(params.mlflow, run, paths.train(dataset, model), device, device_name(device)):
         start = time.perf_counter()
-        generated = generate(denoiser, sampler, s.num_samples, shape, s.batch_size, device, s.seed, s.strip_frames)
+        generated = generate(net, sampler, s.num_samples, shape, s.batch_size, device, s.seed, s.strip_frames,
+                             labels)
         seconds = {steps: time.perf_counter() - start}
         with atomic_dir(out / "sweep") as sweep_dir:
             for n in sweep:
                 start = time.perf_counter()
-                images = generate(denoiser, make_sampler(dataclasses.replace(s, steps=n), ckpt.process, n),
-                                  s.num_samples, shape, s.batch_size, device, s.seed, 2).images
+                images = generate(net, make_sampler(dataclasses.replace(s, steps=n, step_list=()), ckpt.process, n),
+                                  s.num_samples, shape, s.batch_size, device, s.seed, 2, labels).images
                 seconds[n] = time.perf_counter() - start
                 save_npy(sweep_dir / f"steps_{n}.npy", images)
+        with atomic_dir(out / "guidance") as guidance_dir:
+            for w in guidance_sweep:
+                guided = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, w)
+                images = generate(guided, sampler, s.num_samples, shape, s.batch_size, device, s.seed, 2, labels).images
+                save_npy(guidance_dir / guidance_file(w), images)
         save_npy(out / "samples.npy", generated.images)
-        save_grid(torch.from_numpy(generated.images[: s.grid_size]), out / "grid.png")
-        save_strip(generated.trajectory.x_t, out / "denoising.png", rows=s.strip_samples)
+        save_npy(out / "labels.npy", np.full(s.num_samples, -1, dtype=np.int64) if labels is None else labels)
+        nrow = num_classes if num_classes and not s.classes else None
+        save_grid(torch.from_numpy(generated.images[: s.grid_size]), out / "grid.png", nrow=nrow)
+        with atomic_dir(out / "figures") as figures:
+            save_strip(generated.trajectory.x_t, figures / "denoising.png", rows=s.strip_samples)
+            draw_figures(ckpt, net, s, held_out.test_images, held_out.test_labels, generated, figures, device)
         write_json(out / "sample.json", {
             "num_samples": s.num_samples, "sampler": s.sampler, "steps": steps,
             "sample_seconds": round(seconds[steps], 2),
             "images_per_second": round(s.num_samples / seconds[steps], 2),
             "sweep_steps": sweep,
+            "class_conditional": bool(num_classes), "guidance": s.guidance if num_classes else None,
+            "guidance_sweep": guidance_sweep,
         })
         mlflow.log_metrics({"sample_seconds": seconds[steps], "sample_images_per_second": s.num_samples / seconds[steps]})
         for n, sec in sorted(seconds.items()):
             mlflow.log_metric("sample_images_per_second_vs_steps", s.num_samples / sec, step=n)
         mlflow.set_tags({"sampler": s.sampler, "sampling_steps": steps})
-        for name in ("grid.png", "denoising.png"):
-            mlflow.log_artifact(str(out / name), artifact_path="samples")
+        mlflow.log_artifact(str(out / "grid.png"), artifact_path="samples")
+        mlflow.log_artifacts(str(out / "figures"), artifact_path="samples")
         save_run_file(out)
+
+
+def draw_figures(ckpt: Checkpoint, net: ConditionalModel, s: SampleConfig, images: np.ndarray, labels: np.ndarray,
+                 generated, folder: Path, device: torch.device) -> None:
+    """forward.png (linear vs cosine schedule), reverse.png and denoising.gif (x_t and predicted x_0 while
+    sampling), inpainting.png (RePaint on held-out images, right half unknown) and round_trip.png (held-out
+    images noised part of the way and denoised back)."""
+    model = ckpt.config.model
+    total = model.timesteps if model.discrete else 1000
+    x0 = to_model_range(torch.from_numpy(images[:FIGURE_IMAGES])).to(device)
+    forward_process_figure(x0[0].cpu(), total, sorted({0, total // 10, total // 4, total // 2, 3 * total // 4,
+                                                        total - 1}), folder / "forward.png")
+    trajectory = generated.trajectory
+    reverse_process_figure(trajectory.steps, trajectory.x_t, trajectory.pred_x0, folder / "reverse.png")
+    denoising_gif(trajectory.x_t, folder / "denoising.gif")
+    y = torch.from_numpy(labels[:FIGURE_IMAGES]).to(device) if net.num_classes else None
+    denoiser = net.denoiser(y)
+    one_step = s if s.sampler != "dpmpp_2m" else dataclasses.replace(s, sampler="ddpm")
+    sampler = make_sampler(one_step, ckpt.process, default_steps=model.timesteps)
+    mask = torch.ones_like(x0)
+    mask[..., x0.shape[-1] // 2:] = 0
+    generator = make_generator(device, s.seed)
+    completed = inpaint(denoiser, sampler, x0, mask, generator, s.repaint_resample)
+    panels_figure({"original": x0.cpu(), "known": (x0 * mask - (1 - mask)).cpu(), "inpainted": completed.cpu()},
+                  folder / "inpainting.png", f"inpainting (RePaint, {s.repaint_resample} resamplings per step)")
+    n = len(sampler.timesteps)
+    columns = {"original": x0.cpu()}
+    for start in sorted({n - 1 - n // 4, n // 2, n // 4}, reverse=True):
+        t = sampler.timesteps[start]
+        columns[f"from t={t:.3g}" if isinstance(t, float) else f"from t={t + 1}"] = round_trip(
+            denoiser, sampler, x0, start, generator).cpu()
+    panels_figure(columns, folder / "round_trip.png", "noised to t, denoised back")
