@@ -1,0 +1,89 @@
+"""The generate command: images and a grid from a checkpoint file or an MLflow URI, with clear errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusionlab.checkpoint import save_checkpoint
+from diffusionlab.factory import build_network, build_process
+from diffusionlab.generate import main
+
+from test_guidance import params_raw
+from diffusionlab.config import parse_params
+
+
+def write_checkpoint(path, **model):
+    cfg = parse_params(params_raw(**model)).run("digits", "ddpm")
+    process = build_process(cfg)
+    torch.manual_seed(0)
+    net = build_network(cfg, 1, process)
+    for p in net.parameters():  # an untrained but non-trivial network
+        torch.nn.init.normal_(p, std=0.05)
+    save_checkpoint(path, cfg, 1, 0, net, net, process)
+    return path
+
+
+@pytest.fixture(scope="module")
+def conditional(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt", class_conditional=True)
+
+
+@pytest.fixture(scope="module")
+def unconditional(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
+
+
+def test_generate_writes_the_images_of_the_asked_classes_and_a_grid_deterministically(conditional, tmp_path):
+    for out in ("a", "b"):
+        main([str(conditional), "-n", "6", "--class", "7", "--class", "1", "--steps", "5", "--guidance", "2",
+              "-o", str(tmp_path / out), "--batch-size", "4"])
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["000000_class7.png", "000001_class1.png", "000002_class7.png", "000003_class1.png",
+                     "000004_class7.png", "000005_class1.png", "grid.png"]
+    for name in names:
+        a, b = np.asarray(Image.open(tmp_path / "a" / name)), np.asarray(Image.open(tmp_path / "b" / name))
+        assert np.array_equal(a, b)
+    assert np.asarray(Image.open(tmp_path / "a" / names[0])).shape == (8, 8)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--class", "10"], "class 10 is out of range: this model knows classes 0..9"),
+    (["--steps", "51"], "--steps 51 is outside 1..50"),
+    (["--guidance", "-1"], "--guidance must be >= 0"),
+])
+def test_bad_settings_fail_before_sampling_and_write_nothing(conditional, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(conditional), "-o", str(tmp_path / "out"), *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_class_for_an_unconditional_model_a_missing_checkpoint_and_an_existing_folder_are_refused(
+        unconditional, tmp_path, capsys):
+    cases = [([str(unconditional), "--class", "3"], "is unconditional"),
+             ([str(tmp_path / "nothing.pt")], "checkpoint " + str(tmp_path / "nothing.pt") + " not found")]
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "mine.txt").write_text("keep me")
+    cases.append(([str(unconditional), "-o", str(kept)], "already exists and is not empty"))
+    for args, message in cases:
+        with pytest.raises(SystemExit):
+            main(args if "-o" in args else [*args, "-o", str(tmp_path / "new")])
+        assert message in capsys.readouterr().err
+    assert [p.name for p in kept.iterdir()] == ["mine.txt"] and not (tmp_path / "new").exists()
+
+
+def test_generate_loads_the_checkpoint_from_an_mlflow_run(unconditional, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("generate-test")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(unconditional), artifact_path="checkpoint")
+    main([f"runs:/{run.info.run_id}/checkpoint", "-n", "3", "--steps", "4", "--sampler", "dpmpp_2m",
+          "-o", str(tmp_path / "out"), "--tracking-uri", uri])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000000.png", "000001.png", "000002.png",
+                                                                  "grid.png"]
