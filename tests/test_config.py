@@ -154,3 +154,19 @@ def test_feature_backends_must_be_known_unique_and_present(raw):
     raw["evaluate"].update(fid=False, isc=False, kid=False, prc=False)
     with pytest.raises(ConfigError, match="enable at least one metric"):
         parse_params(raw)
+
+
+def test_explicit_step_lists_are_checked_against_the_sampler_and_every_model(raw):
+    raw["pipeline"]["models"] = ["ddpm", "vlb"]
+    raw["sample"].update(sampler="ddpm", step_list=[999, 500, 0])
+    assert parse_params(raw).sample.step_list == (999, 500, 0)
+    for changes, message in [({"step_list": [999, 1000]}, r"holds \[1000\] but models\.ddpm has steps 0\.\.999"),
+                             ({"step_list": [5, 5]}, "distinct steps"),
+                             ({"sampler": "dpmpp_2m"}, "DPM-Solver\\+\\+ chooses its own")]:
+        bad = copy.deepcopy(raw)
+        bad["sample"].update(changes)
+        with pytest.raises(ConfigError, match=message):
+            parse_params(bad)
+    raw["pipeline"]["models"] = ["ddpm", "vdm"]
+    with pytest.raises(ConfigError, match=r"models\.vdm is a continuous-time model"):
+        parse_params(raw)

@@ -193,3 +193,19 @@ def test_dpm_solver_pp_2m_is_deterministic_and_restarts_for_every_batch(diffusio
     again, _ = sample(gaussian_oracle(diffusion), sampler, noise)
     assert torch.equal(first, again)
     assert sampler.timesteps[0] == 999 and sampler.timesteps[-1] == 0 and len(sampler.timesteps) == 15
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim"])
+def test_explicit_step_lists_are_visited_exactly(diffusion, name):
+    steps = (999, 700, 300, 50, 0)
+    sampler = make_sampler(SampleConfig(sampler=name, steps=None, step_list=steps), diffusion, 1000)
+    assert sampler.timesteps == list(steps)
+    assert sampler.alpha_bars == [float(diffusion.float64["alphas_cumprod"][t]) for t in steps]
+    calls = []
+
+    def model(x, t):
+        calls.append(int(t[0]))
+        return torch.zeros_like(x)
+
+    sample(model, sampler, torch.randn(2, 1, 2, 2, dtype=torch.float64), torch.Generator().manual_seed(0))
+    assert calls == list(steps)

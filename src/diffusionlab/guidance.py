@@ -56,6 +56,11 @@ def guided_network(net: LabelledDenoiser, labels: Tensor, w: float, num_classes:
     return forward
 
 
+def network_evaluations(steps: int, guidance: float | None) -> int:
+    """Network evaluations per image: one per step, two under guidance other than w = 0 or 1 (None: unconditional)."""
+    return steps * (2 if guidance not in (None, 0.0, 1.0) else 1)
+
+
 def drop_labels(labels: Tensor, rate: float, num_classes: int, generator: torch.Generator | None) -> Tensor:
     """Labels with each replaced by the null label with probability ``rate`` (training for guidance)."""
     drop = torch.rand(labels.shape, device=labels.device, generator=generator) < rate

@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import pandas as pd  # noqa: E402
 
+from .guidance import network_evaluations  # noqa: E402
+
 FLOOR_MODEL = "real held-out data"
 """Model column of the floor rows: the real held-out split scored against the real training split."""
 
@@ -96,18 +98,22 @@ def loss_figure(results: Results, dataset: str) -> bytes:
 
 
 def fid_steps_figure(results: Results, dataset: str) -> bytes:
-    """FID against sampling steps, one line per (model, backend), the floor as a dashed line."""
+    """FID against network evaluations per image (the sampling steps; twice as many under guidance
+    other than w = 0 or 1), one line per (model, sampler, backend), the floor as a dashed line."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    ticks: set[int] = set()
     for r in results.models:
         if r.dataset == dataset:
             for backend, rows in r.sweep.groupby("backend"):
-                ax.plot(rows["steps"], rows["fid"], marker="o", label=f"{r.model} ({backend})")
+                evaluations = [network_evaluations(int(n), r.metrics.get("guidance")) for n in rows["steps"]]
+                ax.plot(evaluations, rows["fid"], marker="o", label=f"{r.model}, {r.metrics.get('sampler', '')} ({backend})")
+                ticks |= set(evaluations)
     for backend, metrics in results.floors.get(dataset, {}).items():
         if isinstance(metrics, dict) and "fid" in metrics:
             ax.axhline(metrics["fid"], linestyle="--", color="gray", label=f"real data ({backend})")
-    ax.set(xlabel="sampling steps", ylabel="FID", xscale="log", title=f"{dataset}: FID against sampling steps")
-    steps = sorted({int(n) for r in results.models if r.dataset == dataset for n in r.sweep["steps"]})
-    ax.set_xticks(steps, [str(n) for n in steps])
+    ax.set(xlabel="network evaluations per image", ylabel="FID", xscale="log",
+           title=f"{dataset}: FID against network evaluations")
+    ax.set_xticks(sorted(ticks), [str(n) for n in sorted(ticks)])
     ax.minorticks_off()
     ax.legend(fontsize="small")
     return _figure_png(fig)
