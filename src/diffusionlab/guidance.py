@@ -14,6 +14,7 @@ w' = w - 1.) The samplers only ever see a function of (x_t, t).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from torch import Tensor
 from .diffusion import Denoiser
 from .errors import ConfigError
 from .unet import UNet
+
+if TYPE_CHECKING:
+    from .factory import Process
 
 LabelledDenoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 """A network mapping (x_t, t, labels or None) to its output."""
@@ -80,7 +84,7 @@ def requested_labels(num_samples: int, classes: tuple[int, ...], num_classes: in
 class ConditionalModel:
     """A trained network and its noise process, as denoisers for given labels and guidance scale."""
 
-    def __init__(self, net: UNet, process, channels: int, w: float = 1.0):
+    def __init__(self, net: UNet, process: Process, channels: int, w: float = 1.0):
         self.net, self.process, self.channels, self.w = net, process, channels, w
 
     @property

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 
 from .. import paths
 from ..checkpoint import load_checkpoint
 from ..classifier import accuracy, load_classifier
-from ..config import Params
+from ..config import EvaluateConfig, Params
 from ..datasets import load_prepared
 from ..device import device_name, resolve_device
 from ..evaluation import reference_cache, score
-from ..features import resolve_backends
+from ..features import Backend, resolve_backends
 from ..io import atomic_path, read_json, write_json
 from ..nll import bits_per_dim
 from ..tracking import continue_run
@@ -92,7 +94,8 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
     log.info("%s-%s: NLL bound %.3f ± %.3f bits/dim", dataset, model, metrics["bpd"], metrics["bpd_stderr"])
 
 
-def score_guidance(dataset: str, card: dict, sample_dir, backends, floor: dict, e, device, out) -> dict:
+def score_guidance(dataset: str, card: dict, sample_dir: Path, backends: list[Backend], floor: dict,
+                   e: EvaluateConfig, device: torch.device, out: Path) -> dict:
     """For a class-conditional model: the dataset classifier's accuracy on the class asked for, and FID and IS,
     at the sampling guidance scale and at each of the guidance sweep; written to guidance.csv and MLflow."""
     labels = np.load(sample_dir / "labels.npy")

@@ -17,7 +17,7 @@ from ..config import Params, SampleConfig
 from ..datasets import load_prepared
 from ..device import device_name, make_generator, resolve_device
 from ..figures import denoising_gif, forward_process_figure, panels_figure, reverse_process_figure
-from ..generation import generate
+from ..generation import Generated, generate
 from ..guidance import ConditionalModel, requested_labels
 from ..images import save_grid, save_strip
 from ..inverse import inpaint, round_trip
@@ -98,7 +98,7 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
 
 
 def draw_figures(ckpt: Checkpoint, net: ConditionalModel, s: SampleConfig, images: np.ndarray, labels: np.ndarray,
-                 generated, folder: Path, device: torch.device) -> None:
+                 generated: Generated, folder: Path, device: torch.device) -> None:
     """forward.png (linear vs cosine schedule), reverse.png and denoising.gif (x_t and predicted x_0 while
     sampling), inpainting.png (RePaint on held-out images, right half unknown) and round_trip.png (held-out
     images noised part of the way and denoised back)."""
