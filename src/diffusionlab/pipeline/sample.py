@@ -76,7 +76,8 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
         save_npy(out / "samples.npy", generated.images)
         save_npy(out / "labels.npy", np.full(s.num_samples, -1, dtype=np.int64) if labels is None else labels)
         nrow = num_classes if num_classes and not s.classes else None
-        save_grid(torch.from_numpy(generated.images[: s.grid_size]), out / "grid.png", nrow=nrow)
+        shown = s.grid_size if nrow is None else max(nrow, s.grid_size // nrow * nrow)  # whole rows of classes
+        save_grid(torch.from_numpy(generated.images[:shown]), out / "grid.png", nrow=nrow)
         with atomic_dir(out / "figures") as figures:
             save_strip(generated.trajectory.x_t, figures / "denoising.png", rows=s.strip_samples)
             draw_figures(ckpt, net, s, held_out.test_images, held_out.test_labels, generated, figures, device)
