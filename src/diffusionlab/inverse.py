@@ -17,16 +17,12 @@ import torch
 from torch import Tensor
 
 from .diffusion import Denoiser
-from .samplers import Sampler, batch_time, ddim_step, sample
-
-
-def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+from .samplers import Sampler, batch_time, ddim_step, noise_like, sample
 
 
 def forward_noise(x0: Tensor, alpha_bar: float, generator: torch.Generator | None) -> Tensor:
     """A draw of q(x_t | x_0) = N(sqrt(a) x_0, (1 - a) I) at alpha_bar a."""
-    return math.sqrt(alpha_bar) * x0 + math.sqrt(1 - alpha_bar) * _noise(x0, generator)
+    return math.sqrt(alpha_bar) * x0 + math.sqrt(1 - alpha_bar) * noise_like(x0, generator)
 
 
 def _check_one_step(sampler: Sampler) -> None:
@@ -50,7 +46,7 @@ def inpaint(
         raise ValueError(f"resample must be >= 1, got {resample}")
     _check_one_step(sampler)
     mask = mask.to(image.dtype).expand_as(image)
-    x = _noise(image, generator)
+    x = noise_like(image, generator)
     abars = sampler.alpha_bars + [1.0]
     for i, t in enumerate(sampler.timesteps):
         a_t, a_s = abars[i], abars[i + 1]

@@ -37,7 +37,7 @@ def batch_time(t: int | float, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long if isinstance(t, int) else x.dtype)
 
 
-def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
@@ -63,7 +63,7 @@ def ddim_step(
     variance = eta**2 * (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
     x_s = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - variance, 0.0)) * eps
     if variance > 0:
-        x_s = x_s + math.sqrt(variance) * _noise_like(x_t, generator)
+        x_s = x_s + math.sqrt(variance) * noise_like(x_t, generator)
     return x_s, x0
 
 
@@ -111,7 +111,7 @@ class DDPMSampler:
         mean, log_variance, x0 = self._process.p_mean_variance(model_output, x_t, batch_time(i, x_t), self.clip_denoised)
         if i == 0:
             return mean, x0
-        return mean + (0.5 * log_variance).exp() * _noise_like(x_t, generator), x0
+        return mean + (0.5 * log_variance).exp() * noise_like(x_t, generator), x0
 
 
 class DDIMSampler:
