@@ -19,8 +19,6 @@ from .tensors import to_uint8
 class Generated:
     images: np.ndarray
     """uint8 [N, C, H, W]."""
-    labels: np.ndarray | None
-    """The class asked for each image (None: unconditional)."""
     trajectory: Trajectory
     """Frames of the first batch, at evenly spaced steps."""
 
@@ -59,4 +57,4 @@ def generate(
         chunks.append(to_uint8(x).cpu())
         if progress:
             progress(n)
-    return Generated(torch.cat(chunks).numpy(), labels, trajectory)
+    return Generated(torch.cat(chunks).numpy(), trajectory)

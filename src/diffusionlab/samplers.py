@@ -93,9 +93,7 @@ class DDPMSampler:
 
     def set_timesteps(self, num_steps: int | list[int]) -> None:
         total = self.diffusion.num_timesteps
-        kept = even_steps(total, num_steps) if isinstance(num_steps, int) else sorted(set(num_steps), reverse=True)
-        if not kept or kept[-1] < 0 or kept[0] >= total:
-            raise ValueError(f"respaced steps must lie in 0..{total - 1}, got {num_steps}")
+        kept = visited_steps(total, num_steps)
         self.timesteps = kept
         self.alpha_bars = [float(self.diffusion.float64["alphas_cumprod"][t]) for t in kept]
         self._index = {t: i for i, t in enumerate(sorted(kept))}
@@ -128,13 +126,7 @@ class DDIMSampler:
         self.set_timesteps(num_steps)
 
     def set_timesteps(self, num_steps: int | list[int]) -> None:
-        total = self.diffusion.num_timesteps
-        if isinstance(num_steps, int):
-            self.timesteps = even_steps(total, num_steps)
-        else:
-            self.timesteps = sorted(set(num_steps), reverse=True)
-            if not self.timesteps or self.timesteps[-1] < 0 or self.timesteps[0] >= total:
-                raise ValueError(f"DDIM steps must lie in 0..{total - 1}, got {num_steps}")
+        self.timesteps = visited_steps(self.diffusion.num_timesteps, num_steps)
         self.alpha_bars = [float(self.diffusion.float64["alphas_cumprod"][t]) for t in self.timesteps]
         self._prev = {t: p for t, p in zip(self.timesteps, self.timesteps[1:] + [-1])}
 
@@ -182,6 +174,17 @@ def even_steps(total: int, num_steps: int) -> list[int]:
     if num_steps == 1:
         return [total - 1]  # one step starts where the noise is: at T - 1
     return np.unique(np.round(np.linspace(0, total - 1, num_steps)).astype(np.int64))[::-1].tolist()
+
+
+def visited_steps(total: int, num_steps: int | list[int]) -> list[int]:
+    """The steps a sampler visits, in order: ``num_steps`` evenly spaced ones (:func:`even_steps`), or the
+    given list of steps, each in 0..total-1, sorted from the noisiest."""
+    if isinstance(num_steps, int):
+        return even_steps(total, num_steps)
+    kept = sorted(set(num_steps), reverse=True)
+    if not kept or kept[-1] < 0 or kept[0] >= total:
+        raise ValueError(f"sampling steps must lie in 0..{total - 1}, got {num_steps}")
+    return kept
 
 
 def logsnr_uniform_steps(lambdas: np.ndarray, num_steps: int) -> list[int]:

@@ -56,18 +56,18 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
         metrics: dict = {"family": run.model.family, "sampler": card["sampler"], "steps": card["steps"],
                          "num_generated": card["num_samples"], "num_reference": floor["num_reference"],
                          "num_held_out": floor["num_held_out"]}
-        rows = []
+        rows, main_scores = [], {}
         for backend in backends:
             cache = reference_cache(dataset, backend.name)
             by_steps = {n: score(images, None, floor["num_reference"], backend, e, device, cache)
                         for n, images in sorted(generated.items())}
             rows += [{"steps": n, "backend": backend.name, **result} for n, result in by_steps.items()]
-            main = by_steps[card["steps"]]
+            main = main_scores[backend.name] = by_steps[card["steps"]]
             real = {f"{k}_floor": v for k, v in floor[backend.name].items() if isinstance(v, float)}
             metrics[backend.name] = {**main, **real, **backend.identity}
             mlflow.log_metrics({f"{backend.name}.{k}": v for k, v in {**main, **real}.items()})
         if card["class_conditional"]:
-            metrics.update(score_guidance(dataset, card, sample_dir, backends, floor, e, device, out))
+            metrics.update(score_guidance(dataset, card, sample_dir, backends, main_scores, floor, e, device, out))
         else:
             with atomic_path(out / "guidance.csv") as tmp:
                 pd.DataFrame(columns=GUIDANCE_COLUMNS).to_csv(tmp, index=False)
@@ -94,10 +94,11 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
     log.info("%s-%s: NLL bound %.3f ± %.3f bits/dim", dataset, model, metrics["bpd"], metrics["bpd_stderr"])
 
 
-def score_guidance(dataset: str, card: dict, sample_dir: Path, backends: list[Backend], floor: dict,
-                   e: EvaluateConfig, device: torch.device, out: Path) -> dict:
+def score_guidance(dataset: str, card: dict, sample_dir: Path, backends: list[Backend], main_scores: dict[str, dict],
+                   floor: dict, e: EvaluateConfig, device: torch.device, out: Path) -> dict:
     """For a class-conditional model: the dataset classifier's accuracy on the class asked for, and FID and IS,
-    at the sampling guidance scale and at each of the guidance sweep; written to guidance.csv and MLflow."""
+    at the sampling guidance scale (whose scores per backend, ``main_scores``, are already known) and at each
+    of the guidance sweep; written to guidance.csv and MLflow."""
     labels = np.load(sample_dir / "labels.npy")
     by_w = {card["guidance"]: np.load(sample_dir / "samples.npy")}
     for w in card["guidance_sweep"]:
@@ -108,7 +109,8 @@ def score_guidance(dataset: str, card: dict, sample_dir: Path, backends: list[Ba
         hit = accuracy(classifier, images, labels, device)
         mlflow.log_metric("class_accuracy_vs_guidance", hit, step=round(100 * w))
         for backend in backends:
-            result = score(images, None, floor["num_reference"], backend, e, device, reference_cache(dataset, backend.name))
+            result = main_scores[backend.name] if w == card["guidance"] else score(
+                images, None, floor["num_reference"], backend, e, device, reference_cache(dataset, backend.name))
             rows.append({"guidance": w, "class_accuracy": hit, "backend": backend.name, **result})
     table = pd.DataFrame(rows)
     with atomic_path(out / "guidance.csv") as tmp:
