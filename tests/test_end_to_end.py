@@ -30,6 +30,7 @@ TINY = {
     "classifier": {"steps": 40, "width": 8, "feature_dim": 8},
     "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2,
                  "kid_subsets": 10, "reference_images": 200},
+    "mlflow": {"system_metrics_interval": 1.0},
 }
 
 

@@ -49,8 +49,8 @@ def test_generate_writes_the_images_of_the_asked_classes_and_a_grid_deterministi
 
 @pytest.mark.parametrize("args,message", [
     (["--class", "10"], "class 10 is out of range: this model knows classes 0..9"),
-    (["--steps", "51"], "--steps 51 is outside 1..50"),
-    (["--guidance", "-1"], "--guidance must be >= 0"),
+    (["--steps", "51"], "51 steps is outside 1..50"),
+    (["--guidance", "-1"], "guidance scale must be >= 0"),
 ])
 def test_bad_settings_fail_before_sampling_and_write_nothing(conditional, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -53,7 +53,7 @@ def save_checkpoint(path: str | Path, cfg: RunConfig, channels: int, step: int, 
         torch.save(state, tmp)
 
 
-def load_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: str | Path) -> None:
     """``module.load_state_dict(state)``, failing with every mismatched key listed."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))

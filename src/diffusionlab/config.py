@@ -267,7 +267,21 @@ class EvaluateConfig:
 class MlflowConfig:
     experiment: str = "diffusionlab"
     tracking_uri: str = "sqlite:///mlflow.db"
-    """``MLFLOW_TRACKING_URI`` in the environment overrides it."""
+    """``MLFLOW_TRACKING_URI`` in the environment overrides it; a relative sqlite path is taken from the
+    project root (``DVC_ROOT``), also in the temporary workspaces of ``dvc queue``."""
+    artifact_location: str | None = None
+    """Where a new experiment keeps its artifacts (``MLFLOW_ARTIFACT_LOCATION`` overrides); None: ``mlruns/``
+    at the project root for a local store, the server's choice for a tracking server."""
+    required: bool = True
+    """False: when the tracking store cannot be reached, train and write the DVC outputs anyway, with a warning."""
+    connect_timeout: float = _field(10.0, gt=0)
+    """Seconds to wait for a tracking server before a stage gives up (or goes on untracked)."""
+    system_metrics: bool = True
+    """Log CPU, memory, disk, network and GPU use while training (``system/...`` metrics)."""
+    system_metrics_interval: float = _field(10.0, gt=0)
+    """Seconds between two system metrics samples."""
+    register_best: bool = True
+    """Register every evaluated model in ``<experiment>-<dataset>`` and point alias ``best`` at the lowest FID."""
 
 
 @dataclass(frozen=True)

@@ -21,5 +21,9 @@ class StageInputError(RuntimeError):
     """A stage's inputs exist but cannot be used as they are (stale or below a quality threshold)."""
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking store cannot be reached and params say tracking is required."""
+
+
 EXPECTED_ERRORS = (ConfigError, DatasetUnavailable, WeightsUnavailable, TrainingDiverged, StageInputError,
-                   FileNotFoundError)
+                   TrackingUnavailable, FileNotFoundError)

@@ -104,3 +104,13 @@ def panels_figure(columns: dict[str, Tensor], path: str | Path, title: str) -> N
         axes[0][col].set_title(name, fontsize=8)
     fig.suptitle(title, fontsize=10)
     _save_figure(fig, path)
+
+
+def loss_curve_figure(history: list[dict[str, float]], path: str | Path, title: str) -> None:
+    """The training loss against step (log scale when it stays positive)."""
+    steps = [row["step"] for row in history]
+    loss = [row["loss"] for row in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, loss)
+    ax.set(xlabel="training step", ylabel="loss", title=title, yscale="log" if min(loss) > 0 else "linear")
+    _save_figure(fig, path)

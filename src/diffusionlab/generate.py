@@ -1,8 +1,9 @@
 """Generate images from a trained model: ``python -m diffusionlab.generate`` (or ``diffusionlab-generate``).
 
 The model comes from a checkpoint file (``outputs/train/<dataset>-<model>/checkpoint.pt``) or from
-MLflow (``runs:/<run id>/checkpoint``, or any artifact URI holding ``checkpoint.pt``). Every
-setting is checked before the first network evaluation.
+MLflow: a logged model (``models:/diffusionlab-digits@best``, ``runs:/<run id>/model``) or an artifact
+URI holding ``checkpoint.pt`` (``runs:/<run id>/checkpoint``). Every setting is checked before the
+first network evaluation.
 
     python -m diffusionlab.generate outputs/train/digits-ddpm/checkpoint.pt -n 64 --class 7 --guidance 3
 """
@@ -10,7 +11,6 @@ setting is checked before the first network evaluation.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -20,14 +20,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import SampleConfig
 from .device import resolve_device
-from .errors import EXPECTED_ERRORS, ConfigError
-from .generation import generate
-from .guidance import ConditionalModel, requested_labels
+from .errors import EXPECTED_ERRORS, ConfigError, StageInputError
 from .images import save_grid
 from .io import atomic_dir
+from .model import DiffusionModel
 from .samplers import make_sampler
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
@@ -36,7 +35,8 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m diffusionlab.generate",
                                      description="Sample images from a trained diffusion model.")
-    parser.add_argument("model", help="checkpoint.pt path, or an MLflow URI such as runs:/<run id>/checkpoint")
+    parser.add_argument("model", help="checkpoint.pt path, or an MLflow URI such as models:/diffusionlab-digits@best "
+                        "or runs:/<run id>/model")
     parser.add_argument("-n", "--num-images", type=int, default=64)
     parser.add_argument("-o", "--out", default="generated", help="new folder for the PNG files and grid.png")
     parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
@@ -56,78 +56,75 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resolve_checkpoint(model: str, tracking_uri: str | None) -> Path:
-    """A local checkpoint file: the path itself, or the ``checkpoint.pt`` of a downloaded MLflow artifact."""
-    if "://" not in model and ":/" not in model:
-        path = Path(model)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} not found; train a model first (dvc repro) or pass an "
-                                    "MLflow URI such as runs:/<run id>/checkpoint")
-        return path
+def _fetch(uri: str, tracking_uri: str | None) -> Path:
     import mlflow  # imported here: a checkpoint path does not need it
 
     mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except Exception as err:  # noqa: BLE001 - MLflow raises many kinds; all mean the same to the user
-        raise FileNotFoundError(f"cannot fetch {model} from MLflow ({type(err).__name__}: {err}); check the run id "
-                                "and --tracking-uri") from None
+        raise FileNotFoundError(f"cannot fetch {uri} from MLflow ({type(err).__name__}: {err}); check the run id "
+                                "or model name and --tracking-uri") from None
+
+
+def load_model(model: str, tracking_uri: str | None, device: torch.device) -> DiffusionModel:
+    """The model behind a checkpoint file, an MLflow model (``models:/<name>@best``, ``runs:/<id>/model``,
+    or its local folder) or an MLflow artifact folder holding ``checkpoint.pt`` (``runs:/<id>/checkpoint``)."""
+    if "://" not in model and ":/" not in model:
+        local = Path(model)
+        if not local.exists():
+            raise FileNotFoundError(f"checkpoint {local} not found; train a model first (dvc repro) or pass an "
+                                    "MLflow URI such as models:/diffusionlab-digits@best or runs:/<run id>/model")
+    else:
+        local = _fetch(model, tracking_uri)
+    if (local / "MLmodel").is_file():
+        import mlflow.pytorch
+
+        loaded = mlflow.pytorch.load_model(str(local), map_location="cpu")
+        if not isinstance(loaded, DiffusionModel):
+            raise StageInputError(f"{model} is a {type(loaded).__name__}, not a model logged by this project's "
+                                  "train stage")
+        return loaded if device.type == "cpu" else loaded.to_device(device)
     found = [local] if local.is_file() else sorted(local.rglob("checkpoint.pt"))
     if not found:
-        raise FileNotFoundError(f"{model} holds no checkpoint.pt; use the run's checkpoint artifact, "
-                                "runs:/<run id>/checkpoint")
-    return found[0]
+        raise FileNotFoundError(f"{model} holds neither an MLflow model nor a checkpoint.pt; use the run's "
+                                "model (runs:/<run id>/model) or checkpoint artifact (runs:/<run id>/checkpoint)")
+    return DiffusionModel.from_checkpoint(load_checkpoint(found[0], device))
 
 
-def settings(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[SampleConfig, np.ndarray | None]:
-    """The sampling configuration and requested classes, checked against the model."""
+def settings(args: argparse.Namespace, model: DiffusionModel) -> SampleConfig:
+    """The sampling configuration, checked against the model and the output folder."""
     if args.num_images < 1 or args.batch_size < 1:
         raise ConfigError("--num-images and --batch-size must be at least 1")
     out = Path(args.out)
     if out.exists() and not args.overwrite and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
-    s = ckpt.config.sample
-    changes = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("eta", args.eta),
-                                 ("guidance", args.guidance)) if v is not None}
-    if args.steps is not None or args.sampler is not None:
-        changes["step_list"] = ()
-    s = dataclasses.replace(s, **changes, classes=tuple(args.classes))
-    if s.guidance < 0:
-        raise ConfigError(f"--guidance must be >= 0, got {s.guidance}")
-    num_classes = ckpt.ema.num_classes
-    if args.classes and not num_classes:
-        raise ConfigError(f"--class asks for classes {args.classes}, but {ckpt.config.name} is unconditional "
-                          "(trained without class_conditional: true); leave out --class")
-    model = ckpt.config.model
-    if model.discrete and s.steps is not None and not 1 <= s.steps <= model.timesteps:
-        raise ConfigError(f"--steps {s.steps} is outside 1..{model.timesteps}, the steps of {ckpt.config.name}")
-    labels = requested_labels(args.num_images, s.classes, num_classes) if num_classes else None
-    return s, labels
+    s = model.sample_config(args.sampler, args.steps, args.eta, args.guidance, args.classes)
+    model.labels(args.num_images, s)  # an unknown class fails here, before sampling
+    return s
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         device = resolve_device(args.device)
-        ckpt = load_checkpoint(resolve_checkpoint(args.model, args.tracking_uri), device)
-        s, labels = settings(args, ckpt)
-        sampler = make_sampler(s, ckpt.process, default_steps=ckpt.config.model.timesteps)
+        model = load_model(args.model, args.tracking_uri, device)
+        s = settings(args, model)
+        sampler = make_sampler(s, model.process, default_steps=model.config.model.timesteps)
     except (*EXPECTED_ERRORS, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    size = ckpt.config.data.image_size
-    net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, s.guidance)
+    labels = model.labels(args.num_images, s)
     what = f"{len(sampler.timesteps)} {s.sampler} steps" + (f", guidance {s.guidance:g}" if labels is not None else "")
-    with tqdm(total=args.num_images, desc=f"{ckpt.config.name}: {what}", unit="img") as bar:
-        images = generate(net, sampler, args.num_images, (ckpt.channels, size, size), args.batch_size, device,
-                          args.seed, 2, labels, progress=bar.update).images
+    with tqdm(total=args.num_images, desc=f"{model.config.name}: {what}", unit="img") as bar:
+        images = model.sample_with(args.num_images, s, args.seed, args.batch_size, progress=bar.update)
     out = Path(args.out)
     with atomic_dir(out) as folder:
         for i, image in enumerate(images):
             suffix = "" if labels is None else f"_class{labels[i]}"
             Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(
                 folder / f"{i:06d}{suffix}.png")
-        nrow = ckpt.ema.num_classes if labels is not None and not s.classes else None
+        nrow = model.num_classes if labels is not None and not s.classes else None
         save_grid(torch.from_numpy(images), folder / "grid.png", nrow=nrow)
     print(f"wrote {len(images)} images and grid.png to {out}")
 

@@ -213,11 +213,12 @@ class Trainer:
             self.window[key] = self.window.get(key, 0.0) + value.item()
         self.window_n += 1
 
-    def _log_row(self) -> dict[str, float] | None:
+    def _log_row(self, images_per_second: float) -> dict[str, float] | None:
         if self.window_n == 0:
             return None
         row = {"step": float(self.step), **{k: v / self.window_n for k, v in self.window.items()},
-               "lr": self.optimizer.param_groups[0]["lr"], **self.process.scalars()}
+               "lr": self.optimizer.param_groups[0]["lr"], "images_per_second": images_per_second,
+               **self.process.scalars()}
         self.history.append(row)
         self.window, self.window_n = {}, 0
         return row
@@ -229,19 +230,22 @@ class Trainer:
         progress: bool = True,
     ) -> TrainResult:
         """Train from the current step to ``train_steps``. Every ``train.log_every`` steps the window's
-        mean of every loss term, the gradient norm, the learning rate and the process's scalars go to
-        the history and ``on_log``; every ``train.checkpoint_every`` steps (and at the end)
-        ``on_checkpoint`` receives the trainer."""
+        mean of every loss term, the gradient norm, the learning rate, the images per second since the
+        last log and the process's scalars go to the history and ``on_log``; every
+        ``train.checkpoint_every`` steps (and at the end) ``on_checkpoint`` receives the trainer."""
         tc, total = self.cfg.train, self.cfg.data.train_steps
         start = time.perf_counter() - self.seconds
         self.model.train()
         bar = tqdm(total=total, initial=self.step, desc=f"train {self.cfg.name}",
                    disable=not progress or not self.world.is_main, mininterval=2.0)
+        since, since_step = time.perf_counter(), self.step
         while self.step < total:
             self.train_step()
             bar.update(1)
             if self.step % tc.log_every == 0 or self.step == total:
-                row = self._log_row()
+                now = time.perf_counter()
+                row = self._log_row(self.cfg.data.batch_size * (self.step - since_step) / max(now - since, 1e-9))
+                since, since_step = now, self.step
                 if row is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
                     if on_log:

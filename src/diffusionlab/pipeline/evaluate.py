@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -20,7 +19,7 @@ from ..evaluation import reference_cache, score
 from ..features import Backend, resolve_backends
 from ..io import atomic_path, read_json, write_json
 from ..nll import bits_per_dim
-from ..tracking import continue_run
+from ..tracking import Tracker, open_run, read_run_file, register_model, registered_model_name
 from .sample import guidance_file
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
     nll_images = nll_images if e.nll_images == 0 else nll_images[: e.nll_images]
 
     out = paths.evaluate(dataset, model)
-    with continue_run(params.mlflow, run, sample_dir, device, device_name(device)):
+    with open_run(params.mlflow, run, device, device_name(device), previous=sample_dir) as tracker:
         metrics: dict = {"family": run.model.family, "sampler": card["sampler"], "steps": card["steps"],
                          "num_generated": card["num_samples"], "num_reference": floor["num_reference"],
                          "num_held_out": floor["num_held_out"]}
@@ -65,27 +64,34 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
             main = main_scores[backend.name] = by_steps[card["steps"]]
             real = {f"{k}_floor": v for k, v in floor[backend.name].items() if isinstance(v, float)}
             metrics[backend.name] = {**main, **real, **backend.identity}
-            mlflow.log_metrics({f"{backend.name}.{k}": v for k, v in {**main, **real}.items()})
+            tracker.log_metrics({f"{backend.name}.{k}": v for k, v in {**main, **real}.items()})
         if card["class_conditional"]:
-            metrics.update(score_guidance(dataset, card, sample_dir, backends, main_scores, floor, e, device, out))
+            metrics.update(score_guidance(dataset, card, sample_dir, backends, main_scores, floor, e, device, out,
+                                          tracker))
         else:
             with atomic_path(out / "guidance.csv") as tmp:
                 pd.DataFrame(columns=GUIDANCE_COLUMNS).to_csv(tmp, index=False)
         metrics.update(bits_per_dim(ckpt.process, ckpt.ema, nll_images, e.nll_t_draws, e.batch_size, device, e.seed))
         metrics.update(nll_images=int(len(nll_images)), nll_t_draws=e.nll_t_draws)
-        mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith("bpd")})
+        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("bpd")})
         sweep = pd.DataFrame(rows)
         if e.fid:
             for row in rows:
-                mlflow.log_metric(f"{row['backend']}.fid_vs_steps", row["fid"], step=int(row["steps"]))
+                tracker.log_metric(f"{row['backend']}.fid_vs_steps", row["fid"], step=int(row["steps"]))
         with atomic_path(out / "sweep.csv") as tmp:
             sweep.to_csv(tmp, index=False)
         primary = sweep[sweep.backend == backends[0].name]
         with atomic_path(out / "fid_vs_steps.csv") as tmp:
             primary[[c for c in SWEEP_COLUMNS if c in primary]].to_csv(tmp, index=False)
         write_json(out / "metrics.json", metrics)
-        mlflow.set_tags({"fid_features": ",".join(e.features), "fid_num_generated": card["num_samples"],
+        tracker.set_tags({"fid_features": ",".join(e.features), "fid_num_generated": card["num_samples"],
                          "fid_num_reference": floor["num_reference"]})
+        if params.mlflow.register_best and tracker.enabled and e.fid:
+            registered = tracker.call(register_model, params.mlflow, run, read_run_file(paths.train(dataset, model)).get(
+                "model_uri"), metrics[backends[0].name]["fid"], backends[0].name)
+            if registered:
+                tracker.set_tags({"registered_model": registered_model_name(params.mlflow, dataset),
+                                  "registered_version": registered[0]})
     for backend in backends:
         m = metrics[backend.name]
         log.info("%s-%s (%s features, %d generated vs %d train): FID %.3f (real-data floor %.3f)", dataset, model,
@@ -95,7 +101,7 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
 
 
 def score_guidance(dataset: str, card: dict, sample_dir: Path, backends: list[Backend], main_scores: dict[str, dict],
-                   floor: dict, e: EvaluateConfig, device: torch.device, out: Path) -> dict:
+                   floor: dict, e: EvaluateConfig, device: torch.device, out: Path, tracker: Tracker) -> dict:
     """For a class-conditional model: the dataset classifier's accuracy on the class asked for, and FID and IS,
     at the sampling guidance scale (whose scores per backend, ``main_scores``, are already known) and at each
     of the guidance sweep; written to guidance.csv and MLflow."""
@@ -107,7 +113,7 @@ def score_guidance(dataset: str, card: dict, sample_dir: Path, backends: list[Ba
     rows = []
     for w, images in sorted(by_w.items()):
         hit = accuracy(classifier, images, labels, device)
-        mlflow.log_metric("class_accuracy_vs_guidance", hit, step=round(100 * w))
+        tracker.log_metric("class_accuracy_vs_guidance", hit, step=round(100 * w))
         for backend in backends:
             result = main_scores[backend.name] if w == card["guidance"] else score(
                 images, None, floor["num_reference"], backend, e, device, reference_cache(dataset, backend.name))
@@ -116,7 +122,7 @@ def score_guidance(dataset: str, card: dict, sample_dir: Path, backends: list[Ba
     with atomic_path(out / "guidance.csv") as tmp:
         table[[c for c in GUIDANCE_COLUMNS if c in table]].to_csv(tmp, index=False)
     main = table[table.guidance == card["guidance"]].iloc[0]
-    mlflow.log_metric("class_accuracy", float(main["class_accuracy"]))
+    tracker.log_metric("class_accuracy", float(main["class_accuracy"]))
     log.info("class accuracy against guidance scale w: %s",
              ", ".join(f"w={w:g}: {a:.3f}" for w, a in table.groupby("guidance")["class_accuracy"].first().items()))
     return {"class_accuracy": float(main["class_accuracy"]), "guidance": card["guidance"]}

@@ -7,7 +7,6 @@ import logging
 import time
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import torch
 
@@ -24,7 +23,7 @@ from ..inverse import inpaint, round_trip
 from ..io import atomic_dir, save_npy, write_json
 from ..samplers import make_sampler
 from ..tensors import to_model_range
-from ..tracking import continue_run, save_run_file
+from ..tracking import open_run
 
 log = logging.getLogger(__name__)
 FIGURE_IMAGES = 6
@@ -56,7 +55,7 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
     shape = (ckpt.channels, size, size)
     net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, s.guidance)
     out = paths.sample(dataset, model)
-    with continue_run(params.mlflow, run, paths.train(dataset, model), device, device_name(device)):
+    with open_run(params.mlflow, run, device, device_name(device), previous=paths.train(dataset, model)) as tracker:
         start = time.perf_counter()
         generated = generate(net, sampler, s.num_samples, shape, s.batch_size, device, s.seed, s.strip_frames,
                              labels)
@@ -89,13 +88,13 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
             "class_conditional": bool(num_classes), "guidance": s.guidance if num_classes else None,
             "guidance_sweep": guidance_sweep,
         })
-        mlflow.log_metrics({"sample_seconds": seconds[steps], "sample_images_per_second": s.num_samples / seconds[steps]})
+        tracker.log_metrics({"sample_seconds": seconds[steps], "sample_images_per_second": s.num_samples / seconds[steps]})
         for n, sec in sorted(seconds.items()):
-            mlflow.log_metric("sample_images_per_second_vs_steps", s.num_samples / sec, step=n)
-        mlflow.set_tags({"sampler": s.sampler, "sampling_steps": steps})
-        mlflow.log_artifact(str(out / "grid.png"), artifact_path="samples")
-        mlflow.log_artifacts(str(out / "figures"), artifact_path="samples")
-        save_run_file(out)
+            tracker.log_metric("sample_images_per_second_vs_steps", s.num_samples / sec, step=n)
+        tracker.set_tags({"sampler": s.sampler, "sampling_steps": steps})
+        tracker.log_artifact(out / "grid.png", artifact_path="samples")
+        tracker.log_artifacts(out / "figures", artifact_path="samples")
+        tracker.save_run_file(out)
 
 
 def draw_figures(ckpt: Checkpoint, net: ConditionalModel, s: SampleConfig, images: np.ndarray, labels: np.ndarray,

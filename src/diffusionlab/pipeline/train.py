@@ -7,9 +7,9 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import mlflow
 import torch
 
 from .. import paths
@@ -20,18 +20,24 @@ from ..device import device_name, resolve_device
 from ..distributed import World, broadcast_object, finish_world, init_world
 from ..errors import StageInputError
 from ..io import atomic_path, write_json
-from ..tracking import resume_run, save_run_file, start_run
+from ..figures import loss_curve_figure
+from ..model import DiffusionModel
+from ..tracking import Tracker, connect, log_model, open_run
 from ..training import Trainer
 
 log = logging.getLogger(__name__)
 RESUME_FILE = "resume.pt"
 
 
+TIMING = ("images_per_second",)
+"""Logged to MLflow but kept out of loss.csv, which a seed determines."""
+
+
 def write_loss_csv(history: list[dict[str, float]], path: Path) -> None:
     """One row per logged step: step, loss, then every other term the model family logs."""
-    fields = ["step", "loss"] + sorted({k for row in history for k in row} - {"step", "loss"})
+    fields = ["step", "loss"] + sorted({k for row in history for k in row} - {"step", "loss", *TIMING})
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for row in history:
             writer.writerow({**row, "step": int(row["step"])})
@@ -49,13 +55,15 @@ def launch_processes(n: int) -> None:
 def train_stage(params: Params, dataset: str, model: str) -> None:
     """Train one diffusion model; the checkpoint, loss history and MLflow run id are its outputs.
 
-    A resumable checkpoint (``resume.pt``) is written every ``train.checkpoint_every`` steps; after an
-    interruption the stage resumes from it, in the same MLflow run, when params and code are unchanged.
-    Under torchrun (or with ``train.nproc_per_node`` > 1) every process trains on its share of each
-    batch and only rank 0 writes files and logs to MLflow.
+    The tracking store is checked first: an unreachable one stops the stage before training (unless
+    ``mlflow.required`` is false). A resumable checkpoint (``resume.pt``) is written every
+    ``train.checkpoint_every`` steps; after an interruption the stage resumes from it, in the same
+    MLflow run, when params and code are unchanged. Under torchrun (or with ``train.nproc_per_node``
+    > 1) every process trains on its share of each batch and only rank 0 writes files and logs to MLflow.
     """
     run = params.run(dataset, model)
     if run.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        connect(params.mlflow)  # fail before starting the processes
         return launch_processes(run.train.nproc_per_node)
     world, device = init_world(resolve_device(run.train.device))
     try:
@@ -82,31 +90,48 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
     if not world.is_main:
         trainer.run()
         return
-    active = resume_run(params.mlflow, resume.mlflow_run_id) if resume is not None else None
-    with active or start_run(params.mlflow, run, device, device_name(device)):
-        run_id = mlflow.active_run().info.run_id
-        mlflow.set_tag("processes", world.size)
+    with open_run(params.mlflow, run, device, device_name(device), resume_id=resume.mlflow_run_id if resume else None,
+                  system_metrics=params.mlflow.system_metrics) as tracker:
+        tracker.set_tags({"processes": world.size})
         if resume is not None:
-            mlflow.log_metric("resumed_from_step", trainer.step, step=trainer.step)
-            mlflow.set_tag("resumed_from_step", trainer.step)
-
-        def on_log(row: dict[str, float]) -> None:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
-
-        def on_checkpoint(t: Trainer) -> None:
-            save_resume(out / RESUME_FILE, run, channels, t.state_dict(), run_id)
-
-        result = trainer.run(on_log=on_log, on_checkpoint=on_checkpoint)
-        mlflow.log_metric("nonfinite_skips", result.skipped)
+            tracker.log_metric("resumed_from_step", trainer.step, step=trainer.step)
+            tracker.set_tags({"resumed_from_step": trainer.step})
+        result = trainer.run(on_log=training_logger(tracker), on_checkpoint=lambda t: save_resume(
+            out / RESUME_FILE, run, channels, t.state_dict(), tracker.run_id))
         save_checkpoint(out / "checkpoint.pt", run, channels, result.steps, result.model, result.ema,
                         result.process)
         write_loss_csv(result.history, out / "loss.csv")
+        loss_curve_figure(result.history, out / "loss.png", f"{run.name}: training loss")
         summary = {"final_loss": result.history[-1]["loss"], "train_seconds": round(result.seconds, 2),
                    "images_per_second": round(result.images_per_second, 1), "steps": result.steps,
                    "nonfinite_skips": result.skipped, "processes": world.size,
                    **result.process.scalars()}
         write_json(out / "train.json", summary)
-        mlflow.log_metrics({"train_seconds": summary["train_seconds"], "images_per_second": summary["images_per_second"]})
-        mlflow.log_artifact(str(out / "checkpoint.pt"), artifact_path="checkpoint")
-        mlflow.log_artifact(str(out / "loss.csv"))
-        save_run_file(out)
+        tracker.log_metrics({"train_seconds": summary["train_seconds"], "nonfinite_skips": result.skipped,
+                             "train_images_per_second": summary["images_per_second"]})
+        tracker.log_artifact(out / "checkpoint.pt", artifact_path="checkpoint")
+        tracker.log_artifact(out / "loss.csv")
+        tracker.log_artifact(out / "loss.png")
+        trained = DiffusionModel(run, channels, result.ema, result.process, result.steps)
+        info = tracker.call(log_model, trained, run)
+        tracker.save_run_file(out, model_uri=info.model_uri if info else None)
+
+
+def training_logger(tracker: Tracker) -> Callable[[dict[str, float]], None]:
+    """``on_log`` for the trainer: each logged row to MLflow at its step. A failed write (a tracking server
+    gone mid-run) is reported once and training goes on without metrics: the results still reach the DVC
+    outputs, and the stage's final MLflow calls tell whether the store is back."""
+    failed = False
+
+    def on_log(row: dict[str, float]) -> None:
+        nonlocal failed
+        if failed:
+            return
+        try:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+        except Exception as err:  # noqa: BLE001 - any tracking failure; training must not stop for it
+            log.warning("logging to MLflow failed at step %d (%s: %s); training goes on without it", row["step"],
+                        type(err).__name__, err)
+            failed = True
+
+    return on_log

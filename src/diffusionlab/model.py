@@ -1,0 +1,122 @@
+"""A trained model as one object: what the train stage logs to MLflow and ``generate`` samples from.
+
+``mlflow.pytorch.load_model("models:/diffusionlab-digits@best")`` returns a :class:`DiffusionModel`.
+It pickles as plain data (the configuration and the weights), rebuilt by this package on load, so a
+logged model does not depend on the layout of the classes' attributes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import Checkpoint, load_weights
+from .config import RunConfig, SampleConfig
+from .errors import ConfigError
+from .factory import Process, build_network, build_process
+from .generation import generate
+from .guidance import ConditionalModel, requested_labels
+from .samplers import make_sampler
+from .unet import UNet
+
+
+class DiffusionModel(nn.Module):
+    """The EMA network of a trained model, its noise process and the configuration it was trained with."""
+
+    def __init__(self, config: RunConfig, channels: int, network: UNet, process: Process, step: int = 0):
+        super().__init__()
+        self.network = network
+        self.process = process
+        self.config, self.channels, self.step = config, channels, step
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint) -> DiffusionModel:
+        return cls(ckpt.config, ckpt.channels, ckpt.ema, ckpt.process, ckpt.step)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> DiffusionModel:
+        config = RunConfig.from_dict(state["config"])
+        process = build_process(config, device)
+        if isinstance(process, nn.Module):
+            load_weights(process, state["process"], "noise process", config.name)
+            process.eval()
+        network = build_network(config, state["channels"], process).to(device)
+        load_weights(network, state["network"], "network", config.name)
+        return cls(config, state["channels"], network.eval(), process, state["step"])
+
+    def state(self) -> dict[str, Any]:
+        process = self.process.state_dict() if isinstance(self.process, nn.Module) else {}
+        return {"config": self.config.to_dict(), "channels": self.channels, "step": self.step,
+                "network": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
+                "process": {k: v.detach().cpu() for k, v in process.items()}}
+
+    def __reduce__(self) -> tuple:
+        return _rebuild, (self.state(),)
+
+    def to_device(self, device: torch.device | str) -> DiffusionModel:
+        """This model with its network and noise process on ``device``."""
+        return DiffusionModel.from_state(self.state(), device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @property
+    def num_classes(self) -> int:
+        return self.network.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        size = self.config.data.image_size
+        return (self.channels, size, size)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The network's output at noisy images ``x`` and times ``t`` (and labels ``y``)."""
+        return self.network(x, t, y)
+
+    def sample_config(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+                      guidance: float | None = None, classes: tuple[int, ...] | list[int] = ()) -> SampleConfig:
+        """The model's ``sample`` params with these changes, checked against the model."""
+        changes = {k: v for k, v in (("sampler", sampler), ("steps", steps), ("eta", eta), ("guidance", guidance))
+                   if v is not None}
+        if sampler is not None or steps is not None:
+            changes["step_list"] = ()
+        s = dataclasses.replace(self.config.sample, **changes, classes=tuple(classes))
+        if s.guidance < 0:
+            raise ConfigError(f"the guidance scale must be >= 0, got {s.guidance}")
+        if classes and not self.num_classes:
+            raise ConfigError(f"classes {list(classes)} were asked of {self.config.name}, which is unconditional "
+                              "(trained without class_conditional: true); ask for no class")
+        m = self.config.model
+        if m.discrete and s.steps is not None and not 1 <= s.steps <= m.timesteps:
+            raise ConfigError(f"{s.steps} steps is outside 1..{m.timesteps}, the steps of {self.config.name}")
+        return s
+
+    def labels(self, n: int, s: SampleConfig) -> np.ndarray | None:
+        """The classes of ``n`` images drawn with ``s``: None for an unconditional model."""
+        return requested_labels(n, s.classes, self.num_classes) if self.num_classes else None
+
+    def sample(self, n: int, *, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+               classes: tuple[int, ...] | list[int] = (), guidance: float | None = None, seed: int = 0,
+               batch_size: int = 256, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """``n`` uint8 images [n, C, H, W]; sampler, steps, eta and guidance default to the model's
+        ``sample`` params. A class-conditional model draws ``classes`` in turn (each class when empty)."""
+        s = self.sample_config(sampler, steps, eta, guidance, classes)
+        return self.sample_with(n, s, seed, batch_size, progress)
+
+    def sample_with(self, n: int, s: SampleConfig, seed: int = 0, batch_size: int = 256,
+                    progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """``n`` uint8 images drawn with the checked sampling config ``s`` (see :meth:`sample_config`)."""
+        net = ConditionalModel(self.network, self.process, self.channels, s.guidance)
+        chosen = make_sampler(s, self.process, default_steps=self.config.model.timesteps)
+        return generate(net, chosen, n, self.image_shape, batch_size, self.device, seed, 2, self.labels(n, s),
+                        progress).images
+
+
+def _rebuild(state: dict[str, Any]) -> DiffusionModel:
+    return DiffusionModel.from_state(state)
