@@ -20,7 +20,7 @@ test: setup
 	$(UV) run --locked pytest
 
 ui: setup
-	$(UV) run --locked mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+	$(UV) run --locked python -m diffusionlab.ui --port $(MLFLOW_PORT)
 
 clean:
-	rm -rf outputs data/prepared mlflow.db mlruns
+	rm -rf outputs data/prepared mlflow.db mlflow.db.lock mlruns

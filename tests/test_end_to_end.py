@@ -3,13 +3,17 @@
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 import yaml
 from PIL import Image
 
@@ -179,10 +183,15 @@ def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(proje
     assert {"mse", "vb"} <= set(vlb["metrics"]) and vlb["params"]["model.importance_sampling"] == "True"
     assert r["loss_steps"] == 3
     assert r["tags"]["device"] == "cpu" and r["tags"]["sampler"] == "ddpm"
-    assert {"checkpoint", "loss.csv", "samples/grid.png", "samples/denoising.png", "samples/denoising.gif",
-            "samples/forward.png", "samples/reverse.png", "samples/inpainting.png",
+    assert {"checkpoint", "loss.csv", "loss.png", "params", "samples/grid.png", "samples/denoising.png",
+            "samples/denoising.gif", "samples/forward.png", "samples/reverse.png", "samples/inpainting.png",
             "samples/round_trip.png"} <= set(r["artifacts"])
-    assert "class_accuracy" in r["metrics"]
+    assert {"class_accuracy", "lr", "grad_norm", "images_per_second", "train_images_per_second"} <= set(r["metrics"])
+    commit = run(["git", "rev-parse", "HEAD"], dest, env).stdout.strip()
+    for each in runs:
+        assert each["tags"]["git_commit"] == commit and each["tags"]["git_dirty"] in ("true", "false")
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(each["metrics"])
+        assert each["tags"]["dvc_experiment"] == "" and "continues_run" not in each["tags"]
 
 
 def test_changing_one_models_params_invalidates_only_that_models_stages(project):
@@ -198,6 +207,174 @@ def test_changing_one_models_params_invalidates_only_that_models_stages(project)
         params["models"]["vlb"]["timesteps"] = 50
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert changed == {"train@digits-vlb"}  # downstream stages follow once its outputs change
+
+
+def test_the_trained_model_is_logged_registered_and_its_best_version_samples_through_generate(project, tmp_path):
+    """mlflow.pytorch.log_model in train; evaluate registers every model of the dataset and the alias best
+    points at the lowest FID; `generate models:/...@best` samples from it."""
+    dest, env, _ = project
+    script = f"""
+import json, mlflow
+mlflow.set_tracking_uri("sqlite:///{dest}/mlflow.db")
+client = mlflow.MlflowClient()
+best = client.get_model_version_by_alias("diffusionlab-digits", "best")
+versions = client.search_model_versions("name = 'diffusionlab-digits'")
+model = mlflow.pytorch.load_model("models:/diffusionlab-digits@best")
+print(json.dumps({{"best": best.tags, "versions": [v.tags for v in versions], "type": type(model).__name__,
+                  "config": model.config.name, "shape": list(model.sample(2, steps=3).shape)}}))
+"""
+    found = json.loads(run([sys.executable, "-c", script], dest, env).stdout.strip().splitlines()[-1])
+    fids = {m: json.loads((dest / f"outputs/evaluate/digits-{m}/metrics.json").read_text())["classifier"]["fid"]
+            for m in ("ddpm", "vlb", "vdm")}
+    assert sorted(v["model"] for v in found["versions"]) == ["ddpm", "vdm", "vlb"]
+    best = min(fids, key=fids.get)
+    assert found["best"]["model"] == best and float(found["best"]["fid"]) == fids[best]
+    assert found["type"] == "DiffusionModel" and found["config"] == f"digits-{best}" and found["shape"] == [2, 1, 8, 8]
+    out = tmp_path / "generated"
+    run([sys.executable, "-m", "diffusionlab.generate", "models:/diffusionlab-digits@best", "-n", "3", "--steps", "3",
+         "-o", str(out), "--tracking-uri", f"sqlite:///{dest}/mlflow.db"], dest, env)
+    assert len(list(out.glob("0*.png"))) == 3 and (out / "grid.png").is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ui(project, tmp_path_factory):
+    """`make ui`'s command on a free loopback port, serving the project's store."""
+    dest, env, _ = project
+    port = free_port()
+    log_file = tmp_path_factory.mktemp("ui") / "ui.log"
+    with log_file.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "diffusionlab.ui", "--port", str(port)], cwd=dest, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the MLflow UI did not start:\n{log_file.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def ui_run(url: str, name: str) -> dict:
+    api = f"{url}/api/2.0/mlflow"
+    exp = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": "diffusionlab"}).json()
+    runs = requests.post(f"{api}/runs/search", json={"experiment_ids": [exp["experiment"]["experiment_id"]],
+                                                     "filter": f"attributes.run_name = '{name}'"}).json()["runs"]
+    assert len(runs) == 1, f"{len(runs)} runs named {name}"
+    return runs[0]
+
+
+def test_the_mlflow_ui_serves_the_runs_metric_history_params_and_artifacts(ui):
+    api = f"{ui}/api/2.0/mlflow"
+    r = ui_run(ui, "digits-ddpm")
+    run_id = r["info"]["run_id"]
+    params = {p["key"]: p["value"] for p in r["data"]["params"]}
+    assert params["model.family"] == "ddpm" and params["train.lr"] == "0.0004"
+    for key in ("loss", "lr", "grad_norm", "images_per_second"):
+        history = requests.get(f"{api}/metrics/get-history", params={"run_id": run_id, "metric_key": key}).json()
+        assert [m["step"] for m in history["metrics"]] == [10, 20, 30], key
+    files = {f["path"] for f in requests.get(f"{api}/artifacts/list", params={"run_id": run_id}).json()["files"]}
+    assert {"checkpoint", "loss.csv", "loss.png", "params", "samples"} <= files
+    png = requests.get(f"{ui}/get-artifact", params={"path": "samples/grid.png", "run_uuid": run_id})
+    assert png.ok and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_the_run_page_renders_the_runs_name_and_fid_in_headless_chromium(ui, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("DIFFUSIONLAB_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    r = ui_run(ui, "digits-ddpm")
+    fid = next(m["value"] for m in r["data"]["metrics"] if m["key"] == "classifier.fid")
+    page = f"{ui}/#/experiments/{r['info']['experiment_id']}/runs/{r['info']['run_id']}"
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000", "--dump-dom", page],
+                         capture_output=True, text=True, timeout=180).stdout
+    assert "digits-ddpm" in dom and "classifier.fid" in dom and repr(fid) in dom
+
+
+def stage_folder(dest: Path, tmp_path: Path, **mlflow_params) -> Path:
+    """A folder with the project's stages, params (with ``mlflow_params``) and prepared data, outside DVC."""
+    folder = tmp_path / "stage"
+    shutil.copytree(dest / "stages", folder / "stages")
+    shutil.copytree(dest / "data/prepared", folder / "data/prepared")
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["mlflow"].update(mlflow_params)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return folder
+
+
+def test_an_unreachable_tracking_server_stops_training_before_it_starts(project, tmp_path):
+    dest, env, _ = project
+    folder = stage_folder(dest, tmp_path, connect_timeout=2.0)
+    uri = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    proc = run([sys.executable, "stages/train.py", "--dataset", "digits", "--model", "ddpm"], folder,
+               {**env, "MLFLOW_TRACKING_URI": uri}, check=False)
+    assert proc.returncode == 2 and time.monotonic() - start < 60
+    assert f"MLflow tracking store {uri} is unreachable" in proc.stderr and "mlflow.required: false" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (folder / "outputs").exists()
+
+
+def test_optional_tracking_trains_untracked_with_one_warning(project, tmp_path):
+    dest, env, _ = project
+    folder = stage_folder(dest, tmp_path, connect_timeout=2.0, required=False)
+    proc = run([sys.executable, "stages/train.py", "--dataset", "digits", "--model", "ddpm"], folder,
+               {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    assert proc.stderr.count("unreachable") == 1 and "running untracked" in proc.stderr
+    out = folder / "outputs/train/digits-ddpm"
+    assert {"checkpoint.pt", "loss.csv", "loss.png", "train.json"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "mlflow_run.json").read_text())["run_id"] is None
+
+
+def queue_status(dest, env) -> str:
+    return run([str(BIN / "dvc"), "queue", "status"], dest, env).stdout
+
+
+def test_queued_experiments_run_two_at_a_time_into_the_projects_mlflow_store(project):
+    """`dvc queue start -j 2`: both experiments log into the project's SQLite store at once, without
+    "database is locked", and `dvc exp show` lists their metrics."""
+    dest, env, _ = project
+    for name, steps in (("t40", 40), ("t60", 60)):
+        run([str(BIN / "dvc"), "exp", "run", "--queue", "-n", name, "-S", f"models.ddpm.timesteps={steps}"], dest, env)
+    run([str(BIN / "dvc"), "queue", "start", "-j", "2"], dest, env)
+    deadline = time.monotonic() + 600
+    while any(word in queue_status(dest, env) for word in ("Queued", "Running")):
+        assert time.monotonic() < deadline, queue_status(dest, env)
+        time.sleep(5)
+    status = queue_status(dest, env)
+    logs = "".join(run([str(BIN / "dvc"), "queue", "logs", name], dest, env, check=False).stdout
+                   for name in ("t40", "t60"))
+    assert status.count("Success") == 2, f"{status}\n{logs[-4000:]}"
+    assert "database is locked" not in logs
+    shown = run([str(BIN / "dvc"), "exp", "show", "--csv", "--only-changed"], dest, env).stdout
+    header, *rows = shown.splitlines()
+    assert "models.ddpm.timesteps" in header and "classifier.fid" in header
+    assert {"t40", "t60"} <= {row.split(",")[0] for row in rows}
+    queued = [r for r in mlflow_runs(dest, env) if r["tags"].get("dvc_experiment")]
+    assert sorted(r["name"] for r in queued) == ["digits-ddpm-t40", "digits-ddpm-t60"]
+    for r in queued:
+        assert r["params"]["model.timesteps"] == r["tags"]["dvc_experiment"][1:]
+        assert "classifier.fid" in r["metrics"] and r["loss_steps"] == 3 and r["tags"]["git_dirty"] == "true"
+    assert not (dest / ".dvc/tmp/exps").exists() or not list((dest / ".dvc/tmp/exps").rglob("mlflow.db"))
 
 
 def test_a_sampling_change_reruns_sampling_into_a_new_mlflow_run(project):

@@ -263,7 +263,6 @@ def log_model(model: DiffusionModel, run: RunConfig) -> ModelInfo:
     requirements = [f"{name}=={importlib.metadata.version(name)}" for name in ("torch", "numpy", "pyyaml")]
     return mlflow.pytorch.log_model(model, name=MODEL_NAME, serialization_format="pickle", code_paths=[str(PACKAGE)],
                                     pip_requirements=requirements,
-                                    params={"dataset": run.dataset, "model": run.model_name},
                                     tags={"dataset": run.dataset, "model": run.model_name})
 
 
