@@ -1,0 +1,168 @@
+"""MLflow tracking: where the store is, params within MLflow's limits, locked SQLite, unreachable servers,
+the logged model and the registry's best alias."""
+
+import logging
+import pickle
+import socket
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from diffusionlab import tracking
+from diffusionlab.checkpoint import load_checkpoint
+from diffusionlab.config import MlflowConfig, parse_params
+from diffusionlab.errors import TrackingUnavailable
+from diffusionlab.model import DiffusionModel
+
+from test_generate import write_checkpoint
+from test_guidance import ROOT, params_raw
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_ARTIFACT_LOCATION", "DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_a_relative_sqlite_store_is_taken_from_the_dvc_root_and_the_environment_overrides_params(clean_env, tmp_path):
+    cfg = MlflowConfig(tracking_uri="sqlite:///mlflow.db")
+    clean_env.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking.tracking_uri(cfg) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.artifact_location(cfg, tracking.tracking_uri(cfg)) == (tmp_path / "mlruns").as_uri()
+    assert tracking.tracking_uri(MlflowConfig(tracking_uri="sqlite:////abs/m.db")) == "sqlite:////abs/m.db"
+    clean_env.setenv("MLFLOW_TRACKING_URI", "http://team:5000")
+    assert tracking.tracking_uri(cfg) == "http://team:5000"
+    assert tracking.artifact_location(cfg, "http://team:5000") is None
+    clean_env.setenv("MLFLOW_ARTIFACT_LOCATION", "s3://bucket/runs")
+    assert tracking.artifact_location(cfg, "http://team:5000") == "s3://bucket/runs"
+
+
+def test_params_longer_than_mlflows_limit_are_cut_with_a_note_and_the_rest_kept_whole():
+    limit = tracking.MAX_PARAM_VAL_LENGTH
+    long = list(range(3000))
+    params, truncated = tracking.mlflow_params({"sample": {"step_list": long, "steps": 50}})
+    assert truncated == ["sample.step_list"] and params["sample.steps"] == "50"
+    value = params["sample.step_list"]
+    assert len(value) == limit and value.startswith(str(long)[:100])
+    assert value.endswith(f"[truncated from {len(str(long))} characters; full value in {tracking.PARAMS_ARTIFACT}]")
+
+
+def test_a_locked_store_is_retried_with_backoff_and_other_errors_are_not(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky(x):
+        calls.append(x)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return x * 2
+
+    assert tracking.retry_locked(flaky, 21) == 42 and len(calls) == 3
+
+    def broken():
+        calls.append(None)
+        raise RuntimeError("no such table: runs")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="no such table"):
+        tracking.retry_locked(broken)
+    assert len(calls) == 1
+
+    def always_locked():
+        raise RuntimeError("database is locked")
+
+    with pytest.raises(RuntimeError, match="locked"):
+        tracking.retry_locked(always_locked)
+
+
+def test_an_unreachable_server_is_an_error_when_required_and_one_warning_when_optional(clean_env, caplog):
+    uri = f"http://127.0.0.1:{closed_port()}"
+    clean_env.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(TrackingUnavailable, match=f"MLflow tracking store {uri} is unreachable.*mlflow.required: false"):
+        tracking.connect(MlflowConfig(connect_timeout=1.0))
+    cfg = parse_params(params_raw()).run("digits", "ddpm")
+    with caplog.at_level(logging.WARNING, logger="diffusionlab.tracking"):
+        with tracking.open_run(MlflowConfig(connect_timeout=1.0, required=False), cfg, torch.device("cpu"), "cpu") as t:
+            t.log_metrics({"loss": 1.0}, step=1)
+            t.set_tags({"a": 1})
+            assert t.call(mlflow.log_param, "x", 1) is None
+    assert not t.enabled and len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
+
+
+def test_a_run_holds_tags_params_and_the_resolved_config_and_a_stage_continues_it_only_for_the_same_config(
+        clean_env, tmp_path):
+    clean_env.setenv("DVC_ROOT", str(tmp_path))
+    cfg = MlflowConfig(experiment="t")
+    run = parse_params(params_raw()).run("digits", "ddpm")
+    with tracking.open_run(cfg, run, torch.device("cpu"), "cpu") as first:
+        first.save_run_file(tmp_path)
+    with tracking.open_run(cfg, run, torch.device("cpu"), "cpu", previous=tmp_path) as same:
+        pass
+    raw = params_raw()
+    raw["sample"]["steps"] = 7
+    other = parse_params(raw).run("digits", "ddpm")
+    with tracking.open_run(cfg, other, torch.device("cpu"), "cpu", previous=tmp_path) as new:
+        pass
+    assert same.run_id == first.run_id and new.run_id != first.run_id
+    found = mlflow.get_run(new.run_id)
+    assert found.data.tags["continues_run"] == first.run_id and found.data.params["sample.steps"] == "7"
+    assert {"git_commit", "git_dirty", "torch_version", "device_name", "sampler"} <= set(found.data.tags)
+    resolved = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{new.run_id}/{tracking.PARAMS_ARTIFACT}"))
+    assert resolved == other.to_dict()
+    assert mlflow.get_experiment(found.info.experiment_id).artifact_location == (tmp_path / "mlruns").as_uri()
+
+
+def diffusion_model(tmp_path, **model):
+    return DiffusionModel.from_checkpoint(load_checkpoint(write_checkpoint(tmp_path / "checkpoint.pt", **model)))
+
+
+def test_a_diffusion_model_pickles_as_data_and_samples_the_same_images(tmp_path):
+    model = diffusion_model(tmp_path, class_conditional=True)
+    copy = pickle.loads(pickle.dumps(model))
+    assert b"GaussianDiffusion" not in pickle.dumps(model)  # rebuilt from the config, not unpickled
+    a = model.sample(6, steps=4, classes=[3, 5], guidance=2.0, seed=1)
+    b = copy.sample(6, steps=4, classes=[3, 5], guidance=2.0, seed=1)
+    assert a.dtype == np.uint8 and a.shape == (6, 1, 8, 8) and np.array_equal(a, b)
+
+
+def test_the_logged_model_loads_back_and_the_best_alias_follows_the_lowest_fid(clean_env, tmp_path):
+    clean_env.setenv("DVC_ROOT", str(tmp_path))
+    cfg = MlflowConfig(experiment="reg")
+    params = parse_params(params_raw())
+    run = params.run("digits", "ddpm")
+    model = diffusion_model(tmp_path)
+    uris = {}
+    for name in ("a", "b"):
+        with tracking.open_run(cfg, run, torch.device("cpu"), "cpu") as t:
+            uris[name] = t.call(tracking.log_model, model, run).model_uri
+    loaded = mlflow.pytorch.load_model(uris["a"])
+    assert isinstance(loaded, DiffusionModel)
+    assert np.array_equal(loaded.sample(2, steps=3), model.sample(2, steps=3))
+    assert tracking.register_model(cfg, run, uris["a"], 5.0, "classifier") == ("1", "1")
+    assert tracking.register_model(cfg, run, uris["b"], 3.0, "classifier") == ("2", "2")
+    assert tracking.register_model(cfg, run, uris["a"], 1.0, "classifier") == ("1", "1")  # re-evaluated: no new version
+    assert tracking.register_model(cfg, run, None, 0.5, "classifier") is None
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("reg-digits", "best").version) == "1"
+    assert len(client.search_model_versions("name = 'reg-digits'")) == 2
+
+
+def test_make_ui_serves_a_local_store_on_loopback_and_points_at_a_tracking_server(clean_env, tmp_path, capsys):
+    from diffusionlab import ui
+
+    command = ui.ui_command("sqlite:////p/mlflow.db", 5123, "file:///p/mlruns")
+    assert command[command.index("--host") + 1] == "127.0.0.1" and command[command.index("--port") + 1] == "5123"
+    assert command[command.index("--backend-store-uri") + 1] == "sqlite:////p/mlflow.db"
+    clean_env.setenv("MLFLOW_TRACKING_URI", "http://team:5000")
+    ui.main(["--params", str(ROOT / "params.yaml")])
+    assert "runs are tracked on the server http://team:5000" in capsys.readouterr().out
