@@ -92,7 +92,8 @@ def test_sigkill_then_dvc_repro_resumes_and_matches_an_uninterrupted_run(tmp_pat
 import mlflow
 mlflow.set_tracking_uri("sqlite:///{killed}/mlflow.db")
 runs = mlflow.search_runs(experiment_names=["diffusionlab"], output_format="list")
-print(len(runs), runs[0].data.tags.get("resumed_from_step"), runs[0].info.status)
+steps = [m.step for m in mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "loss")]
+print(len(runs), runs[0].data.tags.get("resumed_from_step"), runs[0].info.status, sorted(steps) == list(range(10, 401, 10)))
 """
     shown = run([sys.executable, "-c", script], killed, env).stdout.split()
-    assert shown == ["1", str(interrupted_at), "FINISHED"]
+    assert shown == ["1", str(interrupted_at), "FINISHED", "True"]  # each step's loss logged once

@@ -1,6 +1,7 @@
 """MLflow tracking: where the store is, params within MLflow's limits, locked SQLite, unreachable servers,
 the logged model and the registry's best alias."""
 
+import functools
 import logging
 import pickle
 import socket
@@ -148,13 +149,17 @@ def test_the_logged_model_loads_back_and_the_best_alias_follows_the_lowest_fid(c
     loaded = mlflow.pytorch.load_model(uris["a"])
     assert isinstance(loaded, DiffusionModel)
     assert np.array_equal(loaded.sample(2, steps=3), model.sample(2, steps=3))
-    assert tracking.register_model(cfg, run, uris["a"], 5.0, "classifier") == ("1", "1")
-    assert tracking.register_model(cfg, run, uris["b"], 3.0, "classifier") == ("2", "2")
-    assert tracking.register_model(cfg, run, uris["a"], 1.0, "classifier") == ("1", "1")  # re-evaluated: no new version
-    assert tracking.register_model(cfg, run, None, 0.5, "classifier") is None
+    register = functools.partial(tracking.register_model, cfg, run, features="classifier")
+    assert register(uris["a"], 5.0, evaluation_run="e1") == ("1", "1")
+    assert register(uris["b"], 3.0, evaluation_run="e2") == ("2", "2")
+    assert register(uris["a"], 1.0, evaluation_run="e3") == ("1", "1")  # re-evaluated: no new version
+    assert register(uris["a"], 4.0, evaluation_run="e4") == ("1", "1")  # a worse evaluation keeps the best
+    assert register(None, 0.5, evaluation_run="e5") is None and register(uris["b"], float("nan"), evaluation_run="e6") is None
     client = mlflow.MlflowClient()
-    assert str(client.get_model_version_by_alias("reg-digits", "best").version) == "1"
+    best = client.get_model_version_by_alias("reg-digits", "best")
+    assert str(best.version) == "1" and float(best.tags["fid"]) == 1.0 and best.tags["fid_run"] == "e3"
     assert len(client.search_model_versions("name = 'reg-digits'")) == 2
+    assert tracking.register_model(cfg, run, uris["b"], 9.0, "inception", "e7") == ("2", "2")  # other features
 
 
 def test_make_ui_serves_a_local_store_on_loopback_and_points_at_a_tracking_server(clean_env, tmp_path, capsys):

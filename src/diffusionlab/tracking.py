@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import math
 import os
 import platform
 import random
@@ -273,16 +274,18 @@ def registered_model_name(cfg: MlflowConfig, dataset: str) -> str:
     return f"{cfg.experiment}-{dataset}"
 
 
-def register_model(cfg: MlflowConfig, run: RunConfig, model_uri: str | None, fid: float,
-                   features: str) -> tuple[str, str] | None:
-    """Register the logged model ``model_uri`` in ``<experiment>-<dataset>`` (once; a re-evaluation updates
-    its FID tag) and point the alias ``best`` at the version with the lowest FID in ``features``.
+def register_model(cfg: MlflowConfig, run: RunConfig, model_uri: str | None, fid: float, features: str,
+                   evaluation_run: str) -> tuple[str, str] | None:
+    """Register the logged model ``model_uri`` in ``<experiment>-<dataset>`` (once), tag the version with its
+    lowest FID in ``features`` and the run that measured it (a model evaluated under several sampling
+    settings keeps its best), and point the alias ``best`` at the version with the lowest FID.
 
     Returns (version, version the alias points at), or None when the model was not logged (a run
-    restored without its MLflow store, or trained untracked).
+    restored without its MLflow store, or trained untracked) or its FID is not finite.
     """
-    if model_uri is None:
-        log.warning("%s has no logged MLflow model; it is not registered", run.name)
+    if model_uri is None or not math.isfinite(fid):
+        log.warning("%s is not registered: %s", run.name, "it has no logged MLflow model" if model_uri is None
+                    else f"its FID is {fid}")
         return None
     client = mlflow.MlflowClient()
     name = registered_model_name(cfg, run.dataset)
@@ -290,10 +293,13 @@ def register_model(cfg: MlflowConfig, run: RunConfig, model_uri: str | None, fid
     version = next((v for v in versions if v.tags.get("model_uri") == model_uri), None)
     if version is None:
         version = retry_locked(mlflow.register_model, model_uri, name, tags={"model_uri": model_uri})
-    tags = {"fid": repr(fid), "fid_features": features, "dataset": run.dataset, "model": run.model_name,
-            "dvc_experiment": os.environ.get("DVC_EXP_NAME", "")}
-    for key, value in tags.items():
-        retry_locked(client.set_model_version_tag, name, version.version, key, value)
+    known = version.tags.get("fid")
+    if version.tags.get("fid_features") != features or known is None or fid < float(known):
+        tags = {"fid": repr(fid), "fid_features": features, "fid_run": evaluation_run, "dataset": run.dataset,
+                "model": run.model_name, "sampler": run.sample.sampler, "sampling_steps": str(run.sample.steps),
+                "dvc_experiment": os.environ.get("DVC_EXP_NAME", "")}
+        for key, value in tags.items():
+            retry_locked(client.set_model_version_tag, name, version.version, key, value)
     scored = [(float(v.tags["fid"]), int(v.version)) for v in retry_locked(client.search_model_versions, f"name = '{name}'")
               if v.tags.get("fid_features") == features and "fid" in v.tags]
     best = str(min(scored)[1])

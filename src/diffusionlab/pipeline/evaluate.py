@@ -87,8 +87,9 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
         tracker.set_tags({"fid_features": ",".join(e.features), "fid_num_generated": card["num_samples"],
                          "fid_num_reference": floor["num_reference"]})
         if params.mlflow.register_best and tracker.enabled and e.fid:
-            registered = tracker.call(register_model, params.mlflow, run, read_run_file(paths.train(dataset, model)).get(
-                "model_uri"), metrics[backends[0].name]["fid"], backends[0].name)
+            model_uri = read_run_file(paths.train(dataset, model)).get("model_uri")
+            fid = metrics[backends[0].name]["fid"]
+            registered = register_model(params.mlflow, run, model_uri, fid, backends[0].name, tracker.run_id)
             if registered:
                 tracker.set_tags({"registered_model": registered_model_name(params.mlflow, dataset),
                                   "registered_version": registered[0]})

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import torch
 
 from .. import paths
@@ -93,10 +94,12 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
     with open_run(params.mlflow, run, device, device_name(device), resume_id=resume.mlflow_run_id if resume else None,
                   system_metrics=params.mlflow.system_metrics) as tracker:
         tracker.set_tags({"processes": world.size})
+        logged_through = 0
         if resume is not None:
+            logged_through = last_logged_step(tracker)
             tracker.log_metric("resumed_from_step", trainer.step, step=trainer.step)
             tracker.set_tags({"resumed_from_step": trainer.step})
-        result = trainer.run(on_log=training_logger(tracker), on_checkpoint=lambda t: save_resume(
+        result = trainer.run(on_log=training_logger(tracker, logged_through), on_checkpoint=lambda t: save_resume(
             out / RESUME_FILE, run, channels, t.state_dict(), tracker.run_id))
         save_checkpoint(out / "checkpoint.pt", run, channels, result.steps, result.model, result.ema,
                         result.process)
@@ -117,15 +120,23 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
         tracker.save_run_file(out, model_uri=info.model_uri if info else None)
 
 
-def training_logger(tracker: Tracker) -> Callable[[dict[str, float]], None]:
-    """``on_log`` for the trainer: each logged row to MLflow at its step. A failed write (a tracking server
-    gone mid-run) is reported once and training goes on without metrics: the results still reach the DVC
-    outputs, and the stage's final MLflow calls tell whether the store is back."""
+def last_logged_step(tracker: Tracker) -> int:
+    """The last step whose training loss the run holds (0 if none, or untracked)."""
+    history = tracker.call(mlflow.MlflowClient().get_metric_history, tracker.run_id, "loss") or []
+    return max((m.step for m in history), default=0)
+
+
+def training_logger(tracker: Tracker, logged_through: int = 0) -> Callable[[dict[str, float]], None]:
+    """``on_log`` for the trainer: each logged row to MLflow at its step, except rows through
+    ``logged_through`` (a resumed run already holds them: the steps between its last checkpoint and the
+    interruption are trained again). A failed write (a tracking server gone mid-run) is reported once
+    and training goes on without metrics: the results still reach the DVC outputs, and the stage's
+    final MLflow calls tell whether the store is back."""
     failed = False
 
     def on_log(row: dict[str, float]) -> None:
         nonlocal failed
-        if failed:
+        if failed or row["step"] <= logged_through:
             return
         try:
             tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
