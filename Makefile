@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 MLFLOW_PORT ?= 5000
 
-.PHONY: setup run test ui clean
+.PHONY: setup run test ui bench clean
 
 setup:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
@@ -21,6 +21,12 @@ test: setup
 
 ui: setup
 	$(UV) run --locked python -m diffusionlab.ui --port $(MLFLOW_PORT)
+
+# Measurements, not tests: results in benchmarks/results/ (the sampler benchmark needs `make run` first)
+bench: setup
+	$(UV) run --locked python benchmarks/training.py
+	@test -f outputs/train/digits-ddpm/checkpoint.pt || { echo "benchmarks/samplers.py samples the trained models: run make run first"; exit 1; }
+	$(UV) run --locked python benchmarks/samplers.py
 
 clean:
 	rm -rf outputs data/prepared mlflow.db mlflow.db.lock mlruns

@@ -1,0 +1,185 @@
+"""Training throughput: images per second of the training step for each dataset resolution and model
+family, eager and with torch.compile (fp32, and bf16 on CUDA), next to the network's forward and
+backward pass alone, with peak memory and, on CUDA, the fraction of the device's peak matrix
+throughput reached. Not a test: it measures and writes
+
+    benchmarks/results/training.json   every measurement, with the machine
+    benchmarks/results/training.md     the same as a table
+
+Each measurement runs in a process of its own (its own peak memory, no compiled code carried over),
+on random images of the dataset's size with the dataset's U-Net and batch size from params.yaml:
+
+    uv run --locked python benchmarks/training.py --datasets digits mnist --models ddpm vdm --modes eager
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from diffusionlab.config import NUM_CLASSES, load_params  # noqa: E402
+from diffusionlab.device import device_name, resolve_device  # noqa: E402
+from diffusionlab.io import write_json  # noqa: E402
+from diffusionlab.training import Trainer  # noqa: E402
+
+CHANNELS = {"digits": 1, "mnist": 1, "cifar10": 3}
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+"""Dense bf16 tensor-core peaks from the vendors' data sheets, matched on the device name."""
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, n: int, device: torch.device) -> float:
+    """Seconds per call of ``fn`` over ``n`` calls."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / n
+
+
+def measure(spec: dict) -> dict:
+    """One measurement: ``spec`` names the dataset, model block, mode, precision, batch size and steps."""
+    params = load_params(ROOT / "params.yaml")
+    run = params.run(spec["dataset"], spec["model"])
+    device = resolve_device(spec["device"])
+    train = dataclasses.replace(run.train, compile=spec["mode"] == "compile", bf16=spec["precision"] == "bf16")
+    data = dataclasses.replace(run.data, batch_size=spec["batch_size"] or run.data.batch_size)
+    run = dataclasses.replace(run, train=train, data=data)
+    b, size, channels = data.batch_size, data.image_size, CHANNELS[spec["dataset"]]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4 * b, channels, size, size), dtype=np.uint8)
+    labels = rng.integers(0, NUM_CLASSES[spec["dataset"]], 4 * b)
+    trainer = Trainer(run, images, device, labels=labels if run.model.class_conditional else None)
+    sync(device)
+    start = time.perf_counter()
+    trainer.train_step()  # includes torch.compile's compilation
+    sync(device)
+    first = time.perf_counter() - start
+    for _ in range(spec["warmup"]):
+        trainer.train_step()
+    step = timed(trainer.train_step, spec["steps"], device)
+
+    net = trainer.forward_model
+    x = torch.randn(b, channels, size, size, device=device)
+    t = (torch.rand(b, device=device) if run.model.family == "vdm"
+         else torch.randint(0, run.model.timesteps, (b,), device=device))
+    y = torch.as_tensor(labels[:b], device=device) if run.model.class_conditional else None
+
+    bf16 = train.bf16 and device.type == "cuda"
+
+    def forward_backward() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            out = net(x, t, y) if y is not None else net(x, t)
+        out.float().square().mean().backward()
+
+    for _ in range(spec["warmup"]):
+        forward_backward()
+    network = timed(forward_backward, spec["steps"], device)
+    with FlopCounterMode(display=False) as counter:
+        out = trainer.model(x[:2], t[:2], y[:2] if y is not None else None)
+        out.float().square().mean().backward()
+    flops = counter.get_total_flops() / 2
+    result = {**spec, "device_name": device_name(device), "image_size": size, "batch_size": b,
+              "first_step_seconds": round(first, 3), "step_seconds": step, "images_per_second": b / step,
+              "network_seconds": network, "step_over_network": step / network,
+              "gflops_per_image": flops / 1e9, "achieved_tflops": flops * b / step / 1e12,
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in result["device_name"]), None)
+        result["fraction_of_bf16_peak"] = result["achieved_tflops"] / peak if peak else None
+    return result
+
+
+def machine(device: torch.device) -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "device": device_name(device), "python": platform.python_version(),
+            "torch": torch.__version__, "cuda": torch.version.cuda}
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| dataset | px | model | mode | precision | batch | images/s | step ms | fwd+bwd ms | step / fwd+bwd "
+            "| GFLOP/img | TFLOP/s | first step s | peak RSS MiB | peak GPU MiB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['image_size']} | {r['model']} | {r['mode']} | {r['precision']} | "
+                     f"{r['batch_size']} | {r['images_per_second']:.1f} | {1e3 * r['step_seconds']:.1f} | "
+                     f"{1e3 * r['network_seconds']:.1f} | {r['step_over_network']:.2f} | {r['gflops_per_image']:.3f} | "
+                     f"{r['achieved_tflops']:.3f} | {r['first_step_seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
+                     + (f"{r['peak_gpu_mib']:.0f} |" if "peak_gpu_mib" in r else "- |"))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help="default: digits, mnist and cifar10 on CUDA; digits and mnist on the CPU")
+    parser.add_argument("--models", nargs="+", default=["ddpm", "vlb", "vdm"])
+    parser.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
+                        help="default: fp32 and bf16 on CUDA, fp32 on the CPU (bf16 autocast is CUDA-only)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the dataset's train batch size")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(measure(json.loads(args.one))))
+        return
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    precisions = args.precisions or (["fp32", "bf16"] if cuda else ["fp32"])
+    datasets = args.datasets or (["digits", "mnist", "cifar10"] if cuda else ["digits", "mnist"])
+    rows = []
+    for dataset in datasets:
+        for model in args.models:
+            for mode in args.modes:
+                for precision in precisions:
+                    spec = {"dataset": dataset, "model": model, "mode": mode, "precision": precision,
+                            "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
+                            "device": args.device}
+                    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True,
+                                          text=True)
+                    found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+                    if proc.returncode or not found:
+                        print(f"{spec}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                        continue
+                    rows.append(json.loads(found[-1].removeprefix("RESULT ")))
+                    r = rows[-1]
+                    print(f"{dataset} {model} {mode} {precision}: {r['images_per_second']:.1f} images/s "
+                          f"(step / fwd+bwd {r['step_over_network']:.2f})", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "training.json", {"machine": machine(device), "results": rows})
+    info = machine(device)
+    (out / "training.md").write_text(
+        f"Training throughput on {info['device']} ({info['processor']}, {info['cpu_count']} cores), torch "
+        f"{info['torch']}; {args.steps} timed steps after {args.warmup} warm-up steps.\n\n{table(rows)}\n")
+    print(f"wrote {out / 'training.md'} and {out / 'training.json'}")
+
+
+if __name__ == "__main__":
+    main()
