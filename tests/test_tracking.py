@@ -171,3 +171,26 @@ def test_make_ui_serves_a_local_store_on_loopback_and_points_at_a_tracking_serve
     clean_env.setenv("MLFLOW_TRACKING_URI", "http://team:5000")
     ui.main(["--params", str(ROOT / "params.yaml")])
     assert "runs are tracked on the server http://team:5000" in capsys.readouterr().out
+
+
+class FailingTracker(tracking.Tracker):
+    def __init__(self):
+        super().__init__("run")
+        self.calls = []
+
+    def log_metrics(self, metrics, step=None):
+        self.calls.append(step)
+        if step >= 20:
+            raise ConnectionError("server gone")
+
+
+def test_training_logs_each_step_once_and_goes_on_when_the_server_goes_away(caplog):
+    from diffusionlab.pipeline.train import training_logger
+
+    tracker = FailingTracker()
+    on_log = training_logger(tracker, logged_through=10)  # a resumed run already holds step 10
+    with caplog.at_level(logging.WARNING):
+        for step in (10, 20, 30, 40):
+            on_log({"step": float(step), "loss": 1.0})
+    assert tracker.calls == [20]  # step 10 skipped; after the failure at 20 nothing more is tried
+    assert len([r for r in caplog.records if "training goes on" in r.getMessage()]) == 1
