@@ -81,16 +81,26 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
         cfg = RunConfig.from_dict(state["config"])
     except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError) as err:
         raise StageInputError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+    process, nets = build_trained(cfg, state["channels"], state["process"], [state["model"], state["ema"]], device,
+                                  path)
+    return Checkpoint(cfg, state["channels"], state["step"], *nets, process)
+
+
+def build_trained(cfg: RunConfig, channels: int, process_state: dict[str, torch.Tensor],
+                  network_states: list[dict[str, torch.Tensor]], device: torch.device | str,
+                  source: str | Path) -> tuple[Process, list[UNet]]:
+    """The noise process and one network per state dict, built from ``cfg`` on ``device`` with the saved
+    weights loaded (:func:`load_weights` names ``source`` when they do not fit), in eval mode."""
     process = build_process(cfg, device)
     if isinstance(process, nn.Module):
-        load_weights(process, state["process"], "noise process", path)
+        load_weights(process, process_state, "noise process", source)
         process.eval()
     nets = []
-    for key in ("model", "ema"):
-        net = build_network(cfg, state["channels"], process).to(device)
-        load_weights(net, state[key], "network", path)
+    for state in network_states:
+        net = build_network(cfg, channels, process).to(device)
+        load_weights(net, state, "network", source)
         nets.append(net.eval())
-    return Checkpoint(cfg, state["channels"], state["step"], *nets, process)
+    return process, nets
 
 
 @functools.cache

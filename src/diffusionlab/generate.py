@@ -27,7 +27,6 @@ from .errors import EXPECTED_ERRORS, ConfigError, StageInputError
 from .images import save_grid
 from .io import atomic_dir
 from .model import DiffusionModel
-from .samplers import make_sampler
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 
@@ -110,14 +109,14 @@ def main(argv: list[str] | None = None) -> None:
         device = resolve_device(args.device)
         model = load_model(args.model, args.tracking_uri, device)
         s = settings(args, model)
-        sampler = make_sampler(s, model.process, default_steps=model.config.model.timesteps)
+        sampler = model.sampler(s)
     except (*EXPECTED_ERRORS, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     labels = model.labels(args.num_images, s)
     what = f"{len(sampler.timesteps)} {s.sampler} steps" + (f", guidance {s.guidance:g}" if labels is not None else "")
     with tqdm(total=args.num_images, desc=f"{model.config.name}: {what}", unit="img") as bar:
-        images = model.sample_with(args.num_images, s, args.seed, args.batch_size, progress=bar.update)
+        images = model.sample_with(args.num_images, s, sampler, args.seed, args.batch_size, progress=bar.update)
     out = Path(args.out)
     with atomic_dir(out) as folder:
         for i, image in enumerate(images):

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import Checkpoint, load_weights
+from .checkpoint import Checkpoint, build_trained
 from .config import RunConfig, SampleConfig
 from .errors import ConfigError
-from .factory import Process, build_network, build_process
+from .factory import Process
 from .generation import generate
 from .guidance import ConditionalModel, requested_labels
-from .samplers import make_sampler
+from .samplers import Sampler, make_sampler
 from .unet import UNet
 
 
@@ -41,13 +41,9 @@ class DiffusionModel(nn.Module):
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> DiffusionModel:
         config = RunConfig.from_dict(state["config"])
-        process = build_process(config, device)
-        if isinstance(process, nn.Module):
-            load_weights(process, state["process"], "noise process", config.name)
-            process.eval()
-        network = build_network(config, state["channels"], process).to(device)
-        load_weights(network, state["network"], "network", config.name)
-        return cls(config, state["channels"], network.eval(), process, state["step"])
+        process, (network,) = build_trained(config, state["channels"], state["process"], [state["network"]], device,
+                                            config.name)
+        return cls(config, state["channels"], network, process, state["step"])
 
     def state(self) -> dict[str, Any]:
         process = self.process.state_dict() if isinstance(self.process, nn.Module) else {}
@@ -107,14 +103,18 @@ class DiffusionModel(nn.Module):
         """``n`` uint8 images [n, C, H, W]; sampler, steps, eta and guidance default to the model's
         ``sample`` params. A class-conditional model draws ``classes`` in turn (each class when empty)."""
         s = self.sample_config(sampler, steps, eta, guidance, classes)
-        return self.sample_with(n, s, seed, batch_size, progress)
+        return self.sample_with(n, s, self.sampler(s), seed, batch_size, progress)
 
-    def sample_with(self, n: int, s: SampleConfig, seed: int = 0, batch_size: int = 256,
+    def sampler(self, s: SampleConfig) -> Sampler:
+        """The sampler ``s`` names, on this model's noise process."""
+        return make_sampler(s, self.process, default_steps=self.config.model.timesteps)
+
+    def sample_with(self, n: int, s: SampleConfig, sampler: Sampler, seed: int = 0, batch_size: int = 256,
                     progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """``n`` uint8 images drawn with the checked sampling config ``s`` (see :meth:`sample_config`)."""
+        """``n`` uint8 images drawn with the checked sampling config ``s`` (see :meth:`sample_config`) and
+        its ``sampler`` (:meth:`sampler`)."""
         net = ConditionalModel(self.network, self.process, self.channels, s.guidance)
-        chosen = make_sampler(s, self.process, default_steps=self.config.model.timesteps)
-        return generate(net, chosen, n, self.image_shape, batch_size, self.device, seed, 2, self.labels(n, s),
+        return generate(net, sampler, n, self.image_shape, batch_size, self.device, seed, 2, self.labels(n, s),
                         progress).images
 
 

@@ -209,30 +209,24 @@ class Tracker:
     def enabled(self) -> bool:
         return self.run_id is not None
 
-    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """``fn(*args, **kwargs)`` (an MLflow call) when tracked, retried while the store is locked."""
         return retry_locked(fn, *args, **kwargs) if self.enabled else None
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self._call(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
+        self.call(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
-        self._call(mlflow.log_metric, key, float(value), step=step)
+        self.call(mlflow.log_metric, key, float(value), step=step)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._call(mlflow.set_tags, tags)
+        self.call(mlflow.set_tags, tags)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call(mlflow.log_artifact, str(path), artifact_path=artifact_path)
+        self.call(mlflow.log_artifact, str(path), artifact_path=artifact_path)
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
-        self._call(mlflow.log_artifacts, str(folder), artifact_path=artifact_path)
-
-    def log_figure(self, figure: Any, artifact_file: str) -> None:
-        self._call(mlflow.log_figure, figure, artifact_file)
-
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-        """``fn(*args, **kwargs)`` (an MLflow call) when tracked, retried while the store is locked."""
-        return self._call(fn, *args, **kwargs)
+        self.call(mlflow.log_artifacts, str(folder), artifact_path=artifact_path)
 
     def save_run_file(self, folder: Path, **extra: Any) -> None:
         """Record the run's id among a stage's outputs, for the next stage to log into (null when untracked)."""

@@ -10,6 +10,7 @@ exactly the steps an uninterrupted run would have taken.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -187,10 +188,8 @@ class Trainer:
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         model = self.forward_model
         if self.labels is not None:
-            m = self.cfg.model
-            y = drop_labels(self.labels[batch], m.label_dropout, num_classes(self.cfg), self.noise_gen)[rows]
-            net = self.forward_model
-            model = lambda x, t: net(x, t, y)  # noqa: E731
+            y = drop_labels(self.labels[batch], self.cfg.model.label_dropout, num_classes(self.cfg), self.noise_gen)
+            model = functools.partial(self.forward_model, y=y[rows])
         with self._autocast():
             terms = self.process.losses_for_batch(model, x0, self.noise_gen, self.shard)
         loss = terms["loss"].float().mean()
