@@ -172,11 +172,14 @@ class TrainConfig:
     """channels-last memory format on CUDA."""
 
 
+SamplerName = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"]
+
+
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddim"
+    sampler: SamplerName = "ddim"
     """ddpm: ancestral (respaced on fewer than T steps); ddim: DDIM with eta; dpmpp_2m: DPM-Solver++(2M),
-    deterministic, for 10-25 steps."""
+    deterministic, for 10-25 steps; dpmpp_2m_sde: its stochastic form (SDE-DPM-Solver++(2M))."""
     steps: int | None = _field(None, ge=1)
     """Number of reverse steps; ``null`` means every step of the model (T)."""
     eta: float = _field(0.0, ge=0)
@@ -203,7 +206,7 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         if self.step_list:
-            if self.sampler == "dpmpp_2m":
+            if self.sampler.startswith("dpmpp"):
                 raise ConfigError("sample.step_list applies to the ddpm and ddim samplers; DPM-Solver++ chooses its "
                                   "own uniform-logSNR steps from sample.steps: empty sample.step_list")
             if len(set(self.step_list)) != len(self.step_list) or min(self.step_list) < 0:

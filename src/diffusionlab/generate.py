@@ -27,8 +27,7 @@ from .errors import EXPECTED_ERRORS, ConfigError, StageInputError
 from .images import save_grid
 from .io import atomic_dir
 from .model import DiffusionModel
-
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+from .samplers import SAMPLERS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -27,7 +27,7 @@ def forward_noise(x0: Tensor, alpha_bar: float, generator: torch.Generator | Non
 
 def _check_one_step(sampler: Sampler) -> None:
     if hasattr(sampler, "reset"):
-        raise ValueError("inpainting steps back and forth, which a multistep solver (dpmpp_2m) cannot follow; "
+        raise ValueError("inpainting steps back and forth, which a multistep solver (dpmpp_2m, dpmpp_2m_sde) cannot follow; "
                          "use the ddpm or ddim sampler")
 
 

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .config import SampleConfig
+from .config import SampleConfig, SamplerName
 from .diffusion import Denoiser, GaussianDiffusion
 from .vdm import VDM
+
+
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+MULTISTEP = ("dpmpp_2m", "dpmpp_2m_sde")
+"""Samplers that carry the previous step's prediction: they run forward through their steps only."""
 
 
 class Sampler(Protocol):
@@ -215,10 +220,19 @@ class DPMSolverPP2M:
     (:func:`logsnr_uniform_steps`), where the solver's error is smallest.
     ``alpha_bars[i]`` is alpha^2 at ``timesteps[i]``; ``eps_of`` takes epsilon from a model output.
     Deterministic: the generator is not used.
+
+    ``stochastic``: SDE-DPM-Solver++(2M) (Lu et al. 2022, the solver of the reverse SDE in the same
+    data-prediction form), with the same D:
+        x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) e^{-h_i} x_{t_{i-1}} - alpha_{t_i} (e^{-2 h_i} - 1) D
+                  + sigma_{t_i} sqrt(1 - e^{-2 h_i}) z.
+    Its first-order step is the DDPM posterior q(x_{t_i} | x_{t_{i-1}}, x_0 = D); the fresh noise
+    corrects the model's errors as ancestral sampling does, where the ODE carries them to the end.
     """
 
-    def __init__(self, timesteps: list, alpha_bars: list[float], eps_of, clip_denoised: bool = True):
+    def __init__(self, timesteps: list, alpha_bars: list[float], eps_of, clip_denoised: bool = True,
+                 stochastic: bool = False):
         self.timesteps, self.eps_of, self.clip_denoised = list(timesteps), eps_of, clip_denoised
+        self.stochastic = stochastic
         self.alpha_bars = list(alpha_bars)
         self._a = self.alpha_bars + [1.0]
         self._index = {t: i for i, t in enumerate(self.timesteps)}
@@ -247,23 +261,30 @@ class DPMSolverPP2M:
             r = previous_h / h
             d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * previous_x0
         self._previous = (x0, h)
-        x_s = math.sqrt((1 - a_s) / (1 - a_t)) * x_t - math.sqrt(a_s) * math.expm1(-h) * d
+        if not self.stochastic:
+            x_s = math.sqrt((1 - a_s) / (1 - a_t)) * x_t - math.sqrt(a_s) * math.expm1(-h) * d
+            return x_s, x0
+        x_s = (math.sqrt((1 - a_s) / (1 - a_t)) * math.exp(-h) * x_t - math.sqrt(a_s) * math.expm1(-2 * h) * d
+               + math.sqrt((1 - a_s) * -math.expm1(-2 * h)) * noise_like(x_t, generator))
         return x_s, x0
 
 
 def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_steps: int) -> Sampler:
-    """Build the sampler named by ``sample.sampler``: ``ddpm`` (ancestral), ``ddim`` or ``dpmpp_2m``.
+    """Build the sampler named by ``sample.sampler``: ``ddpm`` (ancestral), ``ddim``, ``dpmpp_2m`` or
+    ``dpmpp_2m_sde`` (its stochastic form).
 
     Discrete-time models: ancestral (respaced when ``steps`` < T), DDIM or DPM-Solver++(2M) on
-    ``steps`` of the T steps; ancestral and DDIM visit exactly ``step_list`` when it is given. VDM: its ancestral (eta = 1) or DDIM-style sampler, or DPM-Solver++(2M), on ``steps``
-    times of its learned schedule (``default_steps`` when null).
+    ``steps`` of the T steps; ancestral and DDIM visit exactly ``step_list`` when it is given. VDM: its
+    ancestral (eta = 1) or DDIM-style sampler, or DPM-Solver++(2M), on ``steps`` times of its learned
+    schedule (``default_steps`` when null).
     """
     name, eta, clip_denoised = cfg.sampler, cfg.eta, cfg.clip_denoised
-    if name not in ("ddpm", "ddim", "dpmpp_2m"):
-        raise ValueError(f"unknown sampler '{name}'; known: ddpm, ddim, dpmpp_2m")
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{name}'; known: {', '.join(SAMPLERS)}")
+    stochastic = name == "dpmpp_2m_sde"
     if isinstance(diffusion, VDM):
         steps = default_steps if cfg.steps is None else cfg.steps
-        if name == "dpmpp_2m":
+        if name in MULTISTEP:
             grid = np.linspace(0.0, 1.0, 10_001)
             with torch.no_grad():
                 device = next(iter([*diffusion.parameters(), *diffusion.buffers()]), torch.empty(0)).device
@@ -271,14 +292,15 @@ def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_
             visited = logsnr_uniform_steps(-gammas / 2, steps)
             times = [float(grid[i]) for i in visited]
             alpha_bars = [float(1 / (1 + np.exp(gammas[i]))) for i in visited]  # sigmoid(-gamma)
-            return DPMSolverPP2M(times, alpha_bars, lambda out: out, clip_denoised)
+            return DPMSolverPP2M(times, alpha_bars, lambda out: out, clip_denoised, stochastic)
         return VDMSampler(diffusion, steps, 1.0 if name == "ddpm" else eta, clip_denoised)
     steps = diffusion.num_timesteps if cfg.steps is None else cfg.steps
-    if name == "dpmpp_2m":
+    if name in MULTISTEP:
         alphas_cumprod = diffusion.float64["alphas_cumprod"]
         visited = logsnr_uniform_steps(0.5 * np.log(alphas_cumprod / (1 - alphas_cumprod)), steps)
         alpha_bars = [float(alphas_cumprod[t]) for t in visited]
-        return DPMSolverPP2M(visited, alpha_bars, lambda out: diffusion.split_output(out)[0], clip_denoised)
+        return DPMSolverPP2M(visited, alpha_bars, lambda out: diffusion.split_output(out)[0], clip_denoised,
+                             stochastic)
     visit = list(cfg.step_list) or steps
     if name == "ddpm":
         sampler = DDPMSampler(diffusion, clip_denoised)
