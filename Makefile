@@ -22,9 +22,11 @@ test: setup
 ui: setup
 	$(UV) run --locked python -m diffusionlab.ui --port $(MLFLOW_PORT)
 
-# Measurements, not tests: results in benchmarks/results/ (the sampler benchmark needs `make run` first)
+# Measurements, not tests: results in benchmarks/results/ (the sampler benchmark samples the models of `make run`)
 bench: setup
 	$(UV) run --locked python benchmarks/training.py
+	$(UV) run --locked python benchmarks/features.py
+	$(UV) run --locked python benchmarks/pipeline.py
 	@test -f outputs/train/digits-ddpm/checkpoint.pt || { echo "benchmarks/samplers.py samples the trained models: run make run first"; exit 1; }
 	$(UV) run --locked python benchmarks/samplers.py
 

@@ -1,13 +1,17 @@
-"""Sampler benchmark: images per second and FID for each sampler and step count, on the models the
-pipeline trained (run `make run` first). Not a test: it measures and writes
+"""Sampling benchmark on the models the pipeline trained (run `make run` first). Not a test: it
+measures and writes benchmarks/results/samplers.{json,md}, in three parts:
 
-    benchmarks/results/samplers.json   every measurement, with the machine
-    benchmarks/results/samplers.md     the same as a table
+    grid      images/s and FID for each sampler and step count, per model
+    batch     images/s against the sampling batch size, each size in a fresh process with its peak
+              memory: the batch size that maximises throughput
+    quality   ancestral DDPM on all 1000 steps against DPM-Solver++(2M) and SDE-DPM-Solver++(2M)
+              at 20 steps, FID over several seeds
 
 FID uses the classifier backend against the reference statistics the pipeline cached, at
-`sample.num_samples` images, so it is comparable with the pipeline's own numbers.
+`sample.num_samples` images, so it is comparable with the pipeline's own numbers. Sampling runs
+under torch.inference_mode, batched (one tensor per batch, no per-image loop).
 
-    uv run --locked python benchmarks/samplers.py --models ddpm vlb --steps 10 20 50
+    uv run --locked python benchmarks/samplers.py --parts grid --models ddpm --steps 10 20 50
 """
 
 from __future__ import annotations
@@ -16,77 +20,193 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
-import sys
+import statistics
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from common import RESULTS, ROOT, isolated, machine, markdown_table, peak_memory, report, sync, write_results
+from diffusionlab import paths
+from diffusionlab.checkpoint import Checkpoint, load_checkpoint
+from diffusionlab.config import RunConfig, load_params
+from diffusionlab.device import resolve_device
+from diffusionlab.evaluation import ReferenceCache, reference_cache, score
+from diffusionlab.features import Backend, classifier_backend
+from diffusionlab.generation import generate
+from diffusionlab.guidance import ConditionalModel, network_evaluations, requested_labels
+from diffusionlab.io import read_json
+from diffusionlab.samplers import SAMPLERS, make_sampler
 
-from diffusionlab import paths  # noqa: E402
-from diffusionlab.checkpoint import load_checkpoint  # noqa: E402
-from diffusionlab.config import load_params  # noqa: E402
-from diffusionlab.device import device_name, resolve_device  # noqa: E402
-from diffusionlab.evaluation import reference_cache, score  # noqa: E402
-from diffusionlab.features import classifier_backend  # noqa: E402
-from diffusionlab.generation import generate  # noqa: E402
-from diffusionlab.guidance import ConditionalModel, network_evaluations, requested_labels  # noqa: E402
-from diffusionlab.io import read_json, write_json  # noqa: E402
-from diffusionlab.samplers import make_sampler  # noqa: E402
+QUALITY = [("ddpm", 1000), ("ddpm", 20), ("dpmpp_2m", 20), ("dpmpp_2m_sde", 20)]
+"""(sampler, steps) compared in the quality part; the first is the reference the others are held to."""
+
+
+@dataclass
+class Setup:
+    """A trained model of the pipeline, ready to sample and score."""
+
+    run: RunConfig
+    ckpt: Checkpoint
+    net: ConditionalModel
+    device: torch.device
+    backend: Backend
+    cache: ReferenceCache
+    num_reference: int
+
+    def labels(self, n: int) -> np.ndarray | None:
+        s = self.run.sample
+        return requested_labels(n, s.classes, self.ckpt.ema.num_classes) if self.ckpt.ema.num_classes else None
+
+    def sample(self, sampler: str, steps: int, n: int, batch_size: int, seed: int) -> tuple[np.ndarray, float]:
+        """``n`` images and the seconds they took."""
+        cfg = dataclasses.replace(self.run.sample, sampler=sampler, steps=steps, step_list=())
+        built = make_sampler(cfg, self.ckpt.process, steps)
+        size = self.ckpt.config.data.image_size
+        sync(self.device)
+        start = time.perf_counter()
+        images = generate(self.net, built, n, (self.ckpt.channels, size, size), batch_size, self.device, seed, 2,
+                          self.labels(n)).images
+        sync(self.device)
+        return images, time.perf_counter() - start
+
+    def fid(self, images: np.ndarray) -> float:
+        cfg = dataclasses.replace(self.run.evaluate, isc=False, kid=False, prc=False)
+        return score(images, None, self.num_reference, self.backend, cfg, self.device, self.cache)["fid"]
+
+    def evaluations(self, steps: int) -> int:
+        return network_evaluations(steps, self.run.sample.guidance if self.ckpt.ema.num_classes else None)
+
+
+def setup(dataset: str, model: str, device_spec: str) -> Setup:
+    os.chdir(ROOT)  # the pipeline's outputs are relative to the project root
+    params = load_params(ROOT / "params.yaml")
+    run = params.run(dataset, model)
+    device = resolve_device(device_spec)
+    checkpoint = paths.train(dataset, model) / "checkpoint.pt"
+    if not checkpoint.is_file():
+        raise SystemExit(f"{checkpoint} is missing: this benchmark samples the pipeline's trained models; run make run "
+                         f"(or dvc repro) first")
+    ckpt = load_checkpoint(checkpoint, device)
+    net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, run.sample.guidance)
+    backend = classifier_backend(paths.classifier(dataset) / "classifier.pt")
+    floor = read_json(paths.reference(dataset) / "floor.json")
+    return Setup(run, ckpt, net, device, backend, reference_cache(dataset, backend.name), floor["num_reference"])
+
+
+def grid(args, models: list[str]) -> list[dict]:
+    rows = []
+    for model in models:
+        m = setup(args.dataset, model, args.device)
+        n, bs = m.run.sample.num_samples, m.run.sample.batch_size
+        for name in args.samplers:
+            for steps in args.steps:
+                images, seconds = m.sample(name, steps, n, bs, m.run.sample.seed)
+                rows.append({"model": model, "sampler": name, "steps": steps, "batch_size": bs,
+                             "network_evaluations": m.evaluations(steps), "images_per_second": n / seconds,
+                             "fid": m.fid(images), **peak_memory(m.device)})
+                print(f"grid {model} {name} {steps}: {rows[-1]['images_per_second']:.1f} images/s, "
+                      f"FID {rows[-1]['fid']:.2f}", flush=True)
+    return rows
+
+
+def one_batch_size(spec: dict) -> dict:
+    """Images/s at one batch size: a warm-up batch, then enough batches for at least ``min_images``."""
+    m = setup(spec["dataset"], spec["model"], spec["device"])
+    bs, steps = spec["batch_size"], spec["steps"]
+    m.sample(spec["sampler"], steps, bs, bs, 0)
+    n = bs * max(1, -(-spec["min_images"] // bs))
+    _, seconds = m.sample(spec["sampler"], steps, n, bs, 1)
+    return {**spec, "images": n, "images_per_second": n / seconds, **peak_memory(m.device)}
+
+
+def batch_sweep(args, model: str) -> list[dict]:
+    rows = []
+    sizes = args.batch_sizes or ([1, 8, 32, 128, 512, 2048, 8192] if resolve_device(args.device).type == "cuda"
+                                 else [1, 8, 32, 128, 512, 2048])
+    for bs in sizes:
+        spec = {"dataset": args.dataset, "model": model, "sampler": "ddpm", "steps": args.sweep_steps,
+                "batch_size": bs, "min_images": args.sweep_images, "device": args.device}
+        result = isolated(__file__, spec)
+        if result is not None:
+            rows.append(result)
+            print(f"batch {bs}: {result['images_per_second']:.1f} images/s", flush=True)
+    best = max(rows, key=lambda r: r["images_per_second"], default=None)
+    for r in rows:
+        r["best"] = "yes" if r is best else ""
+    return rows
+
+
+def quality(args, models: list[str]) -> list[dict]:
+    rows = []
+    for model in models:
+        m = setup(args.dataset, model, args.device)
+        n, bs = m.run.sample.num_samples, m.run.sample.batch_size
+        reference = None
+        for name, steps in QUALITY:
+            fids, seconds = [], 0.0
+            for seed in args.seeds:
+                images, took = m.sample(name, steps, n, bs, seed)
+                fids.append(m.fid(images))
+                seconds += took
+            mean = statistics.fmean(fids)
+            reference = reference or mean
+            rows.append({"model": model, "sampler": name, "steps": steps, "seeds": len(fids), "fid_mean": mean,
+                         "fid_std": statistics.stdev(fids) if len(fids) > 1 else None, "fids": fids,
+                         "fid_over_ddpm_1000": mean / reference, "images_per_second": n * len(fids) / seconds})
+            print(f"quality {model} {name} {steps}: FID {mean:.3f} ({rows[-1]['fid_over_ddpm_1000']:.2f} of "
+                  "ddpm at 1000 steps)", flush=True)
+    return rows
+
+
+GRID = [("model", "model", ""), ("sampler", "sampler", ""), ("steps", "steps", "d"),
+        ("network evaluations", "network_evaluations", "d"), ("images/s", "images_per_second", ".1f"),
+        ("FID", "fid", ".2f"), ("peak RSS MiB", "peak_rss_mib", ",.0f"), ("peak GPU MiB", "peak_gpu_mib", ",.0f")]
+BATCH = [("batch size", "batch_size", "d"), ("sampler", "sampler", ""), ("steps", "steps", "d"),
+         ("images timed", "images", "d"), ("images/s", "images_per_second", ".1f"), ("best", "best", ""),
+         ("peak RSS MiB", "peak_rss_mib", ",.0f"), ("peak GPU MiB", "peak_gpu_mib", ",.0f")]
+QUALITY_COLUMNS = [("model", "model", ""), ("sampler", "sampler", ""), ("steps", "steps", "d"),
+                   ("seeds", "seeds", "d"), ("FID mean", "fid_mean", ".3f"), ("FID std", "fid_std", ".3f"),
+                   ("FID / ddpm at 1000", "fid_over_ddpm_1000", ".2f"), ("images/s", "images_per_second", ".1f")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parts = ["grid", "batch", "quality"]
+    parser.add_argument("--parts", nargs="+", choices=parts, default=parts)
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--models", nargs="+", default=None, help="default: pipeline.models")
-    parser.add_argument("--samplers", nargs="+", default=["ddpm", "ddim", "dpmpp_2m"])
+    parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     parser.add_argument("--steps", nargs="+", type=int, default=[10, 20, 50, 100])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                        help="default: 1 to 2048 (8192 on CUDA), for the first model")
+    parser.add_argument("--sweep-steps", type=int, default=10, help="ancestral steps per image in the batch sweep")
+    parser.add_argument("--sweep-images", type=int, default=256, help="at least this many images timed per size")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="sampling seeds of the quality part")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    os.chdir(ROOT)  # the pipeline's outputs are relative to the project root
-    params = load_params(ROOT / "params.yaml")
-    device = resolve_device(params.train.device)
-    floor = read_json(paths.reference(args.dataset) / "floor.json")
-    backend = classifier_backend(paths.classifier(args.dataset) / "classifier.pt")
-    cache = reference_cache(args.dataset, backend.name)
-    rows = []
-    for model in args.models or list(params.pipeline.models):
-        run = params.run(args.dataset, model)
-        s = run.sample
-        ckpt = load_checkpoint(paths.train(args.dataset, model) / "checkpoint.pt", device)
-        size = ckpt.config.data.image_size
-        labels = requested_labels(s.num_samples, s.classes, ckpt.ema.num_classes) if ckpt.ema.num_classes else None
-        net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, s.guidance)
-        for name in args.samplers:
-            for steps in args.steps:
-                cfg = dataclasses.replace(s, sampler=name, steps=steps, step_list=())
-                sampler = make_sampler(cfg, ckpt.process, steps)
-                start = time.perf_counter()
-                images = generate(net, sampler, s.num_samples, (ckpt.channels, size, size), s.batch_size, device,
-                                  s.seed, 2, labels).images
-                seconds = time.perf_counter() - start
-                fid = score(images, None, floor["num_reference"], backend,
-                            dataclasses.replace(run.evaluate, isc=False, kid=False, prc=False), device, cache)["fid"]
-                guidance = s.guidance if labels is not None else None
-                rows.append({"model": model, "sampler": name, "steps": steps,
-                             "network_evaluations": network_evaluations(steps, guidance),
-                             "images_per_second": round(s.num_samples / seconds, 1), "fid": round(fid, 2)})
-                print(rows[-1], flush=True)
-    machine = {"device": device_name(device), "cpu": platform.processor() or platform.machine(),
-               "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-               "num_samples": params.sample.num_samples, "fid_features": "classifier",
-               "num_reference": floor["num_reference"], "dataset": args.dataset}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "samplers.json", {"machine": machine, "results": rows})
-    lines = [f"Machine: {json.dumps(machine)}", "", "| model | sampler | steps | network evaluations | images/s | FID |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['network_evaluations']} | "
-              f"{r['images_per_second']} | {r['fid']} |" for r in rows]
-    (out / "samplers.md").write_text("\n".join(lines) + "\n")
+    if args.one:
+        report(one_batch_size(json.loads(args.one)))
+        return
+    models = args.models or list(load_params(ROOT / "params.yaml").pipeline.models)
+    data, sections = {}, {}
+    if "grid" in args.parts:
+        data["grid"] = grid(args, models)
+        sections["Samplers and steps"] = markdown_table(data["grid"], GRID)
+    if "batch" in args.parts:
+        data["batch"] = batch_sweep(args, models[0])
+        sections[f"Batch size ({models[0]})"] = markdown_table(data["batch"], BATCH)
+    if "quality" in args.parts:
+        data["quality"] = quality(args, models)
+        sections["Few steps against 1000"] = markdown_table(data["quality"], QUALITY_COLUMNS)
+    s = load_params(ROOT / "params.yaml").sample
+    write_results(args.out, "samplers", machine(resolve_device(args.device)),
+                  f"Sampling on the {args.dataset} models the pipeline trained; FID with the classifier backend at "
+                  f"{s.num_samples} images against the cached reference; sampling batch {s.batch_size} unless swept.",
+                  sections, data)
 
 
 if __name__ == "__main__":

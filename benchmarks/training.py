@@ -18,34 +18,20 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
-import platform
-import resource
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from diffusionlab.config import NUM_CLASSES, load_params  # noqa: E402
-from diffusionlab.device import device_name, resolve_device  # noqa: E402
-from diffusionlab.io import write_json  # noqa: E402
-from diffusionlab.training import Trainer  # noqa: E402
+from common import RESULTS, ROOT, isolated, machine, markdown_table, peak_memory, report, sync, write_results
+from diffusionlab.config import NUM_CLASSES, load_params
+from diffusionlab.device import device_name, resolve_device
+from diffusionlab.training import Trainer
 
 CHANNELS = {"digits": 1, "mnist": 1, "cifar10": 3}
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
 """Dense bf16 tensor-core peaks from the vendors' data sheets, matched on the device name."""
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn, n: int, device: torch.device) -> float:
@@ -103,32 +89,20 @@ def measure(spec: dict) -> dict:
     result = {**spec, "device_name": device_name(device), "image_size": size, "batch_size": b,
               "first_step_seconds": round(first, 3), "step_seconds": step, "images_per_second": b / step,
               "network_seconds": network, "step_over_network": step / network,
-              "gflops_per_image": flops / 1e9, "achieved_tflops": flops * b / step / 1e12,
-              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+              "gflops_per_image": flops / 1e9, "achieved_tflops": flops * b / step / 1e12, **peak_memory(device)}
     if device.type == "cuda":
-        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in result["device_name"]), None)
         result["fraction_of_bf16_peak"] = result["achieved_tflops"] / peak if peak else None
     return result
 
 
-def machine(device: torch.device) -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "device": device_name(device), "python": platform.python_version(),
-            "torch": torch.__version__, "cuda": torch.version.cuda}
-
-
-def table(rows: list[dict]) -> str:
-    head = ("| dataset | px | model | mode | precision | batch | images/s | step ms | fwd+bwd ms | step / fwd+bwd "
-            "| GFLOP/img | TFLOP/s | first step s | peak RSS MiB | peak GPU MiB |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        lines.append(f"| {r['dataset']} | {r['image_size']} | {r['model']} | {r['mode']} | {r['precision']} | "
-                     f"{r['batch_size']} | {r['images_per_second']:.1f} | {1e3 * r['step_seconds']:.1f} | "
-                     f"{1e3 * r['network_seconds']:.1f} | {r['step_over_network']:.2f} | {r['gflops_per_image']:.3f} | "
-                     f"{r['achieved_tflops']:.3f} | {r['first_step_seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
-                     + (f"{r['peak_gpu_mib']:.0f} |" if "peak_gpu_mib" in r else "- |"))
-    return "\n".join(lines)
+COLUMNS = [("dataset", "dataset", ""), ("px", "image_size", "d"), ("model", "model", ""), ("mode", "mode", ""),
+           ("precision", "precision", ""), ("batch", "batch_size", "d"), ("images/s", "images_per_second", ".1f"),
+           ("step ms", "step_ms", ".1f"), ("fwd+bwd ms", "network_ms", ".1f"),
+           ("step / fwd+bwd", "step_over_network", ".2f"), ("GFLOP/img", "gflops_per_image", ".3f"),
+           ("TFLOP/s", "achieved_tflops", ".3f"), ("of bf16 peak", "fraction_of_bf16_peak", ".1%"),
+           ("first step s", "first_step_seconds", ".1f"), ("peak RSS MiB", "peak_rss_mib", ",.0f"),
+           ("peak GPU MiB", "peak_gpu_mib", ",.0f")]
 
 
 def main() -> None:
@@ -143,11 +117,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(measure(json.loads(args.one))))
+        report(measure(json.loads(args.one)))
         return
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -161,24 +135,18 @@ def main() -> None:
                     spec = {"dataset": dataset, "model": model, "mode": mode, "precision": precision,
                             "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
                             "device": args.device}
-                    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True,
-                                          text=True)
-                    found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-                    if proc.returncode or not found:
-                        print(f"{spec}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                    result = isolated(__file__, spec)
+                    if result is None:
                         continue
-                    rows.append(json.loads(found[-1].removeprefix("RESULT ")))
+                    rows.append({**result, "step_ms": 1e3 * result["step_seconds"],
+                                 "network_ms": 1e3 * result["network_seconds"]})
                     r = rows[-1]
                     print(f"{dataset} {model} {mode} {precision}: {r['images_per_second']:.1f} images/s "
                           f"(step / fwd+bwd {r['step_over_network']:.2f})", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "training.json", {"machine": machine(device), "results": rows})
-    info = machine(device)
-    (out / "training.md").write_text(
-        f"Training throughput on {info['device']} ({info['processor']}, {info['cpu_count']} cores), torch "
-        f"{info['torch']}; {args.steps} timed steps after {args.warmup} warm-up steps.\n\n{table(rows)}\n")
-    print(f"wrote {out / 'training.md'} and {out / 'training.json'}")
+    write_results(args.out, "training", machine(device),
+                  f"Training throughput: {args.steps} timed steps after {args.warmup} warm-up steps, each measurement "
+                  "in a fresh process, on random images of each dataset's size with its U-Net and batch size.",
+                  {"Training step": markdown_table(rows, COLUMNS)}, {"results": rows})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""FID evaluation throughput: images per second of feature extraction, the part of FID, IS, KID
+and precision/recall that grows with the image count, for each feature backend, through
+torch-fidelity as the evaluate stage calls it. Not a test: it measures and writes
+benchmarks/results/features.{json,md}.
+
+The classifier backend needs the dataset's trained classifier (the pipeline's classifier stage);
+the inception backend needs torch-fidelity's InceptionV3 weights at evaluate.inception_weights.
+A backend without them is listed as not measured. Each measurement runs in a fresh process, on
+random uint8 images of the dataset's shape:
+
+    uv run --locked python benchmarks/features.py --datasets digits --images 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+from common import RESULTS, ROOT, isolated, machine, markdown_table, peak_memory, report, sync, write_results
+from diffusionlab import paths
+from diffusionlab.config import load_params
+from diffusionlab.device import resolve_device
+from diffusionlab.features import Backend, ImageArrayDataset, classifier_backend, inception_backend
+
+SHAPES = {"digits": (1, 16, 16), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+def backend_for(name: str, dataset: str) -> Backend | str:
+    """The backend, or why it cannot be measured here."""
+    os.chdir(ROOT)
+    if name == "classifier":
+        path = paths.classifier(dataset) / "classifier.pt"
+        return classifier_backend(path) if path.is_file() else f"no trained classifier at {path} (dvc repro classifier)"
+    weights = Path(load_params(ROOT / "params.yaml").evaluate.inception_weights)
+    return inception_backend(weights) if weights.is_file() else f"no InceptionV3 weights at {weights}"
+
+
+def measure(spec: dict) -> dict:
+    device = resolve_device(spec["device"])
+    backend = backend_for(spec["backend"], spec["dataset"])
+    cuda = device.type == "cuda"
+    extractor = create_feature_extractor(backend.extractor, ["features"] if backend.name == "classifier" else ["2048"],
+                                         cuda=cuda, feature_extractor_weights_path=str(backend.weights_path))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (spec["images"], *SHAPES[spec["dataset"]]), dtype=np.uint8)
+    bs = spec["batch_size"]
+
+    def extract(n: int) -> None:
+        get_featuresdict_from_dataset(ImageArrayDataset(images[:n], backend.rgb), extractor, bs, cuda, True, False)
+
+    extract(min(bs, len(images)))  # warm-up: first calls, cuDNN autotuning
+    sync(device)
+    start = time.perf_counter()
+    extract(len(images))
+    sync(device)
+    seconds = time.perf_counter() - start
+    return {**spec, "images_per_second": len(images) / seconds, "seconds": seconds, **peak_memory(device)}
+
+
+COLUMNS = [("backend", "backend", ""), ("dataset", "dataset", ""), ("images", "images", "d"),
+           ("batch", "batch_size", "d"), ("images/s", "images_per_second", ".1f"), ("seconds", "seconds", ".1f"),
+           ("peak RSS MiB", "peak_rss_mib", ",.0f"), ("peak GPU MiB", "peak_gpu_mib", ",.0f"),
+           ("not measured", "missing", "")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--backends", nargs="+", choices=["classifier", "inception"],
+                        default=["classifier", "inception"])
+    parser.add_argument("--images", type=int, default=None, help="default: 5000 on CUDA, 2000 on the CPU")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: evaluate.batch_size")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        report(measure(json.loads(args.one)))
+        return
+    device = resolve_device(args.device)
+    images = args.images or (5000 if device.type == "cuda" else 2000)
+    batch_size = args.batch_size or load_params(ROOT / "params.yaml").evaluate.batch_size
+    rows = []
+    for name in args.backends:
+        # InceptionV3 resizes every image to 299 x 299: one dataset measures it
+        for dataset in args.datasets if name == "classifier" else args.datasets[:1]:
+            spec = {"backend": name, "dataset": dataset, "images": images, "batch_size": batch_size,
+                    "device": args.device}
+            backend = backend_for(name, dataset)
+            result = isolated(__file__, spec) if isinstance(backend, Backend) else None
+            rows.append(result or {**spec, "missing": backend if isinstance(backend, str) else "failed"})
+            print(f"{name} {dataset}: " + (f"{result['images_per_second']:.1f} images/s" if result
+                                          else f"not measured: {rows[-1]['missing']}"), flush=True)
+    write_results(args.out, "features", machine(device),
+                  "Feature extraction for FID, IS, KID and precision/recall through torch-fidelity, each backend in a "
+                  "fresh process on random images (InceptionV3 resizes to 299 x 299, so one dataset measures it).",
+                  {"Feature extraction": markdown_table(rows, COLUMNS)}, {"results": rows})
+
+
+if __name__ == "__main__":
+    main()
