@@ -16,9 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR10, MNIST
-from torchvision.datasets.utils import check_integrity
-from torchvision.transforms.v2 import functional as TF
 
 from .errors import DatasetUnavailable
 from .io import atomic_dir, read_json, save_npy, socket_timeout, write_json
@@ -73,6 +70,8 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     """Resize uint8 [N, C, H, W] images to size x size (bilinear, antialiased)."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
+    from torchvision.transforms.v2 import functional as TF  # on first use: see images.torchvision_utils
+
     return TF.resize(torch.from_numpy(images), [size, size], antialias=True).numpy()
 
 
@@ -121,31 +120,46 @@ def _mirror_base(mirror: str) -> str:
     return folder.resolve().as_uri() + "/"
 
 
-def _dataset_class(name: str, mirror: str | None) -> type[MNIST] | type[CIFAR10]:
-    """torchvision's class for the dataset, re-pointed at a mirror."""
-    base = {"mnist": MNIST, "cifar10": CIFAR10}[name]
+def _torchvision_datasets():
+    """torchvision.datasets, imported on first use (see :func:`diffusionlab.images.torchvision_utils`)."""
+    from torchvision import datasets
+
+    return datasets
+
+
+def _is_mnist(cls: type) -> bool:
+    return issubclass(cls, _torchvision_datasets().MNIST)
+
+
+def _check_integrity(path: Path, md5: str) -> bool:
+    return _torchvision_datasets().utils.check_integrity(str(path), md5)
+
+
+def _dataset_class(name: str, mirror: str | None) -> type:
+    """torchvision's class for the dataset (MNIST or CIFAR10), re-pointed at a mirror."""
+    base = getattr(_torchvision_datasets(), {"mnist": "MNIST", "cifar10": "CIFAR10"}[name])
     if mirror is None:
         return base
     url = _mirror_base(mirror)
-    attrs = {"mirrors": [url]} if issubclass(base, MNIST) else {"url": url + base.filename}
+    attrs = {"mirrors": [url]} if _is_mnist(base) else {"url": url + base.filename}
     # Same class name: torchvision derives MNIST's folder layout from it.
     return type(base.__name__, (base,), {**attrs, "__module__": __name__})
 
 
 def _archive_folder(cls: type, root: Path) -> Path:
     """Where torchvision looks for the downloaded archives: <root>/MNIST/raw for MNIST, <root> for CIFAR-10."""
-    return root / cls.__name__ / "raw" if issubclass(cls, MNIST) else root
+    return root / cls.__name__ / "raw" if _is_mnist(cls) else root
 
 
 def _resources(cls: type) -> list[tuple[str, str]]:
     """(original file name, md5) of each archive torchvision downloads for the class."""
-    if issubclass(cls, MNIST):
+    if _is_mnist(cls):
         return [(f, md5) for f, md5 in cls.resources]
     return [(cls.filename, cls.tgz_md5)]
 
 
 def _urls(cls: type) -> list[str]:
-    if issubclass(cls, MNIST):
+    if _is_mnist(cls):
         return [m + f for m in cls.mirrors for f, _ in cls.resources[:1]]
     return [cls.url]
 
@@ -158,7 +172,7 @@ def _copy_from_folder(cls: type, folder: Path, dest: Path) -> None:
         if not source.is_file():
             raise DatasetUnavailable(f"{source} is missing")
         shutil.copyfile(source, dest / filename)
-        if not check_integrity(str(dest / filename), md5):
+        if not _check_integrity(dest / filename, md5):
             raise DatasetUnavailable(f"{source} fails its checksum (expected md5 {md5}): the file is corrupt or truncated")
 
 
@@ -173,7 +187,7 @@ def download(name: str, raw_root: str | Path, mirror: str | None, timeout: float
     cls = _dataset_class(name, mirror)
     final = Path(raw_root) / name
     if (final / ".complete").is_file():
-        corrupt = [f for f, md5 in _resources(cls) if not check_integrity(str(_archive_folder(cls, final) / f), md5)]
+        corrupt = [f for f, md5 in _resources(cls) if not _check_integrity(_archive_folder(cls, final) / f, md5)]
         if not corrupt:
             return cls, final
         log.warning("%s: %s fail their checksums (corrupt or truncated); downloading again", name, ", ".join(corrupt))

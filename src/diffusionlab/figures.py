@@ -13,9 +13,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
 
-from .images import enlarge  # noqa: E402
+from .images import tile  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .schedules import make_betas  # noqa: E402
 
@@ -84,7 +83,7 @@ def denoising_gif(frames: list[Tensor], path: str | Path, samples: int = 16, sec
     images = []
     for frame in frames:
         tiles = ((frame[:samples].float() + 1) / 2).clamp(0, 1)
-        grid = make_grid(enlarge(tiles), nrow=int(np.ceil(np.sqrt(len(tiles)))), padding=2, pad_value=1.0)
+        grid = tile(tiles, int(np.ceil(np.sqrt(len(tiles)))))
         images.append(Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)))
     durations = [int(1000 * seconds / len(images))] * (len(images) - 1) + [1500]
     with atomic_path(path) as tmp:

@@ -15,7 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
