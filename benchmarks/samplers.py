@@ -162,7 +162,9 @@ def quality(args, models: list[str]) -> list[dict]:
 
 GRID = [("model", "model", ""), ("sampler", "sampler", ""), ("steps", "steps", "d"),
         ("network evaluations", "network_evaluations", "d"), ("images/s", "images_per_second", ".1f"),
-        ("FID", "fid", ".2f"), ("peak RSS MiB", "peak_rss_mib", ",.0f"), ("peak GPU MiB", "peak_gpu_mib", ",.0f")]
+        ("FID", "fid", ".2f"), ("peak RSS MiB so far", "peak_rss_mib", ",.0f"),
+        ("peak GPU MiB so far", "peak_gpu_mib", ",.0f")]
+"""The grid runs in one process per call: its peaks are those of the process up to each row."""
 BATCH = [("batch size", "batch_size", "d"), ("sampler", "sampler", ""), ("steps", "steps", "d"),
          ("images timed", "images", "d"), ("images/s", "images_per_second", ".1f"), ("best", "best", ""),
          ("peak RSS MiB", "peak_rss_mib", ",.0f"), ("peak GPU MiB", "peak_gpu_mib", ",.0f")]
