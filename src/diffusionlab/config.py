@@ -173,6 +173,8 @@ class TrainConfig:
 
 
 SamplerName = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"]
+MULTISTEP_SAMPLERS = ("dpmpp_2m", "dpmpp_2m_sde")
+"""Samplers that carry the previous step's prediction: they choose their own steps and run forward only."""
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,7 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         if self.step_list:
-            if self.sampler.startswith("dpmpp"):
+            if self.sampler in MULTISTEP_SAMPLERS:
                 raise ConfigError("sample.step_list applies to the ddpm and ddim samplers; DPM-Solver++ chooses its "
                                   "own uniform-logSNR steps from sample.steps: empty sample.step_list")
             if len(set(self.step_list)) != len(self.step_list) or min(self.step_list) < 0:

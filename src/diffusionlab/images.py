@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
 from .io import atomic_path
 
 MIN_DISPLAY_PIXELS = 64

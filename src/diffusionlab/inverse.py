@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from .config import MULTISTEP_SAMPLERS
 from .diffusion import Denoiser
 from .samplers import Sampler, batch_time, ddim_step, noise_like, sample
 
@@ -27,8 +28,8 @@ def forward_noise(x0: Tensor, alpha_bar: float, generator: torch.Generator | Non
 
 def _check_one_step(sampler: Sampler) -> None:
     if hasattr(sampler, "reset"):
-        raise ValueError("inpainting steps back and forth, which a multistep solver (dpmpp_2m, dpmpp_2m_sde) cannot follow; "
-                         "use the ddpm or ddim sampler")
+        raise ValueError("inpainting steps back and forth, which a multistep solver "
+                         f"({', '.join(MULTISTEP_SAMPLERS)}) cannot follow; use the ddpm or ddim sampler")
 
 
 @torch.inference_mode()

@@ -15,14 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import SampleConfig, SamplerName
+from .config import MULTISTEP_SAMPLERS, SampleConfig, SamplerName
 from .diffusion import Denoiser, GaussianDiffusion
 from .vdm import VDM
 
-
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
-MULTISTEP = ("dpmpp_2m", "dpmpp_2m_sde")
-"""Samplers that carry the previous step's prediction: they run forward through their steps only."""
 
 
 class Sampler(Protocol):
@@ -284,7 +281,7 @@ def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_
     stochastic = name == "dpmpp_2m_sde"
     if isinstance(diffusion, VDM):
         steps = default_steps if cfg.steps is None else cfg.steps
-        if name in MULTISTEP:
+        if name in MULTISTEP_SAMPLERS:
             grid = np.linspace(0.0, 1.0, 10_001)
             with torch.no_grad():
                 device = next(iter([*diffusion.parameters(), *diffusion.buffers()]), torch.empty(0)).device
@@ -295,7 +292,7 @@ def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_
             return DPMSolverPP2M(times, alpha_bars, lambda out: out, clip_denoised, stochastic)
         return VDMSampler(diffusion, steps, 1.0 if name == "ddpm" else eta, clip_denoised)
     steps = diffusion.num_timesteps if cfg.steps is None else cfg.steps
-    if name in MULTISTEP:
+    if name in MULTISTEP_SAMPLERS:
         alphas_cumprod = diffusion.float64["alphas_cumprod"]
         visited = logsnr_uniform_steps(0.5 * np.log(alphas_cumprod / (1 - alphas_cumprod)), steps)
         alpha_bars = [float(alphas_cumprod[t]) for t in visited]

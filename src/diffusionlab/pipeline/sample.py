@@ -12,7 +12,7 @@ import torch
 
 from .. import paths
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..config import Params, SampleConfig
+from ..config import MULTISTEP_SAMPLERS, Params, SampleConfig
 from ..datasets import load_prepared
 from ..device import device_name, make_generator, resolve_device
 from ..figures import denoising_gif, forward_process_figure, panels_figure, reverse_process_figure
@@ -21,7 +21,7 @@ from ..guidance import ConditionalModel, requested_labels
 from ..images import save_grid, save_strip
 from ..inverse import inpaint, round_trip
 from ..io import atomic_dir, save_npy, write_json
-from ..samplers import MULTISTEP, make_sampler
+from ..samplers import make_sampler
 from ..tensors import to_model_range
 from ..tracking import open_run
 
@@ -112,7 +112,7 @@ def draw_figures(ckpt: Checkpoint, net: ConditionalModel, s: SampleConfig, image
     denoising_gif(trajectory.x_t, folder / "denoising.gif")
     y = torch.from_numpy(labels[:FIGURE_IMAGES]).to(device) if net.num_classes else None
     denoiser = net.denoiser(y)
-    one_step = s if s.sampler not in MULTISTEP else dataclasses.replace(s, sampler="ddpm")
+    one_step = s if s.sampler not in MULTISTEP_SAMPLERS else dataclasses.replace(s, sampler="ddpm")
     sampler = make_sampler(one_step, ckpt.process, default_steps=model.timesteps)
     mask = torch.ones_like(x0)
     mask[..., x0.shape[-1] // 2:] = 0
