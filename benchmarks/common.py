@@ -3,12 +3,14 @@ memory, and results written as JSON and as a Markdown table."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -78,9 +80,18 @@ def isolated(script: str, spec: dict) -> dict | None:
     return json.loads(found[-1].removeprefix("RESULT "))
 
 
-def report(result: dict) -> None:
-    """How a ``--one`` process hands its result to :func:`isolated`."""
-    print("RESULT " + json.dumps(result), flush=True)
+def parse_args(parser: argparse.ArgumentParser, measure_one: Callable[[dict], dict]) -> argparse.Namespace | None:
+    """Add the options every benchmark has (``--device``, ``--out`` and the hidden ``--one SPEC`` of
+    :func:`isolated`) and parse. A ``--one`` process runs ``measure_one(SPEC)``, prints its result
+    for :func:`isolated` and gets None: it has nothing else to do."""
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one is None:
+        return args
+    print("RESULT " + json.dumps(measure_one(json.loads(args.one))), flush=True)
+    return None
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:

@@ -14,7 +14,6 @@ random uint8 images of the dataset's shape:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -22,28 +21,37 @@ from pathlib import Path
 import numpy as np
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from common import RESULTS, ROOT, isolated, machine, markdown_table, peak_memory, report, sync, write_results
+from common import ROOT, isolated, machine, markdown_table, parse_args, peak_memory, sync, write_results
 from diffusionlab import paths
 from diffusionlab.config import load_params
 from diffusionlab.device import resolve_device
-from diffusionlab.features import Backend, ImageArrayDataset, classifier_backend, inception_backend
+from diffusionlab.features import ImageArrayDataset, classifier_backend, inception_backend
 
 SHAPES = {"digits": (1, 16, 16), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
-def backend_for(name: str, dataset: str) -> Backend | str:
-    """The backend, or why it cannot be measured here."""
+def weights_path(name: str, dataset: str) -> Path:
+    """Where the backend's network is read from."""
     os.chdir(ROOT)
     if name == "classifier":
-        path = paths.classifier(dataset) / "classifier.pt"
-        return classifier_backend(path) if path.is_file() else f"no trained classifier at {path} (dvc repro classifier)"
-    weights = Path(load_params(ROOT / "params.yaml").evaluate.inception_weights)
-    return inception_backend(weights) if weights.is_file() else f"no InceptionV3 weights at {weights}"
+        return paths.classifier(dataset) / "classifier.pt"
+    return Path(load_params(ROOT / "params.yaml").evaluate.inception_weights)
+
+
+def missing(name: str, dataset: str) -> str | None:
+    """Why the backend cannot be measured here, or None."""
+    path = weights_path(name, dataset)
+    if path.is_file():
+        return None
+    if name == "classifier":
+        return f"no trained classifier at {path} (dvc repro classifier)"
+    return f"no InceptionV3 weights at {path}"
 
 
 def measure(spec: dict) -> dict:
     device = resolve_device(spec["device"])
-    backend = backend_for(spec["backend"], spec["dataset"])
+    path = weights_path(spec["backend"], spec["dataset"])
+    backend = classifier_backend(path) if spec["backend"] == "classifier" else inception_backend(path)
     cuda = device.type == "cuda"
     extractor = create_feature_extractor(backend.extractor, ["features"] if backend.name == "classifier" else ["2048"],
                                          cuda=cuda, feature_extractor_weights_path=str(backend.weights_path))
@@ -76,12 +84,8 @@ def main() -> None:
                         default=["classifier", "inception"])
     parser.add_argument("--images", type=int, default=None, help="default: 5000 on CUDA, 2000 on the CPU")
     parser.add_argument("--batch-size", type=int, default=None, help="default: evaluate.batch_size")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        report(measure(json.loads(args.one)))
+    args = parse_args(parser, measure)
+    if args is None:
         return
     device = resolve_device(args.device)
     images = args.images or (5000 if device.type == "cuda" else 2000)
@@ -92,9 +96,9 @@ def main() -> None:
         for dataset in args.datasets if name == "classifier" else args.datasets[:1]:
             spec = {"backend": name, "dataset": dataset, "images": images, "batch_size": batch_size,
                     "device": args.device}
-            backend = backend_for(name, dataset)
-            result = isolated(__file__, spec) if isinstance(backend, Backend) else None
-            rows.append(result or {**spec, "missing": backend if isinstance(backend, str) else "failed"})
+            why = missing(name, dataset)
+            result = isolated(__file__, spec) if why is None else None
+            rows.append(result or {**spec, "missing": why or "failed"})
             print(f"{name} {dataset}: " + (f"{result['images_per_second']:.1f} images/s" if result
                                           else f"not measured: {rows[-1]['missing']}"), flush=True)
     write_results(args.out, "features", machine(device),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import time
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common import RESULTS, ROOT, isolated, machine, markdown_table, peak_memory, report, sync, write_results
+from common import ROOT, isolated, machine, markdown_table, parse_args, peak_memory, sync, write_results
 from diffusionlab import paths
 from diffusionlab.checkpoint import Checkpoint, load_checkpoint
 from diffusionlab.config import RunConfig, load_params
@@ -186,14 +185,11 @@ def main() -> None:
     parser.add_argument("--sweep-steps", type=int, default=10, help="ancestral steps per image in the batch sweep")
     parser.add_argument("--sweep-images", type=int, default=256, help="at least this many images timed per size")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="sampling seeds of the quality part")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        report(one_batch_size(json.loads(args.one)))
+    args = parse_args(parser, one_batch_size)
+    if args is None:
         return
-    models = args.models or list(load_params(ROOT / "params.yaml").pipeline.models)
+    params = load_params(ROOT / "params.yaml")
+    models = args.models or list(params.pipeline.models)
     data, sections = {}, {}
     if "grid" in args.parts:
         data["grid"] = grid(args, models)
@@ -204,7 +200,7 @@ def main() -> None:
     if "quality" in args.parts:
         data["quality"] = quality(args, models)
         sections["Few steps against 1000"] = markdown_table(data["quality"], QUALITY_COLUMNS)
-    s = load_params(ROOT / "params.yaml").sample
+    s = params.sample
     write_results(args.out, "samplers", machine(resolve_device(args.device)),
                   f"Sampling on the {args.dataset} models the pipeline trained; FID with the classifier backend at "
                   f"{s.num_samples} images against the cached reference; sampling batch {s.batch_size} unless swept.",

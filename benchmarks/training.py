@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import time
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import RESULTS, ROOT, isolated, machine, markdown_table, peak_memory, report, sync, write_results
+from common import ROOT, isolated, machine, markdown_table, parse_args, peak_memory, sync, write_results
 from diffusionlab.config import NUM_CLASSES, load_params
 from diffusionlab.device import device_name, resolve_device
 from diffusionlab.training import Trainer
@@ -116,12 +115,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the dataset's train batch size")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        report(measure(json.loads(args.one)))
+    args = parse_args(parser, measure)
+    if args is None:
         return
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
