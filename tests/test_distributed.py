@@ -9,7 +9,8 @@ import torch
 from diffusionlab.checkpoint import load_checkpoint
 from diffusionlab.config import ConfigError
 from diffusionlab.distributed import Shard, World
-from test_end_to_end import make_project, run
+from processes import run
+from test_end_to_end import make_project
 
 ONE_MODEL = {
     "pipeline": {"datasets": ["digits"], "models": ["vdm"]},

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from test_end_to_end import BIN, make_project, run
+from processes import kill_group, run
+from test_end_to_end import make_project, shell
 
 SLOW_ENOUGH_TO_KILL = {
     "pipeline": {"datasets": ["digits"], "models": ["ddpm"]},
@@ -62,24 +63,30 @@ def test_sigkill_then_dvc_repro_resumes_and_matches_an_uninterrupted_run(tmp_pat
     run([sys.executable, *TRAIN], reference, env)
 
     env = make_project(killed, SLOW_ENOUGH_TO_KILL)
-    run([str(BIN / "dvc"), "repro", "prepare@digits"], killed, env)
+    shell("dvc repro prepare@digits", killed, env)
     out = killed / "outputs/train/digits-ddpm"
-    dvc = subprocess.Popen([str(BIN / "dvc"), "repro", "train@digits-ddpm"], cwd=killed, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not (out / "resume.pt").exists() and time.monotonic() < deadline and dvc.poll() is None:
-        time.sleep(0.02)
-    pids = training_processes(dvc.pid)
-    assert pids, "the training process ended before it could be killed"
-    for pid in reversed(pids):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    dvc.communicate(timeout=120)
+    with (tmp_path / "dvc.log").open("w") as log:
+        dvc = subprocess.Popen(["bash", "--noprofile", "--norc", "-c",
+                                "source .venv/bin/activate && dvc repro train@digits-ddpm"], cwd=killed, env=env,
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "resume.pt").exists() and time.monotonic() < deadline and dvc.poll() is None:
+            time.sleep(0.02)
+        pids = training_processes(dvc.pid)
+        assert pids, f"the training process ended before it could be killed:\n{(tmp_path / 'dvc.log').read_text()}"
+        for pid in reversed(pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        dvc.wait(timeout=120)
+    finally:
+        kill_group(dvc.pid)
+        dvc.wait(timeout=60)
     assert dvc.returncode != 0
     interrupted_at = torch.load(out / "resume.pt", weights_only=True)["trainer"]["step"]
     assert 0 < interrupted_at < 400 and not (out / "checkpoint.pt").exists()
 
-    again = run([str(BIN / "dvc"), "repro", "train@digits-ddpm"], killed, env)
+    again = shell("dvc repro train@digits-ddpm", killed, env)
     assert f"resuming digits-ddpm from step {interrupted_at} of 400" in again.stdout + again.stderr
     a = torch.load(reference / "outputs/train/digits-ddpm/checkpoint.pt", weights_only=True)
     b = torch.load(out / "checkpoint.pt", weights_only=True)
