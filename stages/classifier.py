@@ -1,7 +1,10 @@
 """DVC stage classifier@<dataset>: train the classifier whose features FID and IS are computed on."""
 
-from diffusionlab.cli import run_stage
-from diffusionlab.pipeline.classifier import classifier_stage
+from _environment import project_environment
+
+with project_environment():
+    from diffusionlab.cli import run_stage
+    from diffusionlab.pipeline.classifier import classifier_stage
 
 if __name__ == "__main__":
     run_stage(classifier_stage, with_model=False)

@@ -1,7 +1,10 @@
 """DVC stage report: every (dataset, model, sampler) result in one Markdown table and one HTML page."""
 
-from diffusionlab.cli import run_stage
-from diffusionlab.pipeline.report import report_stage
+from _environment import project_environment
+
+with project_environment():
+    from diffusionlab.cli import run_stage
+    from diffusionlab.pipeline.report import report_stage
 
 if __name__ == "__main__":
     run_stage(report_stage, with_model=False, with_dataset=False)

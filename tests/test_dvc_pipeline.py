@@ -7,6 +7,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "diffusionlab"
+STAGES = ROOT / "stages"
 
 
 def module_file(name: str) -> Path:
@@ -49,7 +50,17 @@ def closure(script: Path) -> set[str]:
             path = module_file(prefix)
             package = prefix if path.name == "__init__.py" else prefix.rsplit(".", 1)[0]
             todo.extend(imported_modules(path, package))
-    return {str(module_file(m).relative_to(ROOT)) for m in seen}
+    return {str(module_file(m).relative_to(ROOT)) for m in seen} | stage_helpers(script)
+
+
+def stage_helpers(script: Path) -> set[str]:
+    """Modules beside the stage scripts that ``script`` imports (``_environment``)."""
+    found = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else [])
+        found |= {f"stages/{n}.py" for n in names if (STAGES / f"{n}.py").is_file()}
+    return found
 
 
 def test_every_stage_lists_exactly_the_code_it_runs():
