@@ -74,3 +74,31 @@ def test_prepare_stage_writes_the_prepared_form(tmp_cwd):
     run_stage(prepare_stage, with_model=False, argv=["--dataset", "digits"])
     card = yaml.safe_load((tmp_cwd / "data/prepared/digits/card.json").read_text())
     assert (card["train_size"], card["test_size"], card["image_size"], card["channels"]) == (1497, 300, 16, 1)
+
+
+@pytest.mark.parametrize("broken, where", [
+    ("pipeline:\n  datasets: [digits\n  models: [ddpm]\n", "line 3, column 9"),
+    ("train:\n\tlr: 0.1\n", "line 2, column 1"),
+    ("train: {lr: 0.1\n", "line 2, column 1"),
+])
+def test_params_that_are_not_yaml_stop_with_the_file_line_and_column_and_keep_outputs(tmp_cwd, capsys, broken,
+                                                                                       where):
+    (tmp_cwd / "params.yaml").write_text(broken)
+    keep = tmp_cwd / "outputs" / "train" / "digits-ddpm" / "checkpoint.pt"
+    keep.parent.mkdir(parents=True)
+    keep.write_bytes(b"earlier result")
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(train_stage, with_model=True, argv=["--dataset", "digits", "--model", "ddpm"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith(f"error: params.yaml is not valid YAML at {where}: ") and err.count("\n") == 1, err
+    assert keep.read_bytes() == b"earlier result" and sorted(p.name for p in tmp_cwd.iterdir()) == ["outputs",
+                                                                                                  "params.yaml"]
+
+
+def test_an_empty_or_non_mapping_params_file_names_what_is_wrong(tmp_cwd, capsys):
+    for text, message in (("", "has no datasets.digits block"), ("- 1\n- 2\n", "params.yaml must be a mapping of keys to values")):
+        (tmp_cwd / "params.yaml").write_text(text)
+        with pytest.raises(SystemExit) as exit_info:
+            run_stage(train_stage, with_model=True, argv=["--dataset", "digits", "--model", "ddpm"])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -403,9 +403,24 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found; run the stages from the project root, where params.yaml lives")
-    with path.open() as f:
-        raw = yaml.safe_load(f) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_error(path, err)) from None
     return parse_params(raw)
+
+
+def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """One line naming the file, the line and column (1-based) and what the YAML parser expected."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark is not None:
+        problem += f" ({context} started at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    elif context:
+        problem += f" ({context})"
+    return f"{path} is not valid YAML{where}: {problem}; fix it there and run the stage again"
 
 
 def parse_params(raw: dict[str, Any]) -> Params:
