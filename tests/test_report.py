@@ -77,3 +77,18 @@ def test_markdown_links_each_grid_relative_to_the_report(several):
     several.models[0].grid_png = Path("outputs/sample/digits-ddpm/grid.png")
     md = render_markdown(several, Path("outputs/report"))
     assert "](../../outputs/sample/digits-ddpm/grid.png)" in md
+
+
+def test_a_missing_value_is_an_empty_cell_in_both_formats(several, tmp_path):
+    """The floor has no sampling steps: its cell is empty, not pandas' <NA>."""
+    page, md = render_html(several), render_markdown(several, tmp_path)
+    assert "&lt;NA&gt;" not in page and "<NA>" not in md
+    header, _, *rows = [[cell.strip() for cell in line.strip("|").split("|")]
+                        for line in md.split("## Results at each model's sampling steps")[1].strip().splitlines()
+                        if line.startswith("|")]
+    floor = next(row for row in rows if FLOOR_MODEL in row)
+    assert floor[header.index("steps")] == ""
+    html_floor = next(row for row in page.split("<tr>") if FLOOR_MODEL in row)
+    cells = re.findall(r"<td>(.*?)</td>", html_floor, re.S)
+    header_html = re.findall(r"<th>(.*?)</th>", page.split("<tbody>")[0])
+    assert cells[header_html.index("steps")] == ""

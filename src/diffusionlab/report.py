@@ -123,13 +123,17 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+def _blank_missing(table: pd.DataFrame) -> pd.DataFrame:
+    """Missing values as empty cells: pandas writes a missing integer (the floor's steps) as <NA>."""
+    return table.astype(object).where(table.notna(), "")
+
+
 def _table_markdown(table: pd.DataFrame) -> str:
-    shown = table.astype(object).where(table.notna(), "")
-    return shown.to_markdown(index=False, floatfmt=".4g")
+    return _blank_missing(table).to_markdown(index=False, floatfmt=".4g")
 
 
 def _table_html(table: pd.DataFrame) -> str:
-    return table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0)
+    return _blank_missing(table).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
 
 
 NOTE = ("FID, KID and precision/recall depend on how many images are compared: read a model's numbers only "
