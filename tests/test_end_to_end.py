@@ -1,9 +1,9 @@
 """The real pipeline: `dvc repro` on tiny params in a copy of the project, checked through DVC and MLflow."""
 
+import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -12,13 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import requests
 import yaml
 from PIL import Image
 
+from processes import PROJECT, kill_group, project_processes, run, stop
+
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+VENV = Path(sys.prefix)
+pytestmark = pytest.mark.timeout(900)  # the module's first test also runs `dvc repro` on the tiny project
+
 TINY = {
     "pipeline": {"datasets": ["digits"], "models": ["ddpm", "vlb", "vdm"]},
     "datasets": {"digits": {"image_size": 8, "train_steps": 30, "batch_size": 16,
@@ -45,29 +50,39 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def run(args, cwd, env, check=True):
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
+def shell(command: str, cwd: Path, env: dict[str, str], check: bool = True, timeout: float = 600):
+    """``command`` as the README writes it, typed into a fresh shell after the README's activation line."""
+    return run(["bash", "--noprofile", "--norc", "-c", f"source .venv/bin/activate && {command}"], cwd, env,
+               check=check, timeout=timeout)
+
+
+def fresh_shell_env(dest: Path) -> dict[str, str]:
+    """The environment of a new shell: the project's virtual environment neither active nor on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_")) and k != "VIRTUAL_ENV"}
+    bins = {str(VENV / "bin"), str(Path(sys.executable).parent)}
+    env["PATH"] = os.pathsep.join(d for d in env["PATH"].split(os.pathsep) if d and d not in bins)
+    env.update(PYTHONPATH=str(dest / "src"), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", **{PROJECT: str(dest)})
+    return env
 
 
 def make_project(dest: Path, overrides: dict) -> dict:
-    """A git repository at ``dest`` holding the project with ``overrides`` merged into params.yaml;
-    returns the environment to run its commands in."""
-    for name in ("dvc.yaml", "params.yaml", "pyproject.toml"):
+    """A git repository at ``dest`` holding the project with ``overrides`` merged into params.yaml and
+    ``.venv`` linked to the tests' environment; returns the environment of a fresh shell there."""
+    if not (VENV / "bin" / "activate").is_file():
+        pytest.fail(f"the tests run in the project's virtual environment ({sys.prefix} is not one): make test")
+    for name in ("dvc.yaml", "params.yaml", "pyproject.toml", "uv.lock"):
         shutil.copy(ROOT / name, dest / name)
     for name in ("src", "stages"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / ".venv").symlink_to(VENV, target_is_directory=True)
     (dest / ".dvc").mkdir()
     for name in ("config", ".gitignore"):
         shutil.copy(ROOT / ".dvc" / name, dest / ".dvc" / name)
     shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", PYTHONPATH=str(dest / "src"), GIT_AUTHOR_NAME="t",
-               GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env = fresh_shell_env(dest)
     run(["git", "init", "-q"], dest, env)
     run(["git", "add", "-A"], dest, env)
     run(["git", "commit", "-qm", "tiny"], dest, env)
@@ -78,8 +93,9 @@ def make_project(dest: Path, overrides: dict) -> dict:
 def project(tmp_path_factory):
     dest = tmp_path_factory.mktemp("project")
     env = make_project(dest, TINY)
-    repro = run([str(BIN / "dvc"), "repro"], dest, env)
-    return dest, env, repro
+    repro = shell("dvc repro", dest, env)
+    yield dest, env, repro
+    stop(project_processes(dest))
 
 
 def test_repro_runs_every_stage_of_the_matrix(project):
@@ -105,7 +121,7 @@ def test_metrics_file_holds_every_metric_with_its_counts_and_floor_for_every_fam
         assert [line.split(",")[0] for line in sweep] == ["steps", "5", "10", "20"]
         parts = metrics["bpd_prior"] + metrics["bpd_diffusion"] + metrics["bpd_reconstruction"]
         assert metrics["bpd"] == pytest.approx(parts) and 0 < metrics["bpd"] < float("inf") and metrics["bpd_stderr"] > 0
-    shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], dest, env).stdout)
+    shown = json.loads(shell("dvc metrics show --json", dest, env).stdout)
     flat = json.dumps(shown)
     assert '"fid"' in flat and '"test_accuracy"' in flat and '"final_loss"' in flat and '"fid_floor"' in flat
 
@@ -196,13 +212,13 @@ def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(proje
 
 def test_changing_one_models_params_invalidates_only_that_models_stages(project):
     dest, env, _ = project
-    status = json.loads(run([str(BIN / "dvc"), "status", "--json"], dest, env).stdout or "{}")
+    status = json.loads(shell("dvc status --json", dest, env).stdout or "{}")
     assert status == {}, "a second run should have nothing to do"
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["models"]["vlb"]["timesteps"] = 40
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        changed = set(json.loads(run([str(BIN / "dvc"), "status", "--json"], dest, env).stdout))
+        changed = set(json.loads(shell("dvc status --json", dest, env).stdout))
     finally:
         params["models"]["vlb"]["timesteps"] = 50
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -231,8 +247,7 @@ print(json.dumps({{"best": best.tags, "versions": [v.tags for v in versions], "t
     assert found["best"]["model"] == best and float(found["best"]["fid"]) == fids[best]
     assert found["type"] == "DiffusionModel" and found["config"] == f"digits-{best}" and found["shape"] == [2, 1, 8, 8]
     out = tmp_path / "generated"
-    run([sys.executable, "-m", "diffusionlab.generate", "models:/diffusionlab-digits@best", "-n", "3", "--steps", "3",
-         "-o", str(out), "--tracking-uri", f"sqlite:///{dest}/mlflow.db"], dest, env)
+    shell(f"python -m diffusionlab.generate models:/diffusionlab-digits@best -n 3 --steps 3 -o {out}", dest, env)
     assert len(list(out.glob("0*.png"))) == 3 and (out / "grid.png").is_file()
 
 
@@ -244,13 +259,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ui(project, tmp_path_factory):
-    """`make ui`'s command on a free loopback port, serving the project's store."""
+    """`make ui`'s command on a free loopback port, serving the project's store; yields the server's
+    address and the page the command tells the user to open."""
     dest, env, _ = project
     port = free_port()
     log_file = tmp_path_factory.mktemp("ui") / "ui.log"
     with log_file.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "diffusionlab.ui", "--port", str(port)], cwd=dest, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     try:
@@ -263,9 +279,12 @@ def ui(project, tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the MLflow UI did not start:\n{log_file.read_text()[-3000:]}")
             time.sleep(1)
-        yield url
+        printed = log_file.read_text().split(f"MLflow UI for sqlite:///{dest}/mlflow.db: ", 1)[1].split()[0]
+        yield url, printed
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        server = [p for p in project_processes(dest) if p.pid == proc.pid or proc.pid in {a.pid for a in p.parents()}]
+        stop(server)
+        kill_group(proc.pid)
         proc.wait(timeout=60)
 
 
@@ -279,6 +298,7 @@ def ui_run(url: str, name: str) -> dict:
 
 
 def test_the_mlflow_ui_serves_the_runs_metric_history_params_and_artifacts(ui):
+    ui, _ = ui
     api = f"{ui}/api/2.0/mlflow"
     r = ui_run(ui, "digits-ddpm")
     run_id = r["info"]["run_id"]
@@ -296,19 +316,38 @@ def test_the_mlflow_ui_serves_the_runs_metric_history_params_and_artifacts(ui):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_the_run_page_renders_the_runs_name_and_fid_in_headless_chromium(ui, tmp_path):
+def chromium(page: str, tmp_path: Path, *output: str) -> str:
+    """``page`` rendered in headless Chromium (its scripts run for 30 s of virtual time); the DOM it
+    prints with ``--dump-dom``."""
     if CHROMIUM is None:
         if os.environ.get("DIFFUSIONLAB_REQUIRE_BROWSER") == "1":
             pytest.fail("chromium is not installed (apt-get install chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000", "--window-size=1400,900"]
+    return run([CHROMIUM, *flags, *output, page], tmp_path, dict(os.environ), timeout=180).stdout
+
+
+def test_the_run_page_renders_the_runs_name_and_fid_in_headless_chromium(ui, tmp_path):
+    ui, _ = ui
     r = ui_run(ui, "digits-ddpm")
     fid = next(m["value"] for m in r["data"]["metrics"] if m["key"] == "classifier.fid")
-    page = f"{ui}/#/experiments/{r['info']['experiment_id']}/runs/{r['info']['run_id']}"
-    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000", "--dump-dom", page],
-                         capture_output=True, text=True, timeout=180).stdout
+    dom = chromium(f"{ui}/#/experiments/{r['info']['experiment_id']}/runs/{r['info']['run_id']}", tmp_path, "--dump-dom")
     assert "digits-ddpm" in dom and "classifier.fid" in dom and repr(fid) in dom
+
+
+def test_the_page_make_ui_prints_opens_on_the_runs_table(ui, tmp_path):
+    """Not on MLflow 3's GenAI overview (traces, latency, token usage), which an experiment of training
+    runs has no use for."""
+    ui, printed = ui
+    experiment = ui_run(ui, "digits-ddpm")["info"]["experiment_id"]
+    assert printed == f"{ui}/#/experiments/{experiment}?workflowType=machine_learning"
+    dom = chromium(printed, tmp_path, "--dump-dom")
+    assert all(f"digits-{m}" in dom for m in ("ddpm", "vlb", "vdm")) and "matching runs" in dom, dom[-3000:]
+    assert "Detect Issues" not in dom and "Latency" not in dom
+    tags = requests.get(f"{ui}/api/2.0/mlflow/experiments/get", params={"experiment_id": experiment}).json()
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in tags["experiment"]["tags"]
 
 
 def stage_folder(dest: Path, tmp_path: Path, **mlflow_params) -> Path:
@@ -346,7 +385,28 @@ def test_optional_tracking_trains_untracked_with_one_warning(project, tmp_path):
 
 
 def queue_status(dest, env) -> str:
-    return run([str(BIN / "dvc"), "queue", "status"], dest, env).stdout
+    return shell("dvc queue status", dest, env).stdout
+
+
+def queue_workers(dest: Path) -> list[psutil.Process]:
+    """The queue's worker processes, by the pids their pid files name."""
+    found = []
+    for pid_file in (dest / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.pid"):
+        with contextlib.suppress(ValueError, OSError, psutil.Error):
+            proc = psutil.Process(int(pid_file.read_text().strip()))
+            if "queue-worker" in " ".join(proc.cmdline()):
+                found.append(proc)
+    return found
+
+
+def stop_queue(dest: Path, env: dict[str, str]) -> None:
+    """As the README says: `dvc queue stop`, then kill by pid a worker still running (with -j above 1 a
+    worker can miss the end of the queue and never exit, a DVC race)."""
+    shell("dvc queue stop", dest, env, check=False, timeout=120)
+    _, alive = psutil.wait_procs(queue_workers(dest), timeout=20)
+    stop(alive)
+    stop([p for p in project_processes(dest) if "queue-worker" in " ".join(p.cmdline()) or
+          "exp exec-run" in " ".join(p.cmdline()) or "dvc queue start" in " ".join(p.cmdline())])
 
 
 def test_queued_experiments_run_two_at_a_time_retrain_only_what_changed_and_log_to_the_projects_store(project):
@@ -357,20 +417,23 @@ def test_queued_experiments_run_two_at_a_time_retrain_only_what_changed_and_log_
     dest, env, _ = project
     before = {r["name"]: r for r in mlflow_runs(dest, env) if not r["tags"]["dvc_experiment"]}
     for name, change in (("t40", "models.ddpm.timesteps=40"), ("steps5", "sample.steps=5")):
-        run([str(BIN / "dvc"), "exp", "run", "--queue", "-n", name, "-S", change], dest, env)
-    run([str(BIN / "dvc"), "queue", "start", "-j", "2"], dest, env)
-    deadline = time.monotonic() + 600
-    while any(word in queue_status(dest, env) for word in ("Queued", "Running")):
-        assert time.monotonic() < deadline, queue_status(dest, env)
-        time.sleep(5)
-    status = queue_status(dest, env)
-    logs = {name: run([str(BIN / "dvc"), "queue", "logs", name], dest, env, check=False).stdout
-            for name in ("t40", "steps5")}
+        shell(f"dvc exp run --queue -n {name} -S {change}", dest, env)
+    try:
+        shell("dvc queue start -j 2", dest, env, timeout=120)
+        deadline = time.monotonic() + 600
+        while any(word in queue_status(dest, env) for word in ("Queued", "Running")):
+            assert time.monotonic() < deadline, queue_status(dest, env)
+            time.sleep(5)
+        status = queue_status(dest, env)
+    finally:
+        stop_queue(dest, env)
+    assert not queue_workers(dest), "a queue worker outlived `dvc queue stop` and the kill"
+    logs = {name: shell(f"dvc queue logs {name}", dest, env, check=False).stdout for name in ("t40", "steps5")}
     assert status.count("Success") == 2, f"{status}\n{logs}"
     assert not any("database is locked" in text for text in logs.values())
     assert "Running stage 'train@" not in logs["steps5"] and "Running stage 'sample@digits-vlb'" in logs["steps5"]
     assert "Running stage 'train@digits-ddpm'" in logs["t40"] and "Running stage 'train@digits-vlb'" not in logs["t40"]
-    shown = run([str(BIN / "dvc"), "exp", "show", "--csv", "--only-changed"], dest, env).stdout
+    shown = shell("dvc exp show --csv --only-changed", dest, env).stdout
     header, *rows = shown.splitlines()
     assert "models.ddpm.timesteps" in header and "sample.steps" in header
     assert all(m in header for m in ("classifier.fid", "isc_mean", "bpd"))

@@ -194,3 +194,18 @@ def test_training_logs_each_step_once_and_goes_on_when_the_server_goes_away(capl
             on_log({"step": float(step), "loss": 1.0})
     assert tracker.calls == [20]  # step 10 skipped; after the failure at 20 nothing more is tried
     assert len([r for r in caplog.records if "training goes on" in r.getMessage()]) == 1
+
+
+def test_the_experiment_is_one_of_training_runs_so_the_ui_opens_on_the_runs_table(clean_env, tmp_path):
+    """MLflow 3's UI shows an experiment without mlflow.experimentKind as a GenAI one (traces, token usage)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.connect(MlflowConfig(tracking_uri=uri, experiment="new"))
+    assert mlflow.get_experiment_by_name("new").tags["mlflow.experimentKind"] == "custom_model_development"
+    client = mlflow.MlflowClient()
+    old = client.create_experiment("old")  # made before the tag was set
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    assert tracking.connect(MlflowConfig(tracking_uri=uri, experiment="old"))
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    assert tracking.connect(MlflowConfig(tracking_uri=uri, experiment="chosen"))
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"  # a user's choice stays

@@ -108,12 +108,26 @@ def _store_lock(uri: str) -> contextlib.AbstractContextManager:
     return FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=120)
 
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, token usage);
+# with it, on the runs table.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def _create_experiment(name: str, location: str | None) -> None:
     try:
-        retry_locked(mlflow.create_experiment, name, location)
+        retry_locked(mlflow.create_experiment, name, location, dict([EXPERIMENT_KIND]))
     except MlflowException as err:
         if "already exists" not in str(err):  # another stage created it meanwhile
             raise
+
+
+def _ensure_experiment(name: str, location: str | None) -> None:
+    """Create the experiment, or give an existing one that has no kind the kind of training runs."""
+    experiment = retry_locked(mlflow.get_experiment_by_name, name)
+    if experiment is None:
+        _create_experiment(name, location)
+    elif EXPERIMENT_KIND[0] not in experiment.tags:
+        retry_locked(mlflow.MlflowClient().set_experiment_tag, experiment.experiment_id, *EXPERIMENT_KIND)
 
 
 def connect(cfg: MlflowConfig) -> bool:
@@ -128,8 +142,7 @@ def connect(cfg: MlflowConfig) -> bool:
         try:
             mlflow.set_tracking_uri(uri)
             with _store_lock(uri):
-                if retry_locked(mlflow.get_experiment_by_name, cfg.experiment) is None:
-                    _create_experiment(cfg.experiment, artifact_location(cfg, uri))
+                _ensure_experiment(cfg.experiment, artifact_location(cfg, uri))
                 retry_locked(mlflow.set_experiment, cfg.experiment)
         except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
             error = f"{type(err).__name__}: {err}"

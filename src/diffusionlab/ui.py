@@ -12,11 +12,20 @@ import os
 import sys
 from urllib.parse import urlparse
 
+import mlflow
+
 from .config import load_params
 from .errors import EXPECTED_ERRORS
-from .tracking import artifact_location, tracking_uri
+from .tracking import artifact_location, connect, retry_locked, tracking_uri
 
 HOST = "127.0.0.1"
+
+
+def landing_page(port: int, experiment_id: str | None) -> str:
+    """The experiment's runs table. MLflow 3's UI opens in its GenAI mode (traces, token usage) unless
+    the address asks for the model-training one; without an experiment, the home page in that mode."""
+    page = f"experiments/{experiment_id}" if experiment_id else ""
+    return f"http://{HOST}:{port}/#/{page}?workflowType=machine_learning"
 
 
 def ui_command(uri: str, port: int, artifacts: str | None) -> list[str]:
@@ -34,14 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         cfg = load_params(args.params).mlflow
+        uri = tracking_uri(cfg)
+        if urlparse(uri).scheme in ("http", "https"):
+            print(f"runs are tracked on the server {uri}: open {uri.rstrip('/')}/#/?workflowType=machine_learning")
+            return
+        experiment = retry_locked(mlflow.get_experiment_by_name, cfg.experiment) if connect(cfg) else None
     except EXPECTED_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    uri = tracking_uri(cfg)
-    if urlparse(uri).scheme in ("http", "https"):
-        print(f"runs are tracked on the server {uri}: open it in a browser")
-        return
-    print(f"MLflow UI for {uri}: http://{HOST}:{args.port}", flush=True)
+    print(f"MLflow UI for {uri}: {landing_page(args.port, experiment and experiment.experiment_id)}", flush=True)
     command = ui_command(uri, args.port, artifact_location(cfg, uri))
     os.execv(command[0], command)
 
