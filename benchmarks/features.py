@@ -8,7 +8,7 @@ the inception backend needs torch-fidelity's InceptionV3 weights at evaluate.inc
 A backend without them is listed as not measured. Each measurement runs in a fresh process, on
 random uint8 images of the dataset's shape:
 
-    uv run --locked python benchmarks/features.py --datasets digits --images 4000
+    python benchmarks/features.py --datasets digits --images 4000
 """
 
 from __future__ import annotations

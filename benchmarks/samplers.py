@@ -11,7 +11,7 @@ FID uses the classifier backend against the reference statistics the pipeline ca
 `sample.num_samples` images, so it is comparable with the pipeline's own numbers. Sampling runs
 under torch.inference_mode, batched (one tensor per batch, no per-image loop).
 
-    uv run --locked python benchmarks/samplers.py --parts grid --models ddpm --steps 10 20 50
+    python benchmarks/samplers.py --parts grid --models ddpm --steps 10 20 50
 """
 
 from __future__ import annotations

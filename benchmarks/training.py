@@ -9,7 +9,7 @@ throughput reached. Not a test: it measures and writes
 Each measurement runs in a process of its own (its own peak memory, no compiled code carried over),
 on random images of the dataset's size with the dataset's U-Net and batch size from params.yaml:
 
-    uv run --locked python benchmarks/training.py --datasets digits mnist --models ddpm vdm --modes eager
+    python benchmarks/training.py --datasets digits mnist --models ddpm vdm --modes eager
 """
 
 from __future__ import annotations
