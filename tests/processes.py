@@ -79,9 +79,26 @@ def _environ(proc: psutil.Process) -> dict[str, str]:
         return {}
 
 
+def command_line(proc: psutil.Process) -> str:
+    """``proc``'s command line, or "" once it has gone."""
+    try:
+        return shlex.join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process ``pid`` and its descendants, those still running."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 def leftovers(match: Callable[[dict[str, str]], bool] | None = None) -> list[psutil.Process]:
     """Processes still running that this session started (and that ``match`` accepts, given their
-    environment), other than this process and its children that pytest itself manages."""
+    environment), other than this process."""
     marker, me = session_marker(), os.getpid()
     found = []
     for proc in psutil.process_iter():
@@ -98,13 +115,7 @@ def leftovers(match: Callable[[dict[str, str]], bool] | None = None) -> list[psu
 
 
 def describe(procs: list[psutil.Process]) -> str:
-    lines = []
-    for proc in procs:
-        try:
-            lines.append(f"  pid {proc.pid}: {shlex.join(proc.cmdline())[:300]}")
-        except psutil.Error:
-            lines.append(f"  pid {proc.pid}: (gone)")
-    return "\n".join(lines)
+    return "\n".join(f"  pid {proc.pid}: {command_line(proc)[:300] or '(gone)'}" for proc in procs)
 
 
 def stop(procs: list[psutil.Process], grace: float = 10) -> None:
@@ -124,5 +135,6 @@ def stop(procs: list[psutil.Process], grace: float = 10) -> None:
 
 
 def project_processes(dest: Path) -> list[psutil.Process]:
-    """What is still running of the project copy at ``dest`` (see :func:`project_env`)."""
+    """What is still running of the project copy at ``dest``: the processes whose environment names it
+    (``test_end_to_end.fresh_shell_env`` sets it)."""
     return leftovers(lambda env: env.get(PROJECT) == str(dest))

@@ -97,7 +97,8 @@ def test_params_that_are_not_yaml_stop_with_the_file_line_and_column_and_keep_ou
 
 
 def test_an_empty_or_non_mapping_params_file_names_what_is_wrong(tmp_cwd, capsys):
-    for text, message in (("", "has no datasets.digits block"), ("- 1\n- 2\n", "params.yaml must be a mapping of keys to values")):
+    for text, message in (("", "has no datasets.digits block"),
+                          ("- 1\n- 2\n", "params.yaml must be a mapping of keys to values")):
         (tmp_cwd / "params.yaml").write_text(text)
         with pytest.raises(SystemExit) as exit_info:
             run_stage(train_stage, with_model=True, argv=["--dataset", "digits", "--model", "ddpm"])

@@ -18,7 +18,7 @@ import requests
 import yaml
 from PIL import Image
 
-from processes import PROJECT, kill_group, project_processes, run, stop
+from processes import PROJECT, command_line, kill_group, process_tree, project_processes, run, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
@@ -282,8 +282,7 @@ def ui(project, tmp_path_factory):
         printed = log_file.read_text().split(f"MLflow UI for sqlite:///{dest}/mlflow.db: ", 1)[1].split()[0]
         yield url, printed
     finally:
-        server = [p for p in project_processes(dest) if p.pid == proc.pid or proc.pid in {a.pid for a in p.parents()}]
-        stop(server)
+        stop(process_tree(proc.pid))  # the server's workers and job consumers too
         kill_group(proc.pid)
         proc.wait(timeout=60)
 
@@ -316,9 +315,8 @@ def test_the_mlflow_ui_serves_the_runs_metric_history_params_and_artifacts(ui):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def chromium(page: str, tmp_path: Path, *output: str) -> str:
-    """``page`` rendered in headless Chromium (its scripts run for 30 s of virtual time); the DOM it
-    prints with ``--dump-dom``."""
+def rendered_dom(page: str, tmp_path: Path) -> str:
+    """The DOM of ``page`` rendered in headless Chromium, after its scripts ran for 30 s of virtual time."""
     if CHROMIUM is None:
         if os.environ.get("DIFFUSIONLAB_REQUIRE_BROWSER") == "1":
             pytest.fail("chromium is not installed (apt-get install chromium)")
@@ -326,14 +324,15 @@ def chromium(page: str, tmp_path: Path, *output: str) -> str:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000", "--window-size=1400,900"]
-    return run([CHROMIUM, *flags, *output, page], tmp_path, dict(os.environ), timeout=180).stdout
+    return run([CHROMIUM, *flags, "--dump-dom", page], tmp_path, dict(os.environ), timeout=180).stdout
 
 
 def test_the_run_page_renders_the_runs_name_and_fid_in_headless_chromium(ui, tmp_path):
     ui, _ = ui
     r = ui_run(ui, "digits-ddpm")
     fid = next(m["value"] for m in r["data"]["metrics"] if m["key"] == "classifier.fid")
-    dom = chromium(f"{ui}/#/experiments/{r['info']['experiment_id']}/runs/{r['info']['run_id']}", tmp_path, "--dump-dom")
+    page = f"{ui}/#/experiments/{r['info']['experiment_id']}/runs/{r['info']['run_id']}"
+    dom = rendered_dom(page, tmp_path)
     assert "digits-ddpm" in dom and "classifier.fid" in dom and repr(fid) in dom
 
 
@@ -343,7 +342,7 @@ def test_the_page_make_ui_prints_opens_on_the_runs_table(ui, tmp_path):
     ui, printed = ui
     experiment = ui_run(ui, "digits-ddpm")["info"]["experiment_id"]
     assert printed == f"{ui}/#/experiments/{experiment}?workflowType=machine_learning"
-    dom = chromium(printed, tmp_path, "--dump-dom")
+    dom = rendered_dom(printed, tmp_path)
     assert all(f"digits-{m}" in dom for m in ("ddpm", "vlb", "vdm")) and "matching runs" in dom, dom[-3000:]
     assert "Detect Issues" not in dom and "Latency" not in dom
     tags = requests.get(f"{ui}/api/2.0/mlflow/experiments/get", params={"experiment_id": experiment}).json()
@@ -394,7 +393,7 @@ def queue_workers(dest: Path) -> list[psutil.Process]:
     for pid_file in (dest / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.pid"):
         with contextlib.suppress(ValueError, OSError, psutil.Error):
             proc = psutil.Process(int(pid_file.read_text().strip()))
-            if "queue-worker" in " ".join(proc.cmdline()):
+            if "exp queue-worker" in command_line(proc):
                 found.append(proc)
     return found
 
@@ -405,8 +404,8 @@ def stop_queue(dest: Path, env: dict[str, str]) -> None:
     shell("dvc queue stop", dest, env, check=False, timeout=120)
     _, alive = psutil.wait_procs(queue_workers(dest), timeout=20)
     stop(alive)
-    stop([p for p in project_processes(dest) if "queue-worker" in " ".join(p.cmdline()) or
-          "exp exec-run" in " ".join(p.cmdline()) or "dvc queue start" in " ".join(p.cmdline())])
+    queue_parts = ("exp queue-worker", "exp exec-run", "queue start")
+    stop([p for p in project_processes(dest) if any(part in command_line(p) for part in queue_parts)])
 
 
 def test_queued_experiments_run_two_at_a_time_retrain_only_what_changed_and_log_to_the_projects_store(project):

@@ -108,8 +108,8 @@ def _store_lock(uri: str) -> contextlib.AbstractContextManager:
     return FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=120)
 
 
-# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, token usage);
-# with it, on the runs table.
+# Marks the experiment as one of training runs rather than of GenAI traces, for MLflow clients that
+# choose their view by it (MLflow 3.17's UI chooses by its own switch: see ui.landing_page).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
