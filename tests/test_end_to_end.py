@@ -50,10 +50,14 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def shell(command: str, cwd: Path, env: dict[str, str], check: bool = True, timeout: float = 600):
+def activated(command: str) -> list[str]:
     """``command`` as the README writes it, typed into a fresh shell after the README's activation line."""
-    return run(["bash", "--noprofile", "--norc", "-c", f"source .venv/bin/activate && {command}"], cwd, env,
-               check=check, timeout=timeout)
+    return ["bash", "--noprofile", "--norc", "-c", f"source .venv/bin/activate && {command}"]
+
+
+def shell(command: str, cwd: Path, env: dict[str, str], check: bool = True, timeout: float = 600):
+    """Run :func:`activated` ``command`` to completion (see :func:`processes.run`)."""
+    return run(activated(command), cwd, env, check=check, timeout=timeout)
 
 
 def fresh_shell_env(dest: Path) -> dict[str, str]:

@@ -7,12 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from processes import kill_group, run
-from test_end_to_end import make_project, shell
+from processes import command_line, kill_group, process_tree, run
+from test_end_to_end import activated, make_project, shell
 
 SLOW_ENOUGH_TO_KILL = {
     "pipeline": {"datasets": ["digits"], "models": ["ddpm"]},
@@ -25,33 +24,10 @@ SLOW_ENOUGH_TO_KILL = {
 TRAIN = ["stages/train.py", "--dataset", "digits", "--model", "ddpm"]
 
 
-def descendants(pid: int) -> list[int]:
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def training_processes(parent: int) -> list[int]:
     """Every descendant running the train stage: the shell DVC starts it with, when the shell does
     not exec, and the Python process itself. Killing only the shell would orphan the trainer."""
-    found = []
-    for pid in descendants(parent):
-        try:
-            if b"stages/train.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-        except OSError:
-            continue
-    return found
+    return [p.pid for p in process_tree(parent)[1:] if "stages/train.py" in command_line(p)]
 
 
 def test_sigkill_then_dvc_repro_resumes_and_matches_an_uninterrupted_run(tmp_path):
@@ -66,8 +42,7 @@ def test_sigkill_then_dvc_repro_resumes_and_matches_an_uninterrupted_run(tmp_pat
     shell("dvc repro prepare@digits", killed, env)
     out = killed / "outputs/train/digits-ddpm"
     with (tmp_path / "dvc.log").open("w") as log:
-        dvc = subprocess.Popen(["bash", "--noprofile", "--norc", "-c",
-                                "source .venv/bin/activate && dvc repro train@digits-ddpm"], cwd=killed, env=env,
+        dvc = subprocess.Popen(activated("dvc repro train@digits-ddpm"), cwd=killed, env=env,
                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
