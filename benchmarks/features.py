@@ -25,7 +25,7 @@ from common import ROOT, isolated, machine, markdown_table, parse_args, peak_mem
 from diffusionlab import paths
 from diffusionlab.config import load_params
 from diffusionlab.device import resolve_device
-from diffusionlab.features import ImageArrayDataset, classifier_backend, inception_backend
+from diffusionlab.features import NETWORK_BACKENDS, ImageArrayDataset, inception_backend, network_backend
 
 SHAPES = {"digits": (1, 16, 16), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
@@ -33,8 +33,8 @@ SHAPES = {"digits": (1, 16, 16), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 def weights_path(name: str, dataset: str) -> Path:
     """Where the backend's network is read from."""
     os.chdir(ROOT)
-    if name == "classifier":
-        return paths.classifier(dataset) / "classifier.pt"
+    if name in NETWORK_BACKENDS:
+        return paths.feature_network(dataset, name)
     return Path(load_params(ROOT / "params.yaml").evaluate.inception_weights)
 
 
@@ -43,17 +43,17 @@ def missing(name: str, dataset: str) -> str | None:
     path = weights_path(name, dataset)
     if path.is_file():
         return None
-    if name == "classifier":
-        return f"no trained classifier at {path} (dvc repro classifier)"
+    if name in NETWORK_BACKENDS:
+        return f"no trained {name} feature network at {path} (dvc repro classifier)"
     return f"no InceptionV3 weights at {path}"
 
 
 def measure(spec: dict) -> dict:
     device = resolve_device(spec["device"])
     path = weights_path(spec["backend"], spec["dataset"])
-    backend = classifier_backend(path) if spec["backend"] == "classifier" else inception_backend(path)
+    backend = network_backend(spec["backend"], path) if spec["backend"] in NETWORK_BACKENDS else inception_backend(path)
     cuda = device.type == "cuda"
-    extractor = create_feature_extractor(backend.extractor, ["features"] if backend.name == "classifier" else ["2048"],
+    extractor = create_feature_extractor(backend.extractor, ["features"] if backend.name in NETWORK_BACKENDS else ["2048"],
                                          cuda=cuda, feature_extractor_weights_path=str(backend.weights_path))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (spec["images"], *SHAPES[spec["dataset"]]), dtype=np.uint8)
@@ -80,8 +80,8 @@ COLUMNS = [("backend", "backend", ""), ("dataset", "dataset", ""), ("images", "i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", choices=list(SHAPES), default=list(SHAPES))
-    parser.add_argument("--backends", nargs="+", choices=["classifier", "inception"],
-                        default=["classifier", "inception"])
+    parser.add_argument("--backends", nargs="+", choices=[*NETWORK_BACKENDS, "inception"],
+                        default=[*NETWORK_BACKENDS, "inception"])
     parser.add_argument("--images", type=int, default=None, help="default: 5000 on CUDA, 2000 on the CPU")
     parser.add_argument("--batch-size", type=int, default=None, help="default: evaluate.batch_size")
     args = parse_args(parser, measure)
@@ -93,7 +93,7 @@ def main() -> None:
     rows = []
     for name in args.backends:
         # InceptionV3 resizes every image to 299 x 299: one dataset measures it
-        for dataset in args.datasets if name == "classifier" else args.datasets[:1]:
+        for dataset in args.datasets if name in NETWORK_BACKENDS else args.datasets[:1]:
             spec = {"backend": name, "dataset": dataset, "images": images, "batch_size": batch_size,
                     "device": args.device}
             why = missing(name, dataset)

@@ -1,14 +1,16 @@
 """Sampling benchmark on the models the pipeline trained (run `make run` first). Not a test: it
 measures and writes benchmarks/results/samplers.{json,md}, in three parts:
 
-    grid      images/s and FID for each sampler and step count, per model
+    grid      images/s and FID for each sampler and step count, per model: `sample.draws` draws of
+              `sample.num_samples` images, FID mean ± std over the draws under every offline
+              backend of `evaluate.features`, and Welch's test against the model's best setting
     batch     images/s against the sampling batch size, each size in a fresh process with its peak
               memory: the batch size that maximises throughput
     quality   ancestral DDPM on all 1000 steps against DPM-Solver++(2M) and SDE-DPM-Solver++(2M)
               at 20 steps, FID over several seeds
 
-FID uses the classifier backend against the reference statistics the pipeline cached, at
-`sample.num_samples` images, so it is comparable with the pipeline's own numbers. Sampling runs
+FID is against the reference features the pipeline cached, at `sample.num_samples` images per draw,
+so it is comparable with the pipeline's own numbers (the quality part uses the first backend). Sampling runs
 under torch.inference_mode, batched (one tensor per batch, no per-image loop).
 
     python benchmarks/samplers.py --parts grid --models ddpm --steps 10 20 50
@@ -31,11 +33,11 @@ from diffusionlab import paths
 from diffusionlab.checkpoint import Checkpoint, load_checkpoint
 from diffusionlab.config import RunConfig, load_params
 from diffusionlab.device import resolve_device
-from diffusionlab.evaluation import ReferenceCache, reference_cache, score
-from diffusionlab.features import Backend, classifier_backend
+from diffusionlab.evaluation import Reference, load_reference, reference_file, score_draws, extract, score_images
+from diffusionlab.features import NETWORK_BACKENDS, Backend, network_backend
+from diffusionlab.significance import Spread, welch
 from diffusionlab.generation import generate
 from diffusionlab.guidance import ConditionalModel, network_evaluations, requested_labels
-from diffusionlab.io import read_json
 from diffusionlab.samplers import SAMPLERS, make_sampler
 
 QUALITY = [("ddpm", 1000), ("ddpm", 20), ("dpmpp_2m", 20), ("dpmpp_2m_sde", 20)]
@@ -51,8 +53,9 @@ class Setup:
     net: ConditionalModel
     device: torch.device
     backend: Backend
-    cache: ReferenceCache
-    num_reference: int
+    reference: Reference
+    backends: dict[str, tuple[Backend, Reference]]
+    """Every offline backend of ``evaluate.features`` with its reference features (the grid scores each)."""
 
     def labels(self, n: int) -> np.ndarray | None:
         s = self.run.sample
@@ -72,7 +75,14 @@ class Setup:
 
     def fid(self, images: np.ndarray) -> float:
         cfg = dataclasses.replace(self.run.evaluate, isc=False, kid=False, prc=False)
-        return score(images, None, self.num_reference, self.backend, cfg, self.device, self.cache)["fid"]
+        return score_images(images, self.reference, self.backend, cfg, self.device)["fid"]
+
+    def fid_draws(self, images: np.ndarray, draws: int) -> dict[str, list[float]]:
+        """Per backend, the FID of each of ``draws`` consecutive equal draws of ``images``."""
+        cfg = dataclasses.replace(self.run.evaluate, isc=False, kid=False, prc=False)
+        return {name: [d["fid"] for d in score_draws(extract(images, backend, cfg, self.device), draws, reference, cfg,
+                                                     with_inf=False)]
+                for name, (backend, reference) in self.backends.items()}
 
     def evaluations(self, steps: int) -> int:
         return network_evaluations(steps, self.run.sample.guidance if self.ckpt.ema.num_classes else None)
@@ -89,24 +99,41 @@ def setup(dataset: str, model: str, device_spec: str) -> Setup:
                          f"(or dvc repro) first")
     ckpt = load_checkpoint(checkpoint, device)
     net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, run.sample.guidance)
-    backend = classifier_backend(paths.classifier(dataset) / "classifier.pt")
-    floor = read_json(paths.reference(dataset) / "floor.json")
-    return Setup(run, ckpt, net, device, backend, reference_cache(dataset, backend.name), floor["num_reference"])
+    backends = {name: (network_backend(name, paths.feature_network(dataset, name)),
+                       load_reference(reference_file(dataset, name)))
+                for name in run.evaluate.features if name in NETWORK_BACKENDS}
+    first = next(iter(backends.values()))
+    return Setup(run, ckpt, net, device, first[0], first[1], backends)
 
 
 def grid(args, models: list[str]) -> list[dict]:
     rows = []
     for model in models:
         m = setup(args.dataset, model, args.device)
-        n, bs = m.run.sample.num_samples, m.run.sample.batch_size
+        n, bs, draws = m.run.sample.num_samples, m.run.sample.batch_size, m.run.sample.draws
+        level = m.run.evaluate.significance
+        first = len(rows)
         for name in args.samplers:
             for steps in args.steps:
-                images, seconds = m.sample(name, steps, n, bs, m.run.sample.seed)
-                rows.append({"model": model, "sampler": name, "steps": steps, "batch_size": bs,
-                             "network_evaluations": m.evaluations(steps), "images_per_second": n / seconds,
-                             "fid": m.fid(images), **peak_memory(m.device)})
-                print(f"grid {model} {name} {steps}: {rows[-1]['images_per_second']:.1f} images/s, "
-                      f"FID {rows[-1]['fid']:.2f}", flush=True)
+                images, seconds = m.sample(name, steps, n * draws, bs, m.run.sample.seed)
+                fids = m.fid_draws(images, draws)
+                row = {"model": model, "sampler": name, "steps": steps, "batch_size": bs, "draws": draws,
+                       "network_evaluations": m.evaluations(steps), "images_per_second": n * draws / seconds,
+                       **peak_memory(m.device)}
+                for backend, values in fids.items():
+                    spread = Spread.of(values)
+                    row.update({f"{backend}_fid": spread.mean, f"{backend}_fid_std": spread.std,
+                                f"{backend}_fids": values})
+                rows.append(row)
+                print(f"grid {model} {name} {steps}: {row['images_per_second']:.1f} images/s, FID " + ", ".join(
+                    f"{b} {row[f'{b}_fid']:.2f} ± {row[f'{b}_fid_std']:.2f}" for b in fids), flush=True)
+        for backend in m.backends:
+            mine = rows[first:]
+            best = min(mine, key=lambda r: r[f"{backend}_fid"])
+            for r in mine:
+                d = welch(Spread.of(r[f"{backend}_fids"]), Spread.of(best[f"{backend}_fids"]), level)
+                r[f"{backend}_vs_best"] = ("best" if r is best else
+                                           f"{d.change:+.2f} ({'beyond' if d.beyond_noise else 'within'} noise)")
     return rows
 
 
@@ -159,10 +186,13 @@ def quality(args, models: list[str]) -> list[dict]:
     return rows
 
 
-GRID = [("model", "model", ""), ("sampler", "sampler", ""), ("steps", "steps", "d"),
-        ("network evaluations", "network_evaluations", "d"), ("images/s", "images_per_second", ".1f"),
-        ("FID", "fid", ".2f"), ("peak RSS MiB so far", "peak_rss_mib", ",.0f"),
-        ("peak GPU MiB so far", "peak_gpu_mib", ",.0f")]
+def grid_columns(backends: list[str]) -> list[tuple[str, str, str]]:
+    per_backend = [column for b in backends for column in (
+        (f"FID ({b})", f"{b}_fid", ".2f"), ("± std", f"{b}_fid_std", ".2f"), ("vs best of the model", f"{b}_vs_best", ""))]
+    return [("model", "model", ""), ("sampler", "sampler", ""), ("steps", "steps", "d"),
+            ("network evaluations", "network_evaluations", "d"), ("images/s", "images_per_second", ".1f"),
+            ("draws", "draws", "d"), *per_backend, ("peak RSS MiB so far", "peak_rss_mib", ",.0f"),
+            ("peak GPU MiB so far", "peak_gpu_mib", ",.0f")]
 """The grid runs in one process per call: its peaks are those of the process up to each row."""
 BATCH = [("batch size", "batch_size", "d"), ("sampler", "sampler", ""), ("steps", "steps", "d"),
          ("images timed", "images", "d"), ("images/s", "images_per_second", ".1f"), ("best", "best", ""),
@@ -179,7 +209,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--models", nargs="+", default=None, help="default: pipeline.models")
     parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
-    parser.add_argument("--steps", nargs="+", type=int, default=[10, 20, 50, 100])
+    parser.add_argument("--steps", nargs="+", type=int, default=[10, 20, 50])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
                         help="default: 1 to 2048 (8192 on CUDA), for the first model")
     parser.add_argument("--sweep-steps", type=int, default=10, help="ancestral steps per image in the batch sweep")
@@ -193,7 +223,8 @@ def main() -> None:
     data, sections = {}, {}
     if "grid" in args.parts:
         data["grid"] = grid(args, models)
-        sections["Samplers and steps"] = markdown_table(data["grid"], GRID)
+        backends = [b for b in params.evaluate.features if b in NETWORK_BACKENDS]
+        sections["Samplers and steps"] = markdown_table(data["grid"], grid_columns(backends))
     if "batch" in args.parts:
         data["batch"] = batch_sweep(args, models[0])
         sections[f"Batch size ({models[0]})"] = markdown_table(data["batch"], BATCH)

@@ -144,7 +144,7 @@ def test_sweep_steps_are_checked_against_every_discrete_model(raw):
 
 
 def test_feature_backends_must_be_known_unique_and_present(raw):
-    for features, message in ((["clasifier"], "must be one of 'classifier', 'inception'"),
+    for features, message in ((["clasifier"], "must be one of 'classifier', 'resnet', 'inception'"),
                               ([], "evaluate.features is empty"),
                               (["inception", "inception"], "lists a backend twice")):
         bad = copy.deepcopy(raw)

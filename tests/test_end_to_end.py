@@ -35,8 +35,10 @@ TINY = {
                "vdm": {"family": "vdm", "gamma": "network", "timesteps": 50}},
     "train": {"log_every": 10, "warmup_steps": 5},
     "sample": {"steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16, "strip_samples": 4,
-               "strip_frames": 5, "sweep_steps": [5, 20], "guidance_sweep": [0.0, 2.0], "repaint_resample": 2},
+               "strip_frames": 5, "sweep_steps": [5, 20], "guidance_sweep": [0.0, 2.0], "repaint_resample": 2,
+               "draws": 2},
     "classifier": {"steps": 40, "width": 8, "feature_dim": 8},
+    "resnet": {"steps": 40, "width": 8, "feature_dim": 8},
     "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2,
                  "kid_subsets": 10, "reference_images": 200},
     "mlflow": {"system_metrics_interval": 1.0},
@@ -116,18 +118,27 @@ def test_metrics_file_holds_every_metric_with_its_counts_and_floor_for_every_fam
     assert (floor["num_held_out"], floor["num_reference"]) == (40, 200)
     for model in ("ddpm", "vlb", "vdm"):
         metrics = json.loads((dest / f"outputs/evaluate/digits-{model}/metrics.json").read_text())
-        scores = metrics["classifier"]
-        assert scores["fid"] >= 0 and scores["isc_mean"] >= 1.0 and 0 <= scores["precision"] <= 1
-        assert scores["fid_floor"] == floor["classifier"]["fid"] and scores["kid_subset_size"] == 40
-        assert (scores["num_generated"], scores["num_reference"], metrics["nll_images"]) == (40, 200, 20)
-        assert "classifier_accuracy" in scores and "inception" not in metrics
+        for backend in ("classifier", "resnet"):
+            scores = metrics[backend]
+            assert scores["fid"] >= 0 and scores["isc"] >= 1.0 and 0 <= scores["precision"] <= 1
+            assert scores["fid_std"] > 0 and "fid_inf" in scores and "isc_inf_std" in scores
+            assert scores["draws"] == 2 and 0 <= scores["fid_vs_floor_p"] <= 1
+            assert scores["fid_floor"] == floor[backend]["fid"] and scores["fid_floor_std"] == floor[backend]["fid_std"]
+            assert "classifier_accuracy" in scores
+        assert (metrics["num_generated"], metrics["draws"], metrics["num_reference"], metrics["nll_images"]) == (
+            40, 2, 200, 20)
+        assert "inception" not in metrics
+        draws = pd.read_csv(dest / f"outputs/evaluate/digits-{model}/draws.csv")
+        main = draws[(draws.steps == 10) & (draws.backend == "classifier")]
+        assert set(main.draw) == {0, 1} and main.fid.notna().all()
         sweep = (dest / f"outputs/evaluate/digits-{model}/fid_vs_steps.csv").read_text().splitlines()
-        assert [line.split(",")[0] for line in sweep] == ["steps", "5", "10", "20"]
+        assert sweep[0] == "steps,fid,fid_std" and [line.split(",")[0] for line in sweep] == ["steps", "5", "10", "20"]
         parts = metrics["bpd_prior"] + metrics["bpd_diffusion"] + metrics["bpd_reconstruction"]
         assert metrics["bpd"] == pytest.approx(parts) and 0 < metrics["bpd"] < float("inf") and metrics["bpd_stderr"] > 0
     shown = json.loads(shell("dvc metrics show --json", dest, env).stdout)
     flat = json.dumps(shown)
     assert '"fid"' in flat and '"test_accuracy"' in flat and '"final_loss"' in flat and '"fid_floor"' in flat
+    assert '"fid_std"' in flat and '"fid_inf"' in flat and '"spread": "draws"' in flat
 
 
 def test_report_compares_every_model_with_the_floor_in_markdown_and_self_contained_html(project):
@@ -136,7 +147,11 @@ def test_report_compares_every_model_with_the_floor_in_markdown_and_self_contain
     page = (dest / "outputs/report/report.html").read_text()
     for text in (md, page):
         assert "real held-out data" in text and all(m in text for m in ("ddpm", "vlb", "vdm"))
-    assert page.count("data:image/png;base64,") == 2 + 3  # loss and FID-steps figures, three grids
+        assert all(h in text for h in ("FID vs best", "FID vs floor", "FID_inf", "IS_inf", "draws × images", " ± "))
+        assert "unconditional (w=0)" in text and "conditional, w=1" in text and "2 × 40" in text
+        assert "t-test over the draws" in text and "resnet" in text
+    # loss, FID-steps and guidance figures, three grids
+    assert page.count("data:image/png;base64,") == 3 + 3
     assert 'src="http' not in page and "<link" not in page
 
 
@@ -160,13 +175,15 @@ def test_sample_pngs_are_images_of_the_expected_layout(project):
 def test_a_class_conditional_model_is_scored_against_the_guidance_scale(project):
     dest, _, _ = project
     labels = np.load(dest / "outputs/sample/digits-ddpm/labels.npy")
-    assert labels.tolist() == [i % 10 for i in range(40)]
-    assert np.load(dest / "outputs/sample/digits-vlb/labels.npy").tolist() == [-1] * 40
+    assert labels.tolist() == [i % 10 for i in range(40)] * 2  # each draw asks for every class in turn
+    assert np.load(dest / "outputs/sample/digits-vlb/labels.npy").tolist() == [-1] * 80
     table = pd.read_csv(dest / "outputs/evaluate/digits-ddpm/guidance.csv")
-    assert table.guidance.tolist() == [0.0, 1.0, 2.0]
-    assert table.class_accuracy.between(0, 1).all() and table.fid.notna().all()
+    assert table.guidance.tolist() == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0] and table.backend.tolist()[:2] == ["classifier", "resnet"]
+    assert table.class_accuracy.between(0, 1).all() and table.fid.notna().all() and table.fid_std.notna().all()
     metrics = json.loads((dest / "outputs/evaluate/digits-ddpm/metrics.json").read_text())
-    assert metrics["class_accuracy"] == table.class_accuracy[1] and metrics["guidance"] == 1.0
+    assert metrics["class_accuracy"] == pytest.approx(table.class_accuracy[2]) and metrics["guidance"] == 1.0
+    assert metrics["task"] == "conditional, w=1"
+    assert metrics["unconditional"]["resnet"]["fid"] == pytest.approx(table.fid[1])
     assert pd.read_csv(dest / "outputs/evaluate/digits-vlb/guidance.csv").empty
 
 
@@ -195,7 +212,8 @@ def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(proje
     r = next(r for r in runs if r["name"] == "digits-ddpm")
     assert r["params"]["model.schedule"] == "linear" and r["params"]["data.train_steps"] == "30"
     assert r["params"]["data.unet.channel_mult"] == "[1, 2]"
-    assert {"loss", "mse", "classifier.fid", "classifier.isc_mean", "classifier.kid_mean", "classifier.precision",
+    assert {"loss", "mse", "classifier.fid", "classifier.fid_std", "classifier.isc", "classifier.kid", "resnet.fid",
+            "classifier.precision",
             "classifier.fid_floor", "sample_seconds", "bpd"} <= set(r["metrics"])
     vdm = next(r for r in runs if r["name"] == "digits-vdm")
     assert {"gamma_0", "gamma_1", "prior", "diffusion", "reconstruction", "bpd"} <= set(vdm["metrics"])
@@ -439,8 +457,11 @@ def test_queued_experiments_run_two_at_a_time_retrain_only_what_changed_and_log_
     shown = shell("dvc exp show --csv --only-changed", dest, env).stdout
     header, *rows = shown.splitlines()
     assert "models.ddpm.timesteps" in header and "sample.steps" in header
-    assert all(m in header for m in ("classifier.fid", "isc_mean", "bpd"))
+    assert all(m in header for m in ("classifier.fid", "classifier.fid_std", "resnet.fid", "fid_inf", "bpd"))
     assert {"t40", "steps5"} <= {row.split(",")[0] for row in rows}
+    compared = shell("python -m diffusionlab.compare workspace steps5", dest, env).stdout
+    assert "Welch's t-test" in compared and "| digits-vdm  | resnet" in compared
+    assert compared.count("noise") >= 3 * 2 * 5  # every score of every model and backend has a verdict
 
     runs = mlflow_runs(dest, env)
     queued = {r["name"]: r for r in runs if r["tags"]["dvc_experiment"]}

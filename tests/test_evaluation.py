@@ -1,5 +1,6 @@
-"""FID, IS, KID and precision/recall through torch-fidelity on both feature backends: closed forms,
-torch-fidelity's own numbers, the reference cache, and orderings every sound metric must respect."""
+"""FID, IS, KID and precision/recall through torch-fidelity on the feature backends: closed forms,
+torch-fidelity's own numbers, the reference cache, the two feature networks, and orderings every sound
+metric must respect."""
 
 from pathlib import Path
 from unittest import mock
@@ -16,11 +17,11 @@ from torch_fidelity.utils import create_feature_extractor
 from torchvision.transforms.v2 import functional as TF
 
 from diffusionlab import paths
-from diffusionlab.classifier import accuracy, load_classifier, save_classifier, train_classifier
+from diffusionlab.classifier import ResNetClassifier, accuracy, load_classifier, save_classifier, train_classifier
 from diffusionlab.config import ClassifierConfig, EvaluateConfig, parse_params
 from diffusionlab.datasets import prepare_digits, save_prepared
 from diffusionlab.errors import StageInputError, WeightsUnavailable
-from diffusionlab.evaluation import ReferenceCache, score
+from diffusionlab.evaluation import Reference, draw_scores, extract, load_reference, save_reference
 from diffusionlab.features import (
     CLASSIFIER_EXTRACTOR,
     ClassifierFeatureExtractor,
@@ -62,6 +63,13 @@ def backend(classifier_path):
     return classifier_backend(classifier_path)
 
 
+def score(generated, reference, backend, cfg=ALL):
+    """One draw of ``generated`` scored against the features of ``reference``."""
+    ref = Reference.of(extract(reference, backend, cfg, CPU).features, reference.shape[1:])
+    ref.check(generated)
+    return draw_scores(extract(generated, backend, cfg, CPU), ref, cfg, with_inf=False)
+
+
 def features_of(path, x):
     model, _ = load_classifier(path)
     with torch.no_grad():
@@ -71,7 +79,7 @@ def features_of(path, x):
 
 def test_fid_matches_the_frechet_distance_of_the_classifier_features(classifier_path, backend):
     a, b = images(1), images(2, shift=60)
-    got = score(a, b, 0, backend, ALL, CPU)
+    got = score(a, b, backend)
     fa, fb = features_of(classifier_path, a)[0], features_of(classifier_path, b)[0]
     mu1, mu2 = fa.mean(0), fb.mean(0)
     s1, s2 = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
@@ -82,17 +90,16 @@ def test_fid_matches_the_frechet_distance_of_the_classifier_features(classifier_
 
 def test_fid_of_a_set_against_itself_is_zero(backend):
     a = images(3)
-    assert score(a, a, 0, backend, ALL, CPU)["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert score(a, a, backend)["fid"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_inception_score_is_exp_of_the_mean_kl_from_the_marginal(classifier_path, backend):
     a = images(4)
-    got = score(a, images(5), 0, backend, ALL, CPU)
+    got = score(a, images(5), backend)
     p = features_of(classifier_path, a)[1].softmax(1)
     kl = (p * (p.log() - p.mean(0, keepdim=True).log())).sum(1).mean()
-    assert got["isc_mean"] == pytest.approx(kl.exp().item(), rel=1e-6)
-    assert 1.0 <= got["isc_mean"] <= 4.0
-    assert got["isc_std"] == 0.0
+    assert got["isc"] == pytest.approx(kl.exp().item(), rel=1e-6)
+    assert 1.0 <= got["isc"] <= 4.0
 
 
 def quadrants(seed, n):
@@ -112,10 +119,10 @@ def test_inception_score_of_k_well_separated_balanced_classes_approaches_k(tmp_p
                                 labels, 4, CPU, progress=False)
     save_classifier(tmp_path / "k4.pt", model, accuracy=1.0, dataset="quadrants")
     held_out = quadrants(1, 200)[0]
-    got = score(held_out, held_out, 0, classifier_backend(tmp_path / "k4.pt"), ALL, CPU)["isc_mean"]
+    got = score(held_out, held_out, classifier_backend(tmp_path / "k4.pt"))["isc"]
     assert 3.8 < got <= 4.0
     one_class = held_out[quadrants(1, 200)[1] == 2]
-    assert score(one_class, one_class, 0, classifier_backend(tmp_path / "k4.pt"), ALL, CPU)["isc_mean"] < 1.2
+    assert score(one_class, one_class, classifier_backend(tmp_path / "k4.pt"))["isc"] < 1.2
 
 
 class Plain(torch.utils.data.Dataset):
@@ -130,48 +137,45 @@ class Plain(torch.utils.data.Dataset):
 
 
 def test_every_metric_equals_torch_fidelitys_own_through_the_reference_cache(backend, tmp_path):
-    """The project adds a cache and a dataset wrapper, never its own formula."""
+    """The project extracts features once and reads the reference from its cache, never its own formula."""
     generated, reference = images(10), images(11, n=150, shift=20)
-    cache = ReferenceCache(tmp_path / "cache", "ref")
-    written = score(generated, reference, 0, backend, ALL, CPU, cache)
-    read = score(generated, None, len(reference), backend, ALL, CPU, cache)
+    save_reference(tmp_path / "ref.pt", extract(reference, backend, ALL, CPU), reference.shape[1:])
+    read = draw_scores(extract(generated, backend, ALL, CPU), load_reference(tmp_path / "ref.pt"), ALL, with_inf=False)
     own = torch_fidelity.calculate_metrics(
         input1=Plain(generated), input2=Plain(reference),
         cuda=False, isc=True, fid=True, kid=True, prc=True, feature_extractor=CLASSIFIER_EXTRACTOR,
         feature_extractor_weights_path=str(backend.weights_path), isc_splits=1, kid_subsets=20,
         kid_subset_size=120, rng_seed=0, cache=False, save_cpu_ram=True, verbose=False)
-    assert written == read
-    assert read["fid"] == own["frechet_inception_distance"]
-    assert read["kid_mean"] == own["kernel_inception_distance_mean"]
-    assert read["isc_mean"] == own["inception_score_mean"]
+    assert read == score(generated, reference, backend)
+    assert read["fid"] == pytest.approx(own["frechet_inception_distance"], rel=1e-9)
+    assert read["kid"] == own["kernel_inception_distance_mean"]
+    assert read["isc"] == own["inception_score_mean"]
     assert (read["precision"], read["recall"]) == (own["precision"], own["recall"])
-    assert (read["num_generated"], read["num_reference"], read["kid_subset_size"]) == (120, 150, 120)
 
 
-def test_reading_the_cache_never_reads_or_rewrites_the_reference(backend, tmp_path):
-    cache = ReferenceCache(tmp_path / "cache", "ref")
-    score(images(12), images(13), 0, backend, ALL, CPU, cache)
-    before = {p.name: p.stat().st_mtime_ns for p in cache.root.iterdir()}
-    assert len(before) == 3  # features, logits, FID statistics
-    score(images(14), None, 120, backend, ALL, CPU, cache)
-    assert {p.name: p.stat().st_mtime_ns for p in cache.root.iterdir()} == before
+def test_reading_the_cache_never_rewrites_it_and_a_missing_cache_names_the_stage(backend, tmp_path):
+    path = tmp_path / "cache" / "classifier.pt"
+    save_reference(path, extract(images(13), backend, ALL, CPU), (1, 8, 8))
+    before = path.stat().st_mtime_ns
+    load_reference(path)
+    assert path.stat().st_mtime_ns == before
     with pytest.raises(StageInputError, match="dvc repro reference"):
-        score(images(14), None, 120, backend, ALL, CPU, ReferenceCache(tmp_path / "none", "ref"))
+        load_reference(tmp_path / "none" / "classifier.pt")
 
 
 def test_metrics_are_deterministic_given_the_seed(backend):
     a, b = images(6), images(7)
-    assert score(a, b, 0, backend, ALL, CPU) == score(a, b, 0, backend, ALL, CPU)
+    assert score(a, b, backend) == score(a, b, backend)
 
 
 def test_only_the_enabled_metrics_are_computed(backend):
-    got = score(images(6), images(7), 0, backend, EvaluateConfig(isc=False, kid=False, prc=False), CPU)
-    assert set(got) == {"fid", "num_generated", "num_reference"}
+    got = score(images(6), images(7), backend, EvaluateConfig(isc=False, kid=False, prc=False))
+    assert set(got) == {"fid"}
 
 
 def test_mismatched_image_shapes_are_rejected(backend):
-    with pytest.raises(ValueError, match="differ in shape"):
-        score(images(1), np.zeros((4, 1, 16, 16), np.uint8), 0, backend, ALL, CPU)
+    with pytest.raises(StageInputError, match="differ in shape"):
+        score(np.zeros((4, 1, 16, 16), np.uint8), images(1), backend)
 
 
 def test_classifier_backend_is_registered_and_gives_features_of_the_documented_shapes(classifier_path):
@@ -185,11 +189,11 @@ def test_classifier_backend_is_registered_and_gives_features_of_the_documented_s
 
 def test_a_classifier_below_the_accuracy_threshold_is_refused(tmp_path, classifier_path):
     model, _ = load_classifier(classifier_path)
-    weak = tmp_path / "weak.pt"
-    save_classifier(weak, model, accuracy=0.5, dataset="test")
+    save_classifier(tmp_path / "classifier.pt", model, accuracy=0.5, dataset="test")
+    only = ("classifier",)
     with pytest.raises(StageInputError, match="0.5000 held-out accuracy, below evaluate.min_classifier_accuracy"):
-        resolve_backends(EvaluateConfig(min_classifier_accuracy=0.95), weak, timeout=1)
-    (backend,) = resolve_backends(EvaluateConfig(min_classifier_accuracy=0.4), weak, timeout=1)
+        resolve_backends(EvaluateConfig(features=only, min_classifier_accuracy=0.95), tmp_path, timeout=1)
+    (backend,) = resolve_backends(EvaluateConfig(features=only, min_classifier_accuracy=0.4), tmp_path, timeout=1)
     assert backend.identity == {"classifier_accuracy": 0.5}
 
 
@@ -240,10 +244,10 @@ def random_inception_weights(tmp_path_factory, digits):
 
 def assert_real_scores_far_better_than_noise_and_blur(backend, digits, n_ref, n, tmp_path):
     cfg = EvaluateConfig(isc=False, kid=False, prc=False)
-    cache = ReferenceCache(tmp_path / backend.name, "train")
-    real = score(digits.test_images[:n], digits.train_images[:n_ref], 0, backend, cfg, CPU, cache)["fid"]
+    reference = Reference.of(extract(digits.train_images[:n_ref], backend, cfg, CPU).features)
+    real = draw_scores(extract(digits.test_images[:n], backend, cfg, CPU), reference, cfg, with_inf=False)["fid"]
     noise, blurred = degraded(digits.test_images[:n])
-    worse = [score(x, None, n_ref, backend, cfg, CPU, cache)["fid"] for x in (noise, blurred)]
+    worse = [draw_scores(extract(x, backend, cfg, CPU), reference, cfg, with_inf=False)["fid"] for x in (noise, blurred)]
     assert 0 <= real and all(fid > 2 * real for fid in worse), (real, worse)
 
 
@@ -293,7 +297,7 @@ def test_reference_stage_without_inception_weights_fails_before_writing_anything
                                                                                    classifier_path):
     monkeypatch.setattr("diffusionlab.features.INCEPTION_URL", UNREACHABLE)
     save_prepared(digits, paths.prepared("digits"))
-    save_classifier(paths.classifier("digits") / "classifier.pt", load_classifier(classifier_path)[0], 1.0, "digits")
+    save_classifier(paths.feature_network("digits", "classifier"), load_classifier(classifier_path)[0], 1.0, "digits")
     floor = paths.reference("digits") / "floor.json"
     floor.parent.mkdir(parents=True)
     floor.write_text('{"earlier": "result"}')
@@ -306,3 +310,21 @@ def test_reference_stage_without_inception_weights_fails_before_writing_anything
     assert floor.read_text() == '{"earlier": "result"}'
     assert sorted(p.name for p in floor.parent.iterdir()) == ["floor.json"]
     assert not Path("data/weights").exists()
+
+
+def test_the_two_feature_networks_share_no_parameters_and_no_layer_design(digits):
+    """The resnet backend is a second opinion: different layers, normalisation, downsampling, augmentation."""
+    conv, _ = train_classifier(ClassifierConfig(steps=3, width=8, feature_dim=8), digits.train_images[:64],
+                               digits.train_labels[:64], 10, CPU, progress=False)
+    res, _ = train_classifier(ClassifierConfig(steps=3, width=8, feature_dim=8, seed=1), digits.train_images[:64],
+                              digits.train_labels[:64], 10, CPU, progress=False, design="resnet")
+    assert isinstance(res, ResNetClassifier)
+    kinds = [{type(m) for m in net.modules()} for net in (conv, res)]
+    assert {torch.nn.BatchNorm2d, torch.nn.MaxPool2d, torch.nn.Dropout} <= kinds[0]
+    assert not kinds[1] & {torch.nn.BatchNorm2d, torch.nn.MaxPool2d, torch.nn.Dropout, torch.nn.ReLU}
+    assert {torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.SiLU} <= kinds[1]
+    shapes = [{tuple(p.shape) for p in net.parameters() if p.dim() > 1} for net in (conv, res)]
+    for a in conv.parameters():
+        for b in res.parameters():
+            assert a.shape != b.shape or not torch.equal(a, b)
+    assert shapes[0] != shapes[1]

@@ -8,29 +8,45 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from diffusionlab.report import FLOOR_MODEL, ModelResult, Results, main_table, render_html, render_markdown, results_table
+from diffusionlab.report import (
+    FLOOR_MODEL, ModelResult, Results, main_rows, main_table, render_html, render_markdown, results_table, verdicts,
+)
 
 
-def floor(fid):
-    scores = {"fid": fid, "isc_mean": 9.5, "kid_mean": 0.001, "precision": 0.9, "recall": 0.9,
-              "num_generated": 40, "num_reference": 200}
+def floor(fid, spread="draws"):
+    scores = {"fid": fid, "fid_std": 0.05, "isc": 9.5, "isc_std": 0.1, "kid": 0.001, "kid_std": 0.0005,
+              "precision": 0.9, "precision_std": 0.01, "recall": 0.9, "recall_std": 0.01, "draws": 3,
+              "spread": spread}
+    if spread == "bootstrap":
+        scores.update(draws=1, resamples=20)
     return {"num_held_out": 40, "num_reference": 200, "classifier": scores}
 
 
-def model_result(tmp_path, dataset, model, fid, colour):
+def summary(fid, std=0.2):
+    return {"fid": fid, "fid_std": std, "isc": 8.0, "isc_std": 0.1, "kid": 0.01, "kid_std": 0.002,
+            "precision": 0.7, "precision_std": 0.02, "recall": 0.6, "recall_std": 0.02, "draws": 3}
+
+
+def model_result(tmp_path, dataset, model, fid, colour, std=0.2, conditional=False):
     grid = tmp_path / f"{dataset}-{model}.png"
     Image.new("RGB", (10, 10), colour).save(grid)
-    sweep = pd.DataFrame([{"steps": n, "backend": "classifier", "fid": fid * 50 / n, "isc_mean": 8.0,
-                           "kid_mean": 0.01, "precision": 0.7, "recall": 0.6, "num_generated": 40,
-                           "num_reference": 200} for n in (10, 25, 50)])
+    sweep = pd.DataFrame([{"steps": n, "backend": "classifier", **summary(fid * 50 / n, std)} for n in (10, 25, 50)])
     loss = pd.DataFrame({"step": [50, 100, 150], "loss": [1.0, 0.5, 0.3]})
-    metrics = {"family": model, "sampler": "ddim", "steps": 50, "bpd": 2.5}
-    return ModelResult(dataset, model, model, metrics, sweep, loss, grid)
+    metrics = {"family": model, "sampler": "ddim", "steps": 50, "bpd": 2.5, "draws": 3, "num_generated": 40,
+               "task": "conditional, w=1" if conditional else "unconditional", "classifier": summary(fid, std)}
+    guidance = pd.DataFrame()
+    if conditional:
+        metrics.update(guidance=1.0, class_accuracy=0.9, class_accuracy_std=0.01,
+                       unconditional={"classifier": summary(3 * fid, std)})
+        guidance = pd.DataFrame([{"guidance": w, "backend": "classifier", "class_accuracy": a,
+                                  "class_accuracy_std": 0.01, **summary(f, std)}
+                                 for w, a, f in ((0.0, 0.1, 3 * fid), (1.0, 0.9, fid), (3.0, 0.99, 2 * fid))])
+    return ModelResult(dataset, model, model, metrics, sweep, loss, grid, guidance)
 
 
 @pytest.fixture
 def several(tmp_path):
-    results = Results(floors={"digits": floor(0.5), "mnist": floor(0.7)})
+    results = Results(floors={"digits": floor(0.5), "mnist": floor(0.7, "bootstrap")})
     for i, model in enumerate(("ddpm", "vlb", "vdm")):
         results.models.append(model_result(tmp_path, "digits", model, 10.0 + i, (50 * i, 0, 0)))
     results.models.append(model_result(tmp_path, "mnist", "ddpm", 20.0, (0, 0, 200)))
@@ -41,11 +57,45 @@ def test_the_table_has_a_row_per_model_sampler_steps_and_backend_and_the_floor(s
     table = results_table(several)
     assert len(table) == 2 + 4 * 3  # two floor rows, four models at three step counts
     floor_rows = table[table.model == FLOOR_MODEL]
-    assert list(floor_rows.dataset) == ["digits", "mnist"] and list(floor_rows.FID) == [0.5, 0.7]
+    assert list(floor_rows.dataset) == ["digits", "mnist"] and list(floor_rows.fid) == [0.5, 0.7]
     vlb = table[(table.model == "vlb") & (table.steps == 10)].iloc[0]
-    assert vlb.FID == pytest.approx(55.0) and vlb["bits/dim"] == 2.5 and vlb.features == "classifier"
+    assert vlb.fid == pytest.approx(55.0) and vlb.fid_std == 0.2 and vlb.bpd == 2.5 and vlb.backend == "classifier"
     main = main_table(several)
     assert len(main) == 2 + 4 and set(main.steps.dropna()) == {50}
+    assert list(main.model) == [FLOOR_MODEL, "ddpm", "vlb", "vdm", FLOOR_MODEL, "ddpm"]
+    assert main.FID.iloc[1] == "10 ± 0.2" and main["draws × images"].iloc[1] == "3 × 40"
+    assert main["draws × images"].iloc[4] == "1 × 40 (20 bootstrap resamples)"
+
+
+def test_each_model_is_tested_against_the_best_of_its_task_and_the_floor(tmp_path):
+    results = Results(floors={"digits": floor(0.5)})
+    results.models += [model_result(tmp_path, "digits", "a", 10.0, "red"),
+                       model_result(tmp_path, "digits", "b", 10.1, "red"),  # within the noise of a
+                       model_result(tmp_path, "digits", "c", 14.0, "red")]  # beyond it
+    table = verdicts(main_rows(results), 0.05).set_index("model")
+    assert bool(table.loc["a", "best"]) and pd.isna(table.loc["a", "fid_vs_best"])
+    assert table.loc["b", "fid_vs_best"] == pytest.approx(0.1) and table.loc["b", "fid_vs_best_p"] > 0.05
+    assert table.loc["c", "fid_vs_best"] == pytest.approx(4.0) and table.loc["c", "fid_vs_best_p"] < 0.001
+    assert all(table.loc[m, "fid_vs_floor_p"] < 0.001 for m in "abc")
+    shown = main_table(results).set_index("model")
+    assert shown.loc["a", "FID vs best"] == "best"
+    assert shown.loc["b", "FID vs best"].startswith("+0.1, within noise (p=")
+    assert shown.loc["c", "FID vs best"].startswith("+4, beyond noise (p=")
+    assert "Welch's t-test over the draws" in render_markdown(results, tmp_path)
+
+
+def test_a_conditional_model_shows_both_tasks_and_competes_within_each(tmp_path):
+    results = Results(floors={"digits": floor(0.5)})
+    results.models += [model_result(tmp_path, "digits", "cond", 5.0, "red", conditional=True),
+                       model_result(tmp_path, "digits", "uncond", 12.0, "red")]
+    table = main_table(results).set_index(["model", "task"])
+    assert set(table.index) == {(FLOOR_MODEL, ""), ("cond", "conditional, w=1"), ("cond", "unconditional (w=0)"),
+                                ("uncond", "unconditional")}
+    assert table.loc[("cond", "conditional, w=1"), "FID vs best"] == "best"
+    assert table.loc[("uncond", "unconditional"), "FID vs best"] == "best"  # 12 against the w=0 branch's 15
+    assert table.loc[("cond", "unconditional (w=0)"), "FID"] == "15 ± 0.2"
+    assert table.loc[("cond", "conditional, w=1"), "class accuracy"] == "0.9 ± 0.01"
+    assert len(embedded_images(render_html(results))) == 2 + 1 + 2  # loss, FID-steps, guidance; two grids
 
 
 def embedded_images(page):
@@ -55,7 +105,7 @@ def embedded_images(page):
 def test_html_is_self_contained_with_figures_and_sample_grids_embedded(several, tmp_path):
     page = render_html(several)
     pngs = embedded_images(page)
-    assert len(pngs) == 2 * 2 + 4  # per dataset: loss and FID-steps figures; one grid per model
+    assert len(pngs) == 2 * 2 + 4  # per dataset: loss and FID-steps figures (no conditional model); one grid each
     assert all(p.startswith(b"\x89PNG") for p in pngs)
     assert (tmp_path / "digits-vlb.png").read_bytes() in pngs
     assert not re.search(r'(src|href)="(?!data:)', page), "the page must not load anything from outside"

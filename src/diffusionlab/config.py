@@ -21,7 +21,9 @@ import yaml
 from .errors import ConfigError
 
 DatasetName = Literal["digits", "mnist", "cifar10"]
-FeatureBackend = Literal["classifier", "inception"]
+FeatureBackend = Literal["classifier", "resnet", "inception"]
+FeatureNetwork = Literal["classifier", "resnet"]
+"""The feature networks trained on each dataset (offline backends); each has its block in params.yaml."""
 DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
 NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10}
 LINEAR_MIN_TIMESTEPS = 21
@@ -187,6 +189,10 @@ class SampleConfig:
     eta: float = _field(0.0, ge=0)
     clip_denoised: bool = True
     num_samples: int = _field(1000, ge=1)
+    """Generated images per draw, the count every score is computed at."""
+    draws: int = _field(3, ge=2, le=100)
+    """Independent draws of ``num_samples`` images each: every score is their mean, with their standard
+    deviation (at least two, or a score has no spread)."""
     batch_size: int = _field(500, ge=1)
     grid_size: int = _field(64, ge=1)
     strip_samples: int = _field(8, ge=1)
@@ -224,6 +230,10 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
+    """One feature network trained on a dataset: ``classifier`` (plain conv net, BatchNorm, max-pooling,
+    shift augmentation) or ``resnet`` (residual blocks, GroupNorm, strided convolutions, affine
+    augmentation, label smoothing); they share no weights and no layer design."""
+
     steps: int = _field(1500, ge=1)
     batch_size: int = _field(128, ge=1)
     lr: float = _field(1e-3, gt=0, lt=1)
@@ -234,9 +244,14 @@ class ClassifierConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    features: tuple[FeatureBackend, ...] = ("classifier",)
-    """Feature backends, each scored separately: ``classifier`` (trained on the dataset, offline) and
-    ``inception`` (torch-fidelity's InceptionV3, the features papers report)."""
+    features: tuple[FeatureBackend, ...] = ("classifier", "resnet")
+    """Feature backends, each scored separately: ``classifier`` and ``resnet`` (two networks of different
+    design trained on the dataset, offline) and ``inception`` (torch-fidelity's InceptionV3, the features
+    papers report)."""
+    significance: float = _field(0.05, gt=0, lt=1)
+    """Level of Welch's t-test over the draws that decides whether two scores differ beyond the noise."""
+    inf_sizes: int = _field(8, ge=3, le=50)
+    """Subset sizes (from half a draw to all of it) of the FID_inf and IS_inf fits."""
     fid: bool = True
     isc: bool = True
     kid: bool = True
@@ -261,7 +276,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         if not self.features:
-            raise ConfigError("evaluate.features is empty; list at least one of: classifier, inception")
+            raise ConfigError("evaluate.features is empty; list at least one of: classifier, resnet, inception")
         if len(set(self.features)) != len(self.features):
             raise ConfigError(f"evaluate.features lists a backend twice: {list(self.features)}")
         if not (self.fid or self.isc or self.kid or self.prc):
@@ -322,6 +337,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    resnet: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(steps=600, width=16, feature_dim=128, seed=1))
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
@@ -380,6 +396,10 @@ class Params:
             bad = [c for c in self.sample.classes if not 0 <= c < NUM_CLASSES[name]]
             if bad:
                 raise ConfigError(f"sample.classes holds {bad}, but {name} has classes 0..{NUM_CLASSES[name] - 1}")
+
+    def feature_network(self, name: str) -> ClassifierConfig:
+        """The params block of feature network ``name`` (``classifier`` or ``resnet``)."""
+        return {"classifier": self.classifier, "resnet": self.resnet}[name]
 
     def run(self, dataset: str, model: str) -> RunConfig:
         """The resolved configuration of one (dataset, model) combination."""

@@ -1,10 +1,11 @@
-"""The two feature backends that FID, IS, KID and precision/recall are computed on.
+"""The feature backends that FID, IS, KID and precision/recall are computed on.
 
 ``inception``: torch-fidelity's InceptionV3 (``inception-v3-compat``), the network papers report
 numbers with. Its weights are read from a path given in params and downloaded there when missing.
 
-``classifier``: the dataset's own classifier (:mod:`diffusionlab.classifier`), registered with
-torch-fidelity as a feature extractor; it needs nothing but the data, so it works offline.
+``classifier`` and ``resnet``: the dataset's own feature networks (:mod:`diffusionlab.classifier`),
+two designs that share no weights, registered with torch-fidelity as one feature extractor that
+loads whichever network its weights file holds; they need nothing but the data, so they work offline.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ INCEPTION_URL = URL_INCEPTION_V3
 
 
 class ClassifierFeatureExtractor(FeatureExtractorBase):
-    """Torch-fidelity feature extractor over a trained :class:`~diffusionlab.classifier.Classifier`.
+    """Torch-fidelity feature extractor over a trained feature network of :mod:`diffusionlab.classifier`.
 
     Provides ``features`` (the penultimate layer, [B, feature_dim]: FID, KID, precision/recall) and
     ``logits`` ([B, num_classes]: torch-fidelity's Inception Score applies the softmax itself).
@@ -88,9 +89,18 @@ class Backend:
     """What makes its numbers what they are: the classifier's held-out accuracy, the weights' SHA-256."""
 
 
-def classifier_backend(path: str | Path, accuracy: float | None = None) -> Backend:
+NETWORK_BACKENDS = ("classifier", "resnet")
+"""Backends over the feature networks trained on the dataset (:mod:`diffusionlab.classifier`)."""
+
+
+def network_backend(name: str, path: str | Path, accuracy: float | None = None) -> Backend:
+    """Backend ``name`` (``classifier`` or ``resnet``) over the feature network saved at ``path``."""
     identity = {} if accuracy is None else {"classifier_accuracy": float(accuracy)}
-    return Backend("classifier", CLASSIFIER_EXTRACTOR, Path(path), rgb=False, identity=identity)
+    return Backend(name, CLASSIFIER_EXTRACTOR, Path(path), rgb=False, identity=identity)
+
+
+def classifier_backend(path: str | Path, accuracy: float | None = None) -> Backend:
+    return network_backend("classifier", path, accuracy)
 
 
 def inception_backend(path: str | Path) -> Backend:
@@ -163,26 +173,27 @@ class ImageArrayDataset(Dataset):
         return image.repeat(self.repeat, 1, 1) if self.repeat > 1 else image
 
 
-def resolve_backends(cfg: EvaluateConfig, classifier_path: str | Path, timeout: float) -> list[Backend]:
+def resolve_backends(cfg: EvaluateConfig, networks: str | Path, timeout: float) -> list[Backend]:
     """The backends ``evaluate.features`` names, each checked before any work starts.
 
-    The classifier must reach ``evaluate.min_classifier_accuracy`` on the held-out split (its
-    features would make the metrics meaningless otherwise); the Inception weights must be on disk
-    or downloadable.
+    ``networks`` is the folder of the dataset's feature networks (``classifier.pt``, ``resnet.pt``). Each
+    must reach ``evaluate.min_classifier_accuracy`` on the held-out split (its features would make the
+    metrics meaningless otherwise); the Inception weights must be on disk or downloadable.
     """
     backends = []
     for name in cfg.features:
-        if name == "classifier":
-            _, meta = load_classifier(classifier_path)
+        if name in NETWORK_BACKENDS:
+            path = Path(networks) / f"{name}.pt"
+            _, meta = load_classifier(path)
             if meta["accuracy"] < cfg.min_classifier_accuracy:
                 raise StageInputError(
-                    f"the {meta['dataset']} classifier reaches {meta['accuracy']:.4f} held-out accuracy, below "
-                    f"evaluate.min_classifier_accuracy = {cfg.min_classifier_accuracy}; its features would make "
-                    "FID and IS meaningless: train it longer (classifier.steps) or lower the threshold"
+                    f"the {meta['dataset']} {name} feature network reaches {meta['accuracy']:.4f} held-out accuracy, "
+                    f"below evaluate.min_classifier_accuracy = {cfg.min_classifier_accuracy}; its features would "
+                    f"make FID and IS meaningless: train it longer ({name}.steps) or lower the threshold"
                 )
-            backends.append(classifier_backend(classifier_path, meta["accuracy"]))
+            backends.append(network_backend(name, path, meta["accuracy"]))
         elif name == "inception":
             backends.append(inception_backend(ensure_inception_weights(cfg.inception_weights, timeout)))
         else:
-            raise ValueError(f"unknown feature backend '{name}'; known: classifier, inception")
+            raise ValueError(f"unknown feature backend '{name}'; known: classifier, resnet, inception")
     return backends

@@ -17,6 +17,11 @@ def classifier(dataset: str) -> Path:
     return OUTPUTS / "classifier" / dataset
 
 
+def feature_network(dataset: str, name: str) -> Path:
+    """Weights of feature network ``name`` (``classifier`` or ``resnet``) trained on ``dataset``."""
+    return classifier(dataset) / f"{name}.pt"
+
+
 def train(dataset: str, model: str) -> Path:
     return OUTPUTS / "train" / f"{dataset}-{model}"
 

@@ -15,17 +15,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import pandas as pd  # noqa: E402
 
+from .significance import LOWER_IS_BETTER, Spread, welch  # noqa: E402
 from .guidance import network_evaluations  # noqa: E402
 
 FLOOR_MODEL = "real held-out data"
 """Model column of the floor rows: the real held-out split scored against the real training split."""
 
-COLUMNS = {
-    "dataset": "dataset", "model": "model", "family": "family", "sampler": "sampler", "steps": "steps",
-    "backend": "features", "fid": "FID", "isc_mean": "IS", "kid_mean": "KID", "precision": "precision",
-    "recall": "recall", "bpd": "bits/dim", "num_generated": "generated", "num_reference": "reference",
-}
-"""Result fields shown in the table, and their headings."""
+SCORE_HEADINGS = {"fid": "FID", "fid_inf": "FID_inf", "isc": "IS", "isc_inf": "IS_inf", "kid": "KID",
+                  "precision": "precision", "recall": "recall", "class_accuracy": "class accuracy"}
+"""Scores shown as mean ± standard deviation over the draws, and their headings."""
+TEST_NAME = "Welch's t-test over the draws"
 
 
 @dataclass
@@ -36,10 +35,12 @@ class ModelResult:
     metrics: dict
     """The evaluate stage's metrics.json."""
     sweep: pd.DataFrame
-    """The evaluate stage's sweep.csv: one row per (steps, backend)."""
+    """The evaluate stage's sweep.csv: one row per (steps, backend), mean and std over the draws."""
     loss: pd.DataFrame
     """The train stage's loss.csv."""
     grid_png: Path
+    guidance: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """The evaluate stage's guidance.csv: one row per (guidance, backend); empty for an unconditional model."""
 
 
 @dataclass
@@ -47,36 +48,153 @@ class Results:
     floors: dict[str, dict] = field(default_factory=dict)
     """Per dataset: the reference stage's floor.json."""
     models: list[ModelResult] = field(default_factory=list)
+    significance: float = 0.05
+    """Level of the test that calls a difference beyond the noise."""
 
 
-def results_table(results: Results) -> pd.DataFrame:
-    """One row per (dataset, model, sampler, steps, backend), the floor rows first within each dataset."""
+def task_group(task: str) -> str:
+    """Rows compete within a task: every unconditional row together, conditional rows at each w apart."""
+    return "unconditional" if task.startswith("unconditional") else task
+
+
+def _row(dataset: str, model: str, family: str, task: str, sampler: str, steps, backend: str, scores: dict,
+         **extra) -> dict:
+    row = {"dataset": dataset, "model": model, "family": family, "task": task, "sampler": sampler, "steps": steps,
+           "backend": backend, "draws": scores.get("draws")}
+    for key in SCORE_HEADINGS:
+        row[key], row[f"{key}_std"] = scores.get(key), scores.get(f"{key}_std")
+    return {**row, **extra}
+
+
+def _floor_rows(dataset: str, floor: dict) -> list[dict]:
+    return [_row(dataset, FLOOR_MODEL, "", "", "", None, backend, metrics, spread=metrics.get("spread"),
+                 resamples=metrics.get("resamples"), num_generated=floor["num_held_out"])
+            for backend, metrics in floor.items() if isinstance(metrics, dict)]
+
+
+def main_rows(results: Results) -> pd.DataFrame:
+    """Per dataset: the floor rows, then each model at its sampling steps and guidance scale, and a conditional
+    model's unconditional branch (w = 0) when the guidance sweep scored it; one row per feature backend."""
     rows = []
     for dataset, floor in results.floors.items():
-        for backend, metrics in floor.items():
-            if isinstance(metrics, dict):
-                rows.append({"dataset": dataset, "model": FLOOR_MODEL, "family": "", "sampler": "", "steps": None,
-                             "backend": backend, **metrics, "num_generated": floor["num_held_out"]})
-    for r in results.models:
-        for record in r.sweep.to_dict("records"):
-            rows.append({"dataset": r.dataset, "model": r.model, "family": r.family,
-                         "sampler": r.metrics["sampler"], **record, "bpd": r.metrics.get("bpd")})
-    table = pd.DataFrame(rows)
-    for name in COLUMNS:
-        if name not in table:
-            table[name] = None
-    table = table[list(COLUMNS)]
-    table["steps"] = table["steps"].astype("Int64")
-    return table.rename(columns=COLUMNS)
+        rows += _floor_rows(dataset, floor)
+        for r in (m for m in results.models if m.dataset == dataset):
+            m = r.metrics
+            common = dict(num_generated=m.get("num_generated"), bpd=m.get("bpd"))
+            for backend, scores in m.items():
+                if isinstance(scores, dict) and "fid" in scores or isinstance(scores, dict) and "isc" in scores:
+                    extra = {k: m[k] for k in ("class_accuracy", "class_accuracy_std") if k in m}
+                    rows.append(_row(dataset, r.model, r.family, m.get("task", ""), m["sampler"], m["steps"], backend,
+                                     {**scores, **extra}, **common))
+            for backend, scores in m.get("unconditional", {}).items():
+                rows.append(_row(dataset, r.model, r.family, "unconditional (w=0)", m["sampler"], m["steps"], backend,
+                                 scores, **common))
+    return pd.DataFrame(rows)
+
+
+def _spread(row, key: str) -> Spread | None:
+    if pd.isna(row.get(key)) or pd.isna(row.get(f"{key}_std")) or pd.isna(row.get("draws")):
+        return None
+    if row.get("spread") == "bootstrap":
+        return Spread(float(row[key]), float(row[f"{key}_std"]), 1, int(row["resamples"]) - 1)
+    return Spread(float(row[key]), float(row[f"{key}_std"]), int(row["draws"]), int(row["draws"]) - 1)
+
+
+def verdicts(table: pd.DataFrame, level: float, key: str = "fid") -> pd.DataFrame:
+    """For each model row, ``key``'s difference from the best model of its dataset, backend and task, and from
+    the real-data floor, with Welch's t-test over the draws: columns ``<key>_vs_best``, ``<key>_vs_best_p``,
+    ``<key>_vs_floor``, ``<key>_vs_floor_p`` (and ``best``: the row is the best of its group)."""
+    table = table.copy()
+    for col in (f"{key}_vs_best", f"{key}_vs_best_p", f"{key}_vs_floor", f"{key}_vs_floor_p"):
+        table[col] = None
+    table["best"] = False
+    if table.empty or key not in table:
+        return table
+    models = table[table.model != FLOOR_MODEL]
+    groups = models.assign(group=models.task.map(task_group)).groupby(["dataset", "backend", "group"])
+    for _, group in groups:
+        if group[key].isna().all():
+            continue
+        lower = LOWER_IS_BETTER[key]
+        best = group[key].idxmin() if lower else group[key].idxmax()
+        table.loc[best, "best"] = True
+        for i in group.index:
+            a, b = _spread(table.loc[i], key), _spread(table.loc[best], key)
+            if i != best and a is not None and b is not None:
+                d = welch(a, b, level)
+                table.loc[i, [f"{key}_vs_best", f"{key}_vs_best_p"]] = [d.change, d.p]
+    for i in models.index:
+        row = table.loc[i]
+        floor = table[(table.model == FLOOR_MODEL) & (table.dataset == row.dataset) & (table.backend == row.backend)]
+        a = _spread(row, key)
+        b = _spread(floor.iloc[0], key) if len(floor) else None
+        if a is not None and b is not None:
+            d = welch(a, b, level)
+            table.loc[i, [f"{key}_vs_floor", f"{key}_vs_floor_p"]] = [d.change, d.p]
+    return table
+
+
+def _verdict(change, p, level: float) -> str:
+    if change is None or pd.isna(change):
+        return ""
+    return f"{change:+.3g}, {'beyond' if p < level else 'within'} noise (p={p:.2g})"
+
+
+def _mean_std(mean, std) -> str:
+    if mean is None or pd.isna(mean):
+        return ""
+    return f"{mean:.4g}" if std is None or pd.isna(std) else f"{mean:.4g} ± {std:.2g}"
+
+
+def shown(table: pd.DataFrame, level: float, with_verdicts: bool = True) -> pd.DataFrame:
+    """The table as it is printed: every score as mean ± std, the verdicts in words."""
+    out = pd.DataFrame({"dataset": table.dataset, "model": table.model, "family": table.family,
+                        "task": table.task, "sampler": table.sampler, "steps": table.steps.astype("Int64"),
+                        "features": table.backend})
+    for key, heading in SCORE_HEADINGS.items():
+        if key in table and table[key].notna().any():
+            out[heading] = [_mean_std(m, s) for m, s in zip(table[key], table[f"{key}_std"])]
+            if key == "fid" and with_verdicts:
+                out["FID vs best"] = ["best" if b else _verdict(c, p, level)
+                                      for b, c, p in zip(table.best, table.fid_vs_best, table.fid_vs_best_p)]
+                out["FID vs floor"] = [_verdict(c, p, level) for c, p in zip(table.fid_vs_floor, table.fid_vs_floor_p)]
+    if "bpd" in table:
+        out["bits/dim"] = table.bpd
+    out["draws × images"] = [_draws(r) for r in table.to_dict("records")]
+    return out
+
+
+def _draws(row: dict) -> str:
+    if pd.isna(row.get("num_generated")) or pd.isna(row.get("draws")):
+        return ""
+    if row.get("spread") == "bootstrap":
+        return f"1 × {int(row['num_generated'])} ({int(row['resamples'])} bootstrap resamples)"
+    return f"{int(row['draws'])} × {int(row['num_generated'])}"
 
 
 def main_table(results: Results) -> pd.DataFrame:
-    """The rows at each model's main step count (``sample.steps``), and the floor rows."""
-    table = results_table(results)
-    main_steps = {(r.dataset, r.model): r.metrics["steps"] for r in results.models}
-    keep = [row.model == FLOOR_MODEL or main_steps.get((row.dataset, row.model)) == row.steps
-            for row in table[["dataset", "model", "steps"]].itertuples()]
-    return table[keep].reset_index(drop=True)
+    """The rows at each model's sampling steps and guidance (and its w = 0 branch), with the verdicts, as shown."""
+    return shown(verdicts(main_rows(results), results.significance), results.significance)
+
+
+def results_table(results: Results) -> pd.DataFrame:
+    """Every (dataset, model, sampler, steps, backend) row with the numbers behind the verdicts: results.csv."""
+    rows = []
+    for dataset, floor in results.floors.items():
+        rows += _floor_rows(dataset, floor)
+        for r in (m for m in results.models if m.dataset == dataset):
+            for record in r.sweep.to_dict("records"):
+                rows.append(_row(dataset, r.model, r.family, r.metrics.get("task", ""), r.metrics["sampler"],
+                                 record["steps"], record["backend"], record, bpd=r.metrics.get("bpd"),
+                                 num_generated=r.metrics.get("num_generated")))
+    table = pd.DataFrame(rows)
+    table["steps"] = table["steps"].astype("Int64")
+    return table
+
+
+def steps_table(results: Results) -> pd.DataFrame:
+    """Every sampling step count of every model, as shown."""
+    return shown(results_table(results), results.significance, with_verdicts=False)
 
 
 def _figure_png(fig: plt.Figure) -> bytes:
@@ -97,24 +215,65 @@ def loss_figure(results: Results, dataset: str) -> bytes:
     return _figure_png(fig)
 
 
+def _backends(results: Results, dataset: str) -> list[str]:
+    return [b for b, m in results.floors.get(dataset, {}).items() if isinstance(m, dict)]
+
+
+def _floor_band(ax, floor: dict, key: str) -> None:
+    if key in floor:
+        mean, std = floor[key], floor.get(f"{key}_std") or 0.0
+        ax.axhline(mean, linestyle="--", color="gray", label="real data")
+        ax.axhspan(mean - std, mean + std, color="gray", alpha=0.15)
+
+
 def fid_steps_figure(results: Results, dataset: str) -> bytes:
-    """FID against network evaluations per image (the sampling steps; twice as many under guidance
-    other than w = 0 or 1), one line per (model, sampler, backend), the floor as a dashed line."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ticks: set[int] = set()
-    for r in results.models:
-        if r.dataset == dataset:
-            for backend, rows in r.sweep.groupby("backend"):
-                evaluations = [network_evaluations(int(n), r.metrics.get("guidance")) for n in rows["steps"]]
-                ax.plot(evaluations, rows["fid"], marker="o", label=f"{r.model}, {r.metrics.get('sampler', '')} ({backend})")
-                ticks |= set(evaluations)
-    for backend, metrics in results.floors.get(dataset, {}).items():
-        if isinstance(metrics, dict) and "fid" in metrics:
-            ax.axhline(metrics["fid"], linestyle="--", color="gray", label=f"real data ({backend})")
-    ax.set(xlabel="network evaluations per image", ylabel="FID", xscale="log",
-           title=f"{dataset}: FID against network evaluations")
-    ax.set_xticks(sorted(ticks), [str(n) for n in sorted(ticks)])
-    ax.minorticks_off()
+    """FID against network evaluations per image (the sampling steps; twice as many under guidance other than
+    w = 0 or 1), one panel per feature backend, one line per model with the standard deviation over the draws
+    as error bars; the floor as a dashed line in its band of one standard deviation."""
+    backends = _backends(results, dataset)
+    fig, axes = plt.subplots(1, len(backends), figsize=(5 * len(backends), 3.5), squeeze=False)
+    for ax, backend in zip(axes[0], backends):
+        ticks: set[int] = set()
+        for r in (m for m in results.models if m.dataset == dataset):
+            rows = r.sweep[r.sweep.backend == backend]
+            if "fid" not in rows or rows.empty:
+                continue
+            evaluations = [network_evaluations(int(n), r.metrics.get("guidance")) for n in rows["steps"]]
+            ax.errorbar(evaluations, rows["fid"], yerr=rows.get("fid_std"), marker="o", capsize=3,
+                        label=f"{r.model}, {r.metrics.get('sampler', '')}")
+            ticks |= set(evaluations)
+        _floor_band(ax, results.floors[dataset][backend], "fid")
+        ax.set(xlabel="network evaluations per image", ylabel="FID", xscale="log", title=f"{dataset}: {backend} features")
+        if ticks:
+            ax.set_xticks(sorted(ticks), [str(n) for n in sorted(ticks)])
+        ax.minorticks_off()
+        ax.legend(fontsize="small")
+    return _figure_png(fig)
+
+
+def guidance_figure(results: Results, dataset: str) -> bytes | None:
+    """FID (one panel per backend) and class accuracy against the guidance scale w of the conditional models,
+    with the standard deviation over the draws as error bars; None when no model is conditional."""
+    conditional = [m for m in results.models if m.dataset == dataset and not m.guidance.empty]
+    if not conditional:
+        return None
+    backends = _backends(results, dataset)
+    fig, axes = plt.subplots(1, len(backends) + 1, figsize=(4.5 * (len(backends) + 1), 3.5), squeeze=False)
+    for ax, backend in zip(axes[0], backends):
+        for r in conditional:
+            rows = r.guidance[r.guidance.backend == backend]
+            if "fid" in rows:
+                ax.errorbar(rows["guidance"], rows["fid"], yerr=rows.get("fid_std"), marker="o", capsize=3, label=r.model)
+        _floor_band(ax, results.floors[dataset][backend], "fid")
+        ax.set(xlabel="guidance scale w", ylabel="FID", title=f"{dataset}: {backend} features")
+        ax.legend(fontsize="small")
+    ax = axes[0][-1]
+    for r in conditional:
+        rows = r.guidance.drop_duplicates("guidance")
+        if "class_accuracy" in rows:
+            ax.errorbar(rows["guidance"], rows["class_accuracy"], yerr=rows.get("class_accuracy_std"), marker="o",
+                        capsize=3, label=r.model)
+    ax.set(xlabel="guidance scale w", ylabel="class accuracy", title=f"{dataset}: class asked for")
     ax.legend(fontsize="small")
     return _figure_png(fig)
 
@@ -136,9 +295,19 @@ def _table_html(table: pd.DataFrame) -> str:
     return _blank_missing(table).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
 
 
-NOTE = ("FID, KID and precision/recall depend on how many images are compared: read a model's numbers only "
-        "against rows with the same generated and reference counts, such as the real-data floor above it "
-        "(the real held-out split scored against the real training split, what a perfect model would reach).")
+def note(results: Results) -> str:
+    return (f"Every score is the mean ± standard deviation over independent draws of the generated images (the "
+            f"draws × images column). 'FID vs best' and 'FID vs floor' give the difference from the best model of "
+            f"the same dataset, features and task, and from the real-data floor (the real held-out split scored "
+            f"against the real training split, what a perfect model reaches), and whether {TEST_NAME} at level "
+            f"{results.significance:g} calls it beyond the noise. FID, IS and precision/recall depend on how many "
+            f"images are compared: read a model's numbers against rows of the same counts, or compare FID_inf "
+            f"and IS_inf (Chong & Forsyth 2020: fitted linearly in 1/N over subsets and extrapolated to "
+            f"infinitely many images), which do not depend on the count. The floor's spread comes from disjoint "
+            f"draws of held-out images when there are enough, otherwise from bootstrap resamples (shown). A "
+            f"conditional model is also scored at w = 0, its unconditional branch, which competes with the "
+            f"unconditional rows.")
+
 
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
@@ -149,25 +318,28 @@ th{background:#f4f4f4}.grids{display:flex;flex-wrap:wrap;gap:1em}.grids figure{m
 def render_html(results: Results) -> str:
     """A self-contained page: no file or network access is needed to view it."""
     parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>diffusionlab report</title>',
-             f"<style>{CSS}</style></head><body>", "<h1>diffusionlab report</h1>", f"<p>{html.escape(NOTE)}</p>",
+             f"<style>{CSS}</style></head><body>", "<h1>diffusionlab report</h1>", f"<p>{html.escape(note(results))}</p>",
              "<h2>Results at each model's sampling steps</h2>", _table_html(main_table(results))]
     for dataset in results.floors:
         parts.append(f"<h2>{html.escape(dataset)}</h2>")
         parts.append(_img(loss_figure(results, dataset), f"{dataset} training loss"))
         parts.append(_img(fid_steps_figure(results, dataset), f"{dataset} FID against sampling steps"))
+        guided = guidance_figure(results, dataset)
+        if guided is not None:
+            parts.append(_img(guided, f"{dataset} FID and class accuracy against guidance"))
         parts.append('<div class="grids">')
         for r in results.models:
             if r.dataset == dataset:
                 parts.append(f"<figure>{_img(r.grid_png.read_bytes(), f'{dataset}-{r.model} samples')}"
                              f"<figcaption>{html.escape(r.model)} ({html.escape(r.family)})</figcaption></figure>")
         parts.append("</div>")
-    parts += ["<h2>Every sampling step count</h2>", _table_html(results_table(results)), "</body></html>"]
+    parts += ["<h2>Every sampling step count</h2>", _table_html(steps_table(results)), "</body></html>"]
     return "\n".join(parts)
 
 
 def render_markdown(results: Results, grid_root: Path) -> str:
     """The tables in Markdown; sample grids linked relative to ``grid_root`` (the report's folder)."""
-    lines = ["# diffusionlab report", "", NOTE, "", "## Results at each model's sampling steps", "",
+    lines = ["# diffusionlab report", "", note(results), "", "## Results at each model's sampling steps", "",
              _table_markdown(main_table(results)), ""]
     for dataset in results.floors:
         lines += [f"## {dataset}: samples", ""]
@@ -176,5 +348,5 @@ def render_markdown(results: Results, grid_root: Path) -> str:
                 rel = Path(*[".."] * len(grid_root.parts)) / r.grid_png
                 lines.append(f"![{dataset}-{r.model}]({rel.as_posix()})")
         lines.append("")
-    lines += ["## Every sampling step count", "", _table_markdown(results_table(results)), ""]
+    lines += ["## Every sampling step count", "", _table_markdown(steps_table(results)), ""]
     return "\n".join(lines)

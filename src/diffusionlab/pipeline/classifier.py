@@ -14,15 +14,22 @@ from ..io import write_json
 log = logging.getLogger(__name__)
 
 
+DESIGN = {"classifier": "conv", "resnet": "resnet"}
+"""The network design of each feature network (params block)."""
+
+
 def classifier_stage(params: Params, dataset: str) -> None:
-    """Train the classifier whose features FID and IS are computed on, and report its test accuracy."""
+    """Train the feature networks FID and IS are computed on (``classifier`` and ``resnet``: two designs that
+    share no weights), and report each one's held-out accuracy."""
     device = resolve_device(params.train.device)
     data = load_prepared(paths.prepared(dataset))
-    model, seconds = train_classifier(params.classifier, data.train_images, data.train_labels,
-                                      data.card.num_classes, device)
-    acc = accuracy(model, data.test_images, data.test_labels, device)
     out = paths.classifier(dataset)
-    save_classifier(out / "classifier.pt", model.cpu(), acc, dataset)
-    write_json(out / "metrics.json", {"test_accuracy": acc, "test_size": int(len(data.test_labels)),
-                                      "train_seconds": round(seconds, 2)})
-    log.info("classifier on %s: test accuracy %.4f", dataset, acc)
+    metrics: dict = {"test_size": int(len(data.test_labels))}
+    for name, design in DESIGN.items():
+        model, seconds = train_classifier(params.feature_network(name), data.train_images, data.train_labels,
+                                          data.card.num_classes, device, design=design)
+        acc = accuracy(model, data.test_images, data.test_labels, device)
+        save_classifier(paths.feature_network(dataset, name), model.cpu(), acc, dataset)
+        metrics[name] = {"test_accuracy": acc, "train_seconds": round(seconds, 2)}
+        log.info("%s feature network on %s: test accuracy %.4f (%.1f s)", name, dataset, acc, seconds)
+    write_json(out / "metrics.json", metrics)

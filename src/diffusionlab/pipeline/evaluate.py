@@ -3,39 +3,50 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .. import paths
 from ..checkpoint import load_checkpoint
 from ..classifier import accuracy, load_classifier
-from ..config import EvaluateConfig, Params
+from ..config import Params
 from ..datasets import load_prepared
 from ..device import device_name, resolve_device
-from ..evaluation import reference_cache, score
-from ..features import Backend, resolve_backends
+from ..evaluation import extract, load_reference, reference_file, score_draws, split_draws
+from ..significance import SCORES, spread_of, summarize, welch
+from ..features import resolve_backends
 from ..io import atomic_path, read_json, write_json
 from ..nll import bits_per_dim
-from ..tracking import Tracker, open_run, read_run_file, register_model, registered_model_name
+from ..tracking import open_run, read_run_file, register_model, registered_model_name
 from .sample import guidance_file
 
 log = logging.getLogger(__name__)
 
-SWEEP_COLUMNS = ["steps", "backend", "fid", "isc_mean", "kid_mean", "precision", "recall"]
-GUIDANCE_COLUMNS = ["guidance", "class_accuracy", "backend", "fid", "isc_mean"]
+SETTING_COLUMNS = ["steps", "guidance", "backend"]
+SWEEP_COLUMNS = ["steps", "backend", "draws"] + [f"{k}{s}" for k in SCORES for s in ("", "_std")]
+GUIDANCE_COLUMNS = ["guidance", "backend", "draws", "class_accuracy", "class_accuracy_std"] + [
+    f"{k}{s}" for k in SCORES for s in ("", "_std")]
+
+
+def task(card: dict, guidance: float | None = None) -> str:
+    """What a row's images were asked to be: ``conditional, w=1`` (guided at w), ``unconditional`` (an
+    unconditional model), or ``unconditional (w=0)`` (a conditional model's unconditional branch)."""
+    if not card["class_conditional"]:
+        return "unconditional"
+    w = card["guidance"] if guidance is None else guidance
+    return "unconditional (w=0)" if w == 0 else f"conditional, w={w:g}"
 
 
 def evaluate_stage(params: Params, dataset: str, model: str) -> None:
-    """Score the samples with every feature backend against the cached reference statistics, next
-    to the real-data floor; score the samples of each sweep step count; and bound the held-out
+    """Score each of the sample stage's draws with every feature backend against the cached reference
+    features: at the sampling steps, at each sweep step count and (class-conditional models) at each guidance
+    scale; summarise them as mean and standard deviation next to the real-data floor; and bound the held-out
     negative log-likelihood in bits/dim. Written as DVC metrics and plots and logged to MLflow."""
     run = params.run(dataset, model)
     e = run.evaluate
     device = resolve_device(run.train.device)
-    backends = resolve_backends(e, paths.classifier(dataset) / "classifier.pt", params.data.download_timeout)
+    backends = resolve_backends(e, paths.classifier(dataset), params.data.download_timeout)
     floor = read_json(paths.reference(dataset) / "floor.json")
     missing = [b.name for b in backends if b.name not in floor]
     if missing:
@@ -43,49 +54,80 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
                                 f"run: dvc repro reference@{dataset}")
     sample_dir = paths.sample(dataset, model)
     card = read_json(sample_dir / "sample.json")
-    generated = {card["steps"]: np.load(sample_dir / "samples.npy")}
-    for n in card["sweep_steps"]:
-        generated[n] = np.load(sample_dir / "sweep" / f"steps_{n}.npy")
+    draws, main_steps = card["draws"], card["steps"]
+    main_w = card["guidance"] if card["class_conditional"] else None
+    settings = {(main_steps, main_w): sample_dir / "samples.npy"}
+    settings.update({(n, main_w): sample_dir / "sweep" / f"steps_{n}.npy" for n in card["sweep_steps"]})
+    settings.update({(main_steps, w): sample_dir / "guidance" / guidance_file(w) for w in card["guidance_sweep"]})
     ckpt = load_checkpoint(paths.train(dataset, model) / "checkpoint.pt", device)
     nll_images = load_prepared(paths.prepared(dataset)).test_images
     nll_images = nll_images if e.nll_images == 0 else nll_images[: e.nll_images]
+    labels = np.load(sample_dir / "labels.npy")
+    classifier = load_classifier(paths.feature_network(dataset, "classifier"), device)[0] if card["class_conditional"] else None
 
     out = paths.evaluate(dataset, model)
     with open_run(params.mlflow, run, device, device_name(device), previous=sample_dir) as tracker:
-        metrics: dict = {"family": run.model.family, "sampler": card["sampler"], "steps": card["steps"],
-                         "num_generated": card["num_samples"], "num_reference": floor["num_reference"],
-                         "num_held_out": floor["num_held_out"]}
-        rows, main_scores = [], {}
+        metrics: dict = {"family": run.model.family, "sampler": card["sampler"], "steps": main_steps,
+                         "task": task(card), "draws": draws, "num_generated": card["num_samples"],
+                         "num_reference": floor["num_reference"], "num_held_out": floor["num_held_out"]}
+        rows = []
+        for (steps, w), path in settings.items():
+            images = np.load(path)
+            hits = ([accuracy(classifier, images[i], labels[i], device) for i in split_draws(len(images), draws)]
+                    if classifier is not None and steps == main_steps else None)
+            for backend in backends:
+                reference = load_reference(reference_file(dataset, backend.name))
+                reference.check(images)
+                per_draw = score_draws(extract(images, backend, e, device), draws, reference, e,
+                                       with_inf=steps == main_steps)
+                for d, scores in enumerate(per_draw):
+                    rows.append({"steps": steps, "guidance": w, "backend": backend.name, "draw": d, **scores,
+                                 **({"class_accuracy": hits[d]} if hits else {})})
+        table = pd.DataFrame(rows)
+        with atomic_path(out / "draws.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        main = table[(table.steps == main_steps) & (_same_w(table.guidance, main_w))]
         for backend in backends:
-            cache = reference_cache(dataset, backend.name)
-            by_steps = {n: score(images, None, floor["num_reference"], backend, e, device, cache)
-                        for n, images in sorted(generated.items())}
-            rows += [{"steps": n, "backend": backend.name, **result} for n, result in by_steps.items()]
-            main = main_scores[backend.name] = by_steps[card["steps"]]
-            real = {f"{k}_floor": v for k, v in floor[backend.name].items() if isinstance(v, float)}
-            metrics[backend.name] = {**main, **real, **backend.identity}
-            tracker.log_metrics({f"{backend.name}.{k}": v for k, v in {**main, **real}.items()})
-        if card["class_conditional"]:
-            metrics.update(score_guidance(dataset, card, sample_dir, backends, main_scores, floor, e, device, out,
-                                          tracker))
-        else:
-            with atomic_path(out / "guidance.csv") as tmp:
-                pd.DataFrame(columns=GUIDANCE_COLUMNS).to_csv(tmp, index=False)
+            summary = summarize(_records(main[main.backend == backend.name]))
+            real = floor[backend.name]
+            versus = {}
+            if e.fid and spread_of(real, "fid") is not None:
+                diff = welch(spread_of(summary, "fid"), spread_of(real, "fid"), e.significance)
+                versus = {"fid_vs_floor": diff.change, "fid_vs_floor_p": diff.p}
+            floor_values = {_floor_key(k): v for k, v in real.items() if isinstance(v, float)}
+            metrics[backend.name] = {**summary, **floor_values, **versus, **backend.identity}
+            tracker.log_metrics({f"{backend.name}.{k}": v for k, v in {**summary, **floor_values, **versus}.items()})
+        if "class_accuracy" in main:
+            metrics.update(class_accuracy=float(main.class_accuracy.mean()),
+                           class_accuracy_std=float(main.groupby("draw").class_accuracy.first().std(ddof=1)))
+            tracker.log_metrics({k: metrics[k] for k in ("class_accuracy", "class_accuracy_std")})
+        if main_w is not None:
+            metrics["guidance"] = main_w
+        sweep = _summaries(table[_same_w(table.guidance, main_w)], ["steps", "backend"])
+        guidance = (_summaries(table[table.steps == main_steps], ["guidance", "backend"]) if main_w is not None
+                    else pd.DataFrame(columns=GUIDANCE_COLUMNS))
+        if main_w is not None:
+            metrics["unconditional"] = _unconditional(guidance)
+            for w, rows_w in guidance.groupby("guidance"):
+                if "class_accuracy" in rows_w:
+                    tracker.log_metric("class_accuracy_vs_guidance", float(rows_w.class_accuracy.iloc[0]),
+                                       step=round(100 * w))
         metrics.update(bits_per_dim(ckpt.process, ckpt.ema, nll_images, e.nll_t_draws, e.batch_size, device, e.seed))
         metrics.update(nll_images=int(len(nll_images)), nll_t_draws=e.nll_t_draws)
         tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("bpd")})
-        sweep = pd.DataFrame(rows)
         if e.fid:
-            for row in rows:
+            for row in sweep.to_dict("records"):
                 tracker.log_metric(f"{row['backend']}.fid_vs_steps", row["fid"], step=int(row["steps"]))
         with atomic_path(out / "sweep.csv") as tmp:
-            sweep.to_csv(tmp, index=False)
+            sweep[[c for c in SWEEP_COLUMNS if c in sweep]].to_csv(tmp, index=False)
+        with atomic_path(out / "guidance.csv") as tmp:
+            guidance[[c for c in GUIDANCE_COLUMNS if c in guidance]].to_csv(tmp, index=False)
         primary = sweep[sweep.backend == backends[0].name]
         with atomic_path(out / "fid_vs_steps.csv") as tmp:
-            primary[[c for c in SWEEP_COLUMNS if c in primary]].to_csv(tmp, index=False)
+            primary[[c for c in ("steps", "fid", "fid_std") if c in primary]].to_csv(tmp, index=False)
         write_json(out / "metrics.json", metrics)
         tracker.set_tags({"fid_features": ",".join(e.features), "fid_num_generated": card["num_samples"],
-                         "fid_num_reference": floor["num_reference"]})
+                          "fid_draws": draws, "fid_num_reference": floor["num_reference"]})
         if params.mlflow.register_best and tracker.enabled and e.fid:
             model_uri = read_run_file(paths.train(dataset, model)).get("model_uri")
             fid = metrics[backends[0].name]["fid"]
@@ -95,35 +137,36 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
                                   "registered_version": registered[0]})
     for backend in backends:
         m = metrics[backend.name]
-        log.info("%s-%s (%s features, %d generated vs %d train): FID %.3f (real-data floor %.3f)", dataset, model,
-                 backend.name, card["num_samples"], floor["num_reference"], m.get("fid", float("nan")),
-                 m.get("fid_floor", float("nan")))
+        log.info("%s-%s (%s features, %d draws of %d vs %d train): FID %.3f ± %.3f (real-data floor %.3f ± %.3f)",
+                 dataset, model, backend.name, draws, card["num_samples"], floor["num_reference"],
+                 m.get("fid", np.nan), m.get("fid_std", np.nan), m.get("fid_floor", np.nan),
+                 m.get("fid_floor_std", np.nan))
     log.info("%s-%s: NLL bound %.3f ± %.3f bits/dim", dataset, model, metrics["bpd"], metrics["bpd_stderr"])
 
 
-def score_guidance(dataset: str, card: dict, sample_dir: Path, backends: list[Backend], main_scores: dict[str, dict],
-                   floor: dict, e: EvaluateConfig, device: torch.device, out: Path, tracker: Tracker) -> dict:
-    """For a class-conditional model: the dataset classifier's accuracy on the class asked for, and FID and IS,
-    at the sampling guidance scale (whose scores per backend, ``main_scores``, are already known) and at each
-    of the guidance sweep; written to guidance.csv and MLflow."""
-    labels = np.load(sample_dir / "labels.npy")
-    by_w = {card["guidance"]: np.load(sample_dir / "samples.npy")}
-    for w in card["guidance_sweep"]:
-        by_w[w] = np.load(sample_dir / "guidance" / guidance_file(w))
-    classifier, _ = load_classifier(paths.classifier(dataset) / "classifier.pt", device)
-    rows = []
-    for w, images in sorted(by_w.items()):
-        hit = accuracy(classifier, images, labels, device)
-        tracker.log_metric("class_accuracy_vs_guidance", hit, step=round(100 * w))
-        for backend in backends:
-            result = main_scores[backend.name] if w == card["guidance"] else score(
-                images, None, floor["num_reference"], backend, e, device, reference_cache(dataset, backend.name))
-            rows.append({"guidance": w, "class_accuracy": hit, "backend": backend.name, **result})
-    table = pd.DataFrame(rows)
-    with atomic_path(out / "guidance.csv") as tmp:
-        table[[c for c in GUIDANCE_COLUMNS if c in table]].to_csv(tmp, index=False)
-    main = table[table.guidance == card["guidance"]].iloc[0]
-    tracker.log_metric("class_accuracy", float(main["class_accuracy"]))
-    log.info("class accuracy against guidance scale w: %s",
-             ", ".join(f"w={w:g}: {a:.3f}" for w, a in table.groupby("guidance")["class_accuracy"].first().items()))
-    return {"class_accuracy": float(main["class_accuracy"]), "guidance": card["guidance"]}
+def _floor_key(key: str) -> str:
+    """``fid`` -> ``fid_floor``, ``fid_std`` -> ``fid_floor_std``."""
+    return f"{key[:-4]}_floor_std" if key.endswith("_std") else f"{key}_floor"
+
+
+def _same_w(column: pd.Series, w: float | None) -> pd.Series:
+    return column.isna() if w is None else column == w
+
+
+def _records(rows: pd.DataFrame) -> list[dict]:
+    keep = [c for c in rows.columns if c in SCORES or c == "class_accuracy"]
+    return [{k: float(v) for k, v in r.items() if pd.notna(v)} for r in rows[keep].to_dict("records")]
+
+
+def _summaries(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean and standard deviation over the draws of every score, per group of ``by``."""
+    rows = [{**dict(zip(by, key)), **summarize(_records(group))}
+            for key, group in table.groupby(by, sort=True, dropna=False)]
+    return pd.DataFrame(rows)
+
+
+def _unconditional(guidance: pd.DataFrame) -> dict:
+    """A conditional model's unconditional branch (w = 0), per backend, when the guidance sweep scored it."""
+    rows = guidance[guidance.guidance == 0]
+    return {r["backend"]: {k: r[k] for k in r if k not in ("guidance", "backend") and pd.notna(r[k])}
+            for r in rows.to_dict("records")}

@@ -9,14 +9,14 @@ import pandas as pd
 from .. import paths
 from ..config import Params
 from ..io import atomic_path, read_json
-from ..report import ModelResult, Results, render_html, render_markdown, results_table
+from ..report import ModelResult, Results, main_rows, render_html, render_markdown, results_table, verdicts
 
 log = logging.getLogger(__name__)
 
 
 def collect(params: Params) -> Results:
     """The results of every (dataset, model) that ``pipeline`` lists, read from the stages' outputs."""
-    results = Results()
+    results = Results(significance=params.evaluate.significance)
     for dataset in params.pipeline.datasets:
         results.floors[dataset] = read_json(paths.reference(dataset) / "floor.json")
         for model in params.pipeline.models:
@@ -27,6 +27,7 @@ def collect(params: Params) -> Results:
                 sweep=pd.read_csv(evaluated / "sweep.csv"),
                 loss=pd.read_csv(paths.train(dataset, model) / "loss.csv"),
                 grid_png=paths.sample(dataset, model) / "grid.png",
+                guidance=pd.read_csv(evaluated / "guidance.csv"),
             ))
     return results
 
@@ -36,7 +37,8 @@ def report_stage(params: Params) -> None:
     results = collect(params)
     out = paths.report()
     with atomic_path(out / "results.csv") as tmp:
-        results_table(results).to_csv(tmp, index=False)
+        pd.concat([verdicts(main_rows(results), results.significance).assign(table="main"),
+                   results_table(results).assign(table="steps")]).to_csv(tmp, index=False)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(render_markdown(results, out))
     with atomic_path(out / "report.html") as tmp:

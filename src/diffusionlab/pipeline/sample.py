@@ -35,7 +35,8 @@ def guidance_file(w: float) -> str:
 
 
 def sample_stage(params: Params, dataset: str, model: str) -> None:
-    """Draw samples from the EMA weights at ``sample.steps`` (and at each of ``sample.sweep_steps``, and for a
+    """Draw ``sample.draws`` independent draws of ``sample.num_samples`` samples (one after another in each file)
+    from the EMA weights at ``sample.steps`` (and at each of ``sample.sweep_steps``, and for a
     class-conditional model at each of ``sample.guidance_sweep``); write them, their requested classes, a
     grid, and the figures of the forward and reverse processes, inpainting and the round trip."""
     run = params.run(dataset, model)
@@ -47,7 +48,8 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
     steps = len(sampler.timesteps)
     sweep = sorted(set(s.sweep_steps) - {steps})
     num_classes = ckpt.ema.num_classes
-    labels = requested_labels(s.num_samples, s.classes, num_classes) if num_classes else None
+    total = s.num_samples * s.draws  # the draws, one after another: each asks for the same classes
+    labels = np.tile(requested_labels(s.num_samples, s.classes, num_classes), s.draws) if num_classes else None
     guidance_sweep = sorted(set(s.guidance_sweep) - {s.guidance}) if num_classes else []
     if s.guidance_sweep and not num_classes:
         log.info("%s is unconditional: sample.guidance_sweep does not apply", run.name)
@@ -57,23 +59,22 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
     out = paths.sample(dataset, model)
     with open_run(params.mlflow, run, device, device_name(device), previous=paths.train(dataset, model)) as tracker:
         start = time.perf_counter()
-        generated = generate(net, sampler, s.num_samples, shape, s.batch_size, device, s.seed, s.strip_frames,
-                             labels)
+        generated = generate(net, sampler, total, shape, s.batch_size, device, s.seed, s.strip_frames, labels)
         seconds = {steps: time.perf_counter() - start}
         with atomic_dir(out / "sweep") as sweep_dir:
             for n in sweep:
                 start = time.perf_counter()
                 images = generate(net, make_sampler(dataclasses.replace(s, steps=n, step_list=()), ckpt.process, n),
-                                  s.num_samples, shape, s.batch_size, device, s.seed, 2, labels).images
+                                  total, shape, s.batch_size, device, s.seed, 2, labels).images
                 seconds[n] = time.perf_counter() - start
                 save_npy(sweep_dir / f"steps_{n}.npy", images)
         with atomic_dir(out / "guidance") as guidance_dir:
             for w in guidance_sweep:
                 guided = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, w)
-                images = generate(guided, sampler, s.num_samples, shape, s.batch_size, device, s.seed, 2, labels).images
+                images = generate(guided, sampler, total, shape, s.batch_size, device, s.seed, 2, labels).images
                 save_npy(guidance_dir / guidance_file(w), images)
         save_npy(out / "samples.npy", generated.images)
-        save_npy(out / "labels.npy", np.full(s.num_samples, -1, dtype=np.int64) if labels is None else labels)
+        save_npy(out / "labels.npy", np.full(total, -1, dtype=np.int64) if labels is None else labels)
         nrow = num_classes if num_classes and not s.classes else None
         shown = s.grid_size if nrow is None else max(nrow, s.grid_size // nrow * nrow)  # whole rows of classes
         save_grid(torch.from_numpy(generated.images[:shown]), out / "grid.png", nrow=nrow)
@@ -81,16 +82,16 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
             save_strip(generated.trajectory.x_t, figures / "denoising.png", rows=s.strip_samples)
             draw_figures(ckpt, net, s, held_out.test_images, held_out.test_labels, generated, figures, device)
         write_json(out / "sample.json", {
-            "num_samples": s.num_samples, "sampler": s.sampler, "steps": steps,
+            "num_samples": s.num_samples, "draws": s.draws, "sampler": s.sampler, "steps": steps,
             "sample_seconds": round(seconds[steps], 2),
-            "images_per_second": round(s.num_samples / seconds[steps], 2),
+            "images_per_second": round(total / seconds[steps], 2),
             "sweep_steps": sweep,
             "class_conditional": bool(num_classes), "guidance": s.guidance if num_classes else None,
             "guidance_sweep": guidance_sweep,
         })
-        tracker.log_metrics({"sample_seconds": seconds[steps], "sample_images_per_second": s.num_samples / seconds[steps]})
+        tracker.log_metrics({"sample_seconds": seconds[steps], "sample_images_per_second": total / seconds[steps]})
         for n, sec in sorted(seconds.items()):
-            tracker.log_metric("sample_images_per_second_vs_steps", s.num_samples / sec, step=n)
+            tracker.log_metric("sample_images_per_second_vs_steps", total / sec, step=n)
         tracker.set_tags({"sampler": s.sampler, "sampling_steps": steps})
         tracker.log_artifact(out / "grid.png", artifact_path="samples")
         tracker.log_artifacts(out / "figures", artifact_path="samples")
