@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from . import paths
+from .config import load_params
 from .errors import EXPECTED_ERRORS, StageInputError
 from .significance import LOWER_IS_BETTER, SCORES, Spread, welch
 
@@ -84,7 +85,6 @@ def mlflow_side(run_id: str) -> Side:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from .config import load_params
     from .tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(load_params().mlflow))
@@ -145,8 +145,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--csv", action="store_true", help="print CSV instead of a Markdown table")
     args = parser.parse_args(argv)
     try:
-        from .config import load_params
-
         level = args.level if args.level is not None else load_params().evaluate.significance
         table = compare(load_side(args.baseline), load_side(args.candidate), level)
     except EXPECTED_ERRORS as err:

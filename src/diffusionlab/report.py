@@ -82,7 +82,7 @@ def main_rows(results: Results) -> pd.DataFrame:
             m = r.metrics
             common = dict(num_generated=m.get("num_generated"), bpd=m.get("bpd"))
             for backend, scores in m.items():
-                if isinstance(scores, dict) and "fid" in scores or isinstance(scores, dict) and "isc" in scores:
+                if isinstance(scores, dict) and any(key in scores for key in SCORE_HEADINGS):
                     extra = {k: m[k] for k in ("class_accuracy", "class_accuracy_std") if k in m}
                     rows.append(_row(dataset, r.model, r.family, m.get("task", ""), m["sampler"], m["steps"], backend,
                                      {**scores, **extra}, **common))
