@@ -20,7 +20,7 @@ import pandas as pd
 from . import paths
 from .config import load_params
 from .errors import EXPECTED_ERRORS, StageInputError
-from .significance import LOWER_IS_BETTER, SCORES, Spread, welch
+from .significance import LOWER_IS_BETTER, SCORES, Spread, spread_of, welch
 
 COMPARED = (*SCORES, "class_accuracy")
 WORKSPACE = "workspace"
@@ -37,12 +37,10 @@ class Side:
 def _spreads(summary: dict, draws: int | None) -> dict[str, Spread]:
     """The scores of one backend's summary ({score, score_std, draws}) as spreads."""
     n = int(summary.get("draws") or draws or 0)
-    out = {}
-    for key in COMPARED:
-        mean, std = summary.get(key), summary.get(f"{key}_std")
-        if mean is not None and std is not None and n >= 2:
-            out[key] = Spread(float(mean), float(std), n, n - 1)
-    return out
+    if n < 2:
+        return {}
+    spreads = {key: spread_of({**summary, "draws": n}, key) for key in COMPARED}
+    return {key: spread for key, spread in spreads.items() if spread is not None}
 
 
 def from_metrics(metrics: dict) -> dict[str, dict[str, Spread]]:

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import pandas as pd  # noqa: E402
 
-from .significance import LOWER_IS_BETTER, Spread, welch  # noqa: E402
+from .significance import LOWER_IS_BETTER, spread_of, welch  # noqa: E402
 from .guidance import network_evaluations  # noqa: E402
 
 FLOOR_MODEL = "real held-out data"
@@ -92,14 +92,6 @@ def main_rows(results: Results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _spread(row, key: str) -> Spread | None:
-    if pd.isna(row.get(key)) or pd.isna(row.get(f"{key}_std")) or pd.isna(row.get("draws")):
-        return None
-    if row.get("spread") == "bootstrap":
-        return Spread(float(row[key]), float(row[f"{key}_std"]), 1, int(row["resamples"]) - 1)
-    return Spread(float(row[key]), float(row[f"{key}_std"]), int(row["draws"]), int(row["draws"]) - 1)
-
-
 def verdicts(table: pd.DataFrame, level: float, key: str = "fid") -> pd.DataFrame:
     """For each model row, ``key``'s difference from the best model of its dataset, backend and task, and from
     the real-data floor, with Welch's t-test over the draws: columns ``<key>_vs_best``, ``<key>_vs_best_p``,
@@ -119,15 +111,15 @@ def verdicts(table: pd.DataFrame, level: float, key: str = "fid") -> pd.DataFram
         best = group[key].idxmin() if lower else group[key].idxmax()
         table.loc[best, "best"] = True
         for i in group.index:
-            a, b = _spread(table.loc[i], key), _spread(table.loc[best], key)
+            a, b = spread_of(dict(table.loc[i]), key), spread_of(dict(table.loc[best]), key)
             if i != best and a is not None and b is not None:
                 d = welch(a, b, level)
                 table.loc[i, [f"{key}_vs_best", f"{key}_vs_best_p"]] = [d.change, d.p]
     for i in models.index:
         row = table.loc[i]
         floor = table[(table.model == FLOOR_MODEL) & (table.dataset == row.dataset) & (table.backend == row.backend)]
-        a = _spread(row, key)
-        b = _spread(floor.iloc[0], key) if len(floor) else None
+        a = spread_of(dict(row), key)
+        b = spread_of(dict(floor.iloc[0]), key) if len(floor) else None
         if a is not None and b is not None:
             d = welch(a, b, level)
             table.loc[i, [f"{key}_vs_floor", f"{key}_vs_floor_p"]] = [d.change, d.p]

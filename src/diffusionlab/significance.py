@@ -53,9 +53,14 @@ def summarize(per_draw: list[dict[str, float]]) -> dict[str, float | int]:
     return out
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def spread_of(summary: dict, key: str) -> Spread | None:
-    """The :class:`Spread` of ``key`` in a summary written by :func:`summarize` (or the floor's), if present."""
-    if summary.get(key) is None or summary.get(f"{key}_std") is None:
+    """The :class:`Spread` of ``key`` in a summary written by :func:`summarize` (or the floor's, or a table row
+    holding the same fields), if present."""
+    if _missing(summary.get(key)) or _missing(summary.get(f"{key}_std")) or _missing(summary.get("draws", 1)):
         return None
     n = int(summary.get("draws", 1) if summary.get("spread") != "bootstrap" else 1)
     dof = int(summary["resamples"]) - 1 if summary.get("spread") == "bootstrap" else n - 1

@@ -71,12 +71,13 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
                          "task": task(card), "draws": draws, "num_generated": card["num_samples"],
                          "num_reference": floor["num_reference"], "num_held_out": floor["num_held_out"]}
         rows = []
+        references = {b.name: load_reference(reference_file(dataset, b.name)) for b in backends}
         for (steps, w), path in settings.items():
             images = np.load(path)
             hits = ([accuracy(classifier, images[i], labels[i], device) for i in split_draws(len(images), draws)]
                     if classifier is not None and steps == main_steps else None)
             for backend in backends:
-                reference = load_reference(reference_file(dataset, backend.name))
+                reference = references[backend.name]
                 reference.check(images)
                 per_draw = score_draws(extract(images, backend, e, device), draws, reference, e,
                                        with_inf=steps == main_steps)
