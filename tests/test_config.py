@@ -117,6 +117,12 @@ def test_linear_schedule_needs_enough_steps_for_its_scaled_betas(raw):
         ({"family": "vdm", "loss": "hybrid"}, r"loss 'hybrid' does not apply to family 'vdm'"),
         ({"family": "vlb", "loss": "hybrid", "importance_sampling": True}, r"importance_sampling .* loss 'vlb'"),
         ({"family": "vdm", "gamma_min": 5.0, "gamma_max": -13.0}, r"gamma_min \(5.0\) must be below gamma_max"),
+        ({"family": "ddpm", "weighting": "sigmoid"}, r"models\.ddpm: weighting 'sigmoid' applies to family 'vdm' only"),
+        ({"family": "vlb", "prediction": "v"}, r"prediction 'v' applies to family 'vdm' only"),
+        ({"family": "vdm", "weighting": "v"}, r"weighting 'v' trains on a weighted loss.*set gamma: fixed"),
+        ({"family": "vdm", "gamma": "scalar", "noise_sampling": "adaptive"},
+         r"noise_sampling 'adaptive' draws the log-SNR itself: set gamma: fixed .*not gamma: scalar"),
+        ({"family": "vdm", "weighting": "edm2"}, r"weighting"),
     ],
 )
 def test_settings_that_do_not_fit_the_model_family_are_rejected(raw, model, message):

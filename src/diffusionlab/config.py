@@ -111,6 +111,16 @@ class ModelConfig:
     gamma: Literal["fixed", "scalar", "network"] = "network"
     gamma_min: float = -13.3
     gamma_max: float = 5.0
+    weighting: Literal["elbo", "sigmoid", "v", "edm"] = "elbo"
+    """vdm: the weighting w(lambda) of the diffusion loss over the log-SNR (Kingma & Gao 2023); ``elbo``
+    trains on the bound itself. The bound is reported unweighted whatever the weighting."""
+    sigmoid_bias: float = 2.0
+    """vdm, weighting ``sigmoid``: b in w(lambda) = sigmoid(b - lambda)."""
+    noise_sampling: Literal["schedule", "adaptive"] = "schedule"
+    """vdm: draw t ~ U(0, 1) through the schedule gamma (``schedule``), or the log-SNR from a density that
+    adapts to the weighted loss (``adaptive``, Kingma & Gao 2023; needs gamma: fixed)."""
+    prediction: Literal["eps", "v", "x0"] = "eps"
+    """vdm: what the network outputs, converted to eps by the process."""
     class_conditional: bool = False
     """Train on the dataset's labels, for class-conditional sampling and classifier-free guidance."""
     label_dropout: float = _field(0.1, ge=0.0, lt=1.0)
@@ -134,6 +144,16 @@ class ModelConfig:
             raise ConfigError("importance_sampling draws t for the pure bound: it needs family 'vlb' with loss 'vlb'")
         if not self.gamma_min < self.gamma_max:
             raise ConfigError(f"gamma_min ({self.gamma_min}) must be below gamma_max ({self.gamma_max})")
+        if self.family != "vdm":
+            for key, default in (("weighting", "elbo"), ("noise_sampling", "schedule"), ("prediction", "eps")):
+                if getattr(self, key) != default:
+                    raise ConfigError(f"{key} '{getattr(self, key)}' applies to family 'vdm' only; remove it from "
+                                      f"this '{self.family}' block")
+        elif self.gamma != "fixed" and (self.weighting != "elbo" or self.noise_sampling == "adaptive"):
+            what = (f"weighting '{self.weighting}' trains on a weighted loss, which must not move the schedule's "
+                    "end points" if self.weighting != "elbo" else "noise_sampling 'adaptive' draws the log-SNR itself")
+            raise ConfigError(f"{what}: set gamma: fixed (the log-SNR then spans -gamma_max to -gamma_min), "
+                              f"not gamma: {self.gamma}")
 
     @property
     def reverse_variance(self) -> str | None:

@@ -8,10 +8,12 @@ from torch import nn
 from .config import NUM_CLASSES, RunConfig
 from .diffusion import GaussianDiffusion
 from .gamma import make_gamma
+from .logsnr_sampling import AdaptiveLogSNR
 from .schedules import make_betas
 from .timestep_sampling import LossSecondMomentSampler
 from .unet import UNet
 from .vdm import VDM
+from .weighting import Weighting
 
 Process = GaussianDiffusion | VDM
 """A noise process: training losses, the bound's terms, and the network's view of time."""
@@ -26,7 +28,9 @@ def build_process(cfg: RunConfig, device: torch.device | str = "cpu") -> Process
             diffusion.timestep_sampler = LossSecondMomentSampler(m.timesteps)
         return diffusion
     if m.family == "vdm":
-        return VDM(make_gamma(m.gamma, m.gamma_min, m.gamma_max)).to(device)
+        levels = AdaptiveLogSNR(-m.gamma_max, -m.gamma_min) if m.noise_sampling == "adaptive" else None
+        return VDM(make_gamma(m.gamma, m.gamma_min, m.gamma_max), Weighting(m.weighting, -m.gamma_max, m.sigmoid_bias),
+                   m.prediction, levels).to(device)
     raise ValueError(f"unknown model family '{m.family}'")
 
 
