@@ -32,7 +32,8 @@ TINY = {
     "models": {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50, "class_conditional": True},
                "vlb": {"family": "vlb", "schedule": "cosine", "timesteps": 50, "loss": "vlb",
                        "importance_sampling": True},
-               "vdm": {"family": "vdm", "gamma": "network", "timesteps": 50}},
+               "vdm": {"family": "vdm", "gamma": "fixed", "weighting": "sigmoid", "noise_sampling": "adaptive",
+                       "prediction": "v", "timesteps": 50}},
     "train": {"log_every": 10, "warmup_steps": 5},
     "sample": {"steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16, "strip_samples": 4,
                "strip_frames": 5, "sweep_steps": [5, 20], "guidance_sweep": [0.0, 2.0], "repaint_resample": 2,
@@ -216,7 +217,8 @@ def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(proje
             "classifier.precision",
             "classifier.fid_floor", "sample_seconds", "bpd"} <= set(r["metrics"])
     vdm = next(r for r in runs if r["name"] == "digits-vdm")
-    assert {"gamma_0", "gamma_1", "prior", "diffusion", "reconstruction", "bpd"} <= set(vdm["metrics"])
+    assert {"gamma_0", "gamma_1", "prior", "diffusion", "weighted", "elbo", "reconstruction", "bpd"} <= set(vdm["metrics"])
+    assert vdm["params"]["model.weighting"] == "sigmoid" and vdm["params"]["model.prediction"] == "v"
     vlb = next(r for r in runs if r["name"] == "digits-vlb")
     assert {"mse", "vb"} <= set(vlb["metrics"]) and vlb["params"]["model.importance_sampling"] == "True"
     assert r["loss_steps"] == 3

@@ -22,7 +22,9 @@ TINY_NET = {"image_size": 8, "train_steps": 12, "batch_size": 8,
                      "dropout": 0.1}}
 MODELS = {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50},
           "vlb": {"family": "vlb", "schedule": "cosine", "timesteps": 50, "loss": "vlb", "importance_sampling": True},
-          "vdm": {"family": "vdm", "gamma": "network", "timesteps": 50}}
+          "vdm": {"family": "vdm", "gamma": "network", "timesteps": 50},
+          "vdm_weighted": {"family": "vdm", "gamma": "fixed", "weighting": "edm", "noise_sampling": "adaptive",
+                           "prediction": "x0", "timesteps": 50}}
 
 
 def run_config(model="ddpm", **train):
@@ -47,10 +49,10 @@ def assert_same_weights(a, b):
         assert torch.equal(x, y), f"{name} differs"
 
 
-@pytest.mark.parametrize("model", ["ddpm", "vlb", "vdm"])
+@pytest.mark.parametrize("model", ["ddpm", "vlb", "vdm", "vdm_weighted"])
 def test_a_run_interrupted_and_resumed_ends_bitwise_equal_to_an_uninterrupted_one(model, images, tmp_path):
-    """Dropout, the data order, t and the noise, importance-sampling history, Adam, the LR warm-up and
-    the EMA all continue where they stopped."""
+    """Dropout, the data order, t and the noise, importance-sampling history, the adaptive log-SNR density,
+    Adam, the LR warm-up and the EMA all continue where they stopped."""
     cfg = run_config(model)
     full = Trainer(cfg, images, CPU).run(progress=False)
 
@@ -68,7 +70,7 @@ def test_a_run_interrupted_and_resumed_ends_bitwise_equal_to_an_uninterrupted_on
     resumed = trainer.run(progress=False)
     assert_same_weights(full.model, resumed.model)
     assert_same_weights(full.ema, resumed.ema)
-    if model == "vdm":
+    if model.startswith("vdm"):
         assert_same_weights(full.process, resumed.process)
     assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
 

@@ -28,9 +28,9 @@ from torch import Tensor, nn
 from .diffusion import Denoiser
 from .distributed import Shard, all_gather_cat, global_rows
 from .gamma import Gamma
+from .likelihood import at_least_fp32, discretized_gaussian_log_likelihood, nats_to_bits_per_dim, normal_kl, sum_flat
 from .logsnr_sampling import AdaptiveLogSNR
 from .weighting import Weighting
-from .likelihood import at_least_fp32, discretized_gaussian_log_likelihood, nats_to_bits_per_dim, normal_kl, sum_flat
 
 NETWORK_TIME_SCALE = 1000.0
 Prediction = Literal["eps", "v", "x0"]
