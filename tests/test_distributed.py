@@ -1,6 +1,7 @@
 """Data-parallel training: two Gloo processes under torchrun reach the weights one process reaches
 with the same global batch."""
 
+import shutil
 import sys
 
 import pytest
@@ -38,7 +39,10 @@ def test_two_gloo_processes_reach_the_weights_of_one_with_the_same_global_batch(
         dest.mkdir()
         overrides = {**ONE_MODEL, "train": {**ONE_MODEL["train"], "nproc_per_node": processes}}
         env = make_project(dest, overrides)
-        run([sys.executable, "stages/prepare.py", "--dataset", "digits"], dest, env)
+        if processes == 1:
+            run([sys.executable, "stages/prepare.py", "--dataset", "digits"], dest, env)
+        else:  # the same prepared data, without preparing it again
+            shutil.copytree(tmp_path / "p1/data/prepared", dest / "data/prepared", dirs_exist_ok=True)
         run([sys.executable, "stages/train.py", "--dataset", "digits", "--model", "vdm"], dest, env)
         results[processes] = load_checkpoint(dest / "outputs/train/digits-vdm/checkpoint.pt")
     one, two = results[1], results[2]
