@@ -446,7 +446,7 @@ def test_queued_experiments_run_two_at_a_time_retrain_only_what_changed_and_log_
         deadline = time.monotonic() + 600
         while any(word in queue_status(dest, env) for word in ("Queued", "Running")):
             assert time.monotonic() < deadline, queue_status(dest, env)
-            time.sleep(2)
+            time.sleep(5)
         status = queue_status(dest, env)
     finally:
         stop_queue(dest, env)
