@@ -19,7 +19,6 @@ under torch.inference_mode, batched (one tensor per batch, no per-image loop).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import time
@@ -31,7 +30,7 @@ import torch
 from common import ROOT, isolated, machine, markdown_table, parse_args, peak_memory, sync, write_results
 from diffusionlab import paths
 from diffusionlab.checkpoint import Checkpoint, load_checkpoint
-from diffusionlab.config import RunConfig, load_params
+from diffusionlab.config import RunConfig, load_params, replace
 from diffusionlab.device import resolve_device
 from diffusionlab.evaluation import Reference, load_reference, reference_file, score_draws, extract, score_images
 from diffusionlab.features import NETWORK_BACKENDS, Backend, network_backend
@@ -56,6 +55,8 @@ class Setup:
     reference: Reference
     backends: dict[str, tuple[Backend, Reference]]
     """Every offline backend of ``evaluate.features`` with its reference features (the grid scores each)."""
+    shift: float = 1.0
+    """Time shift of the euler and heun samplers."""
 
     def labels(self, n: int) -> np.ndarray | None:
         s = self.run.sample
@@ -63,7 +64,7 @@ class Setup:
 
     def sample(self, sampler: str, steps: int, n: int, batch_size: int, seed: int) -> tuple[np.ndarray, float]:
         """``n`` images and the seconds they took."""
-        cfg = dataclasses.replace(self.run.sample, sampler=sampler, steps=steps, step_list=())
+        cfg = replace(self.run.sample, sampler=sampler, steps=steps, step_list=(), shift=self.shift)
         built = make_sampler(cfg, self.ckpt.process, steps)
         size = self.ckpt.config.data.image_size
         sync(self.device)
@@ -74,21 +75,21 @@ class Setup:
         return images, time.perf_counter() - start
 
     def fid(self, images: np.ndarray) -> float:
-        cfg = dataclasses.replace(self.run.evaluate, isc=False, kid=False, prc=False)
+        cfg = replace(self.run.evaluate, isc=False, kid=False, prc=False)
         return score_images(images, self.reference, self.backend, cfg, self.device)["fid"]
 
     def fid_draws(self, images: np.ndarray, draws: int) -> dict[str, list[float]]:
         """Per backend, the FID of each of ``draws`` consecutive equal draws of ``images``."""
-        cfg = dataclasses.replace(self.run.evaluate, isc=False, kid=False, prc=False)
+        cfg = replace(self.run.evaluate, isc=False, kid=False, prc=False)
         return {name: [d["fid"] for d in score_draws(extract(images, backend, cfg, self.device), draws, reference, cfg,
                                                      with_inf=False)]
                 for name, (backend, reference) in self.backends.items()}
 
-    def evaluations(self, steps: int) -> int:
-        return network_evaluations(steps, self.run.sample.guidance if self.ckpt.ema.num_classes else None)
+    def evaluations(self, steps: int, sampler: str) -> int:
+        return network_evaluations(steps, self.run.sample.guidance if self.ckpt.ema.num_classes else None, sampler)
 
 
-def setup(dataset: str, model: str, device_spec: str) -> Setup:
+def setup(dataset: str, model: str, device_spec: str, shift: float | None = None) -> Setup:
     os.chdir(ROOT)  # the pipeline's outputs are relative to the project root
     params = load_params(ROOT / "params.yaml")
     run = params.run(dataset, model)
@@ -103,22 +104,22 @@ def setup(dataset: str, model: str, device_spec: str) -> Setup:
                        load_reference(reference_file(dataset, name)))
                 for name in run.evaluate.features if name in NETWORK_BACKENDS}
     first = next(iter(backends.values()))
-    return Setup(run, ckpt, net, device, first[0], first[1], backends)
+    return Setup(run, ckpt, net, device, first[0], first[1], backends, run.sample.shift if shift is None else shift)
 
 
 def grid(args, models: list[str]) -> list[dict]:
     rows = []
     for model in models:
-        m = setup(args.dataset, model, args.device)
+        m = setup(args.dataset, model, args.device, args.shift)
         n, bs, draws = m.run.sample.num_samples, m.run.sample.batch_size, m.run.sample.draws
         level = m.run.evaluate.significance
         first = len(rows)
-        for name in args.samplers:
+        for name in (n for n in args.samplers if n in type(m.run.model).SAMPLERS):
             for steps in args.steps:
                 images, seconds = m.sample(name, steps, n * draws, bs, m.run.sample.seed)
                 fids = m.fid_draws(images, draws)
                 row = {"model": model, "sampler": name, "steps": steps, "batch_size": bs, "draws": draws,
-                       "network_evaluations": m.evaluations(steps), "images_per_second": n * draws / seconds,
+                       "network_evaluations": m.evaluations(steps, name), "images_per_second": n * draws / seconds,
                        **peak_memory(m.device)}
                 for backend, values in fids.items():
                     spread = Spread.of(values)
@@ -210,6 +211,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=None, help="default: pipeline.models")
     parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     parser.add_argument("--steps", nargs="+", type=int, default=[10, 20, 50])
+    parser.add_argument("--shift", type=float, default=None, help="time shift of euler and heun (default: sample.shift)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
                         help="default: 1 to 2048 (8192 on CUDA), for the first model")
     parser.add_argument("--sweep-steps", type=int, default=10, help="ancestral steps per image in the batch sweep")

@@ -18,7 +18,6 @@ benchmarks/results/sensitivity.{json,md}, in two parts:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 
 import numpy as np
@@ -28,7 +27,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from common import ROOT, machine, markdown_table, parse_args, write_results
 from diffusionlab import paths
-from diffusionlab.config import load_params
+from diffusionlab.config import load_params, replace
 from diffusionlab.datasets import load_prepared
 from diffusionlab.device import resolve_device
 from diffusionlab.evaluation import draw_scores, extract, load_reference, reference_file
@@ -90,7 +89,7 @@ def main() -> None:
         rows.append(statistics(f"{args.model}, {sampler} at {s.steps} steps", images, threshold))
         print(rows[-1], flush=True)
 
-    cfg = dataclasses.replace(params.evaluate, isc=False, kid=False, prc=False)
+    cfg = replace(params.evaluate, isc=False, kid=False, prc=False)
     defects = []
     rng = np.random.default_rng(0)
     for name in (b for b in params.evaluate.features if b in NETWORK_BACKENDS):

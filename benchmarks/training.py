@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import time
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import ROOT, isolated, machine, markdown_table, parse_args, peak_memory, sync, write_results
-from diffusionlab.config import NUM_CLASSES, load_params
+from diffusionlab.config import NUM_CLASSES, load_params, replace
 from diffusionlab.device import device_name, resolve_device
 from diffusionlab.training import Trainer
 
@@ -48,9 +47,9 @@ def measure(spec: dict) -> dict:
     params = load_params(ROOT / "params.yaml")
     run = params.run(spec["dataset"], spec["model"])
     device = resolve_device(spec["device"])
-    train = dataclasses.replace(run.train, compile=spec["mode"] == "compile", bf16=spec["precision"] == "bf16")
-    data = dataclasses.replace(run.data, batch_size=spec["batch_size"] or run.data.batch_size)
-    run = dataclasses.replace(run, train=train, data=data)
+    train = replace(run.train, compile=spec["mode"] == "compile", bf16=spec["precision"] == "bf16")
+    data = replace(run.data, batch_size=spec["batch_size"] or run.data.batch_size)
+    run = replace(run, train=train, data=data)
     b, size, channels = data.batch_size, data.image_size, CHANNELS[spec["dataset"]]
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4 * b, channels, size, size), dtype=np.uint8)
@@ -67,7 +66,7 @@ def measure(spec: dict) -> dict:
 
     net = trainer.forward_model
     x = torch.randn(b, channels, size, size, device=device)
-    t = (torch.rand(b, device=device) if run.model.family == "vdm"
+    t = (torch.rand(b, device=device) if not run.model.discrete
          else torch.randint(0, run.model.timesteps, (b,), device=device))
     y = torch.as_tensor(labels[:b], device=device) if run.model.class_conditional else None
 

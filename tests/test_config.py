@@ -1,10 +1,21 @@
 import copy
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from diffusionlab.config import ConfigError, RunConfig, flatten, load_params, parse_params
+from diffusionlab.config import (
+    ConfigError,
+    RunConfig,
+    SampleConfig,
+    SamplerName,
+    UNetConfig,
+    flatten,
+    load_params,
+    parse_params,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,13 +142,14 @@ def test_settings_that_do_not_fit_the_model_family_are_rejected(raw, model, mess
         parse_params(raw)
 
 
-def test_family_defaults_resolve_variance_and_loss(raw):
+def test_each_family_holds_its_own_defaults(raw):
     raw["models"] = {"a": {"family": "ddpm"}, "b": {"family": "vlb"}, "c": {"family": "vdm", "timesteps": 5000}}
     raw["pipeline"]["models"] = ["a", "b", "c"]
     models = parse_params(raw).models  # vdm: any number of sampling steps
-    assert (models["a"].reverse_variance, models["a"].loss_type) == ("fixed_small", "simple")
-    assert (models["b"].reverse_variance, models["b"].loss_type) == ("learned_range", "hybrid")
-    assert (models["c"].reverse_variance, models["c"].loss_type) == (None, None)
+    assert (models["a"].variance, models["a"].loss) == ("fixed_small", "simple")
+    assert (models["b"].variance, models["b"].loss) == ("learned_range", "hybrid")
+    assert not hasattr(models["c"], "variance") and not hasattr(models["c"], "loss")
+    assert [m.discrete for m in models.values()] == [True, True, False]
 
 
 def test_sweep_steps_are_checked_against_every_discrete_model(raw):
@@ -176,3 +188,107 @@ def test_explicit_step_lists_are_checked_against_the_sampler_and_every_model(raw
     raw["pipeline"]["models"] = ["ddpm", "vdm"]
     with pytest.raises(ConfigError, match=r"models\.vdm is a continuous-time model"):
         parse_params(raw)
+
+
+@pytest.mark.parametrize("model,message", [
+    ({"family": "ddpm", "gamma": "fixed"}, r"models\.ddpm: gamma 'fixed' applies to family 'vdm' only; .*'ddpm' block"),
+    ({"family": "vdm", "importance_sampling": True}, r"models\.ddpm: importance_sampling True applies to family 'vlb'"),
+    ({"family": "vdm", "schedule": "cosine"}, r"models\.ddpm: schedule 'cosine' does not apply to family 'vdm'"),
+    ({"family": "dit"}, r"models\.ddpm\.family must be one of 'ddpm', 'vlb', 'vdm'(, '\w+')*, got 'dit'"),
+    ({"schedule": "cosine"}, r"missing key models\.ddpm\.family in params.yaml \(one of 'ddpm', 'vlb', 'vdm'"),
+    ({"family": "ddpm", "timesteps": 1000.0}, r"models\.ddpm\.timesteps must be an integer"),
+    ({"family": "ddpm", "class_conditional": "yes"}, r"models\.ddpm\.class_conditional must be true or false"),
+    ({"family": "vdm", "gamma_max": float("inf")}, r"models\.ddpm\.gamma_max must be a finite number"),
+])
+def test_a_model_block_is_checked_against_the_family_it_names(raw, model, message):
+    raw["models"]["ddpm"] = model
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)
+
+
+def test_a_family_number_may_be_written_as_yaml_1_1_reads_it(raw):
+    raw["models"]["vlb"]["vlb_weight"] = "1e-3"
+    assert parse_params(raw).models["vlb"].vlb_weight == 1e-3
+
+
+@pytest.mark.parametrize("family", ["ddpm", "vlb", "vdm"])
+def test_every_sampler_can_draw_from_the_diffusion_families(raw, family):
+    raw["models"] = {"m": {"family": family}}
+    raw["pipeline"]["models"] = ["m"]
+    for sampler in get_args(SamplerName):
+        raw["sample"]["sampler"] = sampler
+        params = parse_params(raw)
+        assert params.sample.sampler in type(params.models["m"]).SAMPLERS
+
+
+def test_a_sampler_a_family_cannot_use_is_refused_before_any_work(raw, monkeypatch):
+    vdm = type(parse_params(raw).models["vdm"])
+    monkeypatch.setattr(vdm, "SAMPLERS", ("euler", "heun"))
+    raw["sample"]["sampler"] = "ddim"
+    with pytest.raises(ConfigError, match=r"sample\.sampler 'ddim' cannot draw from models\.vdm \(family 'vdm'\); "
+                                          r"its samplers: euler, heun"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"shift": 0}, r"sample\.shift must be > 0, got 0"),
+    ({"shift": "fast"}, r"sample\.shift must be a number"),
+    ({"sampler": "euler", "step_list": [999, 0]}, r"sample\.step_list applies to the ddpm and ddim samplers; euler"),
+    ({"sampler": "heun", "step_list": [999, 0]}, r"sample\.step_list applies to the ddpm and ddim samplers; heun"),
+    ({"sweep_steps": [0]}, r"sample\.sweep_steps\[0\] must be >= 1, got 0"),
+    ({"guidance_sweep": [1.0, 1]}, r"sample\.guidance_sweep lists a scale twice"),
+])
+def test_sample_settings_name_the_key(raw, changes, message):
+    raw["sample"].update(changes)
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)
+
+
+def test_evaluate_has_the_ode_likelihood_settings(raw):
+    evaluate = parse_params(raw).evaluate
+    assert (evaluate.ode_images, evaluate.ode_steps, evaluate.ode_probes) == (100, 24, 1)
+    raw["evaluate"]["ode_steps"] = 1
+    with pytest.raises(ConfigError, match=r"evaluate\.ode_steps must be >= 2, got 1"):
+        parse_params(raw)
+
+
+def test_a_config_is_frozen_and_keyword_construction_keeps_tuples(raw):
+    params = parse_params(raw)
+    with pytest.raises(ValidationError, match="frozen"):
+        params.train.lr = 0.1
+    with pytest.raises(ValidationError, match="frozen"):
+        params.models["ddpm"].timesteps = 10
+    assert UNetConfig(base_channels=8, channel_mult=[1, 2]).channel_mult == (1, 2)
+    assert SampleConfig(sampler="ddim", steps=20).steps == 20
+
+
+def test_a_string_learning_rate_in_a_file_loads_as_a_number(raw, tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace("  lr: 4.0e-4\n", "  lr: 1e-4\n")
+    assert "lr: 1e-4" in text and yaml.safe_load(text)["train"]["lr"] == "1e-4"
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").train.lr == 1e-4
+
+
+OLD_MODEL = {"schedule": "linear", "timesteps": 1000, "variance": None, "loss": None, "vlb_weight": 0.001,
+             "importance_sampling": False, "gamma": "network", "gamma_min": -13.3, "gamma_max": 5.0,
+             "weighting": "elbo", "sigmoid_bias": 2.0, "noise_sampling": "schedule", "prediction": "eps",
+             "class_conditional": True, "label_dropout": 0.3}
+"""A checkpoint's model before the families had params of their own: every field of every family."""
+
+
+@pytest.mark.parametrize("model,old", [
+    ("ddpm", {"family": "ddpm", "variance": "fixed_small"}),
+    ("vdm", {"family": "vdm", "weighting": "sigmoid", "noise_sampling": "adaptive", "gamma": "fixed"}),
+])
+def test_a_checkpoint_config_of_the_previous_version_still_loads(raw, model, old):
+    run = parse_params(raw).run("digits", model)
+    stored = run.to_dict()
+    for key in ("shift",):
+        del stored["sample"][key]
+    for key in ("ode_images", "ode_steps", "ode_probes"):
+        del stored["evaluate"][key]
+    stored["model"] = {**OLD_MODEL, **old}
+    assert RunConfig.from_dict(stored) == run
+    stored["model"]["weighting" if model == "ddpm" else "loss"] = "sigmoid" if model == "ddpm" else "vlb"
+    with pytest.raises(ConfigError, match=r"model: (weighting|loss) .* (family|families)"):
+        RunConfig.from_dict(stored)

@@ -47,7 +47,7 @@ def save_checkpoint(path: str | Path, cfg: RunConfig, channels: int, step: int, 
         "step": step,
         "model": model.state_dict(),
         "ema": ema.state_dict(),
-        "process": process.state_dict() if isinstance(process, nn.Module) else {},
+        "process": process.state_dict(),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -92,9 +92,8 @@ def build_trained(cfg: RunConfig, channels: int, process_state: dict[str, torch.
     """The noise process and one network per state dict, built from ``cfg`` on ``device`` with the saved
     weights loaded (:func:`load_weights` names ``source`` when they do not fit), in eval mode."""
     process = build_process(cfg, device)
-    if isinstance(process, nn.Module):
-        load_weights(process, process_state, "noise process", source)
-        process.eval()
+    load_weights(process, process_state, "noise process", source)
+    process.eval()
     nets = []
     for state in network_states:
         net = build_network(cfg, channels, process).to(device)

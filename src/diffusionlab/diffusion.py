@@ -8,8 +8,7 @@ call, so model families and samplers can be added without touching this file.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -18,9 +17,13 @@ from torch import Tensor
 from .distributed import Shard, all_gather_cat, global_rows
 from .timestep_sampling import UniformSampler
 from .likelihood import LN2, at_least_fp32, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .process import Denoiser, TimeGrid, VariancePreserving, shifted_grid
+from .samplers import VP_SAMPLERS, Sampler, discrete_sampler, logsnr_uniform_steps
 
-Denoiser = Callable[[Tensor, Tensor], Tensor]
-"""A network mapping (x_t [B, C, H, W], t [B]) to its output [B, C', H, W]."""
+if TYPE_CHECKING:
+    from .config import SampleConfig
+
+__all__ = ["Denoiser", "GaussianDiffusion", "extract"]
 
 VarianceType = Literal["fixed_small", "fixed_large", "learned_range"]
 LossType = Literal["simple", "hybrid", "vlb"]
@@ -31,7 +34,7 @@ def extract(values: Tensor, t: Tensor, ndim: int) -> Tensor:
     return values[t].reshape(t.shape[0], *([1] * (ndim - 1)))
 
 
-class GaussianDiffusion:
+class GaussianDiffusion(VariancePreserving):
     """Discrete-time Gaussian diffusion with betas [T] (float64) and an epsilon-predicting network.
 
     Index t = 0..T-1 here is step t + 1 of the paper (beta_1..beta_T).
@@ -59,6 +62,7 @@ class GaussianDiffusion:
         if loss == "hybrid" and variance != "learned_range":
             raise ValueError("the hybrid loss trains a learned variance: use variance 'learned_range'")
         self.variance, self.loss, self.vlb_weight = variance, loss, vlb_weight
+        self.dtype = dtype
         self.timestep_sampler = UniformSampler(len(betas))
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
@@ -198,6 +202,45 @@ class GaussianDiffusion:
 
     def scalars(self) -> dict[str, float]:
         return {}
+
+    SAMPLERS = VP_SAMPLERS
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return self.sqrt_alphas_cumprod[t], self.sqrt_one_minus_alphas_cumprod[t]
+
+    def time_grid(self, steps: int, shift: float = 1.0) -> TimeGrid:
+        """``steps`` of the steps T-1..0, evenly spaced in u = t / (T - 1) after the time shift (the DDIM
+        steps when ``shift`` is 1; steps the shift rounds together are visited once)."""
+        total = self.num_timesteps
+        if not 1 <= steps <= total:
+            raise ValueError(f"the number of steps must be between 1 and T = {total}, got {steps}")
+        us = shifted_grid(steps, shift, include_zero=True)
+        times = sorted({int(round(u * (total - 1))) for u in us}, reverse=True)
+        abar = self.float64["alphas_cumprod"]
+        return TimeGrid(times, [float(np.sqrt(abar[t])) for t in times], [float(np.sqrt(1 - abar[t])) for t in times])
+
+    def likelihood_grid(self, steps: int) -> TimeGrid:
+        """``steps`` + 1 of the T steps uniform in log-SNR (where the ODE's divergence changes evenly)."""
+        abar = self.float64["alphas_cumprod"]
+        times = logsnr_uniform_steps(0.5 * np.log(abar / (1 - abar)), min(steps + 1, self.num_timesteps))
+        return TimeGrid(times, [float(np.sqrt(abar[t])) for t in times], [float(np.sqrt(1 - abar[t])) for t in times])
+
+    def sampler(self, cfg: SampleConfig, steps: int) -> Sampler:
+        return discrete_sampler(cfg, self, steps)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Nothing is learned or kept beyond the schedule, which the params rebuild."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"a discrete-time process keeps no state, got {sorted(state)}")
+
+    def parameters(self) -> list:
+        return []
+
+    def eval(self) -> GaussianDiffusion:
+        return self
 
     def losses_for_batch(self, model: Denoiser, x_start: Tensor, generator: torch.Generator | None,
                          shard: Shard | None = None) -> dict[str, Tensor]:

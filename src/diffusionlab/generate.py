@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the one the model was sampled with")
     parser.add_argument("--steps", type=int, default=None, help="default: the model's sample.steps")
     parser.add_argument("--eta", type=float, default=None)
+    parser.add_argument("--shift", type=float, default=None, help="time shift of euler and heun (SD3); default: the "
+                        "model's sample.shift")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--class", dest="classes", type=int, action="append", default=[],
                         help="class to generate (repeat for several, cycled); class-conditional models only. "
@@ -96,7 +98,7 @@ def settings(args: argparse.Namespace, model: DiffusionModel) -> SampleConfig:
     out = Path(args.out)
     if out.exists() and not args.overwrite and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
-    s = model.sample_config(args.sampler, args.steps, args.eta, args.guidance, args.classes)
+    s = model.sample_config(args.sampler, args.steps, args.eta, args.guidance, args.classes, args.shift)
     model.labels(args.num_images, s)  # an unknown class fails here, before sampling
     return s
 

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .diffusion import Denoiser
 from .errors import ConfigError
+from .sampler_names import evaluations_per_step
 from .unet import UNet
 
 if TYPE_CHECKING:
@@ -60,9 +61,10 @@ def guided_network(net: LabelledDenoiser, labels: Tensor, w: float, num_classes:
     return forward
 
 
-def network_evaluations(steps: int, guidance: float | None) -> int:
-    """Network evaluations per image: one per step, two under guidance other than w = 0 or 1 (None: unconditional)."""
-    return steps * (2 if guidance not in (None, 0.0, 1.0) else 1)
+def network_evaluations(steps: int, guidance: float | None, sampler: str = "ddim") -> int:
+    """Network evaluations per image: one per step (2 steps - 1 for heun), twice as many under guidance other
+    than w = 0 or 1 (None: unconditional)."""
+    return evaluations_per_step(sampler, steps) * (2 if guidance not in (None, 0.0, 1.0) else 1)
 
 
 def drop_labels(labels: Tensor, rate: float, num_classes: int, generator: torch.Generator | None) -> Tensor:

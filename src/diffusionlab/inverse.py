@@ -16,20 +16,27 @@ import math
 import torch
 from torch import Tensor
 
-from .config import MULTISTEP_SAMPLERS
-from .diffusion import Denoiser
-from .samplers import Sampler, batch_time, ddim_step, noise_like, sample
+from .process import Denoiser
+from .samplers import ONE_STEP_SAMPLERS, Sampler, batch_time, ddim_step, noise_like, sample
 
 
-def forward_noise(x0: Tensor, alpha_bar: float, generator: torch.Generator | None) -> Tensor:
-    """A draw of q(x_t | x_0) = N(sqrt(a) x_0, (1 - a) I) at alpha_bar a."""
-    return math.sqrt(alpha_bar) * x0 + math.sqrt(1 - alpha_bar) * noise_like(x0, generator)
+def forward_noise(x0: Tensor, alpha: float, sigma: float, generator: torch.Generator | None) -> Tensor:
+    """A draw of q(x_t | x_0) = N(alpha x_0, sigma^2 I)."""
+    return alpha * x0 + sigma * noise_like(x0, generator)
+
+
+def forward_jump(x_s: Tensor, at_s: tuple[float, float], at_t: tuple[float, float],
+                 generator: torch.Generator | None) -> Tensor:
+    """A draw of q(x_t | x_s) for s < t of a Gaussian process with marginals (alpha, sigma) at s and t:
+    N(r x_s, (sigma_t^2 - r^2 sigma_s^2) I), r = alpha_t / alpha_s (1 - a_t / a_s for a variance-preserving one)."""
+    r = at_t[0] / at_s[0]
+    return r * x_s + math.sqrt(max(at_t[1] ** 2 - r**2 * at_s[1] ** 2, 0.0)) * noise_like(x_s, generator)
 
 
 def _check_one_step(sampler: Sampler) -> None:
     if hasattr(sampler, "reset"):
-        raise ValueError("inpainting steps back and forth, which a multistep solver "
-                         f"({', '.join(MULTISTEP_SAMPLERS)}) cannot follow; use the ddpm or ddim sampler")
+        raise ValueError("inpainting steps back and forth, which a sampler carrying state between its steps "
+                         f"cannot follow; use the ddpm or ddim sampler (or {', '.join(ONE_STEP_SAMPLERS[2:])})")
 
 
 @torch.inference_mode()
@@ -48,16 +55,13 @@ def inpaint(
     _check_one_step(sampler)
     mask = mask.to(image.dtype).expand_as(image)
     x = noise_like(image, generator)
-    abars = sampler.alpha_bars + [1.0]
+    marginals = [*sampler.marginals, (1.0, 0.0)]
     for i, t in enumerate(sampler.timesteps):
-        a_t, a_s = abars[i], abars[i + 1]
+        at_t, at_s = marginals[i], marginals[i + 1]
         for r in range(resample):
-            x_t = mask * forward_noise(image, a_t, generator) + (1 - mask) * x
+            x_t = mask * forward_noise(image, *at_t, generator) + (1 - mask) * x
             x_s, _ = sampler.step(model(x_t, batch_time(t, x_t)), t, x_t, generator)
-            if r < resample - 1:
-                x = forward_noise(x_s, a_t / a_s, generator)  # x_t ~ q(x_t | x_s)
-            else:
-                x = x_s
+            x = forward_jump(x_s, at_s, at_t, generator) if r < resample - 1 else x_s
     return mask * image + (1 - mask) * x
 
 
@@ -67,7 +71,7 @@ def round_trip(model: Denoiser, sampler: Sampler, image: Tensor, start: int,
     """Noise ``image`` to the sampler's visited time ``timesteps[start]`` and denoise it back from there."""
     if not 0 <= start < len(sampler.timesteps):
         raise ValueError(f"start must index the sampler's {len(sampler.timesteps)} visited times, got {start}")
-    noisy = forward_noise(image, sampler.alpha_bars[start], generator)
+    noisy = forward_noise(image, *sampler.marginals[start], generator)
     return sample(model, sampler, noisy, generator, start=start)[0]
 
 

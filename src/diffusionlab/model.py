@@ -7,7 +7,6 @@ logged model does not depend on the layout of the classes' attributes.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, build_trained
-from .config import RunConfig, SampleConfig
+from .config import RunConfig, SampleConfig, replace
 from .errors import ConfigError
 from .factory import Process
 from .generation import generate
@@ -46,7 +45,7 @@ class DiffusionModel(nn.Module):
         return cls(config, state["channels"], network, process, state["step"])
 
     def state(self) -> dict[str, Any]:
-        process = self.process.state_dict() if isinstance(self.process, nn.Module) else {}
+        process = self.process.state_dict()
         return {"config": self.config.to_dict(), "channels": self.channels, "step": self.step,
                 "network": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
                 "process": {k: v.detach().cpu() for k, v in process.items()}}
@@ -76,19 +75,23 @@ class DiffusionModel(nn.Module):
         return self.network(x, t, y)
 
     def sample_config(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-                      guidance: float | None = None, classes: tuple[int, ...] | list[int] = ()) -> SampleConfig:
+                      guidance: float | None = None, classes: tuple[int, ...] | list[int] = (),
+                      shift: float | None = None) -> SampleConfig:
         """The model's ``sample`` params with these changes, checked against the model."""
-        changes = {k: v for k, v in (("sampler", sampler), ("steps", steps), ("eta", eta), ("guidance", guidance))
-                   if v is not None}
+        changes = {k: v for k, v in (("sampler", sampler), ("steps", steps), ("eta", eta), ("guidance", guidance),
+                                     ("shift", shift)) if v is not None}
         if sampler is not None or steps is not None:
             changes["step_list"] = ()
-        s = dataclasses.replace(self.config.sample, **changes, classes=tuple(classes))
-        if s.guidance < 0:
-            raise ConfigError(f"the guidance scale must be >= 0, got {s.guidance}")
+        if guidance is not None and guidance < 0:
+            raise ConfigError(f"the guidance scale must be >= 0, got {guidance}")
+        s = replace(self.config.sample, **changes, classes=tuple(classes))
         if classes and not self.num_classes:
             raise ConfigError(f"classes {list(classes)} were asked of {self.config.name}, which is unconditional "
                               "(trained without class_conditional: true); ask for no class")
         m = self.config.model
+        if s.sampler not in type(m).SAMPLERS:
+            raise ConfigError(f"sampler '{s.sampler}' cannot draw from {self.config.name} (family '{m.family}'); "
+                              f"its samplers: {', '.join(type(m).SAMPLERS)}")
         if m.discrete and s.steps is not None and not 1 <= s.steps <= m.timesteps:
             raise ConfigError(f"{s.steps} steps is outside 1..{m.timesteps}, the steps of {self.config.name}")
         return s
@@ -98,11 +101,11 @@ class DiffusionModel(nn.Module):
         return requested_labels(n, s.classes, self.num_classes) if self.num_classes else None
 
     def sample(self, n: int, *, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-               classes: tuple[int, ...] | list[int] = (), guidance: float | None = None, seed: int = 0,
-               batch_size: int = 256, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """``n`` uint8 images [n, C, H, W]; sampler, steps, eta and guidance default to the model's
+               classes: tuple[int, ...] | list[int] = (), guidance: float | None = None, shift: float | None = None,
+               seed: int = 0, batch_size: int = 256, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """``n`` uint8 images [n, C, H, W]; sampler, steps, eta, guidance and shift default to the model's
         ``sample`` params. A class-conditional model draws ``classes`` in turn (each class when empty)."""
-        s = self.sample_config(sampler, steps, eta, guidance, classes)
+        s = self.sample_config(sampler, steps, eta, guidance, classes, shift)
         return self.sample_with(n, s, self.sampler(s), seed, batch_size, progress)
 
     def sampler(self, s: SampleConfig) -> Sampler:

@@ -80,7 +80,7 @@ def main_rows(results: Results) -> pd.DataFrame:
         rows += _floor_rows(dataset, floor)
         for r in (m for m in results.models if m.dataset == dataset):
             m = r.metrics
-            common = dict(num_generated=m.get("num_generated"), bpd=m.get("bpd"))
+            common = dict(num_generated=m.get("num_generated"), bpd=m.get("bpd"), bpd_ode=m.get("bpd_ode"))
             for backend, scores in m.items():
                 if isinstance(scores, dict) and any(key in scores for key in SCORE_HEADINGS):
                     extra = {k: m[k] for k in ("class_accuracy", "class_accuracy_std") if k in m}
@@ -152,6 +152,8 @@ def shown(table: pd.DataFrame, level: float, with_verdicts: bool = True) -> pd.D
                 out["FID vs floor"] = [_verdict(c, p, level) for c, p in zip(table.fid_vs_floor, table.fid_vs_floor_p)]
     if "bpd" in table:
         out["bits/dim"] = table.bpd
+    if "bpd_ode" in table and table.bpd_ode.notna().any():
+        out["bits/dim (ODE)"] = table.bpd_ode
     out["draws × images"] = [_draws(r) for r in table.to_dict("records")]
     return out
 
@@ -178,6 +180,7 @@ def results_table(results: Results) -> pd.DataFrame:
             for record in r.sweep.to_dict("records"):
                 rows.append(_row(dataset, r.model, r.family, r.metrics.get("task", ""), r.metrics["sampler"],
                                  record["steps"], record["backend"], record, bpd=r.metrics.get("bpd"),
+                                 bpd_ode=r.metrics.get("bpd_ode"),
                                  num_generated=r.metrics.get("num_generated")))
     table = pd.DataFrame(rows)
     table["steps"] = table["steps"].astype("Int64")
@@ -230,7 +233,8 @@ def fid_steps_figure(results: Results, dataset: str) -> bytes:
             rows = r.sweep[r.sweep.backend == backend]
             if "fid" not in rows or rows.empty:
                 continue
-            evaluations = [network_evaluations(int(n), r.metrics.get("guidance")) for n in rows["steps"]]
+            evaluations = [network_evaluations(int(n), r.metrics.get("guidance"), r.metrics.get("sampler", ""))
+                           for n in rows["steps"]]
             ax.errorbar(evaluations, rows["fid"], yerr=rows.get("fid_std"), marker="o", capsize=3,
                         label=f"{r.model}, {r.metrics.get('sampler', '')}")
             ticks |= set(evaluations)

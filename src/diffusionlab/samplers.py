@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, get_args
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .config import MULTISTEP_SAMPLERS, SampleConfig, SamplerName
-from .diffusion import Denoiser, GaussianDiffusion
-from .vdm import VDM
+from .ode import EulerSampler, HeunSampler
+from .process import Denoiser, Process
+from .sampler_names import MULTISTEP_SAMPLERS, ODE_SAMPLERS, ONE_STEP_SAMPLERS, SAMPLERS, VP_SAMPLERS, SamplerName
 
-SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+if TYPE_CHECKING:
+    from .config import SampleConfig
+    from .diffusion import GaussianDiffusion
+    from .vdm import VDM
+
+__all__ = ["MULTISTEP_SAMPLERS", "ODE_SAMPLERS", "ONE_STEP_SAMPLERS", "SAMPLERS", "VP_SAMPLERS", "SamplerName"]
 
 
 class Sampler(Protocol):
-    timesteps: list[int]
-    alpha_bars: list[float]
-    """alpha_bar (alpha^2) of the process at each visited time; the data, after the last one, has 1."""
+    timesteps: list
+    marginals: list[tuple[float, float]]
+    """(alpha, sigma) of x_t = alpha x_0 + sigma eps at each visited time; the data, after the last one, has (1, 0)."""
 
     def set_timesteps(self, num_steps: int) -> None: ...
 
@@ -69,6 +74,16 @@ def ddim_step(
     return x_s, x0
 
 
+class VariancePreservingSampler:
+    """A sampler of a variance-preserving process, which knows alpha_bar = alpha^2 = 1 - sigma^2 at each time."""
+
+    alpha_bars: list[float]
+
+    @property
+    def marginals(self) -> list[tuple[float, float]]:
+        return [(math.sqrt(a), math.sqrt(1 - a)) for a in self.alpha_bars]
+
+
 def respaced_betas(alphas_cumprod: np.ndarray, kept: list[int]) -> np.ndarray:
     """Betas of the process that visits only the steps ``kept`` (Nichol & Dhariwal 2021, sec. 4):
     beta'_i = 1 - alpha_bar_{k_i} / alpha_bar_{k_{i-1}} over the kept steps in increasing order, so
@@ -78,7 +93,7 @@ def respaced_betas(alphas_cumprod: np.ndarray, kept: list[int]) -> np.ndarray:
     return 1.0 - abar / np.append(1.0, abar[:-1])
 
 
-class DDPMSampler:
+class DDPMSampler(VariancePreservingSampler):
     """Ancestral sampling of Ho et al. 2020 (Algorithm 2) with the reverse variance of the diffusion
     (the true posterior variance beta~_t by default, or beta_t, or the learned one).
 
@@ -103,7 +118,7 @@ class DDPMSampler:
             self._process = self.diffusion
         else:
             d = self.diffusion
-            self._process = GaussianDiffusion(respaced_betas(d.float64["alphas_cumprod"], kept), d.variance, d.loss,
+            self._process = type(d)(respaced_betas(d.float64["alphas_cumprod"], kept), d.variance, d.loss,
                                               d.vlb_weight, device=d.betas.device, dtype=d.betas.dtype)
 
     def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -114,7 +129,7 @@ class DDPMSampler:
         return mean + (0.5 * log_variance).exp() * noise_like(x_t, generator), x0
 
 
-class DDIMSampler:
+class DDIMSampler(VariancePreservingSampler):
     """DDIM of Song et al. 2021 (eq. 12) on an evenly spaced subset of the T steps (or the given list).
 
     Each step is :func:`ddim_step` with a = alpha_bar at the current and the previous visited step
@@ -140,7 +155,7 @@ class DDIMSampler:
         return ddim_step(x_t, eps, float(alphas_cumprod[t]), a_prev, self.eta, self.clip_denoised, generator)
 
 
-class VDMSampler:
+class VDMSampler(VariancePreservingSampler):
     """VDM's sampler on an even grid of ``num_steps`` times in [0, 1]: :func:`ddim_step` with
     a = alpha^2 = sigmoid(-gamma(t)) from the learned schedule. eta = 1 is ancestral sampling from the
     posterior q(z_s | z_t, x = x_0_hat) (Kingma et al. eq. 32); eta < 1 is DDIM-style. The last step
@@ -205,7 +220,7 @@ def logsnr_uniform_steps(lambdas: np.ndarray, num_steps: int) -> list[int]:
     return chosen
 
 
-class DPMSolverPP2M:
+class DPMSolverPP2M(VariancePreservingSampler):
     """DPM-Solver++(2M) of Lu et al. 2022 (Algorithm 2): the multistep second-order solver of the
     probability-flow ODE in its data-prediction form, for 10-25 steps.
 
@@ -266,44 +281,58 @@ class DPMSolverPP2M:
         return x_s, x0
 
 
-def make_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion | VDM, default_steps: int) -> Sampler:
-    """Build the sampler named by ``sample.sampler``: ``ddpm`` (ancestral), ``ddim``, ``dpmpp_2m`` or
-    ``dpmpp_2m_sde`` (its stochastic form).
+def make_sampler(cfg: SampleConfig, process: Process, default_steps: int) -> Sampler:
+    """Build the sampler named by ``sample.sampler`` on ``steps`` (``default_steps`` when null) of the process.
 
-    Discrete-time models: ancestral (respaced when ``steps`` < T), DDIM or DPM-Solver++(2M) on
-    ``steps`` of the T steps; ancestral and DDIM visit exactly ``step_list`` when it is given. VDM: its
-    ancestral (eta = 1) or DDIM-style sampler, or DPM-Solver++(2M), on ``steps`` times of its learned
-    schedule (``default_steps`` when null).
-    """
-    name, eta, clip_denoised = cfg.sampler, cfg.eta, cfg.clip_denoised
+    ``euler`` and ``heun`` solve the process's probability-flow ODE on its :meth:`Process.time_grid` with the
+    time shift ``sample.shift``; the others are the process's own (:meth:`Process.sampler`). A sampler that
+    cannot draw from the process is refused, naming the ones that can."""
+    name = cfg.sampler
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler '{name}'; known: {', '.join(SAMPLERS)}")
-    stochastic = name == "dpmpp_2m_sde"
-    if isinstance(diffusion, VDM):
-        steps = default_steps if cfg.steps is None else cfg.steps
-        if name in MULTISTEP_SAMPLERS:
-            grid = np.linspace(0.0, 1.0, 10_001)
-            with torch.no_grad():
-                device = next(iter([*diffusion.parameters(), *diffusion.buffers()]), torch.empty(0)).device
-                gammas = diffusion.gamma(torch.tensor(grid, device=device)).double().cpu().numpy()
-            visited = logsnr_uniform_steps(-gammas / 2, steps)
-            times = [float(grid[i]) for i in visited]
-            alpha_bars = [float(1 / (1 + np.exp(gammas[i]))) for i in visited]  # sigmoid(-gamma)
-            return DPMSolverPP2M(times, alpha_bars, lambda out: out, clip_denoised, stochastic)
-        return VDMSampler(diffusion, steps, 1.0 if name == "ddpm" else eta, clip_denoised)
-    steps = diffusion.num_timesteps if cfg.steps is None else cfg.steps
-    if name in MULTISTEP_SAMPLERS:
+    if name not in process.SAMPLERS:
+        raise ValueError(f"sampler '{name}' cannot draw from this model; its samplers: {', '.join(process.SAMPLERS)}")
+    steps = default_steps if cfg.steps is None else cfg.steps
+    if name in ODE_SAMPLERS:
+        grid = process.time_grid(steps, cfg.shift)
+        return (HeunSampler if name == "heun" else EulerSampler)(process, grid, cfg.clip_denoised)
+    return process.sampler(cfg, steps)
+
+
+def discrete_sampler(cfg: SampleConfig, diffusion: GaussianDiffusion, steps: int) -> Sampler:
+    """The own samplers of a discrete-time process: ancestral (respaced when ``steps`` < T), DDIM or
+    DPM-Solver++(2M) on ``steps`` of the T steps; ancestral and DDIM visit exactly ``step_list`` when given."""
+    if cfg.sampler in MULTISTEP_SAMPLERS:
         alphas_cumprod = diffusion.float64["alphas_cumprod"]
         visited = logsnr_uniform_steps(0.5 * np.log(alphas_cumprod / (1 - alphas_cumprod)), steps)
         alpha_bars = [float(alphas_cumprod[t]) for t in visited]
-        return DPMSolverPP2M(visited, alpha_bars, lambda out: diffusion.split_output(out)[0], clip_denoised,
-                             stochastic)
+        return DPMSolverPP2M(visited, alpha_bars, lambda out: diffusion.split_output(out)[0], cfg.clip_denoised,
+                             cfg.sampler == "dpmpp_2m_sde")
     visit = list(cfg.step_list) or steps
-    if name == "ddpm":
-        sampler = DDPMSampler(diffusion, clip_denoised)
+    if cfg.sampler == "ddpm":
+        sampler = DDPMSampler(diffusion, cfg.clip_denoised)
         sampler.set_timesteps(visit)
         return sampler
-    return DDIMSampler(diffusion, visit, eta, clip_denoised)
+    if cfg.sampler == "ddim":
+        return DDIMSampler(diffusion, visit, cfg.eta, cfg.clip_denoised)
+    raise ValueError(f"sampler '{cfg.sampler}' is not one of the discrete-time process's own")
+
+
+def vdm_sampler(cfg: SampleConfig, vdm: VDM, steps: int) -> Sampler:
+    """The own samplers of VDM on ``steps`` times of its schedule: ancestral (eta = 1) or DDIM-style, or
+    DPM-Solver++(2M) on times uniform in its log-SNR."""
+    if cfg.sampler in MULTISTEP_SAMPLERS:
+        grid = np.linspace(0.0, 1.0, 10_001)
+        with torch.no_grad():
+            device = vdm.gamma.gamma_0.device
+            gammas = vdm.gamma(torch.tensor(grid, device=device)).double().cpu().numpy()
+        visited = logsnr_uniform_steps(-gammas / 2, steps)
+        times = [float(grid[i]) for i in visited]
+        alpha_bars = [float(1 / (1 + np.exp(gammas[i]))) for i in visited]  # sigmoid(-gamma)
+        return DPMSolverPP2M(times, alpha_bars, lambda out: out, cfg.clip_denoised, cfg.sampler == "dpmpp_2m_sde")
+    if cfg.sampler in ("ddpm", "ddim"):
+        return VDMSampler(vdm, steps, 1.0 if cfg.sampler == "ddpm" else cfg.eta, cfg.clip_denoised)
+    raise ValueError(f"sampler '{cfg.sampler}' is not one of VDM's own")
 
 
 @dataclass

@@ -128,7 +128,7 @@ class Trainer:
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
-            "process": self.process.state_dict() if isinstance(self.process, torch.nn.Module) else {},
+            "process": self.process.state_dict(),
             "timestep_sampler": sampler.state_dict() if sampler is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -146,8 +146,7 @@ class Trainer:
         self.step = state["step"]
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        if isinstance(self.process, torch.nn.Module):
-            self.process.load_state_dict(state["process"])
+        self.process.load_state_dict(state["process"])
         sampler = getattr(self.process, "timestep_sampler", None)
         if sampler is not None:
             sampler.load_state_dict(state["timestep_sampler"])

@@ -20,17 +20,21 @@ output to eps, so samplers, guidance and the bound see one interface.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from .diffusion import Denoiser
+from .process import Denoiser, TimeGrid, VariancePreserving, shifted_grid
+from .samplers import VP_SAMPLERS, Sampler, vdm_sampler
 from .distributed import Shard, all_gather_cat, global_rows
 from .gamma import Gamma
 from .likelihood import at_least_fp32, discretized_gaussian_log_likelihood, nats_to_bits_per_dim, normal_kl, sum_flat
 from .logsnr_sampling import AdaptiveLogSNR
 from .weighting import Weighting
+
+if TYPE_CHECKING:
+    from .config import SampleConfig
 
 NETWORK_TIME_SCALE = 1000.0
 Prediction = Literal["eps", "v", "x0"]
@@ -69,7 +73,7 @@ def eps_from(prediction: Prediction, output: Tensor, z: Tensor, alpha: Tensor, s
     raise ValueError(f"unknown prediction '{prediction}'; known: {', '.join(PREDICTIONS)}")
 
 
-class VDM(nn.Module):
+class VDM(VariancePreserving, nn.Module):
     """The VDM noise process; its parameters are those of the schedule gamma(t), its state the adaptive
     density of log-SNR levels when it has one."""
 
@@ -181,6 +185,27 @@ class VDM(nn.Module):
         # f(lambda) = p(lambda) times the estimate: the weighted loss per unit of lambda at each draw
         self.levels.update(all_gather_cat(lam), all_gather_cat(terms["weighted"].detach() * density))
         return terms
+
+    SAMPLERS = VP_SAMPLERS
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return alpha_sigma(self.gamma(t))
+
+    def _grid(self, times: list[float]) -> TimeGrid:
+        with torch.no_grad():
+            gammas = self.gamma(torch.tensor(times, dtype=torch.float64, device=self.gamma.gamma_0.device)).double()
+        alphas, sigmas = alpha_sigma(gammas)
+        return TimeGrid(times, alphas.tolist(), sigmas.tolist())
+
+    def time_grid(self, steps: int, shift: float = 1.0) -> TimeGrid:
+        """Times 1, ..., 1/steps after the time shift (the grid of :class:`VDMSampler` when ``shift`` is 1)."""
+        return self._grid(shifted_grid(steps, shift, include_zero=False))
+
+    def likelihood_grid(self, steps: int) -> TimeGrid:
+        return self._grid(shifted_grid(steps + 1, 1.0, include_zero=True))
+
+    def sampler(self, cfg: SampleConfig, steps: int) -> Sampler:
+        return vdm_sampler(cfg, self, steps)
 
     def scalars(self) -> dict[str, float]:
         """The schedule's endpoints, for logging."""

@@ -17,7 +17,7 @@ from ..evaluation import extract, load_reference, reference_file, score_draws, s
 from ..significance import SCORES, spread_of, summarize, welch
 from ..features import resolve_backends
 from ..io import atomic_path, read_json, write_json
-from ..nll import bits_per_dim
+from ..nll import bits_per_dim, ode_bits_per_dim_of
 from ..tracking import open_run, read_run_file, register_model, registered_model_name
 from .sample import guidance_file
 
@@ -115,6 +115,10 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
                                        step=round(100 * w))
         metrics.update(bits_per_dim(ckpt.process, ckpt.ema, nll_images, e.nll_t_draws, e.batch_size, device, e.seed))
         metrics.update(nll_images=int(len(nll_images)), nll_t_draws=e.nll_t_draws)
+        if e.ode_images:
+            metrics.update(ode_bits_per_dim_of(ckpt.process, ckpt.ema, nll_images[: e.ode_images], e.ode_steps,
+                                               e.ode_probes, e.batch_size, device, e.seed))
+            metrics.update(ode_images=min(e.ode_images, len(nll_images)), ode_steps=e.ode_steps)
         tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("bpd")})
         if e.fid:
             for row in sweep.to_dict("records"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 
 from .. import paths
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..config import MULTISTEP_SAMPLERS, Params, SampleConfig
+from ..config import ONE_STEP_SAMPLERS, Params, SampleConfig, replace
 from ..datasets import load_prepared
 from ..device import device_name, make_generator, resolve_device
 from ..figures import denoising_gif, forward_process_figure, panels_figure, reverse_process_figure
@@ -45,7 +44,7 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
     ckpt = load_checkpoint(paths.train(dataset, model) / "checkpoint.pt", device)
     held_out = load_prepared(paths.prepared(dataset))
     sampler = make_sampler(s, ckpt.process, default_steps=ckpt.config.model.timesteps)
-    steps = len(sampler.timesteps)
+    steps = len(getattr(sampler, "grid", sampler.timesteps))  # an ODE sampler's timesteps list its evaluations
     sweep = sorted(set(s.sweep_steps) - {steps})
     num_classes = ckpt.ema.num_classes
     total = s.num_samples * s.draws  # the draws, one after another: each asks for the same classes
@@ -64,7 +63,7 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
         with atomic_dir(out / "sweep") as sweep_dir:
             for n in sweep:
                 start = time.perf_counter()
-                images = generate(net, make_sampler(dataclasses.replace(s, steps=n, step_list=()), ckpt.process, n),
+                images = generate(net, make_sampler(replace(s, steps=n, step_list=()), ckpt.process, n),
                                   total, shape, s.batch_size, device, s.seed, 2, labels).images
                 seconds[n] = time.perf_counter() - start
                 save_npy(sweep_dir / f"steps_{n}.npy", images)
@@ -113,7 +112,8 @@ def draw_figures(ckpt: Checkpoint, net: ConditionalModel, s: SampleConfig, image
     denoising_gif(trajectory.x_t, folder / "denoising.gif")
     y = torch.from_numpy(labels[:FIGURE_IMAGES]).to(device) if net.num_classes else None
     denoiser = net.denoiser(y)
-    one_step = s if s.sampler not in MULTISTEP_SAMPLERS else dataclasses.replace(s, sampler="ddpm")
+    fallback = next(n for n in ONE_STEP_SAMPLERS if n in type(model).SAMPLERS)
+    one_step = s if s.sampler in ONE_STEP_SAMPLERS else replace(s, sampler=fallback)
     sampler = make_sampler(one_step, ckpt.process, default_steps=model.timesteps)
     mask = torch.ones_like(x0)
     mask[..., x0.shape[-1] // 2:] = 0
