@@ -24,7 +24,8 @@ MODELS = {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50},
           "vlb": {"family": "vlb", "schedule": "cosine", "timesteps": 50, "loss": "vlb", "importance_sampling": True},
           "vdm": {"family": "vdm", "gamma": "network", "timesteps": 50},
           "vdm_weighted": {"family": "vdm", "gamma": "fixed", "weighting": "edm", "noise_sampling": "adaptive",
-                           "prediction": "x0", "timesteps": 50}}
+                           "prediction": "x0", "timesteps": 50},
+          "flow": {"family": "flow", "timesteps": 10}}
 
 
 def run_config(model="ddpm", **train):
@@ -49,7 +50,7 @@ def assert_same_weights(a, b):
         assert torch.equal(x, y), f"{name} differs"
 
 
-@pytest.mark.parametrize("model", ["ddpm", "vlb", "vdm", "vdm_weighted"])
+@pytest.mark.parametrize("model", ["ddpm", "vlb", "vdm", "vdm_weighted", "flow"])
 def test_a_run_interrupted_and_resumed_ends_bitwise_equal_to_an_uninterrupted_one(model, images, tmp_path):
     """Dropout, the data order, t and the noise, importance-sampling history, the adaptive log-SNR density,
     Adam, the LR warm-up and the EMA all continue where they stopped."""

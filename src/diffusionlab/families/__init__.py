@@ -14,6 +14,7 @@ from pydantic import Field
 from . import ddpm  # noqa: F401
 from . import vlb  # noqa: F401
 from . import vdm  # noqa: F401
+from . import flow  # noqa: F401
 from .base import FAMILIES, Family, FamilyParams
 
 ModelParams = Annotated[Union[tuple(f.params for f in FAMILIES.values())], Field(discriminator="family")]  # noqa: UP007
