@@ -33,14 +33,16 @@ TINY = {
                "vlb": {"family": "vlb", "schedule": "cosine", "timesteps": 50, "loss": "vlb",
                        "importance_sampling": True},
                "vdm": {"family": "vdm", "gamma": "fixed", "weighting": "sigmoid", "noise_sampling": "adaptive",
-                       "prediction": "v", "timesteps": 50}},
+                       "prediction": "v", "timesteps": 50},
+               "flow": {"family": "flow", "timesteps": 10}},  # not in the pipeline until the last test
     "train": {"log_every": 10, "warmup_steps": 5},
     "sample": {"steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16, "strip_samples": 4,
                "strip_frames": 5, "sweep_steps": [5, 20], "guidance_sweep": [0.0, 2.0], "repaint_resample": 2,
-               "draws": 2},
+               "draws": 2, "sampler_for": {"flow": "heun"}},
     "classifier": {"steps": 40, "width": 8, "feature_dim": 8},
     "resnet": {"steps": 40, "width": 8, "feature_dim": 8},
     "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2,
+                 "ode_images": 20, "ode_steps": 8,
                  "kid_subsets": 10, "reference_images": 200},
     "mlflow": {"system_metrics_interval": 1.0},
 }
@@ -478,3 +480,21 @@ def test_queued_experiments_run_two_at_a_time_retrain_only_what_changed_and_log_
     after = {r["name"]: r for r in runs if not r["tags"]["dvc_experiment"]}
     assert {n: r["metrics"]["classifier.fid"] for n, r in after.items()} == {
         n: r["metrics"]["classifier.fid"] for n, r in before.items()}
+
+
+def test_a_flow_added_to_the_pipeline_samples_with_its_own_sampler_and_reports_its_ode_likelihood(project):
+    """The last test of the module: it adds a flow to the project's pipeline and runs its stages alone."""
+    dest, env, _ = project
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["pipeline"]["models"] = [*params["pipeline"]["models"], "flow"]
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repro = shell("dvc repro evaluate@digits-flow", dest, env)
+    for stage in ("train@digits-flow", "sample@digits-flow", "evaluate@digits-flow"):
+        assert f"Running stage '{stage}'" in repro.stdout, stage
+    assert "Running stage 'train@digits-ddpm'" not in repro.stdout
+    card = json.loads((dest / "outputs/sample/digits-flow/sample.json").read_text())
+    assert card["sampler"] == "heun" and card["steps"] == 10
+    assert (dest / "outputs/sample/digits-flow/figures/inpainting.png").is_file()
+    metrics = json.loads((dest / "outputs/evaluate/digits-flow/metrics.json").read_text())
+    assert "bpd" not in metrics and 0 < metrics["bpd_ode"] < 20 and metrics["bpd_ode_stderr"] > 0
+    assert metrics["family"] == "flow" and metrics["classifier"]["fid"] >= 0

@@ -105,6 +105,25 @@ def test_ddpm_ddim_and_dpm_solver_cannot_draw_from_a_flow_and_the_params_check_s
     assert parse_params(raw).models["flow"].time_sampling == "logit_normal"
 
 
+def test_a_flow_runs_beside_ancestral_ddpm_with_a_sampler_of_its_own():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["models"]["flow"] = {"family": "flow", "class_conditional": True}
+    raw["pipeline"]["models"] = ["ddpm", "flow"]
+    raw["sample"].update(sampler="ddpm", sampler_for={"flow": "heun"})
+    params = parse_params(raw)
+    assert params.run("digits", "flow").sample.sampler == "heun"
+    assert params.run("digits", "ddpm").sample.sampler == "ddpm"
+    for sampler_for, message in (({"flow": "ddpm"}, r"sample\.sampler_for\.flow 'ddpm' cannot draw from models\.flow"),
+                                 ({"flw": "heun"}, r"sample\.sampler_for names 'flw' but params.yaml has no models\.flw")):
+        bad = copy.deepcopy(raw)
+        bad["sample"]["sampler_for"] = sampler_for
+        with pytest.raises(ConfigError, match=message):
+            parse_params(bad)
+    raw["sample"]["step_list"] = [999, 500, 0]
+    with pytest.raises(ConfigError, match=r"step_list applies to the ddpm and ddim samplers, but sample\.sampler_for"):
+        parse_params(raw)
+
+
 @pytest.mark.parametrize("probes", [1, 8])
 def test_ode_likelihood_of_the_flow_is_the_exact_density_of_the_data(probes):
     mu, cov = gaussian()

@@ -111,6 +111,8 @@ class SampleConfig(Section):
     steps, and dpmpp_2m_sde its stochastic form; euler and heun solve the probability-flow ODE, for every
     family, in the EDM formulation of Karras et al. 2022 for the diffusion families (heun: second order,
     2N - 1 network evaluations for N steps)."""
+    sampler_for: dict[str, SamplerName] = Field(default_factory=dict)
+    """The sampler of these models instead of ``sampler`` (``{flow: euler}``: a flow beside ancestral DDPM)."""
     steps: Count | None = None
     """Number of reverse steps; ``null`` means every step of the model (T)."""
     eta: Float = Field(0.0, ge=0)
@@ -192,8 +194,8 @@ class EvaluateConfig(Section):
     """Draws of t per image for the unbiased estimate of the sum over t."""
     ode_images: int = Field(100, ge=0)
     """Held-out images for bits/dim through the probability-flow ODE (every family); 0 skips it."""
-    ode_steps: int = Field(24, ge=2, le=10_000)
-    """Heun steps of the ODE likelihood's integral."""
+    ode_steps: int = Field(96, ge=2, le=10_000)
+    """Heun steps of the ODE likelihood's integral (2 steps - 1 network evaluations with a backward pass each)."""
     ode_probes: int = Field(1, ge=1, le=64)
     """Hutchinson probes per step for the divergence."""
     isc_splits: Count = 10
@@ -288,11 +290,19 @@ class Params(Section):
                 raise ValueError(f"datasets.{name}.batch_size {self.datasets[name].batch_size} does not divide among "
                                  f"train.nproc_per_node = {nproc} processes; the batch size is global: make it a "
                                  f"multiple of {nproc}")
+        for name in [n for n in s.sampler_for if n not in self.models][:1]:
+            raise ValueError(f"sample.sampler_for names '{name}' but params.yaml has no models.{name} block "
+                             f"(defined: {', '.join(sorted(self.models)) or 'none'})")
         for name in self.pipeline.models:
             model, kind = self.models[name], type(self.models[name])
-            if s.sampler not in kind.SAMPLERS:
-                raise ValueError(f"sample.sampler '{s.sampler}' cannot draw from models.{name} (family "
-                                 f"'{model.family}'); its samplers: {', '.join(kind.SAMPLERS)}")
+            key, sampler = (f"sample.sampler_for.{name}", s.sampler_for[name]) if name in s.sampler_for else \
+                ("sample.sampler", s.sampler)
+            if sampler not in kind.SAMPLERS:
+                raise ValueError(f"{key} '{sampler}' cannot draw from models.{name} (family '{model.family}'); its "
+                                 f"samplers: {', '.join(kind.SAMPLERS)} (set one in sample.sampler_for.{name})")
+            if s.step_list and sampler not in ("ddpm", "ddim"):
+                raise ValueError(f"sample.step_list applies to the ddpm and ddim samplers, but {key} is "
+                                 f"'{sampler}': empty sample.step_list")
             if s.classes and not model.class_conditional:
                 raise ValueError(f"sample.classes asks for classes {list(s.classes)}, but models.{name} is "
                                  "unconditional: set class_conditional: true in its block (and retrain), or empty "
@@ -325,8 +335,10 @@ class Params(Section):
             raise ConfigError(f"unknown dataset '{dataset}': params.yaml defines {sorted(self.datasets)}")
         if model not in self.models:
             raise ConfigError(f"unknown model '{model}': params.yaml defines {sorted(self.models)}")
+        sample = self.sample if model not in self.sample.sampler_for else \
+            replace(self.sample, sampler=self.sample.sampler_for[model])
         return RunConfig(dataset=dataset, model_name=model, data=self.datasets[dataset], model=self.models[model],
-                         train=self.train, sample=self.sample, evaluate=self.evaluate)
+                         train=self.train, sample=sample, evaluate=self.evaluate)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

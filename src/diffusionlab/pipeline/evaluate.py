@@ -146,7 +146,9 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
                  dataset, model, backend.name, draws, card["num_samples"], floor["num_reference"],
                  m.get("fid", np.nan), m.get("fid_std", np.nan), m.get("fid_floor", np.nan),
                  m.get("fid_floor_std", np.nan))
-    log.info("%s-%s: NLL bound %.3f ± %.3f bits/dim", dataset, model, metrics["bpd"], metrics["bpd_stderr"])
+    for key, what in (("bpd", "NLL bound"), ("bpd_ode", "NLL through the ODE")):
+        if key in metrics:
+            log.info("%s-%s: %s %.3f ± %.3f bits/dim", dataset, model, what, metrics[key], metrics[f"{key}_stderr"])
 
 
 def _floor_key(key: str) -> str:
