@@ -246,7 +246,7 @@ def test_sample_settings_name_the_key(raw, changes, message):
 
 def test_evaluate_has_the_ode_likelihood_settings(raw):
     evaluate = parse_params(raw).evaluate
-    assert (evaluate.ode_images, evaluate.ode_steps, evaluate.ode_probes) == (100, 24, 1)
+    assert (evaluate.ode_images, evaluate.ode_steps, evaluate.ode_probes) == (100, 96, 1)
     raw["evaluate"]["ode_steps"] = 1
     with pytest.raises(ConfigError, match=r"evaluate\.ode_steps must be >= 2, got 1"):
         parse_params(raw)
