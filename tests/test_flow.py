@@ -3,7 +3,6 @@
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -11,15 +10,13 @@ import yaml
 from diffusionlab.config import SampleConfig, parse_params
 from diffusionlab.errors import ConfigError
 from diffusionlab.families.flow import FlowParams, RectifiedFlow
-from diffusionlab.generation import generate
 from diffusionlab.guidance import ConditionalModel
 from diffusionlab.inverse import inpaint
 from diffusionlab.ode import ode_log_likelihood
 from diffusionlab.process import time_shift
 from diffusionlab.samplers import make_sampler
-from diffusionlab.training import Trainer
 from gaussian_data import SHAPE, affine_map, draw, exact_model, gaussian, log_density
-from test_guidance import net  # noqa: F401  (the fixture)
+from test_guidance import assert_guidance_steers, net  # noqa: F401  (net: the fixture)
 from test_training import ROOT, TINY_NET
 
 CPU = torch.device("cpu")
@@ -169,17 +166,4 @@ def test_guidance_steers_a_class_conditional_flow_to_the_class_asked_for():
     raw["pipeline"]["models"] = ["flow"]
     raw["sample"].update(sampler="euler", sweep_steps=[], step_list=[])
     raw["train"].update(lr=2e-3, warmup_steps=10, ema_decay=0.9)
-    cfg = parse_params(raw).run("digits", "flow")
-    labels = np.arange(64) % 2
-    images = np.broadcast_to((labels * 255).astype(np.uint8)[:, None, None, None], (64, 1, 8, 8)).copy()
-    result = Trainer(cfg, images, CPU, labels=labels).run(progress=False)
-    sampler = make_sampler(SampleConfig(sampler="euler", steps=20), result.process, 20)
-    asked = np.arange(40) % 2
-    accuracy = {}
-    for w in (0.0, 1.0, 3.0):
-        model = ConditionalModel(result.ema, result.process, 1, w)
-        out = generate(model, sampler, 40, (1, 8, 8), 40, CPU, seed=0, labels=asked).images
-        accuracy[w] = ((out.reshape(40, -1).mean(1) > 127.5) == asked).mean()
-    assert 0.25 < accuracy[0.0] < 0.75
-    assert accuracy[0.0] + 0.15 < accuracy[1.0] <= accuracy[3.0]
-    assert accuracy[3.0] >= 0.95
+    assert_guidance_steers(parse_params(raw).run("digits", "flow"), "euler")

@@ -46,26 +46,27 @@ def test_shifted_grids_start_at_the_noise_and_decrease():
     assert shifted[0] == 1.0 and all(a > b for a, b in zip(shifted, shifted[1:])) and shifted[1] > 0.75
 
 
+def assert_same_samples(process, first, second, tol):
+    """Both samplers visit the same times and, with the exact denoiser of Gaussian data, end at the same images."""
+    assert first.timesteps == second.timesteps
+    mu, cov = gaussian()
+    model = exact_model(process, mu, cov)
+    noise = torch.randn(5, *SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(sample(model, first, noise)[0], sample(model, second, noise)[0], rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("clip", [False, True])
 def test_euler_on_a_discrete_process_is_deterministic_ddim(diffusion, clip):
     euler = sampler_of(diffusion, "euler", 20, clip=clip)
     ddim = DDIMSampler(diffusion, 20, 0.0, clip)
-    assert euler.timesteps == ddim.timesteps
-    mu, cov = gaussian()
-    model = exact_model(diffusion, mu, cov)
-    noise = torch.randn(5, *SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    torch.testing.assert_close(sample(model, euler, noise)[0], sample(model, ddim, noise)[0], rtol=1e-10, atol=1e-10)
+    assert_same_samples(diffusion, euler, ddim, 1e-10)
 
 
 def test_euler_on_vdm_is_its_deterministic_sampler():
     vdm = VDM(make_gamma("fixed", -10.0, 6.0)).double()
     euler = sampler_of(vdm, "euler", 15)
     own = make_sampler(SampleConfig(sampler="ddim", steps=15, eta=0.0, clip_denoised=False), vdm, 15)
-    assert euler.timesteps == own.timesteps
-    mu, cov = gaussian()
-    model = exact_model(vdm, mu, cov)
-    noise = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    torch.testing.assert_close(sample(model, euler, noise)[0], sample(model, own, noise)[0], rtol=1e-9, atol=1e-9)
+    assert_same_samples(vdm, euler, own, 1e-9)
 
 
 def test_heun_takes_two_evaluations_per_step_but_the_last():
