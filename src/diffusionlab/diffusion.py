@@ -62,7 +62,6 @@ class GaussianDiffusion(VariancePreserving):
         if loss == "hybrid" and variance != "learned_range":
             raise ValueError("the hybrid loss trains a learned variance: use variance 'learned_range'")
         self.variance, self.loss, self.vlb_weight = variance, loss, vlb_weight
-        self.dtype = dtype
         self.timestep_sampler = UniformSampler(len(betas))
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
@@ -215,14 +214,15 @@ class GaussianDiffusion(VariancePreserving):
         if not 1 <= steps <= total:
             raise ValueError(f"the number of steps must be between 1 and T = {total}, got {steps}")
         us = shifted_grid(steps, shift, include_zero=True)
-        times = sorted({int(round(u * (total - 1))) for u in us}, reverse=True)
-        abar = self.float64["alphas_cumprod"]
-        return TimeGrid(times, [float(np.sqrt(abar[t])) for t in times], [float(np.sqrt(1 - abar[t])) for t in times])
+        return self._grid(sorted({int(round(u * (total - 1))) for u in us}, reverse=True))
 
     def likelihood_grid(self, steps: int) -> TimeGrid:
         """``steps`` + 1 of the T steps uniform in log-SNR (where the ODE's divergence changes evenly)."""
         abar = self.float64["alphas_cumprod"]
-        times = logsnr_uniform_steps(0.5 * np.log(abar / (1 - abar)), min(steps + 1, self.num_timesteps))
+        return self._grid(logsnr_uniform_steps(0.5 * np.log(abar / (1 - abar)), min(steps + 1, self.num_timesteps)))
+
+    def _grid(self, times: list[int]) -> TimeGrid:
+        abar = self.float64["alphas_cumprod"]
         return TimeGrid(times, [float(np.sqrt(abar[t])) for t in times], [float(np.sqrt(1 - abar[t])) for t in times])
 
     def sampler(self, cfg: SampleConfig, steps: int) -> Sampler:

@@ -99,11 +99,6 @@ class HeunSampler(EulerSampler):
         return self.euler(x_t, i, slope), x0
 
 
-def network_evaluations_of(steps: int, heun: bool) -> int:
-    """Network evaluations of ``steps`` ODE steps: one each for Euler, 2 steps - 1 for Heun."""
-    return 2 * steps - 1 if heun else steps
-
-
 def _divergence(f: Tensor, y: Tensor, probes: list[Tensor]) -> Tensor:
     """Hutchinson's estimate [B] of div_y f = tr(df/dy): the mean over ``probes`` z of z^T (df/dy) z."""
     total = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
