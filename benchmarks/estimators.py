@@ -28,13 +28,13 @@ import torch
 
 from common import ROOT, machine, markdown_table, parse_args, write_results
 from diffusionlab import paths
-from diffusionlab.checkpoint import load_checkpoint
+from diffusionlab.runtime.checkpoint import load_checkpoint
 from diffusionlab.datasets import load_prepared
 from diffusionlab.device import resolve_device
-from diffusionlab.gamma import make_gamma
-from diffusionlab.logsnr_sampling import AdaptiveLogSNR
+from diffusionlab.families.vdm.gamma import make_gamma
+from diffusionlab.families.vdm.logsnr_sampling import AdaptiveLogSNR
 from diffusionlab.tensors import to_model_range
-from diffusionlab.vdm import VDM
+from diffusionlab.families.vdm.process import VDM
 
 
 def estimates(process: VDM, net, x: torch.Tensor, labels: torch.Tensor | None, how: str,

@@ -23,9 +23,9 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from common import ROOT, isolated, machine, markdown_table, parse_args, peak_memory, sync, write_results
 from diffusionlab import paths
-from diffusionlab.config import load_params
+from diffusionlab.config.params import load_params
 from diffusionlab.device import resolve_device
-from diffusionlab.features import NETWORK_BACKENDS, ImageArrayDataset, inception_backend, network_backend
+from diffusionlab.evaluation.features import ImageArrayDataset, inception_backend, network_backend, NETWORK_BACKENDS
 
 SHAPES = {"digits": (1, 16, 16), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 

@@ -23,9 +23,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import ROOT, isolated, machine, markdown_table, parse_args, peak_memory, sync, write_results
-from diffusionlab.config import NUM_CLASSES, load_params, replace
+from diffusionlab.config.params import load_params, NUM_CLASSES
+from diffusionlab.validation import replace
 from diffusionlab.device import device_name, resolve_device
-from diffusionlab.training import Trainer
+from diffusionlab.runtime.training import Trainer
 
 CHANNELS = {"digits": 1, "mnist": 1, "cifar10": 3}
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}

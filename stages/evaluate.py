@@ -3,7 +3,7 @@
 from _environment import project_environment
 
 with project_environment():
-    from diffusionlab.cli import run_stage
+    from diffusionlab.pipeline.cli import run_stage
     from diffusionlab.pipeline.evaluate import evaluate_stage
 
 if __name__ == "__main__":

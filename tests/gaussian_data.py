@@ -61,7 +61,7 @@ def log_density(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch
 
 def affine_map(sampler, model) -> tuple[torch.Tensor, torch.Tensor]:
     """(M [D, D], b [D]) of a deterministic sampler whose model is affine in x: its output is M x_T + b."""
-    from diffusionlab.samplers import sample
+    from diffusionlab.sampling.base import sample
 
     points = torch.cat([torch.zeros(1, DIMS), torch.eye(DIMS)]).double().reshape(DIMS + 1, *SHAPE)
     out = sample(model, sampler, points)[0].reshape(DIMS + 1, DIMS)

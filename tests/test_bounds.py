@@ -12,9 +12,9 @@ import pytest
 import torch
 from scipy import stats
 
-from diffusionlab.diffusion import GaussianDiffusion
-from diffusionlab.likelihood import BIN_HALF_WIDTH
-from diffusionlab.schedules import cosine_betas, linear_betas
+from diffusionlab.families.ddpm.process import GaussianDiffusion
+from diffusionlab.core.likelihood import BIN_HALF_WIDTH
+from diffusionlab.families.ddpm.schedules import cosine_betas, linear_betas
 
 MU, S = 0.1, 0.3
 

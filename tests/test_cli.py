@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffusionlab.cli import run_stage
+from diffusionlab.pipeline.cli import run_stage
 from diffusionlab.pipeline.prepare import prepare_stage
 from diffusionlab.pipeline.train import train_stage
 

@@ -6,16 +6,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from diffusionlab.config import (
-    ConfigError,
-    RunConfig,
-    SampleConfig,
-    SamplerName,
-    UNetConfig,
-    flatten,
-    load_params,
-    parse_params,
-)
+from diffusionlab.errors import ConfigError
+from diffusionlab.config.params import load_params, parse_params, RunConfig
+from diffusionlab.config.sections import SampleConfig, SamplerName
+from diffusionlab.nn.unet import UNetConfig
+from diffusionlab.validation import flatten
 
 ROOT = Path(__file__).resolve().parents[1]
 

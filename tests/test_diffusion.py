@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionlab.diffusion import GaussianDiffusion
-from diffusionlab.schedules import cosine_betas, linear_betas
+from diffusionlab.families.ddpm.process import GaussianDiffusion
+from diffusionlab.families.ddpm.schedules import cosine_betas, linear_betas
 
 
 @pytest.fixture(params=["linear", "cosine"])

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from diffusionlab.checkpoint import load_checkpoint
-from diffusionlab.config import ConfigError
+from diffusionlab.runtime.checkpoint import load_checkpoint
+from diffusionlab.errors import ConfigError
 from diffusionlab.distributed import Shard, World
 from processes import run
 from test_end_to_end import make_project

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusionlab.ema import ema_decay, make_ema
+from diffusionlab.nn.ema import ema_decay, make_ema
 
 
 @pytest.mark.parametrize("warmup", [True, False])

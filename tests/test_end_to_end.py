@@ -18,6 +18,7 @@ import requests
 import yaml
 from PIL import Image
 
+from diffusionlab.pipeline.cli import MODULES_LOG
 from processes import PROJECT, command_line, kill_group, process_tree, project_processes, run, stop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ TINY = {
     "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2,
                  "ode_images": 20, "ode_steps": 8,
                  "kid_subsets": 10, "reference_images": 200},
-    "mlflow": {"system_metrics_interval": 1.0},
+    "mlflow": {"system_metrics_interval": 0.2},  # the tiny train stages hold their run for a few seconds
 }
 
 
@@ -102,7 +103,7 @@ def make_project(dest: Path, overrides: dict) -> dict:
 def project(tmp_path_factory):
     dest = tmp_path_factory.mktemp("project")
     env = make_project(dest, TINY)
-    repro = shell("dvc repro", dest, env)
+    repro = shell("dvc repro", dest, {**env, MODULES_LOG: str(dest.parent / "modules.jsonl")})
     yield dest, env, repro
     stop(project_processes(dest))
 
@@ -249,6 +250,32 @@ def test_changing_one_models_params_invalidates_only_that_models_stages(project)
         params["models"]["vlb"]["timesteps"] = 50
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert changed == {"train@digits-vlb"}  # downstream stages follow once its outputs change
+
+
+def test_every_stage_ran_only_modules_its_dvc_deps_list(project):
+    """The deps follow the imports a stage makes when it starts; what a stage loads while it runs must be
+    among them too."""
+    dest, _, _ = project
+    stages = yaml.safe_load((dest / "dvc.yaml").read_text())["stages"]
+    ran = [json.loads(line) for line in (dest.parent / "modules.jsonl").read_text().splitlines()]
+    assert {r["stage"].split("@")[0] for r in ran} == set(stages)
+    for record in ran:
+        missing = set(record["modules"]) - set(stages[record["stage"].split("@")[0]]["deps"])
+        assert not missing, f"{record['stage']} ran {sorted(missing)}, which dvc.yaml does not list"
+
+
+def test_editing_a_sampler_makes_only_the_sample_stages_stale(project):
+    """A sampler's code reaches sample (and, through its outputs, evaluate and report), never the data, the
+    feature networks, the reference statistics or training."""
+    dest, env, _ = project
+    sampler = dest / "src/diffusionlab/sampling/samplers.py"
+    original = sampler.read_text()
+    sampler.write_text(original + "\n# edited\n")
+    try:
+        stale = set(json.loads(shell("dvc status --json", dest, env).stdout or "{}"))
+    finally:
+        sampler.write_text(original)
+    assert stale == {"sample@digits-ddpm", "sample@digits-vlb", "sample@digits-vdm"}
 
 
 def test_the_trained_model_is_logged_registered_and_its_best_version_samples_through_generate(project, tmp_path):

@@ -17,19 +17,14 @@ from torch_fidelity.utils import create_feature_extractor
 from torchvision.transforms.v2 import functional as TF
 
 from diffusionlab import paths
-from diffusionlab.classifier import ResNetClassifier, accuracy, load_classifier, save_classifier, train_classifier
-from diffusionlab.config import ClassifierConfig, EvaluateConfig, parse_params
+from diffusionlab.nn.classifier import accuracy, load_classifier, ResNetClassifier, save_classifier, train_classifier
+from diffusionlab.nn.classifier import ClassifierConfig
+from diffusionlab.config.sections import EvaluateConfig
+from diffusionlab.config.params import parse_params
 from diffusionlab.datasets import prepare_digits, save_prepared
 from diffusionlab.errors import StageInputError, WeightsUnavailable
-from diffusionlab.evaluation import Reference, draw_scores, extract, load_reference, save_reference
-from diffusionlab.features import (
-    CLASSIFIER_EXTRACTOR,
-    ClassifierFeatureExtractor,
-    classifier_backend,
-    ensure_inception_weights,
-    inception_backend,
-    resolve_backends,
-)
+from diffusionlab.evaluation.metrics import draw_scores, extract, load_reference, Reference, save_reference
+from diffusionlab.evaluation.features import classifier_backend, CLASSIFIER_EXTRACTOR, ClassifierFeatureExtractor, ensure_inception_weights, inception_backend, resolve_backends
 from diffusionlab.pipeline.reference import reference_stage
 
 CPU = torch.device("cpu")
@@ -295,7 +290,7 @@ def test_a_weights_file_that_is_no_state_dict_or_carries_code_is_refused(tmp_pat
 
 def test_reference_stage_without_inception_weights_fails_before_writing_anything(tmp_cwd, monkeypatch, digits,
                                                                                    classifier_path):
-    monkeypatch.setattr("diffusionlab.features.INCEPTION_URL", UNREACHABLE)
+    monkeypatch.setattr("diffusionlab.evaluation.features.INCEPTION_URL", UNREACHABLE)
     save_prepared(digits, paths.prepared("digits"))
     save_classifier(paths.feature_network("digits", "classifier"), load_classifier(classifier_path)[0], 1.0, "digits")
     floor = paths.reference("digits") / "floor.json"

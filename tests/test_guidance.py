@@ -7,13 +7,16 @@ import pytest
 import torch
 import yaml
 
-from diffusionlab.config import SampleConfig, UNetConfig, parse_params
+from diffusionlab.config.sections import SampleConfig
+from diffusionlab.nn.unet import UNetConfig
+from diffusionlab.config.params import parse_params
 from diffusionlab.errors import ConfigError
-from diffusionlab.generation import generate
-from diffusionlab.guidance import ConditionalModel, drop_labels, guide, guided_network, requested_labels
-from diffusionlab.samplers import make_sampler
-from diffusionlab.training import Trainer
-from diffusionlab.unet import UNet
+from diffusionlab.sampling.generation import generate
+from diffusionlab.runtime.training import drop_labels
+from diffusionlab.sampling.guidance import ConditionalModel, guide, guided_network, requested_labels
+from diffusionlab.sampling.samplers import make_sampler
+from diffusionlab.runtime.training import Trainer
+from diffusionlab.nn.unet import UNet
 
 from test_training import ROOT, TINY_NET
 
@@ -125,8 +128,8 @@ def assert_guidance_steers(cfg, sampler_name: str) -> None:
 
 
 def test_a_conditional_vdm_is_guided_through_its_time_mapping(net):
-    from diffusionlab.gamma import make_gamma
-    from diffusionlab.vdm import VDM
+    from diffusionlab.families.vdm.gamma import make_gamma
+    from diffusionlab.families.vdm.process import VDM
 
     vdm = VDM(make_gamma("fixed", -13.3, 5.0))
     z, t, y = torch.randn(4, 1, 8, 8), torch.rand(4), torch.tensor([0, 1, 2, 1])

@@ -4,11 +4,12 @@ is known in closed form."""
 import pytest
 import torch
 
-from diffusionlab.config import SampleConfig
-from diffusionlab.diffusion import GaussianDiffusion
-from diffusionlab.inverse import ddim_invert, inpaint, round_trip
-from diffusionlab.samplers import make_sampler, sample
-from diffusionlab.schedules import cosine_betas, linear_betas
+from diffusionlab.config.sections import SampleConfig
+from diffusionlab.families.ddpm.process import GaussianDiffusion
+from diffusionlab.sampling.inverse import ddim_invert, inpaint, round_trip
+from diffusionlab.sampling.samplers import make_sampler
+from diffusionlab.sampling.base import sample
+from diffusionlab.families.ddpm.schedules import cosine_betas, linear_betas
 
 from test_samplers import MU, STD, gaussian_oracle
 

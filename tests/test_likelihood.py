@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from diffusionlab.likelihood import discretized_gaussian_log_likelihood, nats_to_bits_per_dim, normal_kl
+from diffusionlab.core.likelihood import discretized_gaussian_log_likelihood, nats_to_bits_per_dim, normal_kl
 
 
 def test_normal_kl_matches_torch_distributions():

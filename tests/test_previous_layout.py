@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusionlab.checkpoint import load_checkpoint
-from diffusionlab.model import DiffusionModel
+from diffusionlab.runtime.checkpoint import load_checkpoint
+from diffusionlab.runtime.model import DiffusionModel
 
 DATA = Path(__file__).resolve().parent / "data" / "previous_layout"
 

@@ -4,17 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionlab.config import SampleConfig
-from diffusionlab.diffusion import GaussianDiffusion
-from diffusionlab.samplers import (
-    DDIMSampler,
-    DDPMSampler,
-    logsnr_uniform_steps,
-    make_sampler,
-    respaced_betas,
-    sample,
-)
-from diffusionlab.schedules import cosine_betas, linear_betas
+from diffusionlab.config.sections import SampleConfig
+from diffusionlab.families.ddpm.process import GaussianDiffusion
+from diffusionlab.families.ddpm.samplers import DDIMSampler, DDPMSampler, respaced_betas
+from diffusionlab.core.process import logsnr_uniform_steps
+from diffusionlab.sampling.samplers import make_sampler
+from diffusionlab.sampling.base import sample
+from diffusionlab.families.ddpm.schedules import cosine_betas, linear_betas
 
 MU, STD = 0.4, 0.3
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from diffusionlab.schedules import cosine_alpha_bar, cosine_betas, linear_betas, make_betas
+from diffusionlab.families.ddpm.schedules import cosine_alpha_bar, cosine_betas, linear_betas, make_betas
 
 
 def test_linear_schedule_matches_ho_et_al_for_1000_steps():

@@ -10,12 +10,9 @@ import torch
 from scipy import stats
 
 from diffusionlab.compare import Side, compare, from_metrics
-from diffusionlab.config import EvaluateConfig
-from diffusionlab.evaluation import (
-    BOOTSTRAP_RESAMPLES, Features, Reference, extrapolate, fid, fit_inverse_n, floor_scores, inf_sizes, score_draws,
-    split_draws,
-)
-from diffusionlab.significance import Spread, spread_of, summarize, welch
+from diffusionlab.config.sections import EvaluateConfig
+from diffusionlab.evaluation.metrics import BOOTSTRAP_RESAMPLES, extrapolate, Features, fid, fit_inverse_n, floor_scores, inf_sizes, Reference, score_draws, split_draws
+from diffusionlab.evaluation.significance import Spread, spread_of, summarize, welch
 
 
 def test_mean_and_spread_are_the_mean_and_sample_standard_deviation_of_the_draws():
@@ -81,7 +78,7 @@ def test_is_inf_extrapolates_the_inception_score_of_a_known_class_distribution()
     k, n = 10, 400
     classes = rng.integers(0, k, n)
     logits = torch.from_numpy(np.eye(k)[classes] * 2.0 + rng.normal(0, 1.0, (n, k)) * 0.1)
-    from diffusionlab.evaluation import inception_score
+    from diffusionlab.evaluation.metrics import inception_score
 
     fit = extrapolate(lambda j: inception_score(logits[torch.from_numpy(j)], 1, 0), n, 8, 0)
     big = inception_score(torch.from_numpy(np.eye(k)[rng.integers(0, k, 20000)] * 2.0

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionlab.timestep_sampling import LossSecondMomentSampler, UniformSampler
+from diffusionlab.families.ddpm.timestep_sampling import LossSecondMomentSampler, UniformSampler
 
 
 def test_uniform_sampler_has_unit_weights():

@@ -12,11 +12,12 @@ import pytest
 import torch
 import yaml
 
-from diffusionlab import tracking
-from diffusionlab.checkpoint import load_checkpoint
-from diffusionlab.config import MlflowConfig, parse_params
+from diffusionlab.runtime import tracking
+from diffusionlab.runtime.checkpoint import load_checkpoint
+from diffusionlab.config.sections import MlflowConfig
+from diffusionlab.config.params import parse_params
 from diffusionlab.errors import TrackingUnavailable
-from diffusionlab.model import DiffusionModel
+from diffusionlab.runtime.model import DiffusionModel
 
 from test_generate import write_checkpoint
 from test_guidance import ROOT, params_raw
@@ -92,7 +93,7 @@ def test_an_unreachable_server_is_an_error_when_required_and_one_warning_when_op
     with pytest.raises(TrackingUnavailable, match=f"MLflow tracking store {uri} is unreachable.*mlflow.required: false"):
         tracking.connect(MlflowConfig(connect_timeout=1.0))
     cfg = parse_params(params_raw()).run("digits", "ddpm")
-    with caplog.at_level(logging.WARNING, logger="diffusionlab.tracking"):
+    with caplog.at_level(logging.WARNING, logger="diffusionlab.runtime.tracking"):
         with tracking.open_run(MlflowConfig(connect_timeout=1.0, required=False), cfg, torch.device("cpu"), "cpu") as t:
             t.log_metrics({"loss": 1.0}, step=1)
             t.set_tags({"a": 1})

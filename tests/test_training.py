@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
-from diffusionlab.checkpoint import load_checkpoint, load_resume, save_checkpoint, save_resume
-from diffusionlab.config import parse_params
+from diffusionlab.runtime.checkpoint import load_checkpoint, load_resume, save_checkpoint, save_resume
+from diffusionlab.config.params import parse_params
 from diffusionlab.datasets import prepare_digits
 from diffusionlab.errors import StageInputError, TrainingDiverged
-from diffusionlab.training import Trainer
+from diffusionlab.runtime.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -83,7 +83,7 @@ def test_a_resume_file_of_other_params_or_code_is_not_used(images, tmp_path, mon
     assert load_resume(tmp_path / "resume.pt", cfg, 1, CPU).mlflow_run_id == "run-id"
     assert load_resume(tmp_path / "resume.pt", run_config(lr=1e-3), 1, CPU) is None
     assert load_resume(tmp_path / "resume.pt", cfg, 3, CPU) is None
-    monkeypatch.setattr("diffusionlab.checkpoint.code_fingerprint", lambda: "other code")
+    monkeypatch.setattr("diffusionlab.runtime.checkpoint.code_fingerprint", lambda: "other code")
     assert load_resume(tmp_path / "resume.pt", cfg, 1, CPU) is None
     (tmp_path / "bad.pt").write_bytes(b"truncated")
     assert load_resume(tmp_path / "bad.pt", cfg, 1, CPU) is None

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from diffusionlab.config import UNetConfig
-from diffusionlab.unet import UNet, group_norm, timestep_embedding
+from diffusionlab.nn.unet import UNetConfig
+from diffusionlab.nn.unet import group_norm, timestep_embedding, UNet
 
 
 @pytest.mark.parametrize("channels,groups", [(8, 2), (16, 4), (24, 2), (32, 8), (128, 32), (256, 32)])

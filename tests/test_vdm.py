@@ -8,11 +8,13 @@ import pytest
 import torch
 from scipy import stats
 
-from diffusionlab.gamma import make_gamma
-from diffusionlab.likelihood import BIN_HALF_WIDTH
-from diffusionlab.config import SampleConfig
-from diffusionlab.samplers import VDMSampler, make_sampler, sample
-from diffusionlab.vdm import VDM, alpha_sigma
+from diffusionlab.families.vdm.gamma import make_gamma
+from diffusionlab.core.likelihood import BIN_HALF_WIDTH
+from diffusionlab.config.sections import SampleConfig
+from diffusionlab.families.vdm.samplers import VDMSampler
+from diffusionlab.sampling.samplers import make_sampler
+from diffusionlab.sampling.base import sample
+from diffusionlab.families.vdm.process import alpha_sigma, VDM
 
 MU, S = 0.1, 0.3
 GRID = torch.arange(256, dtype=torch.float64) / 127.5 - 1
@@ -129,7 +131,7 @@ def test_antithetic_times_cover_the_unit_interval_evenly():
 
 def test_held_out_bits_per_dim_feeds_the_network_as_training_does(data):
     """The evaluate stage's path (uint8 images in, the network itself handed over) gives the same bound."""
-    from diffusionlab.nll import bits_per_dim
+    from diffusionlab.evaluation.likelihoods import bits_per_dim
 
     x, true_bits = data
     vdm = VDM(make_gamma("fixed", -13.3, 8.0)).double()

@@ -18,12 +18,24 @@ from dataclasses import dataclass
 import pandas as pd
 
 from . import paths
-from .config import load_params
+from .config.sections import EvaluateConfig, MlflowConfig
 from .errors import EXPECTED_ERRORS, StageInputError
-from .significance import LOWER_IS_BETTER, SCORES, Spread, spread_of, welch
+from .evaluation.significance import LOWER_IS_BETTER, SCORES, Spread, spread_of, welch
+from .validation import View, read_yaml, validate
 
 COMPARED = (*SCORES, "class_accuracy")
 WORKSPACE = "workspace"
+
+
+class CompareParams(View):
+    """What the comparison reads of params.yaml: the test's level and the tracking store."""
+
+    evaluate: EvaluateConfig = EvaluateConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+
+def load_params() -> CompareParams:
+    return validate(CompareParams, read_yaml("params.yaml"))
 
 
 @dataclass(frozen=True)
@@ -83,7 +95,7 @@ def mlflow_side(run_id: str) -> Side:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from .tracking import tracking_uri
+    from .runtime.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(load_params().mlflow))
     try:

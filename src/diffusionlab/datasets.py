@@ -14,15 +14,33 @@ import urllib.error
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from typing import Annotated, Literal, get_args
+
 import numpy as np
-import torch
+from pydantic import Field
 
 from .errors import DatasetUnavailable
 from .io import atomic_dir, read_json, save_npy, socket_timeout, write_json
+from .validation import Float, Section
 
 log = logging.getLogger(__name__)
 MIRROR_ENV = "DIFFUSIONLAB_DATA_MIRROR"
 OFFLINE_DATASET = "digits"
+DatasetName = Literal["digits", "mnist", "cifar10"]
+DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
+NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10}
+ImageSize = Annotated[int, Field(ge=4, le=512)]
+"""The side of the square images a dataset is prepared at (``datasets.<name>.image_size``)."""
+
+
+class DataConfig(Section):
+    """The ``data`` section: where the original files come from and how the offline digits are split."""
+
+    mirror: str | None = None
+    """Folder or URL holding the original archive files; ``DIFFUSIONLAB_DATA_MIRROR`` overrides it."""
+    download_timeout: Float = Field(10.0, gt=0)
+    digits_test_size: int = Field(297, ge=10, le=897)
+    split_seed: int = Field(0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -70,7 +88,8 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     """Resize uint8 [N, C, H, W] images to size x size (bilinear, antialiased)."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    from torchvision.transforms.v2 import functional as TF  # on first use: see images.torchvision_utils
+    import torch  # on first use: preparing images of the stored size needs neither torch nor torchvision
+    from torchvision.transforms.v2 import functional as TF
 
     return TF.resize(torch.from_numpy(images), [size, size], antialias=True).numpy()
 

@@ -19,14 +19,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint
-from .config import SampleConfig
+from .config.sections import SampleConfig
 from .device import resolve_device
 from .errors import EXPECTED_ERRORS, ConfigError, StageInputError
-from .images import save_grid
 from .io import atomic_dir
-from .model import DiffusionModel
-from .samplers import SAMPLERS
+from .runtime.checkpoint import load_checkpoint
+from .runtime.model import DiffusionModel
+from .sampling.names import SAMPLERS
+from .viz.images import save_grid
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -30,6 +30,11 @@ def sample(dataset: str, model: str) -> Path:
     return OUTPUTS / "sample" / f"{dataset}-{model}"
 
 
+def guidance_samples(dataset: str, model: str, w: float) -> Path:
+    """The samples drawn at guidance scale ``w`` by the sample stage's guidance sweep."""
+    return sample(dataset, model) / "guidance" / f"w_{w:g}.npy"
+
+
 def evaluate(dataset: str, model: str) -> Path:
     return OUTPUTS / "evaluate" / f"{dataset}-{model}"
 

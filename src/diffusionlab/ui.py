@@ -14,11 +14,18 @@ from urllib.parse import urlparse
 
 import mlflow
 
-from .config import load_params
+from .config.sections import MlflowConfig
 from .errors import EXPECTED_ERRORS
-from .tracking import artifact_location, connect, retry_locked, tracking_uri
+from .runtime.tracking import artifact_location, connect, retry_locked, tracking_uri
+from .validation import View, read_yaml, validate
 
 HOST = "127.0.0.1"
+
+
+class TrackingParams(View):
+    """What the UI reads of params.yaml: the tracking store."""
+
+    mlflow: MlflowConfig = MlflowConfig()
 
 
 def landing_page(port: int, experiment_id: str | None) -> str:
@@ -42,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
-        cfg = load_params(args.params).mlflow
+        cfg = validate(TrackingParams, read_yaml(args.params)).mlflow
         uri = tracking_uri(cfg)
         if urlparse(uri).scheme in ("http", "https"):
             print(f"runs are tracked on the server {uri}: open {uri.rstrip('/')}/#/?workflowType=machine_learning")

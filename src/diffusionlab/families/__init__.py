@@ -1,28 +1,9 @@
-"""The registry of model families: ``models.<name>.family`` names one of :data:`FAMILIES`.
+"""The model families: ``models.<name>.family`` names one.
 
-Each family is one module holding its params model and how its noise process is built; it registers
-itself when imported below, one line per family. The process it builds shows samplers, guidance,
-inverse problems and the likelihoods one face (:class:`diffusionlab.process.Process`).
+Each family is a folder: ``params.py`` (its params model, plain pydantic with no torch, which the config
+imports), ``process.py`` (its noise process and how it is built from the params) and, where the family
+samples in its own way, ``samplers.py``. Two registries list them, one line per family each:
+:mod:`.params` (the params union that ``models.<name>`` validates against; config imports it) and
+:mod:`.registry` (the process builders; the runtime imports it). A process shows samplers, guidance,
+inverse problems and the likelihoods one face (:class:`diffusionlab.core.process.Process`).
 """
-
-from __future__ import annotations
-
-from typing import Annotated, Union
-
-from pydantic import Field
-
-from . import ddpm  # noqa: F401
-from . import vlb  # noqa: F401
-from . import vdm  # noqa: F401
-from . import flow  # noqa: F401
-from .base import FAMILIES, Family, FamilyParams
-
-ModelParams = Annotated[Union[tuple(f.params for f in FAMILIES.values())], Field(discriminator="family")]  # noqa: UP007
-"""A ``models.<name>`` block: the params of the family its ``family`` key names."""
-
-
-def family_of(params: FamilyParams) -> Family:
-    return FAMILIES[params.family]
-
-
-__all__ = ["FAMILIES", "Family", "FamilyParams", "ModelParams", "family_of"]

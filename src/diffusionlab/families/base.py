@@ -1,42 +1,16 @@
-"""What every model family shares: the params every ``models.<name>`` block holds, and the face a family
-shows the rest of the package (:class:`Family`).
+"""What every model family's params hold: the keys every ``models.<name>`` block has.
 
-A family's module defines its params model (a subclass of :class:`FamilyParams` whose ``family`` field
-is a one-value ``Literal``) and how its noise process is built; the registry in
-:mod:`diffusionlab.families` lists the families, and ``models.<name>`` is the union of their params
-discriminated by ``family``.
+A family's ``params.py`` subclasses :class:`FamilyParams` with ``family`` a one-value ``Literal``; the
+union of them, discriminated by ``family``, is :data:`diffusionlab.families.params.ModelParams`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import ClassVar
 
-import torch
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import Field
 
-from ..process import Process
-
-
-def _number(value: Any) -> Any:
-    # YAML 1.1 reads 1e-4 (no dot) as a string.
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
-Float = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
-"""A finite number, also as YAML 1.1 writes it (``1e-4``)."""
-
-
-class Section(BaseModel):
-    """A frozen params section: unknown keys are errors."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+from ..validation import Float, Section
 
 
 class FamilyParams(Section):
@@ -58,25 +32,3 @@ class FamilyParams(Section):
     @property
     def discrete(self) -> bool:
         return self.DISCRETE
-
-
-@dataclass(frozen=True)
-class Family:
-    """A model family as the rest of the package sees it: its name, its params model and the function
-    that builds its noise process from them on a device."""
-
-    name: str
-    params: type[FamilyParams]
-    build: Callable[[FamilyParams, torch.device | str], Process]
-
-
-FAMILIES: dict[str, Family] = {}
-"""Every registered family by name, in the order their modules were imported."""
-
-
-def register(family: Family) -> Family:
-    """List ``family`` in :data:`FAMILIES` (each family module registers its own when imported)."""
-    if family.name in FAMILIES:
-        raise ValueError(f"model family '{family.name}' is registered twice")
-    FAMILIES[family.name] = family
-    return family

@@ -1,32 +1,51 @@
-"""Stage evaluate@<dataset>-<model>."""
+"""Stage evaluate@<dataset>-<model>: :func:`score` computes every score, :func:`publish` writes, logs and
+registers them."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .. import paths
-from ..checkpoint import load_checkpoint
-from ..classifier import accuracy, load_classifier
-from ..config import Params
+from ..config.params import Params, RunConfig
 from ..datasets import load_prepared
 from ..device import device_name, resolve_device
-from ..evaluation import extract, load_reference, reference_file, score_draws, split_draws
-from ..significance import SCORES, spread_of, summarize, welch
-from ..features import resolve_backends
+from ..evaluation.features import Backend, resolve_backends
+from ..evaluation.likelihoods import bits_per_dim, ode_bits_per_dim_of
+from ..evaluation.metrics import extract, load_reference, reference_file, score_draws, split_draws
+from ..evaluation.significance import SCORES, spread_of, summarize, welch
 from ..io import atomic_path, read_json, write_json
-from ..nll import bits_per_dim, ode_bits_per_dim_of
-from ..tracking import open_run, read_run_file, register_model, registered_model_name
-from .sample import guidance_file
+from ..nn.classifier import accuracy, load_classifier
+from ..runtime.checkpoint import load_checkpoint
+from ..runtime.tracking import Tracker, open_run, read_run_file, register_model, registered_model_name
 
 log = logging.getLogger(__name__)
 
-SETTING_COLUMNS = ["steps", "guidance", "backend"]
 SWEEP_COLUMNS = ["steps", "backend", "draws"] + [f"{k}{s}" for k in SCORES for s in ("", "_std")]
 GUIDANCE_COLUMNS = ["guidance", "backend", "draws", "class_accuracy", "class_accuracy_std"] + [
     f"{k}{s}" for k in SCORES for s in ("", "_std")]
+
+
+@dataclass
+class Evaluation:
+    """Every score of one model: per draw (``draws``), summarised at its sampling setting (``metrics``), against
+    the steps (``sweep``) and the guidance scale (``guidance``)."""
+
+    metrics: dict
+    """What metrics.json holds: the summary per backend beside the floor, class accuracy and bits/dim."""
+    draws: pd.DataFrame
+    """One row per (steps, guidance, backend, draw) with every score."""
+    sweep: pd.DataFrame
+    guidance: pd.DataFrame
+    backends: list[Backend]
+    card: dict
+    """The sample stage's sample.json."""
+    floor: dict
+    """The reference stage's floor.json."""
 
 
 def task(card: dict, guidance: float | None = None) -> str:
@@ -39,14 +58,23 @@ def task(card: dict, guidance: float | None = None) -> str:
 
 
 def evaluate_stage(params: Params, dataset: str, model: str) -> None:
-    """Score each of the sample stage's draws with every feature backend against the cached reference
-    features: at the sampling steps, at each sweep step count and (class-conditional models) at each guidance
-    scale; summarise them as mean and standard deviation next to the real-data floor; and bound the held-out
-    negative log-likelihood in bits/dim. Written as DVC metrics and plots and logged to MLflow."""
+    """Score a model's samples and bound its likelihood (:func:`score`); write them as DVC metrics and plots,
+    log them to MLflow and register the model (:func:`publish`)."""
     run = params.run(dataset, model)
-    e = run.evaluate
     device = resolve_device(run.train.device)
-    backends = resolve_backends(e, paths.classifier(dataset), params.data.download_timeout)
+    backends = resolve_backends(run.evaluate, paths.classifier(dataset), params.data.download_timeout)
+    with open_run(params.mlflow, run, device, device_name(device), previous=paths.sample(dataset, model)) as tracker:
+        evaluation = score(run, backends, device)
+        publish(evaluation, params, run, tracker)
+    report(evaluation, run)
+
+
+def score(run: RunConfig, backends: list[Backend], device: torch.device) -> Evaluation:
+    """Score each of the sample stage's draws with every feature backend against the cached reference features:
+    at the sampling steps, at each sweep step count and (class-conditional models) at each guidance scale;
+    summarise them as mean and standard deviation next to the real-data floor, with Welch's test against it;
+    and bound the held-out negative log-likelihood in bits/dim (the family's bound and the ODE's)."""
+    dataset, model, e = run.dataset, run.model_name, run.evaluate
     floor = read_json(paths.reference(dataset) / "floor.json")
     missing = [b.name for b in backends if b.name not in floor]
     if missing:
@@ -58,97 +86,111 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
     main_w = card["guidance"] if card["class_conditional"] else None
     settings = {(main_steps, main_w): sample_dir / "samples.npy"}
     settings.update({(n, main_w): sample_dir / "sweep" / f"steps_{n}.npy" for n in card["sweep_steps"]})
-    settings.update({(main_steps, w): sample_dir / "guidance" / guidance_file(w) for w in card["guidance_sweep"]})
+    settings.update({(main_steps, w): paths.guidance_samples(dataset, model, w) for w in card["guidance_sweep"]})
     ckpt = load_checkpoint(paths.train(dataset, model) / "checkpoint.pt", device)
     nll_images = load_prepared(paths.prepared(dataset)).test_images
     nll_images = nll_images if e.nll_images == 0 else nll_images[: e.nll_images]
     labels = np.load(sample_dir / "labels.npy")
     classifier = load_classifier(paths.feature_network(dataset, "classifier"), device)[0] if card["class_conditional"] else None
 
-    out = paths.evaluate(dataset, model)
-    with open_run(params.mlflow, run, device, device_name(device), previous=sample_dir) as tracker:
-        metrics: dict = {"family": run.model.family, "sampler": card["sampler"], "steps": main_steps,
-                         "task": task(card), "draws": draws, "num_generated": card["num_samples"],
-                         "num_reference": floor["num_reference"], "num_held_out": floor["num_held_out"]}
-        rows = []
-        references = {b.name: load_reference(reference_file(dataset, b.name)) for b in backends}
-        for (steps, w), path in settings.items():
-            images = np.load(path)
-            hits = ([accuracy(classifier, images[i], labels[i], device) for i in split_draws(len(images), draws)]
-                    if classifier is not None and steps == main_steps else None)
-            for backend in backends:
-                reference = references[backend.name]
-                reference.check(images)
-                per_draw = score_draws(extract(images, backend, e, device), draws, reference, e,
-                                       with_inf=steps == main_steps)
-                for d, scores in enumerate(per_draw):
-                    rows.append({"steps": steps, "guidance": w, "backend": backend.name, "draw": d, **scores,
-                                 **({"class_accuracy": hits[d]} if hits else {})})
-        table = pd.DataFrame(rows)
-        with atomic_path(out / "draws.csv") as tmp:
-            table.to_csv(tmp, index=False)
-        main = table[(table.steps == main_steps) & (_same_w(table.guidance, main_w))]
+    metrics: dict = {"family": run.model.family, "sampler": card["sampler"], "steps": main_steps,
+                     "task": task(card), "draws": draws, "num_generated": card["num_samples"],
+                     "num_reference": floor["num_reference"], "num_held_out": floor["num_held_out"]}
+    rows = []
+    references = {b.name: load_reference(reference_file(dataset, b.name)) for b in backends}
+    for (steps, w), path in settings.items():
+        images = np.load(path)
+        hits = ([accuracy(classifier, images[i], labels[i], device) for i in split_draws(len(images), draws)]
+                if classifier is not None and steps == main_steps else None)
         for backend in backends:
-            summary = summarize(_records(main[main.backend == backend.name]))
-            real = floor[backend.name]
-            versus = {}
-            if e.fid and spread_of(real, "fid") is not None:
-                diff = welch(spread_of(summary, "fid"), spread_of(real, "fid"), e.significance)
-                versus = {"fid_vs_floor": diff.change, "fid_vs_floor_p": diff.p}
-            floor_values = {_floor_key(k): v for k, v in real.items() if isinstance(v, float)}
-            metrics[backend.name] = {**summary, **floor_values, **versus, **backend.identity}
-            tracker.log_metrics({f"{backend.name}.{k}": v for k, v in {**summary, **floor_values, **versus}.items()})
-        if "class_accuracy" in main:
-            metrics.update(class_accuracy=float(main.class_accuracy.mean()),
-                           class_accuracy_std=float(main.groupby("draw").class_accuracy.first().std(ddof=1)))
-            tracker.log_metrics({k: metrics[k] for k in ("class_accuracy", "class_accuracy_std")})
-        if main_w is not None:
-            metrics["guidance"] = main_w
-        sweep = _summaries(table[_same_w(table.guidance, main_w)], ["steps", "backend"])
-        guidance = (_summaries(table[table.steps == main_steps], ["guidance", "backend"]) if main_w is not None
-                    else pd.DataFrame(columns=GUIDANCE_COLUMNS))
-        if main_w is not None:
-            metrics["unconditional"] = _unconditional(guidance)
-            for w, rows_w in guidance.groupby("guidance"):
-                if "class_accuracy" in rows_w:
-                    tracker.log_metric("class_accuracy_vs_guidance", float(rows_w.class_accuracy.iloc[0]),
-                                       step=round(100 * w))
-        metrics.update(bits_per_dim(ckpt.process, ckpt.ema, nll_images, e.nll_t_draws, e.batch_size, device, e.seed))
-        metrics.update(nll_images=int(len(nll_images)), nll_t_draws=e.nll_t_draws)
-        if e.ode_images:
-            metrics.update(ode_bits_per_dim_of(ckpt.process, ckpt.ema, nll_images[: e.ode_images], e.ode_steps,
-                                               e.ode_probes, e.batch_size, device, e.seed))
-            metrics.update(ode_images=min(e.ode_images, len(nll_images)), ode_steps=e.ode_steps)
-        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("bpd")})
-        if e.fid:
-            for row in sweep.to_dict("records"):
-                tracker.log_metric(f"{row['backend']}.fid_vs_steps", row["fid"], step=int(row["steps"]))
-        with atomic_path(out / "sweep.csv") as tmp:
-            sweep[[c for c in SWEEP_COLUMNS if c in sweep]].to_csv(tmp, index=False)
-        with atomic_path(out / "guidance.csv") as tmp:
-            guidance[[c for c in GUIDANCE_COLUMNS if c in guidance]].to_csv(tmp, index=False)
-        primary = sweep[sweep.backend == backends[0].name]
-        with atomic_path(out / "fid_vs_steps.csv") as tmp:
-            primary[[c for c in ("steps", "fid", "fid_std") if c in primary]].to_csv(tmp, index=False)
-        write_json(out / "metrics.json", metrics)
-        tracker.set_tags({"fid_features": ",".join(e.features), "fid_num_generated": card["num_samples"],
-                          "fid_draws": draws, "fid_num_reference": floor["num_reference"]})
-        if params.mlflow.register_best and tracker.enabled and e.fid:
-            model_uri = read_run_file(paths.train(dataset, model)).get("model_uri")
-            fid = metrics[backends[0].name]["fid"]
-            registered = register_model(params.mlflow, run, model_uri, fid, backends[0].name, tracker.run_id)
-            if registered:
-                tracker.set_tags({"registered_model": registered_model_name(params.mlflow, dataset),
-                                  "registered_version": registered[0]})
+            reference = references[backend.name]
+            reference.check(images)
+            per_draw = score_draws(extract(images, backend, e, device), draws, reference, e,
+                                   with_inf=steps == main_steps)
+            for d, scores in enumerate(per_draw):
+                rows.append({"steps": steps, "guidance": w, "backend": backend.name, "draw": d, **scores,
+                             **({"class_accuracy": hits[d]} if hits else {})})
+    table = pd.DataFrame(rows)
+    main = table[(table.steps == main_steps) & (_same_w(table.guidance, main_w))]
     for backend in backends:
+        summary = summarize(_records(main[main.backend == backend.name]))
+        real = floor[backend.name]
+        versus = {}
+        if e.fid and spread_of(real, "fid") is not None:
+            diff = welch(spread_of(summary, "fid"), spread_of(real, "fid"), e.significance)
+            versus = {"fid_vs_floor": diff.change, "fid_vs_floor_p": diff.p}
+        floor_values = {_floor_key(k): v for k, v in real.items() if isinstance(v, float)}
+        metrics[backend.name] = {**summary, **floor_values, **versus, **backend.identity}
+    if "class_accuracy" in main:
+        metrics.update(class_accuracy=float(main.class_accuracy.mean()),
+                       class_accuracy_std=float(main.groupby("draw").class_accuracy.first().std(ddof=1)))
+    if main_w is not None:
+        metrics["guidance"] = main_w
+    sweep = _summaries(table[_same_w(table.guidance, main_w)], ["steps", "backend"])
+    guidance = (_summaries(table[table.steps == main_steps], ["guidance", "backend"]) if main_w is not None
+                else pd.DataFrame(columns=GUIDANCE_COLUMNS))
+    if main_w is not None:
+        metrics["unconditional"] = _unconditional(guidance)
+    metrics.update(bits_per_dim(ckpt.process, ckpt.ema, nll_images, e.nll_t_draws, e.batch_size, device, e.seed))
+    metrics.update(nll_images=int(len(nll_images)), nll_t_draws=e.nll_t_draws)
+    if e.ode_images:
+        metrics.update(ode_bits_per_dim_of(ckpt.process, ckpt.ema, nll_images[: e.ode_images], e.ode_steps,
+                                           e.ode_probes, e.batch_size, device, e.seed))
+        metrics.update(ode_images=min(e.ode_images, len(nll_images)), ode_steps=e.ode_steps)
+    return Evaluation(metrics, table, sweep, guidance, backends, card, floor)
+
+
+def publish(evaluation: Evaluation, params: Params, run: RunConfig, tracker: Tracker) -> None:
+    """Write draws.csv, sweep.csv, guidance.csv, fid_vs_steps.csv and metrics.json; log the scores to the
+    stage's MLflow run; register the model with its FID (``mlflow.register_best``)."""
+    metrics, backends, card, floor = evaluation.metrics, evaluation.backends, evaluation.card, evaluation.floor
+    e, out = run.evaluate, paths.evaluate(run.dataset, run.model_name)
+    with atomic_path(out / "draws.csv") as tmp:
+        evaluation.draws.to_csv(tmp, index=False)
+    for backend in backends:
+        scores = metrics[backend.name]
+        tracker.log_metrics({f"{backend.name}.{k}": v for k, v in scores.items() if k not in backend.identity})
+    if "class_accuracy" in metrics:
+        tracker.log_metrics({k: metrics[k] for k in ("class_accuracy", "class_accuracy_std")})
+    for w, rows_w in evaluation.guidance.groupby("guidance"):
+        if "class_accuracy" in rows_w:
+            tracker.log_metric("class_accuracy_vs_guidance", float(rows_w.class_accuracy.iloc[0]), step=round(100 * w))
+    tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("bpd")})
+    sweep = evaluation.sweep
+    if e.fid:
+        for row in sweep.to_dict("records"):
+            tracker.log_metric(f"{row['backend']}.fid_vs_steps", row["fid"], step=int(row["steps"]))
+    with atomic_path(out / "sweep.csv") as tmp:
+        sweep[[c for c in SWEEP_COLUMNS if c in sweep]].to_csv(tmp, index=False)
+    with atomic_path(out / "guidance.csv") as tmp:
+        evaluation.guidance[[c for c in GUIDANCE_COLUMNS if c in evaluation.guidance]].to_csv(tmp, index=False)
+    primary = sweep[sweep.backend == backends[0].name]
+    with atomic_path(out / "fid_vs_steps.csv") as tmp:
+        primary[[c for c in ("steps", "fid", "fid_std") if c in primary]].to_csv(tmp, index=False)
+    write_json(out / "metrics.json", metrics)
+    tracker.set_tags({"fid_features": ",".join(e.features), "fid_num_generated": card["num_samples"],
+                      "fid_draws": card["draws"], "fid_num_reference": floor["num_reference"]})
+    if params.mlflow.register_best and tracker.enabled and e.fid:
+        model_uri = read_run_file(paths.train(run.dataset, run.model_name)).get("model_uri")
+        fid = metrics[backends[0].name]["fid"]
+        registered = register_model(params.mlflow, run, model_uri, fid, backends[0].name, tracker.run_id)
+        if registered:
+            tracker.set_tags({"registered_model": registered_model_name(params.mlflow, run.dataset),
+                              "registered_version": registered[0]})
+
+
+def report(evaluation: Evaluation, run: RunConfig) -> None:
+    """Log each backend's FID beside the floor, and the likelihoods."""
+    metrics, card, floor = evaluation.metrics, evaluation.card, evaluation.floor
+    for backend in evaluation.backends:
         m = metrics[backend.name]
-        log.info("%s-%s (%s features, %d draws of %d vs %d train): FID %.3f ± %.3f (real-data floor %.3f ± %.3f)",
-                 dataset, model, backend.name, draws, card["num_samples"], floor["num_reference"],
+        log.info("%s (%s features, %d draws of %d vs %d train): FID %.3f ± %.3f (real-data floor %.3f ± %.3f)",
+                 run.name, backend.name, card["draws"], card["num_samples"], floor["num_reference"],
                  m.get("fid", np.nan), m.get("fid_std", np.nan), m.get("fid_floor", np.nan),
                  m.get("fid_floor_std", np.nan))
     for key, what in (("bpd", "NLL bound"), ("bpd_ode", "NLL through the ODE")):
         if key in metrics:
-            log.info("%s-%s: %s %.3f ± %.3f bits/dim", dataset, model, what, metrics[key], metrics[f"{key}_stderr"])
+            log.info("%s: %s %.3f ± %.3f bits/dim", run.name, what, metrics[key], metrics[f"{key}_stderr"])
 
 
 def _floor_key(key: str) -> str:

@@ -7,17 +7,28 @@ import logging
 import numpy as np
 
 from .. import paths
-from ..config import Params
-from ..datasets import load_prepared
+from ..config.sections import EvaluateConfig, SampleConfig, TrainConfig
+from ..datasets import DataConfig, load_prepared
 from ..device import resolve_device
-from ..evaluation import Reference, extract, floor_scores, reference_file, save_reference
-from ..features import resolve_backends
+from ..evaluation.features import resolve_backends
+from ..evaluation.metrics import Reference, extract, floor_scores, reference_file, save_reference
 from ..io import atomic_dir, write_json
+from ..validation import View
 
 log = logging.getLogger(__name__)
 
 
-def reference_stage(params: Params, dataset: str) -> None:
+class ReferenceParams(View):
+    """What the reference stage reads of params.yaml: the evaluation, the sample counts it is compared at,
+    the download time limit (the Inception weights) and ``train.device``."""
+
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+def reference_stage(params: ReferenceParams, dataset: str) -> None:
     """Cache the features of the real training images for every backend, and score real held-out images
     against them as a model's draws are scored: the floor a perfect model reaches at the same sample count,
     with its spread."""

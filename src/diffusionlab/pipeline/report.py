@@ -7,14 +7,22 @@ import logging
 import pandas as pd
 
 from .. import paths
-from ..config import Params
+from ..config.sections import EvaluateConfig, PipelineConfig
+from ..evaluation.report import ModelResult, Results, main_rows, render_html, render_markdown, results_table, verdicts
 from ..io import atomic_path, read_json
-from ..report import ModelResult, Results, main_rows, render_html, render_markdown, results_table, verdicts
+from ..validation import View
 
 log = logging.getLogger(__name__)
 
 
-def collect(params: Params) -> Results:
+class ReportParams(View):
+    """What the report reads of params.yaml: the datasets and models the pipeline runs, and the test's level."""
+
+    pipeline: PipelineConfig = PipelineConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+def collect(params: ReportParams) -> Results:
     """The results of every (dataset, model) that ``pipeline`` lists, read from the stages' outputs."""
     results = Results(significance=params.evaluate.significance)
     for dataset in params.pipeline.datasets:
@@ -32,7 +40,7 @@ def collect(params: Params) -> Results:
     return results
 
 
-def report_stage(params: Params) -> None:
+def report_stage(params: ReportParams) -> None:
     """Write the comparison report: report.md, report.html (self-contained) and results.csv."""
     results = collect(params)
     out = paths.report()

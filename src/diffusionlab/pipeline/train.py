@@ -14,17 +14,17 @@ import mlflow
 import torch
 
 from .. import paths
-from ..checkpoint import load_resume, save_checkpoint, save_resume
-from ..config import Params, RunConfig
+from ..config.params import Params, RunConfig
 from ..datasets import load_prepared
 from ..device import device_name, resolve_device
 from ..distributed import World, broadcast_object, finish_world, init_world
 from ..errors import StageInputError
 from ..io import atomic_path, write_json
-from ..figures import loss_curve_figure
-from ..model import DiffusionModel
-from ..tracking import Tracker, connect, log_model, open_run
-from ..training import Trainer
+from ..runtime.checkpoint import load_resume, save_checkpoint, save_resume
+from ..runtime.model import DiffusionModel
+from ..runtime.tracking import Tracker, connect, log_model, open_run
+from ..runtime.training import Trainer, TrainResult
+from ..viz.figures import loss_curve_figure
 
 log = logging.getLogger(__name__)
 RESUME_FILE = "resume.pt"
@@ -101,23 +101,29 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
             tracker.set_tags({"resumed_from_step": trainer.step})
         result = trainer.run(on_log=training_logger(tracker, logged_through), on_checkpoint=lambda t: save_resume(
             out / RESUME_FILE, run, channels, t.state_dict(), tracker.run_id))
-        save_checkpoint(out / "checkpoint.pt", run, channels, result.steps, result.model, result.ema,
-                        result.process)
-        write_loss_csv(result.history, out / "loss.csv")
-        loss_curve_figure(result.history, out / "loss.png", f"{run.name}: training loss")
-        summary = {"final_loss": result.history[-1]["loss"], "train_seconds": round(result.seconds, 2),
-                   "images_per_second": round(result.images_per_second, 1), "steps": result.steps,
-                   "nonfinite_skips": result.skipped, "processes": world.size,
-                   **result.process.scalars()}
-        write_json(out / "train.json", summary)
-        tracker.log_metrics({"train_seconds": summary["train_seconds"], "nonfinite_skips": result.skipped,
-                             "train_images_per_second": summary["images_per_second"]})
-        tracker.log_artifact(out / "checkpoint.pt", artifact_path="checkpoint")
-        tracker.log_artifact(out / "loss.csv")
-        tracker.log_artifact(out / "loss.png")
-        trained = DiffusionModel(run, channels, result.ema, result.process, result.steps)
-        info = tracker.call(log_model, trained, run)
-        tracker.save_run_file(out, model_uri=info.model_uri if info else None)
+        publish(result, run, channels, world, tracker)
+
+
+def publish(result: TrainResult, run: RunConfig, channels: int, world: World, tracker: Tracker) -> None:
+    """Write the checkpoint, loss.csv, loss.png and train.json; log them, the training time and the model (an
+    MLflow pytorch model, :class:`DiffusionModel`) to the stage's run, and record the run and model URI."""
+    out = paths.train(run.dataset, run.model_name)
+    save_checkpoint(out / "checkpoint.pt", run, channels, result.steps, result.model, result.ema, result.process)
+    write_loss_csv(result.history, out / "loss.csv")
+    loss_curve_figure(result.history, out / "loss.png", f"{run.name}: training loss")
+    summary = {"final_loss": result.history[-1]["loss"], "train_seconds": round(result.seconds, 2),
+               "images_per_second": round(result.images_per_second, 1), "steps": result.steps,
+               "nonfinite_skips": result.skipped, "processes": world.size,
+               **result.process.scalars()}
+    write_json(out / "train.json", summary)
+    tracker.log_metrics({"train_seconds": summary["train_seconds"], "nonfinite_skips": result.skipped,
+                         "train_images_per_second": summary["images_per_second"]})
+    tracker.log_artifact(out / "checkpoint.pt", artifact_path="checkpoint")
+    tracker.log_artifact(out / "loss.csv")
+    tracker.log_artifact(out / "loss.png")
+    trained = DiffusionModel(run, channels, result.ema, result.process, result.steps)
+    info = tracker.call(log_model, trained, run)
+    tracker.save_run_file(out, model_uri=info.model_uri if info else None)
 
 
 def last_logged_step(tracker: Tracker) -> int:

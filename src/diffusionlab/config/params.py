@@ -1,0 +1,164 @@
+"""Typed, validated configuration loaded from ``params.yaml``: every section, the model blocks among them.
+
+Every section maps onto a frozen pydantic model that checks each key's type and range and rejects unknown
+keys; :class:`Params` checks the sections against each other. A failure is one :class:`ConfigError` line
+naming the key (:mod:`diffusionlab.validation`), so that a stage stops before any work starts. The model
+blocks are the union of the families' params (:mod:`diffusionlab.families.params`): this module imports
+no noise process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from ..datasets import NUM_CLASSES, DataConfig, DatasetName, ImageSize
+from ..errors import ConfigError
+from ..families.params import PARAMS, ModelParams
+from ..nn.classifier import RESNET, ClassifierConfig
+from ..nn.unet import UNetConfig
+from ..validation import Count, Section, read_yaml, replace, validate
+from .sections import EvaluateConfig, MlflowConfig, PipelineConfig, SampleConfig, TrainConfig
+
+
+class DatasetConfig(Section):
+    """A ``datasets.<name>`` block: the image size the data is prepared at, and how models train on it."""
+
+    image_size: ImageSize
+    train_steps: Count
+    batch_size: Count
+    unet: UNetConfig = UNetConfig()
+    random_flip: bool = False
+
+    @model_validator(mode="after")
+    def _unet_fits_the_image(self) -> DatasetConfig:
+        levels, size = len(self.unet.channel_mult), self.image_size
+        if size % 2 ** (levels - 1):
+            raise ValueError(f"image_size {size} is not divisible by {2 ** (levels - 1)}, the U-Net's downsampling "
+                             f"({levels} levels in unet.channel_mult); change image_size or unet.channel_mult")
+        resolutions = [size // 2**i for i in range(levels)]
+        for res in [r for r in self.unet.attention_resolutions if r not in resolutions][:1]:
+            raise ValueError(f"unet.attention_resolutions has {res}, but the U-Net's feature maps are "
+                             f"{resolutions}; use resolutions from that list")
+        return self
+
+
+_OLD_MODEL_DEFAULTS = {"schedule": "linear", "vlb_weight": 0.001, "importance_sampling": False, "gamma": "network",
+                       "gamma_min": -13.3, "gamma_max": 5.0, "weighting": "elbo", "sigmoid_bias": 2.0,
+                       "noise_sampling": "schedule", "prediction": "eps"}
+"""Checkpoints written before the families had params of their own hold every family's keys, mostly these."""
+
+
+class RunConfig(Section):
+    """Everything one (dataset, model) combination reads: saved in its checkpoint and logged to MLflow."""
+
+    dataset: DatasetName
+    model_name: str
+    data: DatasetConfig
+    model: ModelParams
+    train: TrainConfig
+    sample: SampleConfig
+    evaluate: EvaluateConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.model_name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        model = raw.get("model") if isinstance(raw, dict) else None
+        if isinstance(model, dict) and model.get("family") in PARAMS:
+            own = PARAMS[model["family"]].model_fields
+            raw = {**raw, "model": {k: v for k, v in model.items() if v is not None and (
+                k in own or _OLD_MODEL_DEFAULTS.get(k, ...) != v)}}
+        return validate(cls, raw)
+
+
+class Params(Section):
+    pipeline: PipelineConfig = PipelineConfig()
+    data: DataConfig = DataConfig()
+    datasets: dict[DatasetName, DatasetConfig] = Field(default_factory=dict)
+    models: dict[str, ModelParams] = Field(default_factory=dict)
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    resnet: ClassifierConfig = RESNET
+    evaluate: EvaluateConfig = EvaluateConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Params:
+        s, nproc = self.sample, self.train.nproc_per_node
+        for kind, names, defined in (("datasets", self.pipeline.datasets, self.datasets),
+                                     ("models", self.pipeline.models, self.models)):
+            for name in [n for n in names if n not in defined][:1]:
+                raise ValueError(f"pipeline.{kind} lists '{name}' but params.yaml has no {kind}.{name} block "
+                                 f"(defined: {', '.join(sorted(defined)) or 'none'})")
+        for name in self.pipeline.datasets:
+            if self.datasets[name].batch_size % nproc:
+                raise ValueError(f"datasets.{name}.batch_size {self.datasets[name].batch_size} does not divide among "
+                                 f"train.nproc_per_node = {nproc} processes; the batch size is global: make it a "
+                                 f"multiple of {nproc}")
+        for name in [n for n in s.sampler_for if n not in self.models][:1]:
+            raise ValueError(f"sample.sampler_for names '{name}' but params.yaml has no models.{name} block "
+                             f"(defined: {', '.join(sorted(self.models)) or 'none'})")
+        for name in self.pipeline.models:
+            model, kind = self.models[name], type(self.models[name])
+            key, sampler = (f"sample.sampler_for.{name}", s.sampler_for[name]) if name in s.sampler_for else \
+                ("sample.sampler", s.sampler)
+            if sampler not in kind.SAMPLERS:
+                raise ValueError(f"{key} '{sampler}' cannot draw from models.{name} (family '{model.family}'); its "
+                                 f"samplers: {', '.join(kind.SAMPLERS)} (set one in sample.sampler_for.{name})")
+            if s.step_list and sampler not in ("ddpm", "ddim"):
+                raise ValueError(f"sample.step_list applies to the ddpm and ddim samplers, but {key} is "
+                                 f"'{sampler}': empty sample.step_list")
+            if s.classes and not model.class_conditional:
+                raise ValueError(f"sample.classes asks for classes {list(s.classes)}, but models.{name} is "
+                                 "unconditional: set class_conditional: true in its block (and retrain), or empty "
+                                 "sample.classes")
+            if s.step_list and not model.discrete:
+                raise ValueError(f"sample.step_list names discrete steps, but models.{name} is a continuous-time "
+                                 f"model (family '{model.family}'); use sample.steps, or empty sample.step_list")
+        for name in self.pipeline.datasets:
+            bad = [c for c in s.classes if not 0 <= c < NUM_CLASSES[name]]
+            if bad:
+                raise ValueError(f"sample.classes holds {bad}, but {name} has classes 0..{NUM_CLASSES[name] - 1}")
+        for name, total in ((n, m.timesteps) for n, m in self.models.items() if m.discrete):
+            late, over = [t for t in s.step_list if t >= total], [n for n in s.sweep_steps if n > total]
+            if late:
+                raise ValueError(f"sample.step_list holds {late} but models.{name} has steps 0..{total - 1}")
+            what = f"sample.steps is {s.steps}" if (s.steps or 0) > total else \
+                f"sample.sweep_steps holds {over}" if over else ""
+            if what:
+                raise ValueError(f"{what} but models.{name}.timesteps is {total}; a sampler cannot take more steps "
+                                 "than the model has")
+        return self
+
+    def feature_network(self, name: str) -> ClassifierConfig:
+        """The params block of feature network ``name`` (``classifier`` or ``resnet``)."""
+        return {"classifier": self.classifier, "resnet": self.resnet}[name]
+
+    def run(self, dataset: str, model: str) -> RunConfig:
+        """The resolved configuration of one (dataset, model) combination."""
+        if dataset not in self.datasets:
+            raise ConfigError(f"unknown dataset '{dataset}': params.yaml defines {sorted(self.datasets)}")
+        if model not in self.models:
+            raise ConfigError(f"unknown model '{model}': params.yaml defines {sorted(self.models)}")
+        sample = self.sample if model not in self.sample.sampler_for else \
+            replace(self.sample, sampler=self.sample.sampler_for[model])
+        return RunConfig(dataset=dataset, model_name=model, data=self.datasets[dataset], model=self.models[model],
+                         train=self.train, sample=sample, evaluate=self.evaluate)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Load and validate ``params.yaml``; raises :class:`ConfigError` naming the offending key."""
+    return parse_params(read_yaml(path))
+
+
+def parse_params(raw: dict[str, Any]) -> Params:
+    return validate(Params, raw)

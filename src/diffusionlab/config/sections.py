@@ -1,0 +1,162 @@
+"""The params sections that concern no model family: what the pipeline runs, training, sampling, evaluation
+and tracking. Torch-free, and free of the families, so that a stage reading only these sections depends on
+this module alone (the full params, with the model blocks, are :mod:`diffusionlab.config.params`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, get_args
+
+from pydantic import Field, model_validator
+
+from ..datasets import DatasetName
+from ..sampling.names import MULTISTEP_SAMPLERS, SamplerName
+from ..validation import Count, Float, Section, Tuple, distinct
+
+FeatureBackend = Literal["classifier", "resnet", "inception"]
+FeatureNetwork = Literal["classifier", "resnet"]
+"""The feature networks trained on each dataset (offline backends); each has its block in params.yaml."""
+FEATURE_NETWORKS: tuple[str, ...] = get_args(FeatureNetwork)
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+
+class PipelineConfig(Section):
+    datasets: Tuple[DatasetName] = ("digits",)
+    models: Tuple[str] = ("ddpm",)
+
+
+class TrainConfig(Section):
+    lr: Float = Field(2e-4, gt=0, lt=1)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: Float = Field(1.0, ge=0)
+    ema_decay: Float = Field(0.999, ge=0, lt=1)
+    ema_warmup: bool = True
+    """EMA decay min(ema_decay, (1 + n) / (10 + n)) over the first updates."""
+    seed: int = Field(0, ge=0)
+    log_every: Count = 50
+    checkpoint_every: Count = 500
+    """Steps between resumable checkpoints (outputs/train/<dataset>-<model>/resume.pt)."""
+    skip_nonfinite: bool = False
+    """Skip a batch whose loss or gradient is not finite (counted in MLflow) instead of stopping."""
+    device: DeviceChoice = "auto"
+    nproc_per_node: int = Field(1, ge=1, le=1024)
+    """Data-parallel processes (torchrun) on this machine; the global batch stays datasets.<name>.batch_size."""
+    bf16: bool = True
+    """bf16 autocast on CUDA; CPU always trains in fp32."""
+    compile: bool = False
+    """torch.compile the network."""
+    channels_last: bool = True
+    """channels-last memory format on CUDA."""
+
+
+class SampleConfig(Section):
+    sampler: SamplerName = "ddim"
+    """ddpm: ancestral (respaced below T steps); ddim: DDIM with eta; dpmpp_2m: DPM-Solver++(2M), for 10-25
+    steps, and dpmpp_2m_sde its stochastic form; euler and heun solve the probability-flow ODE, for every
+    family, in the EDM formulation of Karras et al. 2022 for the diffusion families (heun: second order,
+    2N - 1 network evaluations for N steps)."""
+    sampler_for: dict[str, SamplerName] = Field(default_factory=dict)
+    """The sampler of these models instead of ``sampler`` (``{flow: euler}``: a flow beside ancestral DDPM)."""
+    steps: Count | None = None
+    """Number of reverse steps; ``null`` means every step of the model (T)."""
+    eta: Float = Field(0.0, ge=0)
+    shift: Float = Field(1.0, gt=0)
+    """Time shift s of Esser et al. 2024 (SD3) for euler and heun: t' = s t / (1 + (s - 1) t); s > 1 spends
+    more steps at high noise."""
+    clip_denoised: bool = True
+    num_samples: Count = 1000
+    """Generated images per draw, the count every score is computed at."""
+    draws: int = Field(3, ge=2, le=100)
+    """Independent draws of ``num_samples`` images: every score is their mean, with their standard deviation."""
+    batch_size: Count = 500
+    grid_size: Count = 64
+    strip_samples: Count = 8
+    strip_frames: int = Field(10, ge=2)
+    seed: int = Field(1, ge=0)
+    sweep_steps: Tuple[Count] = ()
+    """Further step counts whose samples are scored too (FID against steps)."""
+    step_list: Tuple[Annotated[int, Field(ge=0)]] = ()
+    """Explicit model steps (0..T-1) for the ``ddpm`` and ``ddim`` samplers of discrete-time models."""
+    guidance: Float = Field(1.0, ge=0)
+    """Classifier-free guidance scale w of class-conditional models: 0 unconditional, 1 conditional, > 1 guided."""
+    classes: Tuple[int] = ()
+    """Classes a class-conditional model is asked for, repeated in order; empty: every class in turn."""
+    guidance_sweep: Tuple[Annotated[Float, Field(ge=0)]] = ()
+    """Further guidance scales whose samples are scored too (class accuracy, FID and IS against w)."""
+    repaint_resample: int = Field(5, ge=1, le=100)
+    """RePaint resamplings per step in the inpainting figure (1: plain replacement)."""
+
+    @model_validator(mode="after")
+    def _lists_fit(self) -> SampleConfig:
+        if self.step_list and self.sampler not in ("ddpm", "ddim"):
+            how = ("DPM-Solver++ chooses its own uniform-logSNR steps from sample.steps"
+                   if self.sampler in MULTISTEP_SAMPLERS else f"{self.sampler} spaces sample.steps by sample.shift")
+            raise ValueError(f"sample.step_list applies to the ddpm and ddim samplers; {how}: empty sample.step_list")
+        distinct("sample.step_list", self.step_list, "a step")
+        distinct("sample.sweep_steps", self.sweep_steps, "a step count")
+        distinct("sample.guidance_sweep", self.guidance_sweep, "a scale")
+        return self
+
+
+class EvaluateConfig(Section):
+    features: Tuple[FeatureBackend] = ("classifier", "resnet")
+    """Backends, each scored separately: ``classifier`` and ``resnet`` (trained on the dataset, offline) and
+    ``inception`` (torch-fidelity's InceptionV3, the features papers report)."""
+    significance: Float = Field(0.05, gt=0, lt=1)
+    """Level of Welch's t-test over the draws that decides whether two scores differ beyond the noise."""
+    inf_sizes: int = Field(8, ge=3, le=50)
+    """Subset sizes (from half a draw to all of it) of the FID_inf and IS_inf fits."""
+    fid: bool = True
+    isc: bool = True
+    kid: bool = True
+    prc: bool = True
+    """Precision and recall (Kynkaanniemi et al. 2019)."""
+    kid_subsets: Count = 100
+    kid_subset_size: int = Field(1000, ge=2)
+    """Capped at the smaller of the two image counts; the value used is recorded with KID."""
+    prc_neighborhood: Count = 3
+    reference_images: int = Field(0, ge=0)
+    """Training images that make the reference statistics; 0 means the whole training split."""
+    inception_weights: str = "data/weights/weights-inception-2015-12-05-6726825d.pth"
+    """Where torch-fidelity's InceptionV3 weights are read from (downloaded there when missing)."""
+    min_classifier_accuracy: Float = Field(0.95, ge=0, le=1)
+    nll_images: int = Field(100, ge=0)
+    """Held-out images for the bits/dim bound; 0 means the whole split."""
+    nll_t_draws: Count = 4
+    """Draws of t per image for the unbiased estimate of the sum over t."""
+    ode_images: int = Field(100, ge=0)
+    """Held-out images for bits/dim through the probability-flow ODE (every family); 0 skips it."""
+    ode_steps: int = Field(96, ge=2, le=10_000)
+    """Heun steps of the ODE likelihood's integral (2 steps - 1 network evaluations with a backward pass each)."""
+    ode_probes: int = Field(1, ge=1, le=64)
+    """Hutchinson probes per step for the divergence."""
+    isc_splits: Count = 10
+    batch_size: Count = 500
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _something_to_score(self) -> EvaluateConfig:
+        if not self.features:
+            raise ValueError("evaluate.features is empty; list at least one of: classifier, resnet, inception")
+        distinct("evaluate.features", self.features, "a backend")
+        if not (self.fid or self.isc or self.kid or self.prc):
+            raise ValueError("evaluate.fid, isc, kid and prc are all false; enable at least one metric")
+        return self
+
+
+class MlflowConfig(Section):
+    experiment: str = "diffusionlab"
+    tracking_uri: str = "sqlite:///mlflow.db"
+    """``MLFLOW_TRACKING_URI`` overrides it; a relative sqlite path is from the project root (``DVC_ROOT``)."""
+    artifact_location: str | None = None
+    """Artifacts of a new experiment (``MLFLOW_ARTIFACT_LOCATION`` overrides); None: ``mlruns/`` at the
+    project root for a local store, the server's choice for a tracking server."""
+    required: bool = True
+    """False: when the tracking store cannot be reached, train and write the DVC outputs anyway, with a warning."""
+    connect_timeout: Float = Field(10.0, gt=0)
+    """Seconds to wait for a tracking server before a stage gives up (or goes on untracked)."""
+    system_metrics: bool = True
+    """Log CPU, memory, disk, network and GPU use while training (``system/...`` metrics)."""
+    system_metrics_interval: Float = Field(10.0, gt=0)
+    """Seconds between two system metrics samples."""
+    register_best: bool = True
+    """Register every evaluated model in ``<experiment>-<dataset>`` and point alias ``best`` at the lowest FID."""

@@ -1,0 +1,1 @@
+"""The core layer: the protocol every noise process follows, and likelihood math that needs only that protocol."""

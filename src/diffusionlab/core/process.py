@@ -1,0 +1,211 @@
+"""The one face every noise process shows samplers, guidance, inverse problems, training and the likelihoods.
+
+A process of any family maps clean images x_0 to x_t = alpha_t x_0 + sigma_t eps at its times t and
+turns the network's output into (x_0, eps); what it is inside (a beta table, a log-SNR schedule, a
+straight path) stays in its family's folder. Samplers get what they need from it through this protocol:
+the marginals on a grid of times, the conversions, and the family's own samplers by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..distributed import Shard
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+"""A network mapping (x_t [B, C, H, W], t [B]) to its output [B, C', H, W]."""
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """What a sampler is built from: its name, the number of steps (None: the model's own count), DDIM's eta,
+    the time shift of the ODE solvers, whether the predicted x_0 is clipped to [-1, 1], and explicit discrete
+    steps (``step_list``) for the samplers of a discrete-time process."""
+
+    sampler: str
+    steps: int | None = None
+    eta: float = 0.0
+    shift: float = 1.0
+    clip_denoised: bool = True
+    step_list: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, settings: Any) -> SamplerOptions:
+        """The options held by any object with these attributes (the ``sample`` params section)."""
+        if isinstance(settings, cls):
+            return settings
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """Times a sampler visits, from the noisiest, with the marginal x_t = alpha x_0 + sigma eps at each.
+
+    ``times`` are what the process's denoiser takes (a step index, or a time in [0, 1]); after the last
+    one comes the data itself (alpha = 1, sigma = 0)."""
+
+    times: list
+    alphas: list[float]
+    sigmas: list[float]
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+def time_shift(u: float, shift: float) -> float:
+    """t' = s u / (1 + (s - 1) u) (Esser et al. 2024, eq. 23): maps [0, 1] onto itself, increasing, with
+    0 and 1 fixed; s > 1 moves every interior time towards the noise."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def shifted_grid(steps: int, shift: float, include_zero: bool) -> list[float]:
+    """``steps`` shifted times from 1 down, evenly spaced before the shift: 1, ..., 1/steps, or down to 0
+    inclusive when ``include_zero``."""
+    if steps < 1:
+        raise ValueError(f"a sampler needs at least one step, got {steps}")
+    if include_zero:
+        us = [1 - i / (steps - 1) for i in range(steps)] if steps > 1 else [1.0]
+    else:
+        us = [(steps - i) / steps for i in range(steps)]
+    return [time_shift(u, shift) for u in us]
+
+
+def logsnr_uniform_steps(lambdas: np.ndarray, num_steps: int) -> list[int]:
+    """Indices into ``lambdas`` (log-SNR, decreasing with the index) whose values are closest to
+    ``num_steps`` evenly spaced log-SNRs from the last index to the first: strictly decreasing,
+    from ``len(lambdas) - 1`` to 0 (Lu et al. 2022's uniform-logSNR steps)."""
+    total = len(lambdas)
+    if not 1 <= num_steps <= total:
+        raise ValueError(f"the number of steps must be between 1 and {total}, got {num_steps}")
+    targets = np.linspace(lambdas[-1], lambdas[0], num_steps)
+    chosen: list[int] = []
+    for k, target in enumerate(targets):
+        nearest = int(np.argmin(np.abs(lambdas - target)))
+        upper = chosen[-1] - 1 if chosen else total - 1
+        chosen.append(min(max(nearest, num_steps - 1 - k), upper))
+    return chosen
+
+
+class Process(Protocol):
+    """What the rest of the package may ask of a noise process."""
+
+    SAMPLERS: tuple[str, ...]
+    """The sampler names that can draw from it: its own (:meth:`sampler`) and the family-agnostic ones."""
+    has_bound: bool
+    """Whether the family has a variational bound (:meth:`nll_terms`); every family has the ODE likelihood."""
+
+    def out_channels(self, channels: int) -> int:
+        """Channels the network outputs for images of ``channels`` channels."""
+        ...
+
+    def denoiser(self, net: Denoiser) -> Denoiser:
+        """The network as a function of (x_t, t) at the process's own times."""
+        ...
+
+    def losses_for_batch(self, model: Denoiser, x_start: Tensor, generator: torch.Generator | None,
+                         shard: Shard | None = None) -> dict[str, Tensor]:
+        """Training terms [B] of a batch; ``loss`` is the one minimised."""
+        ...
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """What the process learns or keeps (a learned schedule, an adaptive density), saved in checkpoints."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> Any: ...
+
+    def training_state(self) -> dict[str, Tensor]:
+        """What training alone keeps beyond :meth:`state_dict` (an importance sampler's loss history), saved
+        for resuming."""
+        ...
+
+    def load_training_state(self, state: dict[str, Tensor]) -> None: ...
+
+    def parameters(self) -> Any:
+        """The process's learnable parameters (none for a fixed schedule)."""
+        ...
+
+    def scalars(self) -> dict[str, float]:
+        """Scalars of the process worth logging while training."""
+        ...
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(alpha_t, sigma_t) [B] at the process's times t [B]."""
+        ...
+
+    def time_grid(self, steps: int, shift: float = 1.0) -> TimeGrid:
+        """``steps`` times from the noisiest, evenly spaced in the process's time u in [0, 1] after the time
+        shift u' = s u / (1 + (s - 1) u) of Esser et al. 2024 (s = ``shift``; s > 1 spends more steps at
+        high noise)."""
+        ...
+
+    def logsnr_grid(self, steps: int) -> TimeGrid:
+        """``steps`` times from the noisiest to the cleanest, uniform in log-SNR (where multistep solvers
+        err least, Lu et al. 2022)."""
+        ...
+
+    def likelihood_grid(self, steps: int) -> TimeGrid:
+        """``steps`` + 1 times from the noisiest to the cleanest the network knows, where the data is placed
+        to integrate the ODE likelihood."""
+        ...
+
+    def time_label(self, t: Any) -> str:
+        """How a time of this process is written in figures (``t=501`` for step 500 of 1000, ``t=0.5``)."""
+        ...
+
+    def sampler(self, options: SamplerOptions, steps: int) -> Any:
+        """The process's own sampler named by ``options.sampler`` (one of ``SAMPLERS`` that the family
+        implements itself), on ``steps`` steps."""
+        ...
+
+    def x0_eps(self, output: Tensor, x_t: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
+        """(x_0, eps) predicted from the denoiser's whole output at x_t = alpha x_0 + sigma eps (a learned
+        variance, when the output holds one, is the family's to set aside)."""
+        ...
+
+    def ode_variables(self, alpha: float, sigma: float) -> tuple[float, float]:
+        """(c, tau) of the probability-flow ODE dy/dtau = :meth:`ode_derivative` in the state y = x / c."""
+        ...
+
+    def ode_derivative(self, x0: Tensor, eps: Tensor) -> Tensor:
+        """dy/dtau from the predicted x_0 and eps."""
+        ...
+
+    def nll_terms(self, model: Denoiser, x_start: Tensor, t_draws: int,
+                  generator: torch.Generator | None) -> dict[str, Tensor]:
+        """Unbiased per-image estimates [B] of the variational bound's terms in bits/dim (``prior``,
+        ``reconstruction``, ``diffusion``, ``total``); only when :attr:`has_bound`."""
+        ...
+
+
+class VariancePreserving:
+    """The ODE of a variance-preserving process (alpha^2 + sigma^2 = 1) whose denoiser predicts eps, in the
+    EDM formulation of Karras et al. 2022: y = x / alpha, tau = sigma / alpha, dy/dtau = eps."""
+
+    has_bound = True
+
+    def eps_of(self, output: Tensor) -> Tensor:
+        """The predicted eps among the network's output channels (all of them unless a family adds some)."""
+        return output
+
+    def x0_eps(self, output: Tensor, x_t: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
+        eps = self.eps_of(output)
+        return (x_t - sigma * eps) / alpha, eps
+
+    def ode_variables(self, alpha: float, sigma: float) -> tuple[float, float]:
+        return alpha, sigma / alpha
+
+    def ode_derivative(self, x0: Tensor, eps: Tensor) -> Tensor:
+        return eps
+
+    def training_state(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_training_state(self, state: dict[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"this process keeps no training state, got {sorted(state)}")

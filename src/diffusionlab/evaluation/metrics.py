@@ -1,0 +1,216 @@
+"""FID, Inception Score, KID and precision/recall over independent draws, with their spread.
+
+Features are extracted once per image set with torch-fidelity's feature extractors, and every
+metric is computed from them with torch-fidelity's own feature-level functions: so each draw, each
+subset of the FID_inf fit and each bootstrap resample costs no further network pass. The reference
+side (the real training images) is extracted once per dataset and backend by the ``reference``
+stage and read from its cache by every model's evaluation.
+
+Scores of a model are the mean over ``sample.draws`` independent draws of ``sample.num_samples``
+images each, with the standard deviation over the draws (:mod:`diffusionlab.significance`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import Tensor
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, isc_features_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+from .. import paths
+from ..config.sections import EvaluateConfig
+from ..errors import StageInputError
+from ..io import atomic_path
+from .features import Backend, ImageArrayDataset
+from .significance import Spread, summarize
+
+BOOTSTRAP_RESAMPLES = 20
+"""Resamples that estimate the spread of the real-data floor when the held-out split has too few images for
+two disjoint draws."""
+
+
+@dataclass(frozen=True)
+class Features:
+    """One image set under one backend: ``features`` (FID, KID, precision/recall) and ``logits`` (IS)."""
+
+    features: Tensor
+    logits: Tensor
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def subset(self, index: np.ndarray) -> Features:
+        idx = torch.from_numpy(np.asarray(index, dtype=np.int64))
+        return Features(self.features[idx], self.logits[idx])
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The real training images' features under one backend, their FID statistics and the images' shape."""
+
+    features: Tensor
+    stats: dict
+    image_shape: tuple[int, ...] | None = None
+
+    @classmethod
+    def of(cls, features: Tensor, image_shape: tuple[int, ...] | None = None) -> Reference:
+        return cls(features, fid_features_to_statistics(features), None if image_shape is None else tuple(image_shape))
+
+    def check(self, images: np.ndarray) -> None:
+        """Generated images must have the reference images' [C, H, W]."""
+        if self.image_shape is not None and tuple(images.shape[1:]) != self.image_shape:
+            raise StageInputError(f"generated images {tuple(images.shape[1:])} and the reference images "
+                                  f"{self.image_shape} differ in shape; re-run the reference and sample stages "
+                                  "(dvc repro)")
+
+
+def extract(images: np.ndarray, backend: Backend, cfg: EvaluateConfig, device: torch.device) -> Features:
+    """Features of uint8 images [N, C, H, W] at the layers torch-fidelity uses for FID and for IS."""
+    cls = FEATURE_EXTRACTORS_REGISTRY[backend.extractor]
+    fid_layer, isc_layer = cls.get_default_feature_layer_for_metric("fid"), cls.get_default_feature_layer_for_metric("isc")
+    cuda = device.type == "cuda"
+    extractor = create_feature_extractor(backend.extractor, sorted({fid_layer, isc_layer}), cuda=cuda, verbose=False,
+                                         feature_extractor_weights_path=str(backend.weights_path))
+    out = get_featuresdict_from_dataset(ImageArrayDataset(images, backend.rgb), extractor, cfg.batch_size, cuda,
+                                        save_cpu_ram=True, verbose=False)
+    return Features(out[fid_layer], out[isc_layer])
+
+
+def reference_file(dataset: str, backend: str, root: Path | None = None) -> Path:
+    """The cached features of ``dataset``'s training images under ``backend``, in the reference stage's output
+    folder (or in ``root``, where that folder is being written)."""
+    return (root or paths.reference(dataset) / "cache") / f"{backend}.pt"
+
+
+def save_reference(path: Path, features: Features, image_shape: tuple[int, ...]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"features": features.features, "image_shape": list(image_shape)}, tmp)
+
+
+def load_reference(path: Path) -> Reference:
+    if not path.is_file():
+        raise StageInputError(f"reference features {path} not found; run: dvc repro reference")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return Reference.of(saved["features"], saved["image_shape"])
+
+
+def fid(features: Tensor, reference: Reference) -> float:
+    return float(fid_statistics_to_metric(fid_features_to_statistics(features), reference.stats, False)[KEY_METRIC_FID])
+
+
+def inception_score(logits: Tensor, splits: int, seed: int) -> float:
+    return float(isc_features_to_metric(logits, splits=splits, shuffle=True, rng_seed=seed)[KEY_METRIC_ISC_MEAN])
+
+
+@dataclass(frozen=True)
+class Extrapolation:
+    """A score fitted as ``value + slope / N`` over subset sizes N: ``value`` is its limit at infinitely many images."""
+
+    value: float
+    stderr: float
+    slope: float
+
+
+def fit_inverse_n(sizes: np.ndarray, values: np.ndarray) -> Extrapolation:
+    """Least-squares line of ``values`` against 1/``sizes``; the intercept with its standard error."""
+    fit = stats.linregress(1.0 / np.asarray(sizes, dtype=float), np.asarray(values, dtype=float))
+    return Extrapolation(float(fit.intercept), float(fit.intercept_stderr), float(fit.slope))
+
+
+def inf_sizes(n: int, count: int) -> np.ndarray:
+    """``count`` subset sizes from n/2 to n, evenly spaced in 1/N as Chong & Forsyth 2020 fit them. Half a draw
+    at the least: at a few hundred images in 64-2048 feature dimensions FID bends away from the line below
+    that, and the fit would overshoot."""
+    inverse = np.linspace(1.0 / n, 2.0 / n, count)
+    return np.unique(np.maximum(2, np.round(1.0 / inverse).astype(int)))
+
+
+def extrapolate(score_fn, n: int, count: int, seed: int) -> Extrapolation:
+    """Chong & Forsyth 2020: a score computed on random subsets of ``n`` items at sizes from n/2 to n, fitted
+    linearly in 1/N and extrapolated to N = infinity. ``score_fn(index)`` scores the subset ``index``."""
+    rng = np.random.default_rng(seed)
+    sizes = inf_sizes(n, count)
+    values = [score_fn(np.sort(rng.choice(n, size, replace=False))) for size in sizes]
+    return fit_inverse_n(sizes, np.array(values))
+
+
+def draw_scores(gen: Features, reference: Reference, cfg: EvaluateConfig, with_inf: bool = True) -> dict[str, float]:
+    """The scores ``cfg`` enables of one draw: FID and IS (and their N = infinity extrapolations), KID,
+    precision and recall, deterministic given ``cfg.seed``."""
+    out: dict[str, float] = {}
+    n = len(gen)
+    if cfg.fid:
+        out["fid"] = fid(gen.features, reference)
+        if with_inf:
+            out["fid_inf"] = extrapolate(lambda i: fid(gen.features[torch.from_numpy(i)], reference), n,
+                                         cfg.inf_sizes, cfg.seed).value
+    if cfg.isc:
+        out["isc"] = inception_score(gen.logits, cfg.isc_splits, cfg.seed)
+        if with_inf:
+            out["isc_inf"] = extrapolate(lambda i: inception_score(gen.logits[torch.from_numpy(i)], 1, cfg.seed), n,
+                                         cfg.inf_sizes, cfg.seed).value
+    if cfg.kid:
+        size = min(cfg.kid_subset_size, n, len(reference.features))
+        if size < 2:
+            raise StageInputError(f"KID needs at least 2 images on each side, got {n} and {len(reference.features)}")
+        out["kid"] = float(kid_features_to_metric(gen.features, reference.features, kid_subsets=cfg.kid_subsets,
+                                                  kid_subset_size=size, rng_seed=cfg.seed,
+                                                  verbose=False)[KEY_METRIC_KID_MEAN])
+    if cfg.prc:
+        prc = prc_features_to_metric(gen.features, reference.features, prc_neighborhood=cfg.prc_neighborhood,
+                                     save_cpu_ram=True, verbose=False)
+        out.update(precision=float(prc[KEY_METRIC_PRECISION]), recall=float(prc[KEY_METRIC_RECALL]))
+    return out
+
+
+def split_draws(n_total: int, draws: int) -> list[np.ndarray]:
+    """The index ranges of ``draws`` consecutive, equal draws of ``n_total`` images."""
+    if n_total % draws:
+        raise StageInputError(f"{n_total} images do not split into {draws} equal draws; re-run the sample stage")
+    size = n_total // draws
+    return [np.arange(d * size, (d + 1) * size) for d in range(draws)]
+
+
+def score_draws(gen: Features, draws: int, reference: Reference, cfg: EvaluateConfig,
+                with_inf: bool = True) -> list[dict[str, float]]:
+    """The scores of each of ``draws`` consecutive equal draws of ``gen``."""
+    return [draw_scores(gen.subset(index), reference, cfg, with_inf) for index in split_draws(len(gen), draws)]
+
+
+def floor_scores(held_out: Features, n: int, draws: int, reference: Reference, cfg: EvaluateConfig) -> dict:
+    """The real-data floor: held-out real images scored as a model's draws are, with an honest spread.
+
+    With at least two disjoint draws of ``n`` held-out images (up to ``draws``), the spread is over those
+    (``spread: draws``). With fewer held-out images the floor is the score of the first ``n`` of them, and its
+    spread is the standard deviation over ``BOOTSTRAP_RESAMPLES`` resamples of them with replacement
+    (``spread: bootstrap``): the spread of a draw of that size, while the resamples' mean (biased by the
+    repeated images) is not used."""
+    available = len(held_out) // n
+    if available >= 2:
+        k = min(available, draws)
+        out = summarize(score_draws(held_out.subset(np.arange(k * n)), k, reference, cfg))
+        return {**out, "spread": "draws"}
+    n = min(n, len(held_out))
+    base = held_out.subset(np.arange(n))
+    rng = np.random.default_rng(cfg.seed)
+    resampled = [draw_scores(base.subset(rng.integers(0, n, n)), reference, cfg) for _ in range(BOOTSTRAP_RESAMPLES)]
+    point = draw_scores(base, reference, cfg)
+    out = {key: value for key, value in point.items()}
+    for key in point:
+        out[f"{key}_std"] = Spread.of([r[key] for r in resampled]).std
+    return {**out, "draws": 1, "spread": "bootstrap", "resamples": BOOTSTRAP_RESAMPLES}
+
+
+def score_images(images: np.ndarray, reference: Reference, backend: Backend, cfg: EvaluateConfig,
+                 device: torch.device, with_inf: bool = False) -> dict[str, float]:
+    """The scores of one set of uint8 images [N, C, H, W] (one draw) against ``reference``."""
+    return draw_scores(extract(images, backend, cfg, device), reference, cfg, with_inf)

@@ -1,0 +1,348 @@
+"""The comparison report: every (dataset, model, sampler, steps, backend) result in one table, with
+the real-data floor, as Markdown and as a self-contained HTML page (figures embedded as data URIs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import pandas as pd  # noqa: E402
+
+from ..sampling.names import network_evaluations  # noqa: E402
+from .significance import LOWER_IS_BETTER, spread_of, welch  # noqa: E402
+
+FLOOR_MODEL = "real held-out data"
+"""Model column of the floor rows: the real held-out split scored against the real training split."""
+
+SCORE_HEADINGS = {"fid": "FID", "fid_inf": "FID_inf", "isc": "IS", "isc_inf": "IS_inf", "kid": "KID",
+                  "precision": "precision", "recall": "recall", "class_accuracy": "class accuracy"}
+"""Scores shown as mean ± standard deviation over the draws, and their headings."""
+TEST_NAME = "Welch's t-test over the draws"
+
+
+@dataclass
+class ModelResult:
+    dataset: str
+    model: str
+    family: str
+    metrics: dict
+    """The evaluate stage's metrics.json."""
+    sweep: pd.DataFrame
+    """The evaluate stage's sweep.csv: one row per (steps, backend), mean and std over the draws."""
+    loss: pd.DataFrame
+    """The train stage's loss.csv."""
+    grid_png: Path
+    guidance: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """The evaluate stage's guidance.csv: one row per (guidance, backend); empty for an unconditional model."""
+
+
+@dataclass
+class Results:
+    floors: dict[str, dict] = field(default_factory=dict)
+    """Per dataset: the reference stage's floor.json."""
+    models: list[ModelResult] = field(default_factory=list)
+    significance: float = 0.05
+    """Level of the test that calls a difference beyond the noise."""
+
+
+def task_group(task: str) -> str:
+    """Rows compete within a task: every unconditional row together, conditional rows at each w apart."""
+    return "unconditional" if task.startswith("unconditional") else task
+
+
+def _row(dataset: str, model: str, family: str, task: str, sampler: str, steps, backend: str, scores: dict,
+         **extra) -> dict:
+    row = {"dataset": dataset, "model": model, "family": family, "task": task, "sampler": sampler, "steps": steps,
+           "backend": backend, "draws": scores.get("draws")}
+    for key in SCORE_HEADINGS:
+        row[key], row[f"{key}_std"] = scores.get(key), scores.get(f"{key}_std")
+    return {**row, **extra}
+
+
+def _floor_rows(dataset: str, floor: dict) -> list[dict]:
+    return [_row(dataset, FLOOR_MODEL, "", "", "", None, backend, metrics, spread=metrics.get("spread"),
+                 resamples=metrics.get("resamples"), num_generated=floor["num_held_out"])
+            for backend, metrics in floor.items() if isinstance(metrics, dict)]
+
+
+def main_rows(results: Results) -> pd.DataFrame:
+    """Per dataset: the floor rows, then each model at its sampling steps and guidance scale, and a conditional
+    model's unconditional branch (w = 0) when the guidance sweep scored it; one row per feature backend."""
+    rows = []
+    for dataset, floor in results.floors.items():
+        rows += _floor_rows(dataset, floor)
+        for r in (m for m in results.models if m.dataset == dataset):
+            m = r.metrics
+            common = dict(num_generated=m.get("num_generated"), bpd=m.get("bpd"), bpd_ode=m.get("bpd_ode"))
+            for backend, scores in m.items():
+                if isinstance(scores, dict) and any(key in scores for key in SCORE_HEADINGS):
+                    extra = {k: m[k] for k in ("class_accuracy", "class_accuracy_std") if k in m}
+                    rows.append(_row(dataset, r.model, r.family, m.get("task", ""), m["sampler"], m["steps"], backend,
+                                     {**scores, **extra}, **common))
+            for backend, scores in m.get("unconditional", {}).items():
+                rows.append(_row(dataset, r.model, r.family, "unconditional (w=0)", m["sampler"], m["steps"], backend,
+                                 scores, **common))
+    return pd.DataFrame(rows)
+
+
+def verdicts(table: pd.DataFrame, level: float, key: str = "fid") -> pd.DataFrame:
+    """For each model row, ``key``'s difference from the best model of its dataset, backend and task, and from
+    the real-data floor, with Welch's t-test over the draws: columns ``<key>_vs_best``, ``<key>_vs_best_p``,
+    ``<key>_vs_floor``, ``<key>_vs_floor_p`` (and ``best``: the row is the best of its group)."""
+    table = table.copy()
+    for col in (f"{key}_vs_best", f"{key}_vs_best_p", f"{key}_vs_floor", f"{key}_vs_floor_p"):
+        table[col] = None
+    table["best"] = False
+    if table.empty or key not in table:
+        return table
+    models = table[table.model != FLOOR_MODEL]
+    groups = models.assign(group=models.task.map(task_group)).groupby(["dataset", "backend", "group"])
+    for _, group in groups:
+        if group[key].isna().all():
+            continue
+        lower = LOWER_IS_BETTER[key]
+        best = group[key].idxmin() if lower else group[key].idxmax()
+        table.loc[best, "best"] = True
+        for i in group.index:
+            a, b = spread_of(dict(table.loc[i]), key), spread_of(dict(table.loc[best]), key)
+            if i != best and a is not None and b is not None:
+                d = welch(a, b, level)
+                table.loc[i, [f"{key}_vs_best", f"{key}_vs_best_p"]] = [d.change, d.p]
+    for i in models.index:
+        row = table.loc[i]
+        floor = table[(table.model == FLOOR_MODEL) & (table.dataset == row.dataset) & (table.backend == row.backend)]
+        a = spread_of(dict(row), key)
+        b = spread_of(dict(floor.iloc[0]), key) if len(floor) else None
+        if a is not None and b is not None:
+            d = welch(a, b, level)
+            table.loc[i, [f"{key}_vs_floor", f"{key}_vs_floor_p"]] = [d.change, d.p]
+    return table
+
+
+def _verdict(change, p, level: float) -> str:
+    if change is None or pd.isna(change):
+        return ""
+    return f"{change:+.3g}, {'beyond' if p < level else 'within'} noise (p={p:.2g})"
+
+
+def _mean_std(mean, std) -> str:
+    if mean is None or pd.isna(mean):
+        return ""
+    return f"{mean:.4g}" if std is None or pd.isna(std) else f"{mean:.4g} ± {std:.2g}"
+
+
+def shown(table: pd.DataFrame, level: float, with_verdicts: bool = True) -> pd.DataFrame:
+    """The table as it is printed: every score as mean ± std, the verdicts in words."""
+    out = pd.DataFrame({"dataset": table.dataset, "model": table.model, "family": table.family,
+                        "task": table.task, "sampler": table.sampler, "steps": table.steps.astype("Int64"),
+                        "features": table.backend})
+    for key, heading in SCORE_HEADINGS.items():
+        if key in table and table[key].notna().any():
+            out[heading] = [_mean_std(m, s) for m, s in zip(table[key], table[f"{key}_std"])]
+            if key == "fid" and with_verdicts:
+                out["FID vs best"] = ["best" if b else _verdict(c, p, level)
+                                      for b, c, p in zip(table.best, table.fid_vs_best, table.fid_vs_best_p)]
+                out["FID vs floor"] = [_verdict(c, p, level) for c, p in zip(table.fid_vs_floor, table.fid_vs_floor_p)]
+    if "bpd" in table:
+        out["bits/dim"] = table.bpd
+    if "bpd_ode" in table and table.bpd_ode.notna().any():
+        out["bits/dim (ODE)"] = table.bpd_ode
+    out["draws × images"] = [_draws(r) for r in table.to_dict("records")]
+    return out
+
+
+def _draws(row: dict) -> str:
+    if pd.isna(row.get("num_generated")) or pd.isna(row.get("draws")):
+        return ""
+    if row.get("spread") == "bootstrap":
+        return f"1 × {int(row['num_generated'])} ({int(row['resamples'])} bootstrap resamples)"
+    return f"{int(row['draws'])} × {int(row['num_generated'])}"
+
+
+def main_table(results: Results) -> pd.DataFrame:
+    """The rows at each model's sampling steps and guidance (and its w = 0 branch), with the verdicts, as shown."""
+    return shown(verdicts(main_rows(results), results.significance), results.significance)
+
+
+def results_table(results: Results) -> pd.DataFrame:
+    """Every (dataset, model, sampler, steps, backend) row with the numbers behind the verdicts: results.csv."""
+    rows = []
+    for dataset, floor in results.floors.items():
+        rows += _floor_rows(dataset, floor)
+        for r in (m for m in results.models if m.dataset == dataset):
+            for record in r.sweep.to_dict("records"):
+                rows.append(_row(dataset, r.model, r.family, r.metrics.get("task", ""), r.metrics["sampler"],
+                                 record["steps"], record["backend"], record, bpd=r.metrics.get("bpd"),
+                                 bpd_ode=r.metrics.get("bpd_ode"),
+                                 num_generated=r.metrics.get("num_generated")))
+    table = pd.DataFrame(rows)
+    table["steps"] = table["steps"].astype("Int64")
+    return table
+
+
+def steps_table(results: Results) -> pd.DataFrame:
+    """Every sampling step count of every model, as shown."""
+    return shown(results_table(results), results.significance, with_verdicts=False)
+
+
+def _figure_png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def loss_figure(results: Results, dataset: str) -> bytes:
+    """Training loss against step, one line per model of ``dataset`` (log scale: the terms differ widely)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for r in results.models:
+        if r.dataset == dataset:
+            ax.plot(r.loss["step"], r.loss["loss"], label=r.model)
+    ax.set(xlabel="training step", ylabel="loss", yscale="log", title=f"{dataset}: training loss")
+    ax.legend()
+    return _figure_png(fig)
+
+
+def _backends(results: Results, dataset: str) -> list[str]:
+    return [b for b, m in results.floors.get(dataset, {}).items() if isinstance(m, dict)]
+
+
+def _floor_band(ax, floor: dict, key: str) -> None:
+    if key in floor:
+        mean, std = floor[key], floor.get(f"{key}_std") or 0.0
+        ax.axhline(mean, linestyle="--", color="gray", label="real data")
+        ax.axhspan(mean - std, mean + std, color="gray", alpha=0.15)
+
+
+def fid_steps_figure(results: Results, dataset: str) -> bytes:
+    """FID against network evaluations per image (the sampling steps; twice as many under guidance other than
+    w = 0 or 1), one panel per feature backend, one line per model with the standard deviation over the draws
+    as error bars; the floor as a dashed line in its band of one standard deviation."""
+    backends = _backends(results, dataset)
+    fig, axes = plt.subplots(1, len(backends), figsize=(5 * len(backends), 3.5), squeeze=False)
+    for ax, backend in zip(axes[0], backends):
+        ticks: set[int] = set()
+        for r in (m for m in results.models if m.dataset == dataset):
+            rows = r.sweep[r.sweep.backend == backend]
+            if "fid" not in rows or rows.empty:
+                continue
+            evaluations = [network_evaluations(int(n), r.metrics.get("guidance"), r.metrics.get("sampler", ""))
+                           for n in rows["steps"]]
+            ax.errorbar(evaluations, rows["fid"], yerr=rows.get("fid_std"), marker="o", capsize=3,
+                        label=f"{r.model}, {r.metrics.get('sampler', '')}")
+            ticks |= set(evaluations)
+        _floor_band(ax, results.floors[dataset][backend], "fid")
+        ax.set(xlabel="network evaluations per image", ylabel="FID", xscale="log", title=f"{dataset}: {backend} features")
+        if ticks:
+            ax.set_xticks(sorted(ticks), [str(n) for n in sorted(ticks)])
+        ax.minorticks_off()
+        ax.legend(fontsize="small")
+    return _figure_png(fig)
+
+
+def guidance_figure(results: Results, dataset: str) -> bytes | None:
+    """FID (one panel per backend) and class accuracy against the guidance scale w of the conditional models,
+    with the standard deviation over the draws as error bars; None when no model is conditional."""
+    conditional = [m for m in results.models if m.dataset == dataset and not m.guidance.empty]
+    if not conditional:
+        return None
+    backends = _backends(results, dataset)
+    fig, axes = plt.subplots(1, len(backends) + 1, figsize=(4.5 * (len(backends) + 1), 3.5), squeeze=False)
+    for ax, backend in zip(axes[0], backends):
+        for r in conditional:
+            rows = r.guidance[r.guidance.backend == backend]
+            if "fid" in rows:
+                ax.errorbar(rows["guidance"], rows["fid"], yerr=rows.get("fid_std"), marker="o", capsize=3, label=r.model)
+        _floor_band(ax, results.floors[dataset][backend], "fid")
+        ax.set(xlabel="guidance scale w", ylabel="FID", title=f"{dataset}: {backend} features")
+        ax.legend(fontsize="small")
+    ax = axes[0][-1]
+    for r in conditional:
+        rows = r.guidance.drop_duplicates("guidance")
+        if "class_accuracy" in rows:
+            ax.errorbar(rows["guidance"], rows["class_accuracy"], yerr=rows.get("class_accuracy_std"), marker="o",
+                        capsize=3, label=r.model)
+    ax.set(xlabel="guidance scale w", ylabel="class accuracy", title=f"{dataset}: class asked for")
+    ax.legend(fontsize="small")
+    return _figure_png(fig)
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _blank_missing(table: pd.DataFrame) -> pd.DataFrame:
+    """Missing values as empty cells: pandas writes a missing integer (the floor's steps) as <NA>."""
+    return table.astype(object).where(table.notna(), "")
+
+
+def _table_markdown(table: pd.DataFrame) -> str:
+    return _blank_missing(table).to_markdown(index=False, floatfmt=".4g")
+
+
+def _table_html(table: pd.DataFrame) -> str:
+    return _blank_missing(table).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+
+
+def note(results: Results) -> str:
+    return (f"Every score is the mean ± standard deviation over independent draws of the generated images (the "
+            f"draws × images column). 'FID vs best' and 'FID vs floor' give the difference from the best model of "
+            f"the same dataset, features and task, and from the real-data floor (the real held-out split scored "
+            f"against the real training split, what a perfect model reaches), and whether {TEST_NAME} at level "
+            f"{results.significance:g} calls it beyond the noise. FID, IS and precision/recall depend on how many "
+            f"images are compared: read a model's numbers against rows of the same counts, or compare FID_inf "
+            f"and IS_inf (Chong & Forsyth 2020: fitted linearly in 1/N over subsets and extrapolated to "
+            f"infinitely many images), which do not depend on the count. The floor's spread comes from disjoint "
+            f"draws of held-out images when there are enough, otherwise from bootstrap resamples (shown). A "
+            f"conditional model is also scored at w = 0, its unconditional branch, which competes with the "
+            f"unconditional rows.")
+
+
+CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
+th{background:#f4f4f4}.grids{display:flex;flex-wrap:wrap;gap:1em}.grids figure{margin:0}
+.grids img{width:220px;image-rendering:pixelated}"""
+
+
+def render_html(results: Results) -> str:
+    """A self-contained page: no file or network access is needed to view it."""
+    parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>diffusionlab report</title>',
+             f"<style>{CSS}</style></head><body>", "<h1>diffusionlab report</h1>", f"<p>{html.escape(note(results))}</p>",
+             "<h2>Results at each model's sampling steps</h2>", _table_html(main_table(results))]
+    for dataset in results.floors:
+        parts.append(f"<h2>{html.escape(dataset)}</h2>")
+        parts.append(_img(loss_figure(results, dataset), f"{dataset} training loss"))
+        parts.append(_img(fid_steps_figure(results, dataset), f"{dataset} FID against sampling steps"))
+        guided = guidance_figure(results, dataset)
+        if guided is not None:
+            parts.append(_img(guided, f"{dataset} FID and class accuracy against guidance"))
+        parts.append('<div class="grids">')
+        for r in results.models:
+            if r.dataset == dataset:
+                parts.append(f"<figure>{_img(r.grid_png.read_bytes(), f'{dataset}-{r.model} samples')}"
+                             f"<figcaption>{html.escape(r.model)} ({html.escape(r.family)})</figcaption></figure>")
+        parts.append("</div>")
+    parts += ["<h2>Every sampling step count</h2>", _table_html(steps_table(results)), "</body></html>"]
+    return "\n".join(parts)
+
+
+def render_markdown(results: Results, grid_root: Path) -> str:
+    """The tables in Markdown; sample grids linked relative to ``grid_root`` (the report's folder)."""
+    lines = ["# diffusionlab report", "", note(results), "", "## Results at each model's sampling steps", "",
+             _table_markdown(main_table(results)), ""]
+    for dataset in results.floors:
+        lines += [f"## {dataset}: samples", ""]
+        for r in results.models:
+            if r.dataset == dataset:
+                rel = Path(*[".."] * len(grid_root.parts)) / r.grid_png
+                lines.append(f"![{dataset}-{r.model}]({rel.as_posix()})")
+        lines.append("")
+    lines += ["## Every sampling step count", "", _table_markdown(steps_table(results)), ""]
+    return "\n".join(lines)

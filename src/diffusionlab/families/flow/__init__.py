@@ -1,0 +1,1 @@
+"""``flow``: rectified flow (Liu et al. 2022; Esser et al. 2024)."""

@@ -1,0 +1,64 @@
+"""Command-line entry shared by the stage scripts: arguments, params, logging, clean errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import EXPECTED_ERRORS
+from ..validation import read_yaml, validate
+
+
+def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | None = None,
+              with_dataset: bool = True) -> None:
+    """Parse ``--dataset`` (and ``--model``), load params.yaml and run ``stage(params[, dataset[, model]])``.
+
+    ``params`` is validated as the type ``stage`` annotates it with: the whole of params.yaml
+    (:class:`diffusionlab.config.params.Params`) or the view of the sections that stage reads.
+
+    Expected failures (bad params, unavailable data, missing inputs) exit with status 2 and a
+    one-paragraph message instead of a traceback.
+    """
+    parser = argparse.ArgumentParser(description=stage.__doc__)
+    if with_dataset:
+        parser.add_argument("--dataset", required=True)
+    if with_model:
+        parser.add_argument("--model", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+    for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    names = [getattr(args, name) for name, wanted in (("dataset", with_dataset), ("model", with_model)) if wanted]
+    target = "-".join(names)
+    log = logging.getLogger("diffusionlab")
+    start = time.perf_counter()
+    try:
+        stage(validate(typing.get_type_hints(stage)["params"], read_yaml(args.params)), *names)
+    except EXPECTED_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    name = stage.__module__.rsplit(".", 1)[-1] + (f"@{target}" if target else "")
+    log.info("%s finished in %.1f s", name, time.perf_counter() - start)
+    if os.environ.get(MODULES_LOG):
+        record_modules(Path(os.environ[MODULES_LOG]), name)
+
+
+MODULES_LOG = "DIFFUSIONLAB_MODULES_LOG"
+"""When set, every stage appends the package modules it ran to this file (a JSON line): what its DVC deps must hold."""
+
+
+def record_modules(path: Path, stage: str) -> None:
+    """Append ``{"stage": ..., "modules": [the package's source files loaded in this process]}`` to ``path``."""
+    package = Path(__file__).resolve().parents[1]
+    files = sorted({str(Path(m.__file__).resolve().relative_to(package.parent.parent)) for m in list(sys.modules.values())
+                    if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(package)})
+    with path.open("a") as f:
+        f.write(json.dumps({"stage": stage, "modules": files}) + "\n")

@@ -1,0 +1,149 @@
+"""Checkpoints, loadable without running code (``torch.load(weights_only=True)``).
+
+``checkpoint.pt``: the resolved configuration, the weights and the EMA weights, what sampling and
+evaluation read. ``resume.pt``: the whole training state (:meth:`Trainer.state_dict`), written
+every ``train.checkpoint_every`` steps and used only to resume the same configuration of the
+same code.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config.params import RunConfig
+from ..core.process import Process
+from ..errors import StageInputError
+from ..io import atomic_path
+from ..nn.unet import UNet
+from .factory import build_network, build_process
+
+log = logging.getLogger(__name__)
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Checkpoint:
+    config: RunConfig
+    channels: int
+    step: int
+    model: UNet
+    ema: UNet
+    process: Process
+
+
+def save_checkpoint(path: str | Path, cfg: RunConfig, channels: int, step: int, model: UNet, ema: UNet,
+                    process: Process) -> None:
+    state = {
+        "config": cfg.to_dict(),
+        "channels": channels,
+        "step": step,
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "process": process.state_dict(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: str | Path) -> None:
+    """``module.load_state_dict(state)``, failing with every mismatched key listed."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in set(own) & set(state)
+                    if state[k].shape != own[k].shape)
+    if missing or unexpected or shapes:
+        parts = [f"{name}: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                    ("shape in file vs expected", shapes)) if keys]
+        raise StageInputError(
+            f"{path} does not fit the {what} its configuration builds ({'; '.join(parts)}); it was written by "
+            "another architecture or version: retrain it (dvc repro) or use the code that wrote it"
+        )
+    module.load_state_dict(state)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
+    """Load with ``weights_only=True``: a checkpoint file can carry no code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; train the model first (dvc repro)")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        cfg = RunConfig.from_dict(state["config"])
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError) as err:
+        raise StageInputError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+    process, nets = build_trained(cfg, state["channels"], state["process"], [state["model"], state["ema"]], device,
+                                  path)
+    return Checkpoint(cfg, state["channels"], state["step"], *nets, process)
+
+
+def build_trained(cfg: RunConfig, channels: int, process_state: dict[str, torch.Tensor],
+                  network_states: list[dict[str, torch.Tensor]], device: torch.device | str,
+                  source: str | Path) -> tuple[Process, list[UNet]]:
+    """The noise process and one network per state dict, built from ``cfg`` on ``device`` with the saved
+    weights loaded (:func:`load_weights` names ``source`` when they do not fit), in eval mode."""
+    process = build_process(cfg, device)
+    load_weights(process, process_state, "noise process", source)
+    process.eval()
+    nets = []
+    for state in network_states:
+        net = build_network(cfg, channels, process).to(device)
+        load_weights(net, state, "network", source)
+        nets.append(net.eval())
+    return process, nets
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """SHA-256 over the package's source: a resume checkpoint is used only by the code that wrote it."""
+    digest = hashlib.sha256()
+    for file in sorted(PACKAGE.rglob("*.py")):
+        digest.update(file.relative_to(PACKAGE).as_posix().encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Resume:
+    trainer: dict[str, Any]
+    """:meth:`Trainer.state_dict`."""
+    mlflow_run_id: str | None
+
+
+def save_resume(path: str | Path, cfg: RunConfig, channels: int, trainer_state: dict[str, Any],
+                mlflow_run_id: str | None) -> None:
+    """Write the training state to a temporary file and rename it: a killed process leaves the previous
+    resume file or the new one, never a partial one."""
+    state = {"config": cfg.to_dict(), "channels": channels, "code": code_fingerprint(),
+             "mlflow_run_id": mlflow_run_id, "trainer": trainer_state}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_resume(path: str | Path, cfg: RunConfig, channels: int, device: torch.device) -> Resume | None:
+    """The saved training state if ``path`` holds one of this configuration and code, else None (logged)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - an unreadable resume file only means starting afresh
+        log.warning("%s is unreadable (%s: %s); training from scratch", path, type(err).__name__, err)
+        return None
+    if state.get("config") != cfg.to_dict() or state.get("channels") != channels:
+        log.info("%s was written with other params; training from scratch", path)
+        return None
+    if state.get("code") != code_fingerprint():
+        log.info("%s was written by another version of the code; training from scratch", path)
+        return None
+    return Resume(state["trainer"], state["mlflow_run_id"])

@@ -1,0 +1,32 @@
+"""Build the noise process and the network from a run's configuration."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config.params import RunConfig
+from ..core.process import Process
+from ..datasets import NUM_CLASSES
+from ..families.registry import build_process as build_family_process
+from ..nn.unet import UNet
+
+
+def build_process(cfg: RunConfig, device: torch.device | str = "cpu") -> Process:
+    """The noise process of the run's model family, built by the family's own module."""
+    return build_family_process(cfg.model, device)
+
+
+def num_classes(cfg: RunConfig) -> int:
+    """Classes the network is conditioned on: the dataset's for a class-conditional model, else 0."""
+    return NUM_CLASSES[cfg.dataset] if cfg.model.class_conditional else 0
+
+
+def build_network(cfg: RunConfig, channels: int, process: Process) -> UNet:
+    return UNet(cfg.data.unet, image_size=cfg.data.image_size, in_channels=channels,
+                out_channels=process.out_channels(channels), num_classes=num_classes(cfg))
+
+
+def process_parameters(process: Process) -> list[nn.Parameter]:
+    """The process's learnable parameters (VDM's schedule); none for a fixed schedule."""
+    return list(process.parameters())
