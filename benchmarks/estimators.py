@@ -26,15 +26,16 @@ import math
 import numpy as np
 import torch
 
-from common import ROOT, machine, markdown_table, parse_args, write_results
 from diffusionlab import paths
-from diffusionlab.runtime.checkpoint import load_checkpoint
 from diffusionlab.datasets import load_prepared
 from diffusionlab.device import resolve_device
 from diffusionlab.families.vdm.gamma import make_gamma
 from diffusionlab.families.vdm.logsnr_sampling import AdaptiveLogSNR
-from diffusionlab.tensors import to_model_range
 from diffusionlab.families.vdm.process import VDM
+from diffusionlab.runtime.checkpoint import load_checkpoint
+from diffusionlab.tensors import to_model_range
+
+from common import ROOT, machine, markdown_table, parse_args, write_results
 
 
 def estimates(process: VDM, net, x: torch.Tensor, labels: torch.Tensor | None, how: str,

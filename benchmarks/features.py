@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from common import ROOT, isolated, machine, markdown_table, parse_args, peak_memory, sync, write_results
 from diffusionlab import paths
 from diffusionlab.config.params import load_params
 from diffusionlab.device import resolve_device
-from diffusionlab.evaluation.features import ImageArrayDataset, inception_backend, network_backend, NETWORK_BACKENDS
+from diffusionlab.evaluation.features import NETWORK_BACKENDS, ImageArrayDataset, inception_backend, network_backend
+
+from common import ROOT, isolated, machine, markdown_table, parse_args, peak_memory, sync, write_results
 
 SHAPES = {"digits": (1, 16, 16), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 

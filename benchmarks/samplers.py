@@ -27,19 +27,27 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common import ROOT, isolated, machine, markdown_table, parse_args, peak_memory, sync, write_results
 from diffusionlab import paths
-from diffusionlab.runtime.checkpoint import Checkpoint, load_checkpoint
-from diffusionlab.config.params import load_params, RunConfig
-from diffusionlab.validation import replace
+from diffusionlab.config.params import RunConfig, load_params
 from diffusionlab.device import resolve_device
-from diffusionlab.evaluation.metrics import extract, load_reference, Reference, reference_file, score_draws, score_images
-from diffusionlab.evaluation.features import Backend, network_backend, NETWORK_BACKENDS
+from diffusionlab.evaluation.features import NETWORK_BACKENDS, Backend, network_backend
+from diffusionlab.evaluation.metrics import (
+    Reference,
+    extract,
+    load_reference,
+    reference_file,
+    score_draws,
+    score_images,
+)
 from diffusionlab.evaluation.significance import Spread, welch
+from diffusionlab.runtime.checkpoint import Checkpoint, load_checkpoint
 from diffusionlab.sampling.generation import generate
 from diffusionlab.sampling.guidance import ConditionalModel, requested_labels
 from diffusionlab.sampling.names import network_evaluations
-from diffusionlab.sampling.samplers import make_sampler, SAMPLERS
+from diffusionlab.sampling.samplers import SAMPLERS, make_sampler
+from diffusionlab.validation import replace
+
+from common import ROOT, isolated, machine, markdown_table, parse_args, peak_memory, sync, write_results
 
 QUALITY = [("ddpm", 1000), ("ddpm", 20), ("dpmpp_2m", 20), ("dpmpp_2m_sde", 20)]
 """(sampler, steps) compared in the quality part; the first is the reference the others are held to."""

@@ -22,18 +22,19 @@ import os
 
 import numpy as np
 import torch
+from samplers import setup
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from common import ROOT, machine, markdown_table, parse_args, write_results
 from diffusionlab import paths
 from diffusionlab.config.params import load_params
-from diffusionlab.validation import replace
 from diffusionlab.datasets import load_prepared
 from diffusionlab.device import resolve_device
+from diffusionlab.evaluation.features import NETWORK_BACKENDS, network_backend
 from diffusionlab.evaluation.metrics import draw_scores, extract, load_reference, reference_file
-from diffusionlab.evaluation.features import network_backend, NETWORK_BACKENDS
-from samplers import setup
+from diffusionlab.validation import replace
+
+from common import ROOT, machine, markdown_table, parse_args, write_results
 
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
 

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import ROOT, isolated, machine, markdown_table, parse_args, peak_memory, sync, write_results
-from diffusionlab.config.params import load_params, NUM_CLASSES
-from diffusionlab.validation import replace
+from diffusionlab.config.params import NUM_CLASSES, load_params
 from diffusionlab.device import device_name, resolve_device
 from diffusionlab.runtime.training import Trainer
+from diffusionlab.validation import replace
+
+from common import ROOT, isolated, machine, markdown_table, parse_args, peak_memory, sync, write_results
 
 CHANNELS = {"digits": 1, "mnist": 1, "cifar10": 3}
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}

@@ -9,8 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from common import markdown_table, write_results  # noqa: E402
 from pipeline import timed_run  # noqa: E402
+
+from common import markdown_table, write_results  # noqa: E402
 
 DVC_LIKE = r"""
 import time

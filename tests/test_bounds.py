@@ -12,8 +12,8 @@ import pytest
 import torch
 from scipy import stats
 
-from diffusionlab.families.ddpm.process import GaussianDiffusion
 from diffusionlab.core.likelihood import BIN_HALF_WIDTH
+from diffusionlab.families.ddpm.process import GaussianDiffusion
 from diffusionlab.families.ddpm.schedules import cosine_betas, linear_betas
 
 MU, S = 0.1, 0.3

@@ -6,10 +6,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from diffusionlab.config.params import RunConfig, load_params, parse_params
+from diffusionlab.config.sections import SampleConfig
 from diffusionlab.errors import ConfigError
-from diffusionlab.config.params import load_params, parse_params, RunConfig
-from diffusionlab.config.sections import SampleConfig, SamplerName
 from diffusionlab.nn.unet import UNetConfig
+from diffusionlab.sampling.names import SamplerName
 from diffusionlab.validation import flatten
 
 ROOT = Path(__file__).resolve().parents[1]

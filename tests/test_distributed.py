@@ -6,12 +6,13 @@ import sys
 
 import pytest
 import torch
-
-from diffusionlab.runtime.checkpoint import load_checkpoint
-from diffusionlab.errors import ConfigError
-from diffusionlab.distributed import Shard, World
-from processes import run
 from test_end_to_end import make_project
+
+from diffusionlab.distributed import Shard, World
+from diffusionlab.errors import ConfigError
+from diffusionlab.runtime.checkpoint import load_checkpoint
+
+from processes import run
 
 ONE_MODEL = {
     "pipeline": {"datasets": ["digits"], "models": ["vdm"]},

@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 
 from diffusionlab.pipeline.cli import MODULES_LOG
+
 from processes import PROJECT, command_line, kill_group, process_tree, project_processes, run, stop
 
 ROOT = Path(__file__).resolve().parents[1]

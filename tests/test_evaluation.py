@@ -10,21 +10,34 @@ import pytest
 import scipy.linalg
 import torch
 import torch_fidelity
-import yaml
 import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
+import yaml
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
 from torchvision.transforms.v2 import functional as TF
 
 from diffusionlab import paths
-from diffusionlab.nn.classifier import accuracy, load_classifier, ResNetClassifier, save_classifier, train_classifier
-from diffusionlab.nn.classifier import ClassifierConfig
-from diffusionlab.config.sections import EvaluateConfig
 from diffusionlab.config.params import parse_params
+from diffusionlab.config.sections import EvaluateConfig
 from diffusionlab.datasets import prepare_digits, save_prepared
 from diffusionlab.errors import StageInputError, WeightsUnavailable
-from diffusionlab.evaluation.metrics import draw_scores, extract, load_reference, Reference, save_reference
-from diffusionlab.evaluation.features import classifier_backend, CLASSIFIER_EXTRACTOR, ClassifierFeatureExtractor, ensure_inception_weights, inception_backend, resolve_backends
+from diffusionlab.evaluation.features import (
+    CLASSIFIER_EXTRACTOR,
+    ClassifierFeatureExtractor,
+    classifier_backend,
+    ensure_inception_weights,
+    inception_backend,
+    resolve_backends,
+)
+from diffusionlab.evaluation.metrics import Reference, draw_scores, extract, load_reference, save_reference
+from diffusionlab.nn.classifier import (
+    ClassifierConfig,
+    ResNetClassifier,
+    accuracy,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
 from diffusionlab.pipeline.reference import reference_stage
 
 CPU = torch.device("cpu")

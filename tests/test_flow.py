@@ -7,16 +7,17 @@ import pytest
 import torch
 import yaml
 
-from diffusionlab.config.sections import SampleConfig
 from diffusionlab.config.params import parse_params
+from diffusionlab.config.sections import SampleConfig
+from diffusionlab.core.ode import ode_log_likelihood
+from diffusionlab.core.process import time_shift
 from diffusionlab.errors import ConfigError
 from diffusionlab.families.flow.params import FlowParams
 from diffusionlab.families.flow.process import RectifiedFlow
 from diffusionlab.sampling.guidance import ConditionalModel
 from diffusionlab.sampling.inverse import inpaint
-from diffusionlab.core.ode import ode_log_likelihood
-from diffusionlab.core.process import time_shift
 from diffusionlab.sampling.samplers import make_sampler
+
 from gaussian_data import SHAPE, affine_map, draw, exact_model, gaussian, log_density
 from test_guidance import assert_guidance_steers, net  # noqa: F401  (net: the fixture)
 from test_training import ROOT, TINY_NET

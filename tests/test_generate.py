@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
+from diffusionlab.config.params import parse_params
+from diffusionlab.generate import main
 from diffusionlab.runtime.checkpoint import save_checkpoint
 from diffusionlab.runtime.factory import build_network, build_process
-from diffusionlab.generate import main
 
 from test_guidance import params_raw
-from diffusionlab.config.params import parse_params
 
 
 def write_checkpoint(path, **model):

@@ -7,16 +7,14 @@ import pytest
 import torch
 import yaml
 
-from diffusionlab.config.sections import SampleConfig
-from diffusionlab.nn.unet import UNetConfig
 from diffusionlab.config.params import parse_params
+from diffusionlab.config.sections import SampleConfig
 from diffusionlab.errors import ConfigError
+from diffusionlab.nn.unet import UNet, UNetConfig
+from diffusionlab.runtime.training import Trainer, drop_labels
 from diffusionlab.sampling.generation import generate
-from diffusionlab.runtime.training import drop_labels
 from diffusionlab.sampling.guidance import ConditionalModel, guide, guided_network, requested_labels
 from diffusionlab.sampling.samplers import make_sampler
-from diffusionlab.runtime.training import Trainer
-from diffusionlab.nn.unet import UNet
 
 from test_training import ROOT, TINY_NET
 

@@ -6,10 +6,10 @@ import torch
 
 from diffusionlab.config.sections import SampleConfig
 from diffusionlab.families.ddpm.process import GaussianDiffusion
+from diffusionlab.families.ddpm.schedules import cosine_betas, linear_betas
+from diffusionlab.sampling.base import sample
 from diffusionlab.sampling.inverse import ddim_invert, inpaint, round_trip
 from diffusionlab.sampling.samplers import make_sampler
-from diffusionlab.sampling.base import sample
-from diffusionlab.families.ddpm.schedules import cosine_betas, linear_betas
 
 from test_samplers import MU, STD, gaussian_oracle
 

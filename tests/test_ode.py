@@ -7,16 +7,17 @@ import pytest
 import torch
 
 from diffusionlab.config.sections import SampleConfig
-from diffusionlab.families.ddpm.process import GaussianDiffusion
-from diffusionlab.families.vdm.gamma import make_gamma
-from diffusionlab.sampling.inverse import inpaint
 from diffusionlab.core.ode import ode_log_likelihood
 from diffusionlab.core.process import shifted_grid, time_shift
+from diffusionlab.families.ddpm.process import GaussianDiffusion
 from diffusionlab.families.ddpm.samplers import DDIMSampler
-from diffusionlab.sampling.samplers import make_sampler
-from diffusionlab.sampling.base import sample
 from diffusionlab.families.ddpm.schedules import cosine_betas, linear_betas
+from diffusionlab.families.vdm.gamma import make_gamma
 from diffusionlab.families.vdm.process import VDM
+from diffusionlab.sampling.base import sample
+from diffusionlab.sampling.inverse import inpaint
+from diffusionlab.sampling.samplers import make_sampler
+
 from gaussian_data import DIMS, SHAPE, affine_map, draw, exact_model, gaussian, log_density
 
 

@@ -8,7 +8,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from diffusionlab.evaluation.report import FLOOR_MODEL, main_rows, main_table, ModelResult, render_html, render_markdown, Results, results_table, verdicts
+from diffusionlab.evaluation.report import (
+    FLOOR_MODEL,
+    ModelResult,
+    Results,
+    main_rows,
+    main_table,
+    render_html,
+    render_markdown,
+    results_table,
+    verdicts,
+)
 
 
 def floor(fid, spread="draws"):

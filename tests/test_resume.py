@@ -9,9 +9,9 @@ import sys
 import time
 
 import torch
+from test_end_to_end import activated, make_project, shell
 
 from processes import command_line, kill_group, process_tree, run
-from test_end_to_end import activated, make_project, shell
 
 SLOW_ENOUGH_TO_KILL = {
     "pipeline": {"datasets": ["digits"], "models": ["ddpm"]},

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from diffusionlab.config.sections import SampleConfig
+from diffusionlab.core.process import logsnr_uniform_steps
 from diffusionlab.families.ddpm.process import GaussianDiffusion
 from diffusionlab.families.ddpm.samplers import DDIMSampler, DDPMSampler, respaced_betas
-from diffusionlab.core.process import logsnr_uniform_steps
-from diffusionlab.sampling.samplers import make_sampler
-from diffusionlab.sampling.base import sample
 from diffusionlab.families.ddpm.schedules import cosine_betas, linear_betas
+from diffusionlab.sampling.base import sample
+from diffusionlab.sampling.samplers import make_sampler
 
 MU, STD = 0.4, 0.3
 

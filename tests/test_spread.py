@@ -11,7 +11,18 @@ from scipy import stats
 
 from diffusionlab.compare import Side, compare, from_metrics
 from diffusionlab.config.sections import EvaluateConfig
-from diffusionlab.evaluation.metrics import BOOTSTRAP_RESAMPLES, extrapolate, Features, fid, fit_inverse_n, floor_scores, inf_sizes, Reference, score_draws, split_draws
+from diffusionlab.evaluation.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    Features,
+    Reference,
+    extrapolate,
+    fid,
+    fit_inverse_n,
+    floor_scores,
+    inf_sizes,
+    score_draws,
+    split_draws,
+)
 from diffusionlab.evaluation.significance import Spread, spread_of, summarize, welch
 
 

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_generate import write_checkpoint
 
+from diffusionlab.config.params import parse_params
+from diffusionlab.config.sections import MlflowConfig
+from diffusionlab.errors import TrackingUnavailable
 from diffusionlab.runtime import tracking
 from diffusionlab.runtime.checkpoint import load_checkpoint
-from diffusionlab.config.sections import MlflowConfig
-from diffusionlab.config.params import parse_params
-from diffusionlab.errors import TrackingUnavailable
 from diffusionlab.runtime.model import DiffusionModel
 
-from test_generate import write_checkpoint
 from test_guidance import ROOT, params_raw
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from diffusionlab.runtime.checkpoint import load_checkpoint, load_resume, save_checkpoint, save_resume
 from diffusionlab.config.params import parse_params
 from diffusionlab.datasets import prepare_digits
 from diffusionlab.errors import StageInputError, TrainingDiverged
+from diffusionlab.runtime.checkpoint import load_checkpoint, load_resume, save_checkpoint, save_resume
 from diffusionlab.runtime.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

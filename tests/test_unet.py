@@ -3,8 +3,7 @@ import math
 import pytest
 import torch
 
-from diffusionlab.nn.unet import UNetConfig
-from diffusionlab.nn.unet import group_norm, timestep_embedding, UNet
+from diffusionlab.nn.unet import UNet, UNetConfig, group_norm, timestep_embedding
 
 
 @pytest.mark.parametrize("channels,groups", [(8, 2), (16, 4), (24, 2), (32, 8), (128, 32), (256, 32)])

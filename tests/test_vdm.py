@@ -8,13 +8,13 @@ import pytest
 import torch
 from scipy import stats
 
-from diffusionlab.families.vdm.gamma import make_gamma
-from diffusionlab.core.likelihood import BIN_HALF_WIDTH
 from diffusionlab.config.sections import SampleConfig
+from diffusionlab.core.likelihood import BIN_HALF_WIDTH
+from diffusionlab.families.vdm.gamma import make_gamma
+from diffusionlab.families.vdm.process import VDM, alpha_sigma
 from diffusionlab.families.vdm.samplers import VDMSampler
-from diffusionlab.sampling.samplers import make_sampler
 from diffusionlab.sampling.base import sample
-from diffusionlab.families.vdm.process import alpha_sigma, VDM
+from diffusionlab.sampling.samplers import make_sampler
 
 MU, S = 0.1, 0.3
 GRID = torch.arange(256, dtype=torch.float64) / 127.5 - 1

@@ -8,14 +8,14 @@ import pytest
 import torch
 from scipy import stats
 
-from diffusionlab.families.vdm.gamma import make_gamma
-from diffusionlab.sampling.guidance import ConditionalModel
 from diffusionlab.core.likelihood import sum_flat
+from diffusionlab.families.vdm.gamma import make_gamma
 from diffusionlab.families.vdm.logsnr_sampling import AdaptiveLogSNR
+from diffusionlab.families.vdm.process import VDM, alpha_sigma, eps_from, target
 from diffusionlab.families.vdm.samplers import VDMSampler
+from diffusionlab.families.vdm.weighting import EDM_PEAK, Weighting, log_weight
 from diffusionlab.sampling.base import sample
-from diffusionlab.families.vdm.process import alpha_sigma, eps_from, target, VDM
-from diffusionlab.families.vdm.weighting import EDM_PEAK, log_weight, Weighting
+from diffusionlab.sampling.guidance import ConditionalModel
 
 G_MIN, G_MAX = -10.0, 6.0  # log-SNR from -6 (noisiest) to 10
 MU, VAR = 0.3, 0.2**2
@@ -213,8 +213,7 @@ def test_a_sampler_gives_the_same_images_whatever_the_parameterisation():
 
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 def test_a_conditional_vdm_at_w_0_and_1_is_its_unconditional_and_conditional_model_exactly(prediction):
-    from diffusionlab.nn.unet import UNetConfig
-    from diffusionlab.nn.unet import UNet
+    from diffusionlab.nn.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
     net = UNet(UNetConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,),

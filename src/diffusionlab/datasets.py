@@ -13,7 +13,6 @@ import shutil
 import urllib.error
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
 from typing import Annotated, Literal, get_args
 
 import numpy as np

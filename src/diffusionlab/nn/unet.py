@@ -5,7 +5,6 @@ of the same shape and knows nothing of noise schedules."""
 from __future__ import annotations
 
 import math
-
 from typing import Annotated
 
 import torch

@@ -15,10 +15,9 @@ import torch
 from torch import Tensor
 
 from ...core.likelihood import LN2, at_least_fp32, discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from ...core.process import (Denoiser, SamplerOptions, TimeGrid, VariancePreserving, logsnr_uniform_steps,
-                             shifted_grid)
-from ...distributed import Shard, all_gather_cat, global_rows
+from ...core.process import Denoiser, SamplerOptions, TimeGrid, VariancePreserving, logsnr_uniform_steps, shifted_grid
 from ...core.updates import VariancePreservingSampler
+from ...distributed import Shard, all_gather_cat, global_rows
 from ...sampling.names import VP_SAMPLERS
 from .params import DDPMParams, DiscreteParams
 from .samplers import discrete_sampler

@@ -26,10 +26,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...core.likelihood import (at_least_fp32, discretized_gaussian_log_likelihood, nats_to_bits_per_dim, normal_kl,
-                                sum_flat)
-from ...core.process import (Denoiser, SamplerOptions, TimeGrid, VariancePreserving, logsnr_uniform_steps,
-                             shifted_grid)
+from ...core.likelihood import (
+    at_least_fp32,
+    discretized_gaussian_log_likelihood,
+    nats_to_bits_per_dim,
+    normal_kl,
+    sum_flat,
+)
+from ...core.process import Denoiser, SamplerOptions, TimeGrid, VariancePreserving, logsnr_uniform_steps, shifted_grid
 from ...distributed import Shard, all_gather_cat, global_rows
 from ...sampling.names import VP_SAMPLERS
 from .gamma import Gamma, make_gamma
