@@ -32,6 +32,7 @@ def test_data_preparation_depends_on_no_sampler_process_or_evaluation_and_the_re
     assert len(prepare) <= 10, prepare
     assert not [d for d in prepare if any(k in d for k in ("sampling/", "families/", "core/", "evaluation/", "nn/"))]
     assert not [d for d in stages["report"]["deps"] if d.endswith("process.py") or "/families/" in d]
-    for stage in ("prepare", "classifier", "reference", "train", "report"):
-        samplers = [d for d in stages[stage]["deps"] if "/sampling/" in d and not d.endswith(("__init__.py", "names.py"))]
+    for stage in ("prepare", "classifier", "reference", "train", "evaluate", "report"):
+        samplers = [d for d in stages[stage]["deps"] if d.endswith("samplers.py") or (
+            "/sampling/" in d and not d.endswith(("__init__.py", "names.py")))]
         assert not samplers, f"stage {stage} depends on sampling code {samplers}"

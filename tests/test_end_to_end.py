@@ -265,11 +265,12 @@ def test_every_stage_ran_only_modules_its_dvc_deps_list(project):
         assert not missing, f"{record['stage']} ran {sorted(missing)}, which dvc.yaml does not list"
 
 
-def test_editing_a_sampler_makes_only_the_sample_stages_stale(project):
-    """A sampler's code reaches sample (and, through its outputs, evaluate and report), never the data, the
-    feature networks, the reference statistics or training."""
+@pytest.mark.parametrize("module", ["sampling/samplers.py", "families/ddpm/samplers.py"])
+def test_editing_a_sampler_makes_only_the_sample_stages_stale(project, module):
+    """A sampler's code, family-agnostic or a family's own, reaches sample (and, through its outputs, evaluate
+    and report), never the data, the feature networks, the reference statistics or training."""
     dest, env, _ = project
-    sampler = dest / "src/diffusionlab/sampling/samplers.py"
+    sampler = dest / "src/diffusionlab" / module
     original = sampler.read_text()
     sampler.write_text(original + "\n# edited\n")
     try:

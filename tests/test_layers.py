@@ -4,6 +4,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -24,11 +26,13 @@ LAYERS = [
 
 
 def layer_of(module: str) -> int:
-    """The layer of a module: the deepest listed package or module it is or lies in."""
+    """The layer of a module: the deepest listed package or module it is or lies in (the package's own
+    ``__init__``, ``diffusionlab``, holds no other module)."""
     best = None
     for rank, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+            inside = module == prefix or (prefix != "diffusionlab" and module.startswith(prefix + "."))
+            if inside and (best is None or len(prefix) > best[1]):
                 best = (rank, len(prefix))
     assert best is not None, f"{module} belongs to no layer; add it to LAYERS in tests/test_layers.py"
     return best[0]
@@ -69,8 +73,15 @@ def test_the_package_has_no_import_cycle():
     assert not found, "import cycles:\n" + "\n".join(" -> ".join(c) for c in found)
 
 
+def test_every_module_belongs_to_a_layer():
+    for module in graph():
+        layer_of(module)
+
+
 def test_the_checks_find_an_upward_import_and_a_cycle():
     edges = {"diffusionlab.core.process": {"diffusionlab.config.params"}, "diffusionlab.config.params": set(),
              "diffusionlab.sampling.a": {"diffusionlab.sampling.b"}, "diffusionlab.sampling.b": {"diffusionlab.sampling.a"}}
     assert layer_of("diffusionlab.config.params") > layer_of("diffusionlab.core.process")
     assert cycles(edges) == [["diffusionlab.sampling.a", "diffusionlab.sampling.b", "diffusionlab.sampling.a"]]
+    with pytest.raises(AssertionError, match="belongs to no layer"):
+        layer_of("diffusionlab.newfolder.module")

@@ -2,7 +2,9 @@
 
 ``tests/data/previous_layout`` holds a tiny class-conditional ``vlb`` model's ``checkpoint.pt`` and a tiny ``vdm``
 logged as an MLflow pytorch model (pickled as ``diffusionlab.model._rebuild``), both written by commit a123c26,
-with the images each drew there (10 steps, seed 0; the ``vlb`` at guidance 2).
+with the images each drew there (10 steps, seed 0; the ``vlb`` at guidance 2): with the model's own sampler
+(``ddpm``, ancestral) and with a family-agnostic one (``dpmpp_2m``, ``dpmpp_2m_sde``), which now runs on the
+process's grid of (alpha, sigma) and agrees with the earlier code to float rounding.
 """
 
 from pathlib import Path
@@ -26,6 +28,8 @@ def test_a_checkpoint_of_the_previous_layout_loads_and_samples_as_it_did():
     model = DiffusionModel.from_checkpoint(load_checkpoint(DATA / "vlb_checkpoint.pt"))
     assert model.config.model.family == "vlb" and model.num_classes == 10
     assert_same_images(model.sample(6, steps=10, seed=0, guidance=2.0), np.load(DATA / "vlb_samples.npy"))
+    assert_same_images(model.sample(6, sampler="dpmpp_2m", steps=10, seed=0, guidance=2.0),
+                       np.load(DATA / "vlb_samples_dpmpp_2m.npy"))
 
 
 def test_an_mlflow_model_pickled_by_the_previous_layout_loads_and_samples_as_it_did():
@@ -34,3 +38,5 @@ def test_an_mlflow_model_pickled_by_the_previous_layout_loads_and_samples_as_it_
     model = mlflow.pytorch.load_model(str(DATA / "vdm_mlflow_model"), map_location="cpu")
     assert isinstance(model, DiffusionModel) and model.config.model.family == "vdm"
     assert_same_images(model.sample(6, steps=10, seed=0), np.load(DATA / "vdm_samples.npy"))
+    assert_same_images(model.sample(6, sampler="dpmpp_2m_sde", steps=10, seed=0),
+                       np.load(DATA / "vdm_samples_dpmpp_2m_sde.npy"))

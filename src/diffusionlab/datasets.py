@@ -139,7 +139,7 @@ def _mirror_base(mirror: str) -> str:
 
 
 def _torchvision_datasets():
-    """torchvision.datasets, imported on first use (see :func:`diffusionlab.images.torchvision_utils`)."""
+    """torchvision.datasets, imported on first use (see :func:`diffusionlab.viz.images.torchvision_utils`)."""
     from torchvision import datasets
 
     return datasets

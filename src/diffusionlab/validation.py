@@ -141,6 +141,7 @@ _SAYS = {"int_type": "must be an integer", "float_type": "must be a number", "fi
          "model_type": _MAPPING, "model_attributes_type": _MAPPING, "dict_type": _MAPPING, "greater_than": "must be >",
          "greater_than_equal": "must be >=", "less_than": "must be <", "less_than_equal": "must be <="}
 _LIMITS = ("gt", "ge", "lt", "le")
+_PLURAL = {"family": "families"}
 
 
 def _message(root: type[BaseModel], error: Any) -> str:
@@ -156,7 +157,7 @@ def _message(root: type[BaseModel], error: Any) -> str:
     if kind == "extra_forbidden" and len(owners) == 1:
         return f"{parent}: {leaf} {value!r} applies to {tag} '{owners[0]}' only; remove it from this '{member}' block"
     if kind in ("extra_forbidden", "literal_error") and owners:
-        allowed = f"allowed: {expected.replace(' or ', ', ')}" if expected else f"those with it: {', '.join(owners)}"
+        allowed = f"allowed: {expected.replace(' or ', ', ')}" if expected else f"{_PLURAL.get(tag, tag + ' values')} with it: {', '.join(owners)}"
         return f"{parent}: {leaf} {value!r} does not apply to {tag} '{member}' ({allowed})"
     if kind == "extra_forbidden" or leaf == "[key]":
         return f"unknown key {key} in params.yaml; {_hint(root, loc, members)}"

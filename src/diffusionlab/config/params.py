@@ -139,10 +139,6 @@ class Params(Section):
                                  "than the model has")
         return self
 
-    def feature_network(self, name: str) -> ClassifierConfig:
-        """The params block of feature network ``name`` (``classifier`` or ``resnet``)."""
-        return {"classifier": self.classifier, "resnet": self.resnet}[name]
-
     def run(self, dataset: str, model: str) -> RunConfig:
         """The resolved configuration of one (dataset, model) combination."""
         if dataset not in self.datasets:

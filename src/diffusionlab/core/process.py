@@ -183,7 +183,24 @@ class Process(Protocol):
         ...
 
 
-class VariancePreserving:
+class ProcessDefaults:
+    """What most processes share: no training state beyond :meth:`state_dict`, and times in [0, 1] written
+    as such (a discrete-time process writes its steps 1..T instead)."""
+
+    has_bound = False
+
+    def time_label(self, t: float) -> str:
+        return f"t={t:.3g}"
+
+    def training_state(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_training_state(self, state: dict[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"this process keeps no training state, got {sorted(state)}")
+
+
+class VariancePreserving(ProcessDefaults):
     """The ODE of a variance-preserving process (alpha^2 + sigma^2 = 1) whose denoiser predicts eps, in the
     EDM formulation of Karras et al. 2022: y = x / alpha, tau = sigma / alpha, dy/dtau = eps."""
 
@@ -202,10 +219,3 @@ class VariancePreserving:
 
     def ode_derivative(self, x0: Tensor, eps: Tensor) -> Tensor:
         return eps
-
-    def training_state(self) -> dict[str, Tensor]:
-        return {}
-
-    def load_training_state(self, state: dict[str, Tensor]) -> None:
-        if state:
-            raise ValueError(f"this process keeps no training state, got {sorted(state)}")

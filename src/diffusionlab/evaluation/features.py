@@ -3,7 +3,7 @@
 ``inception``: torch-fidelity's InceptionV3 (``inception-v3-compat``), the network papers report
 numbers with. Its weights are read from a path given in params and downloaded there when missing.
 
-``classifier`` and ``resnet``: the dataset's own feature networks (:mod:`diffusionlab.classifier`),
+``classifier`` and ``resnet``: the dataset's own feature networks (:mod:`diffusionlab.nn.classifier`),
 two designs that share no weights, registered with torch-fidelity as one feature extractor that
 loads whichever network its weights file holds; they need nothing but the data, so they work offline.
 """
@@ -36,7 +36,7 @@ INCEPTION_URL = URL_INCEPTION_V3
 
 
 class ClassifierFeatureExtractor(FeatureExtractorBase):
-    """Torch-fidelity feature extractor over a trained feature network of :mod:`diffusionlab.classifier`.
+    """Torch-fidelity feature extractor over a trained feature network of :mod:`diffusionlab.nn.classifier`.
 
     Provides ``features`` (the penultimate layer, [B, feature_dim]: FID, KID, precision/recall) and
     ``logits`` ([B, num_classes]: torch-fidelity's Inception Score applies the softmax itself).
@@ -90,7 +90,7 @@ class Backend:
 
 
 NETWORK_BACKENDS = ("classifier", "resnet")
-"""Backends over the feature networks trained on the dataset (:mod:`diffusionlab.classifier`)."""
+"""Backends over the feature networks trained on the dataset (:mod:`diffusionlab.nn.classifier`)."""
 
 
 def network_backend(name: str, path: str | Path, accuracy: float | None = None) -> Backend:

@@ -46,7 +46,7 @@ def bits_per_dim(process: Process, net: UNet, images: np.ndarray, t_draws: int, 
 def ode_bits_per_dim_of(process: Process, net: UNet, images: np.ndarray, steps: int, probes: int, batch_size: int,
                         device: torch.device, seed: int) -> dict[str, float]:
     """Mean over ``images`` (uint8 [N, C, H, W]) of bits/dim through the probability-flow ODE
-    (:func:`diffusionlab.ode.ode_bits_per_dim`: dequantised, Hutchinson's divergence with ``probes`` probes,
+    (:func:`diffusionlab.core.ode.ode_bits_per_dim`: dequantised, Hutchinson's divergence with ``probes`` probes,
     ``steps`` Heun steps), with its standard error across images."""
     generator = make_generator(device, seed)
     model = process.denoiser(net)

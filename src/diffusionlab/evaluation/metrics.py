@@ -7,7 +7,7 @@ side (the real training images) is extracted once per dataset and backend by the
 stage and read from its cache by every model's evaluation.
 
 Scores of a model are the mean over ``sample.draws`` independent draws of ``sample.num_samples``
-images each, with the standard deviation over the draws (:mod:`diffusionlab.significance`).
+images each, with the standard deviation over the draws (:mod:`diffusionlab.evaluation.significance`).
 """
 
 from __future__ import annotations

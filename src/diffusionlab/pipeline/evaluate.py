@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from ..evaluation.metrics import extract, load_reference, reference_file, score_
 from ..evaluation.significance import SCORES, spread_of, summarize, welch
 from ..io import atomic_path, read_json, write_json
 from ..nn.classifier import accuracy, load_classifier
-from ..runtime.checkpoint import load_checkpoint
+from ..runtime.checkpoint import Checkpoint, load_checkpoint
 from ..runtime.tracking import Tracker, open_run, read_run_file, register_model, registered_model_name
 
 log = logging.getLogger(__name__)
@@ -57,23 +58,37 @@ def task(card: dict, guidance: float | None = None) -> str:
     return "unconditional (w=0)" if w == 0 else f"conditional, w={w:g}"
 
 
+@dataclass
+class Inputs:
+    """What the evaluation reads, loaded and checked before any work: the sample stage's card and the files of
+    each (steps, guidance) setting it drew, the floor, the checkpoint, held-out images, the classes asked for
+    and (conditional models) the classifier that checks them."""
+
+    card: dict
+    settings: dict[tuple[int, float | None], Path]
+    floor: dict
+    ckpt: Checkpoint
+    nll_images: np.ndarray
+    labels: np.ndarray
+    classifier: torch.nn.Module | None
+
+
 def evaluate_stage(params: Params, dataset: str, model: str) -> None:
     """Score a model's samples and bound its likelihood (:func:`score`); write them as DVC metrics and plots,
-    log them to MLflow and register the model (:func:`publish`)."""
+    log them to MLflow and register the model (:func:`publish`). The inputs are read and checked before the
+    MLflow run opens (:func:`load_inputs`): a missing input fails no run."""
     run = params.run(dataset, model)
     device = resolve_device(run.train.device)
     backends = resolve_backends(run.evaluate, paths.classifier(dataset), params.data.download_timeout)
+    inputs = load_inputs(run, backends, device)
     with open_run(params.mlflow, run, device, device_name(device), previous=paths.sample(dataset, model)) as tracker:
-        evaluation = score(run, backends, device)
+        evaluation = score(run, backends, inputs, device)
         publish(evaluation, params, run, tracker)
     report(evaluation, run)
 
 
-def score(run: RunConfig, backends: list[Backend], device: torch.device) -> Evaluation:
-    """Score each of the sample stage's draws with every feature backend against the cached reference features:
-    at the sampling steps, at each sweep step count and (class-conditional models) at each guidance scale;
-    summarise them as mean and standard deviation next to the real-data floor, with Welch's test against it;
-    and bound the held-out negative log-likelihood in bits/dim (the family's bound and the ODE's)."""
+def load_inputs(run: RunConfig, backends: list[Backend], device: torch.device) -> Inputs:
+    """The evaluation's inputs (:class:`Inputs`); a reference without one of ``backends`` is refused."""
     dataset, model, e = run.dataset, run.model_name, run.evaluate
     floor = read_json(paths.reference(dataset) / "floor.json")
     missing = [b.name for b in backends if b.name not in floor]
@@ -82,7 +97,7 @@ def score(run: RunConfig, backends: list[Backend], device: torch.device) -> Eval
                                 f"run: dvc repro reference@{dataset}")
     sample_dir = paths.sample(dataset, model)
     card = read_json(sample_dir / "sample.json")
-    draws, main_steps = card["draws"], card["steps"]
+    main_steps = card["steps"]
     main_w = card["guidance"] if card["class_conditional"] else None
     settings = {(main_steps, main_w): sample_dir / "samples.npy"}
     settings.update({(n, main_w): sample_dir / "sweep" / f"steps_{n}.npy" for n in card["sweep_steps"]})
@@ -92,6 +107,19 @@ def score(run: RunConfig, backends: list[Backend], device: torch.device) -> Eval
     nll_images = nll_images if e.nll_images == 0 else nll_images[: e.nll_images]
     labels = np.load(sample_dir / "labels.npy")
     classifier = load_classifier(paths.feature_network(dataset, "classifier"), device)[0] if card["class_conditional"] else None
+    return Inputs(card, settings, floor, ckpt, nll_images, labels, classifier)
+
+
+def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch.device) -> Evaluation:
+    """Score each of the sample stage's draws with every feature backend against the cached reference features:
+    at the sampling steps, at each sweep step count and (class-conditional models) at each guidance scale;
+    summarise them as mean and standard deviation next to the real-data floor, with Welch's test against it;
+    and bound the held-out negative log-likelihood in bits/dim (the family's bound and the ODE's)."""
+    dataset, e = run.dataset, run.evaluate
+    card, settings, floor, ckpt = inputs.card, inputs.settings, inputs.floor, inputs.ckpt
+    nll_images, labels, classifier = inputs.nll_images, inputs.labels, inputs.classifier
+    draws, main_steps = card["draws"], card["steps"]
+    main_w = card["guidance"] if card["class_conditional"] else None
 
     metrics: dict = {"family": run.model.family, "sampler": card["sampler"], "steps": main_steps,
                      "task": task(card), "draws": draws, "num_generated": card["num_samples"],

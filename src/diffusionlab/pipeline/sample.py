@@ -15,9 +15,11 @@ from ..config.params import Params, RunConfig
 from ..config.sections import SampleConfig
 from ..datasets import load_prepared
 from ..device import device_name, make_generator, resolve_device
+from ..families import samplers as _own_samplers  # noqa: F401  (the samplers the processes build)
 from ..io import atomic_dir, save_npy, write_json
 from ..runtime.checkpoint import Checkpoint, load_checkpoint
 from ..runtime.tracking import Tracker, open_run
+from ..sampling.base import Sampler
 from ..sampling.generation import Generated, generate
 from ..sampling.guidance import ConditionalModel, requested_labels
 from ..sampling.inverse import inpaint, round_trip
@@ -38,6 +40,8 @@ class Samples:
     """What the sample stage drew: every draw of the main setting (one after another), the step and guidance
     sweeps, the classes asked for and the time each setting took."""
 
+    model: ConditionalModel
+    """The EMA network and its process, guided at ``sample.guidance``."""
     generated: Generated
     """The main setting's images uint8 [draws * num_samples, C, H, W] and the first batch's trajectory."""
     labels: np.ndarray | None
@@ -49,12 +53,11 @@ class Samples:
     """Sampling time of every draw of each step count."""
 
 
-def draw(run: RunConfig, ckpt: Checkpoint, device: torch.device) -> Samples:
+def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.device) -> Samples:
     """Draw ``sample.draws`` independent draws of ``sample.num_samples`` samples (one after another) from the EMA
-    weights at ``sample.steps``, at each of ``sample.sweep_steps`` and, for a class-conditional model, at each
-    of ``sample.guidance_sweep``."""
+    weights with ``sampler`` (``sample.sampler`` at ``sample.steps``), at each of ``sample.sweep_steps`` and, for a
+    class-conditional model, at each of ``sample.guidance_sweep``."""
     s = run.sample
-    sampler = make_sampler(s, ckpt.process, default_steps=ckpt.config.model.timesteps)
     num_classes = ckpt.ema.num_classes
     total = s.num_samples * s.draws  # the draws, one after another: each asks for the same classes
     labels = np.tile(requested_labels(s.num_samples, s.classes, num_classes), s.draws) if num_classes else None
@@ -65,7 +68,7 @@ def draw(run: RunConfig, ckpt: Checkpoint, device: torch.device) -> Samples:
     net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, s.guidance)
     start = time.perf_counter()
     generated = generate(net, sampler, total, shape, s.batch_size, device, s.seed, s.strip_frames, labels)
-    samples = Samples(generated, labels, sampler.steps, seconds={sampler.steps: time.perf_counter() - start})
+    samples = Samples(net, generated, labels, sampler.steps, seconds={sampler.steps: time.perf_counter() - start})
     for n in sorted(set(s.sweep_steps) - {sampler.steps}):
         start = time.perf_counter()
         samples.sweep[n] = generate(net, make_sampler(replace(s, steps=n, step_list=()), ckpt.process, n), total,
@@ -78,13 +81,15 @@ def draw(run: RunConfig, ckpt: Checkpoint, device: torch.device) -> Samples:
 
 
 def sample_stage(params: Params, dataset: str, model: str) -> None:
-    """Draw the samples of one model (:func:`draw`), its figures, and write and log them (:func:`publish`)."""
+    """Draw the samples of one model (:func:`draw`), its figures, and write and log them (:func:`publish`). The
+    inputs are read and the sampler built before the MLflow run opens: a missing input fails no run."""
     run = params.run(dataset, model)
     device = resolve_device(run.train.device)
     ckpt = load_checkpoint(paths.train(dataset, model) / "checkpoint.pt", device)
     held_out = load_prepared(paths.prepared(dataset))
+    sampler = make_sampler(run.sample, ckpt.process, default_steps=ckpt.config.model.timesteps)
     with open_run(params.mlflow, run, device, device_name(device), previous=paths.train(dataset, model)) as tracker:
-        samples = draw(run, ckpt, device)
+        samples = draw(run, ckpt, sampler, device)
         publish(samples, run, ckpt, held_out.test_images, held_out.test_labels, device, tracker)
 
 
@@ -106,10 +111,9 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
     nrow = num_classes if num_classes and not s.classes else None
     shown = s.grid_size if nrow is None else max(nrow, s.grid_size // nrow * nrow)  # whole rows of classes
     save_grid(torch.from_numpy(generated.images[:shown]), out / "grid.png", nrow=nrow)
-    net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, s.guidance)
     with atomic_dir(out / "figures") as figures:
         save_strip(generated.trajectory.x_t, figures / "denoising.png", rows=s.strip_samples)
-        draw_figures(ckpt, net, s, images, labels, generated, figures, device)
+        draw_figures(ckpt, samples.model, s, images, labels, generated, figures, device)
     steps, seconds = samples.steps, samples.seconds
     write_json(out / "sample.json", {
         "num_samples": s.num_samples, "draws": s.draws, "sampler": s.sampler, "steps": steps,

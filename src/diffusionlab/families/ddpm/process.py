@@ -20,7 +20,6 @@ from ...core.updates import VariancePreservingSampler
 from ...distributed import Shard, all_gather_cat, global_rows
 from ...sampling.names import VP_SAMPLERS
 from .params import DDPMParams, DiscreteParams
-from .samplers import discrete_sampler
 from .schedules import make_betas
 from .timestep_sampling import UniformSampler
 
@@ -237,7 +236,11 @@ class GaussianDiffusion(VariancePreserving):
         return TimeGrid(times, [float(np.sqrt(abar[t])) for t in times], [float(np.sqrt(1 - abar[t])) for t in times])
 
     def sampler(self, options: SamplerOptions, steps: int) -> VariancePreservingSampler:
-        """Ancestral sampling on the beta table (respaced below T steps) or DDIM on the alpha_bar table."""
+        """Ancestral sampling on the beta table (respaced below T steps) or DDIM on the alpha_bar table, from
+        :mod:`.samplers`, imported here: training does not load (nor, in DVC, depend on) the samplers; the
+        stages that sample import them through :mod:`diffusionlab.families.samplers`."""
+        from .samplers import discrete_sampler
+
         return discrete_sampler(options, self, steps)
 
     def training_state(self) -> dict[str, Tensor]:

@@ -6,7 +6,7 @@ v = dx_t/dt = eps - x_0 and is trained on ||v_hat - (eps - x_0)||^2 with t drawn
 ``logit_normal``: t = sigmoid(m + s n), n ~ N(0, 1)) or uniform. Its samples come from the probability-flow
 ODE dx/dt = v_hat(x, t), solved from t = 1 (pure noise) to t = 0 by the ``euler`` and ``heun`` samplers.
 From v_hat at x_t: x_0_hat = x_t - t v_hat and eps_hat = x_t + (1 - t) v_hat. It has no variational bound;
-its likelihood is the ODE's (:mod:`diffusionlab.ode`).
+its likelihood is the ODE's (:mod:`diffusionlab.core.ode`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ...core.process import Denoiser, SamplerOptions, TimeGrid, shifted_grid
+from ...core.process import Denoiser, ProcessDefaults, SamplerOptions, TimeGrid, shifted_grid
 from ...distributed import Shard, global_rows
 from ...sampling.names import ODE_SAMPLERS
 from .params import FlowParams
@@ -22,11 +22,10 @@ from .params import FlowParams
 NETWORK_TIME_SCALE = 1000.0
 
 
-class RectifiedFlow(nn.Module):
+class RectifiedFlow(ProcessDefaults, nn.Module):
     """The straight-path process; it keeps no state. The network sees t scaled to [0, 1000]."""
 
     SAMPLERS = ODE_SAMPLERS
-    has_bound = False
 
     def __init__(self, time_sampling: str = "logit_normal", logit_mean: float = 0.0, logit_std: float = 1.0):
         super().__init__()
@@ -83,18 +82,8 @@ class RectifiedFlow(nn.Module):
     def logsnr_grid(self, steps: int) -> TimeGrid:
         raise ValueError(f"the flow family samples with {', '.join(ODE_SAMPLERS)} only, not the DPM-Solvers")
 
-    def time_label(self, t: float) -> str:
-        return f"t={t:.3g}"
-
     def sampler(self, options: SamplerOptions, steps: int):
         raise ValueError(f"the flow family samples with {', '.join(ODE_SAMPLERS)} only, not '{options.sampler}'")
-
-    def training_state(self) -> dict[str, Tensor]:
-        return {}
-
-    def load_training_state(self, state: dict[str, Tensor]) -> None:
-        if state:
-            raise ValueError(f"the flow process keeps no training state, got {sorted(state)}")
 
     def x0_eps(self, output: Tensor, x_t: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
         return x_t - sigma * output, x_t + alpha * output

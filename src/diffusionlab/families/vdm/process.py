@@ -1,7 +1,7 @@
 """Variational Diffusion Models (Kingma, Salimans, Poole & Ho 2021), kept apart from the network.
 
 Continuous time t in [0, 1], z_t = alpha_t x + sigma_t eps with the log-SNR schedule gamma(t) of
-:mod:`diffusionlab.gamma`. The negative ELBO of 8-bit data x (scaled to [-1, 1]) is
+:mod:`diffusionlab.families.vdm.gamma`. The negative ELBO of 8-bit data x (scaled to [-1, 1]) is
 
     prior          KL(q(z_1 | x) || N(0, I))
     reconstruction -log p(x | z_0), a Gaussian of mean z_0 / alpha_0 and scale sigma_0 / alpha_0
@@ -12,8 +12,8 @@ each reported in bits per dimension. The network sees the log-SNR: its time inpu
 mapped linearly from [gamma_min, gamma_max] onto [0, 1000].
 
 Training may weight the diffusion term by w(lambda) of the log-SNR lambda = -gamma (Kingma & Gao 2023,
-:mod:`diffusionlab.weighting`) and draw lambda from an adaptive density instead of through gamma(t)
-(:mod:`diffusionlab.logsnr_sampling`); the bound reported in bits/dim stays the unweighted ELBO. The
+:mod:`diffusionlab.families.vdm.weighting`) and draw lambda from an adaptive density instead of through gamma(t)
+(:mod:`diffusionlab.families.vdm.logsnr_sampling`); the bound reported in bits/dim stays the unweighted ELBO. The
 network may predict eps, v = alpha eps - sigma x or x itself (``prediction``); the process converts its
 output to eps, so samplers, guidance and the bound see one interface.
 """
@@ -34,12 +34,12 @@ from ...core.likelihood import (
     sum_flat,
 )
 from ...core.process import Denoiser, SamplerOptions, TimeGrid, VariancePreserving, logsnr_uniform_steps, shifted_grid
+from ...core.updates import VariancePreservingSampler
 from ...distributed import Shard, all_gather_cat, global_rows
 from ...sampling.names import VP_SAMPLERS
 from .gamma import Gamma, make_gamma
 from .logsnr_sampling import AdaptiveLogSNR
 from .params import VDMParams
-from .samplers import VDMSampler, vdm_sampler
 from .weighting import Weighting
 
 NETWORK_TIME_SCALE = 1000.0
@@ -217,11 +217,12 @@ class VDM(VariancePreserving, nn.Module):
             gammas = self.gamma(torch.tensor(grid, device=self.gamma.gamma_0.device)).double().cpu().numpy()
         return self._grid([float(grid[i]) for i in logsnr_uniform_steps(-gammas / 2, steps)])
 
-    def time_label(self, t: float) -> str:
-        return f"t={t:.3g}"
+    def sampler(self, options: SamplerOptions, steps: int) -> VariancePreservingSampler:
+        """Ancestral sampling from the posterior on its schedule (eta = 1), or DDIM-style, from :mod:`.samplers`,
+        imported here: training does not load (nor, in DVC, depend on) the samplers; the stages that sample
+        import them through :mod:`diffusionlab.families.samplers`."""
+        from .samplers import vdm_sampler
 
-    def sampler(self, options: SamplerOptions, steps: int) -> VDMSampler:
-        """Ancestral sampling from the posterior on its schedule (eta = 1), or DDIM-style."""
         return vdm_sampler(options, self, steps)
 
     def scalars(self) -> dict[str, float]:
