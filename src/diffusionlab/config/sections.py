@@ -4,7 +4,7 @@ this module alone (the full params, with the model blocks, are :mod:`diffusionla
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -15,7 +15,6 @@ from ..validation import Count, Float, Section, Tuple, distinct
 FeatureBackend = Literal["classifier", "resnet", "inception"]
 FeatureNetwork = Literal["classifier", "resnet"]
 """The feature networks trained on each dataset (offline backends); each has its block in params.yaml."""
-FEATURE_NETWORKS: tuple[str, ...] = get_args(FeatureNetwork)
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 

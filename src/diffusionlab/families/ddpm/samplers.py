@@ -83,7 +83,7 @@ class DDIMSampler(VariancePreservingSampler):
         alphas_cumprod = self.diffusion.float64["alphas_cumprod"]
         prev = self._prev[t]
         a_prev = float(alphas_cumprod[prev]) if prev >= 0 else 1.0
-        eps = self.diffusion.split_output(model_output)[0]
+        eps = self.diffusion.eps_of(model_output)
         return ddim_step(x_t, eps, float(alphas_cumprod[t]), a_prev, self.eta, self.clip_denoised, generator)
 
 
