@@ -1,20 +1,26 @@
-"""Data-parallel training with ``torchrun``: one code path for one process or many.
+"""Several processes with ``torchrun``: one code path for one process or many.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) each process joins a process group
-(NCCL on GPUs, Gloo on CPU) and trains on its slice of every global batch; outside it, the world
-is one process and every collective below is the identity.
+(NCCL on GPUs, Gloo on CPU): in training each takes its slice of every global batch, in sampling and
+evaluation its share of the images. Outside it, the world is one process and every collective below
+is the identity.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .errors import ConfigError
+from .errors import ConfigError, StageInputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,15 @@ def init_world(device: torch.device) -> tuple[World, torch.device]:
     return World(rank, size, local_rank), device
 
 
+def launch_processes(n: int, setting: str) -> None:
+    """Run this stage command again under torchrun with ``n`` processes on this machine (``setting`` names the
+    param that asked for them)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *sys.argv]
+    log.info("starting %d processes: %s", n, " ".join(command))
+    if subprocess.run(command).returncode != 0:
+        raise StageInputError(f"one of the {n} processes failed ({setting} = {n}); see its messages above")
+
+
 def finish_world() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():
@@ -98,6 +113,15 @@ def all_mean_(tensors: list[Tensor]) -> None:
     for t in tensors:
         t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
+
+
+def gather_objects(obj: object) -> list | None:
+    """On rank 0 the ``obj`` of every process in rank order; None on the others."""
+    if not active():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def broadcast_object(obj: object) -> object:

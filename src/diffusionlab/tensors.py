@@ -1,9 +1,10 @@
-"""Conversions between stored uint8 images and the model's range, and the batch order."""
+"""Conversions between stored uint8 images and the model's range, the batch order, and per-image randomness."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,3 +50,28 @@ class BatchOrder:
 def batches(num_items: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
     """Endless index batches, a fresh permutation each epoch."""
     return BatchOrder(num_items, batch_size, generator)
+
+
+def image_seed(seed: int, draw: int, index: int) -> int:
+    """The seed of image ``index`` of draw ``draw`` of a run seeded ``seed``: the three hashed by numpy's
+    ``SeedSequence``, so that neighbouring images and draws get unrelated streams."""
+    return int(np.random.SeedSequence([seed, draw, index]).generate_state(1, np.uint64)[0])
+
+
+class ImageGenerators:
+    """One generator per image of a batch (EDM's stacked generator): row i of every draw comes from generator i
+    alone, so an image's noise depends on its own seed, never on the batch or the process that drew it."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
+        """Standard normal [len(self), *shape[1:]]: row i drawn from generator i."""
+        if shape[0] != len(self.generators):
+            raise ValueError(f"a draw of {shape[0]} rows from {len(self.generators)} per-image generators")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=self.device, dtype=dtype)
+                            for g in self.generators])

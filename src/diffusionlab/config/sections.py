@@ -67,10 +67,14 @@ class SampleConfig(Section):
     draws: int = Field(3, ge=2, le=100)
     """Independent draws of ``num_samples`` images: every score is their mean, with their standard deviation."""
     batch_size: Count = 500
+    """Images per network batch of each process; the images do not depend on it (one seed per image)."""
+    nproc_per_node: int = Field(1, ge=1, le=1024)
+    """Processes (torchrun) on this machine that share the images; the images do not depend on it."""
     grid_size: Count = 64
     strip_samples: Count = 8
     strip_frames: int = Field(10, ge=2)
     seed: int = Field(1, ge=0)
+    """Image i of draw d starts from a generator seeded by (seed, d, i)."""
     sweep_steps: Tuple[Count] = ()
     """Further step counts whose samples are scored too (FID against steps)."""
     step_list: Tuple[Annotated[int, Field(ge=0)]] = ()
@@ -130,6 +134,9 @@ class EvaluateConfig(Section):
     """Hutchinson probes per step for the divergence."""
     isc_splits: Count = 10
     batch_size: Count = 500
+    """Images per feature-network batch; each is one chunk of the work the processes share."""
+    nproc_per_node: int = Field(1, ge=1, le=1024)
+    """Processes (torchrun) on this machine that share the feature extraction; the scores do not depend on it."""
     seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")

@@ -10,13 +10,18 @@ import math
 import torch
 from torch import Tensor
 
+from ..tensors import ImageGenerators
+
 
 def batch_time(t: int | float, x: Tensor) -> Tensor:
     """The step of a batch: int64 for discrete steps, x's dtype for continuous times."""
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long if isinstance(t, int) else x.dtype)
 
 
-def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def noise_like(x: Tensor, generator: torch.Generator | ImageGenerators | None) -> Tensor:
+    """Standard normal noise of x's shape: each image's own when ``generator`` holds one per image."""
+    if isinstance(generator, ImageGenerators):
+        return generator.randn(x.shape, x.dtype).to(x.device)
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 

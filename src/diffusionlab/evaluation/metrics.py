@@ -12,6 +12,7 @@ images each, with the standard deviation over the draws (:mod:`diffusionlab.eval
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from .. import paths
+from ..chunks import map_chunks
 from ..config.sections import EvaluateConfig
+from ..distributed import World
 from ..errors import StageInputError
 from ..io import atomic_path
 from .features import Backend, ImageArrayDataset
@@ -73,16 +76,30 @@ class Reference:
                                   "(dvc repro)")
 
 
-def extract(images: np.ndarray, backend: Backend, cfg: EvaluateConfig, device: torch.device) -> Features:
-    """Features of uint8 images [N, C, H, W] at the layers torch-fidelity uses for FID and for IS."""
+def extract(images: np.ndarray, backend: Backend, cfg: EvaluateConfig, device: torch.device, world: World = World(),
+            on_chunk: Callable[[int], None] | None = None) -> Features | None:
+    """Features of uint8 images [N, C, H, W] at the layers torch-fidelity uses for FID and for IS, in batches of
+    ``evaluate.batch_size`` shared among the processes of ``world``: on rank 0 all of them in order (None
+    elsewhere). Every batch holds the same images for any number of processes, so the features do not depend
+    on it. ``on_chunk`` (rank 0) hears of each batch's size."""
     cls = FEATURE_EXTRACTORS_REGISTRY[backend.extractor]
     fid_layer, isc_layer = cls.get_default_feature_layer_for_metric("fid"), cls.get_default_feature_layer_for_metric("isc")
     cuda = device.type == "cuda"
     extractor = create_feature_extractor(backend.extractor, sorted({fid_layer, isc_layer}), cuda=cuda, verbose=False,
                                          feature_extractor_weights_path=str(backend.weights_path))
-    out = get_featuresdict_from_dataset(ImageArrayDataset(images, backend.rgb), extractor, cfg.batch_size, cuda,
-                                        save_cpu_ram=True, verbose=False)
-    return Features(out[fid_layer], out[isc_layer])
+    width = {}
+
+    def compute(rows: slice) -> np.ndarray:
+        out = get_featuresdict_from_dataset(ImageArrayDataset(np.ascontiguousarray(images[rows]), backend.rgb),
+                                            extractor, cfg.batch_size, cuda, save_cpu_ram=True, verbose=False)
+        width["features"] = out[fid_layer].shape[1]
+        return np.concatenate([out[fid_layer].numpy(), out[isc_layer].numpy()], axis=1)
+
+    joined = map_chunks(len(images), cfg.batch_size, compute, world, on_chunk=on_chunk)
+    if joined is None:
+        return None
+    both = torch.from_numpy(joined)
+    return Features(both[:, :width["features"]], both[:, width["features"]:])
 
 
 def reference_file(dataset: str, backend: str, root: Path | None = None) -> Path:

@@ -46,7 +46,8 @@ def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | No
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     name = stage.__module__.rsplit(".", 1)[-1] + (f"@{target}" if target else "")
-    log.info("%s finished in %.1f s", name, time.perf_counter() - start)
+    if "WORLD_SIZE" not in os.environ:  # under torchrun, the command that started it says it
+        log.info("%s finished in %.1f s", name, time.perf_counter() - start)
     if os.environ.get(MODULES_LOG):
         record_modules(Path(os.environ[MODULES_LOG]), name)
 

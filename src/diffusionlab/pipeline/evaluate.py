@@ -4,6 +4,7 @@ registers them."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,17 +13,19 @@ import pandas as pd
 import torch
 
 from .. import paths
+from ..chunks import Meter
 from ..config.params import Params, RunConfig
 from ..datasets import load_prepared
 from ..device import device_name, resolve_device
+from ..distributed import World, finish_world, init_world, launch_processes
 from ..evaluation.features import Backend, resolve_backends
 from ..evaluation.likelihoods import bits_per_dim, ode_bits_per_dim_of
-from ..evaluation.metrics import extract, load_reference, reference_file, score_draws, split_draws
+from ..evaluation.metrics import Features, extract, load_reference, reference_file, score_draws, split_draws
 from ..evaluation.significance import SCORES, spread_of, summarize, welch
 from ..io import atomic_path, read_json, write_json
 from ..nn.classifier import accuracy, load_classifier
 from ..runtime.checkpoint import Checkpoint, load_checkpoint
-from ..runtime.tracking import Tracker, open_run, read_run_file, register_model, registered_model_name
+from ..runtime.tracking import Tracker, connect, open_run, read_run_file, register_model, registered_model_name
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +79,61 @@ class Inputs:
 def evaluate_stage(params: Params, dataset: str, model: str) -> None:
     """Score a model's samples and bound its likelihood (:func:`score`); write them as DVC metrics and plots,
     log them to MLflow and register the model (:func:`publish`). The inputs are read and checked before the
-    MLflow run opens (:func:`load_inputs`): a missing input fails no run."""
+    MLflow run opens (:func:`load_inputs`): a missing input fails no run.
+
+    With ``evaluate.nproc_per_node`` > 1 (or under torchrun) the processes share the feature extraction
+    (:func:`extract_all`) and rank 0 computes, writes and logs the scores."""
     run = params.run(dataset, model)
-    device = resolve_device(run.train.device)
-    backends = resolve_backends(run.evaluate, paths.classifier(dataset), params.data.download_timeout)
+    if run.evaluate.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        resolve_backends(run.evaluate, paths.classifier(dataset), params.data.download_timeout)
+        connect(params.mlflow)  # fail before starting the processes
+        return launch_processes(run.evaluate.nproc_per_node, "evaluate.nproc_per_node")
+    world, device = init_world(resolve_device(run.train.device))
+    try:
+        _evaluate(params, run, world, device)
+    finally:
+        finish_world()
+
+
+def _evaluate(params: Params, run: RunConfig, world: World, device: torch.device) -> None:
+    backends = resolve_backends(run.evaluate, paths.classifier(run.dataset), params.data.download_timeout)
     inputs = load_inputs(run, backends, device)
-    with open_run(params.mlflow, run, device, device_name(device), previous=paths.sample(dataset, model)) as tracker:
-        evaluation = score(run, backends, inputs, device)
+    if not world.is_main:
+        extract_all(run, backends, inputs, device, world)
+        return
+    announce(run, backends, inputs, world)
+    previous = paths.sample(run.dataset, run.model_name)
+    with open_run(params.mlflow, run, device, device_name(device), previous=previous) as tracker:
+        features = extract_all(run, backends, inputs, device, world)
+        evaluation = score(run, backends, inputs, device, features)
         publish(evaluation, params, run, tracker)
     report(evaluation, run)
+
+
+def announce(run: RunConfig, backends: list[Backend], inputs: Inputs, world: World) -> None:
+    """Log the work ahead: feature-network passes over the samples, network evaluations of the bounds."""
+    e = run.evaluate
+    images = sum(len(np.load(path, mmap_mode="r")) for path in inputs.settings.values())
+    nll = len(inputs.nll_images) * e.nll_t_draws
+    ode = min(e.ode_images, len(inputs.nll_images)) * (2 * e.ode_steps - 1) * e.ode_probes if e.ode_images else 0
+    log.info("%s: features of %d images under %d backend(s) on %d process(es); bits/dim: %s network evaluations "
+             "for the bound, %s with a backward pass for the ODE", run.name, images, len(backends), world.size,
+             f"{nll:,}", f"{ode:,}")
+
+
+def extract_all(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch.device,
+                world: World = World()) -> dict[tuple[int, float | None, str], Features] | None:
+    """The features of every setting's images under every backend, keyed (steps, guidance, backend), shared among
+    the processes of ``world``: on rank 0 (None elsewhere)."""
+    arrays = {setting: np.load(path, mmap_mode="r") for setting, path in inputs.settings.items()}
+    work = {f"{steps}-{w}-{b.name}": (len(images), 0, 1) for (steps, w), images in arrays.items() for b in backends}
+    meter = Meter(f"{run.name} features", work, world)
+    out = {}
+    for (steps, w), images in arrays.items():
+        for backend in backends:
+            with meter.progress(f"{steps}-{w}-{backend.name}") as on_chunk:
+                out[(steps, w, backend.name)] = extract(images, backend, run.evaluate, device, world, on_chunk)
+    return out if world.is_main else None
 
 
 def load_inputs(run: RunConfig, backends: list[Backend], device: torch.device) -> Inputs:
@@ -110,8 +159,10 @@ def load_inputs(run: RunConfig, backends: list[Backend], device: torch.device) -
     return Inputs(card, settings, floor, ckpt, nll_images, labels, classifier)
 
 
-def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch.device) -> Evaluation:
-    """Score each of the sample stage's draws with every feature backend against the cached reference features:
+def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch.device,
+          features: dict[tuple[int, float | None, str], Features] | None = None) -> Evaluation:
+    """Score each of the sample stage's draws with every feature backend against the cached reference features
+    (``features``: those :func:`extract_all` returns, extracted here when None):
     at the sampling steps, at each sweep step count and (class-conditional models) at each guidance scale;
     summarise them as mean and standard deviation next to the real-data floor, with Welch's test against it;
     and bound the held-out negative log-likelihood in bits/dim (the family's bound and the ODE's)."""
@@ -126,6 +177,7 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
                      "num_reference": floor["num_reference"], "num_held_out": floor["num_held_out"]}
     rows = []
     references = {b.name: load_reference(reference_file(dataset, b.name)) for b in backends}
+    features = features if features is not None else extract_all(run, backends, inputs, device)
     for (steps, w), path in settings.items():
         images = np.load(path)
         hits = ([accuracy(classifier, images[i], labels[i], device) for i in split_draws(len(images), draws)]
@@ -133,7 +185,7 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
         for backend in backends:
             reference = references[backend.name]
             reference.check(images)
-            per_draw = score_draws(extract(images, backend, e, device), draws, reference, e,
+            per_draw = score_draws(features[(steps, w, backend.name)], draws, reference, e,
                                    with_inf=steps == main_steps)
             for d, scores in enumerate(per_draw):
                 rows.append({"steps": steps, "guidance": w, "backend": backend.name, "draw": d, **scores,

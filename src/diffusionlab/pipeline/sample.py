@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import paths
+from ..chunks import ChunkFolder, Meter, file_digest, map_chunks, prune, source_digest
 from ..config.params import Params, RunConfig
 from ..config.sections import SampleConfig
+from ..core.process import SamplerOptions
 from ..datasets import load_prepared
 from ..device import device_name, make_generator, resolve_device
+from ..distributed import World, finish_world, init_world, launch_processes
 from ..families import samplers as _own_samplers  # noqa: F401  (the samplers the processes build)
 from ..io import atomic_dir, save_npy, write_json
 from ..runtime.checkpoint import Checkpoint, load_checkpoint
-from ..runtime.tracking import Tracker, open_run
+from ..runtime.tracking import Tracker, connect, open_run
 from ..sampling.base import Sampler
-from ..sampling.generation import Generated, generate
+from ..sampling.generation import Generated, draw_images, trajectory_of
 from ..sampling.guidance import ConditionalModel, requested_labels
 from ..sampling.inverse import inpaint, round_trip
-from ..sampling.names import ONE_STEP_SAMPLERS
+from ..sampling.names import ONE_STEP_SAMPLERS, network_evaluations
 from ..sampling.samplers import make_sampler
 from ..tensors import to_model_range
 from ..validation import replace
@@ -35,6 +40,29 @@ FIGURE_IMAGES = 6
 """Held-out images shown in the inpainting and round-trip figures."""
 
 
+FRAME_IMAGES = 16
+"""Images whose trajectory the figures show (denoising.gif's grid; the strip and reverse figures show fewer)."""
+PARTIAL = "partial"
+"""Folder of the sample stage's finished chunks, beside its outputs: what a killed run resumes from."""
+
+
+@dataclass
+class Setting:
+    """One set of images the stage draws: the main setting, a sweep step count or a guidance scale."""
+
+    name: str
+    model: ConditionalModel
+    sampler: Sampler
+    key: dict
+    """Everything the images depend on: a changed key never reuses another key's finished chunks."""
+
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations per image."""
+        w = self.model.w if self.model.num_classes else None
+        return network_evaluations(self.sampler.steps, w, self.key["options"]["sampler"])
+
+
 @dataclass
 class Samples:
     """What the sample stage drew: every draw of the main setting (one after another), the step and guidance
@@ -43,54 +71,130 @@ class Samples:
     model: ConditionalModel
     """The EMA network and its process, guided at ``sample.guidance``."""
     generated: Generated
-    """The main setting's images uint8 [draws * num_samples, C, H, W] and the first batch's trajectory."""
+    """The main setting's images uint8 [draws * num_samples, C, H, W] and the trajectory of its first images."""
     labels: np.ndarray | None
     """The class asked of each image; None for an unconditional model."""
     steps: int
     sweep: dict[int, np.ndarray] = field(default_factory=dict)
     guidance: dict[float, np.ndarray] = field(default_factory=dict)
     seconds: dict[int, float] = field(default_factory=dict)
-    """Sampling time of every draw of each step count."""
+    """Sampling time of the images of each step count drawn by this run (resumed chunks excluded)."""
+    drawn: dict[int, int] = field(default_factory=dict)
+    """Images of each step count drawn by this run."""
+    processes: int = 1
 
 
-def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.device) -> Samples:
+def settings(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, identity: dict) -> list[Setting]:
+    """The main setting (``sample.sampler`` at ``sample.steps``, guided at ``sample.guidance``), each of
+    ``sample.sweep_steps`` and, for a class-conditional model, each of ``sample.guidance_sweep``; ``identity``
+    (the checkpoint's and the code's digests) joins every key."""
+    s = run.sample
+    num_classes = ckpt.ema.num_classes
+    size = ckpt.config.data.image_size
+    common = {**identity, "shape": [ckpt.channels, size, size], "seed": s.seed, "num_samples": s.num_samples,
+              "draws": s.draws, "classes": list(s.classes), "batch_size": s.batch_size}
+
+    def setting(name: str, options: SampleConfig, built: Sampler, w: float) -> Setting:
+        net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, w)
+        key = {**common, "setting": name, "options": asdict(SamplerOptions.of(options)), "steps": built.steps,
+               "guidance": w if num_classes else None}
+        return Setting(name, net, built, key)
+
+    out = [setting("main", s, sampler, s.guidance)]
+    for n in sorted(set(s.sweep_steps) - {sampler.steps}):
+        options = replace(s, steps=n, step_list=())
+        out.append(setting(f"steps_{n}", options, make_sampler(options, ckpt.process, n), s.guidance))
+    if s.guidance_sweep and not num_classes:
+        log.info("%s is unconditional: sample.guidance_sweep does not apply", run.name)
+    for w in sorted(set(s.guidance_sweep) - {s.guidance}) if num_classes else []:
+        out.append(setting(f"guidance_{w:g}", s, sampler, w))
+    return out
+
+
+def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.device, world: World = World(),
+         partial: Path | None = None) -> Samples | None:
     """Draw ``sample.draws`` independent draws of ``sample.num_samples`` samples (one after another) from the EMA
     weights with ``sampler`` (``sample.sampler`` at ``sample.steps``), at each of ``sample.sweep_steps`` and, for a
-    class-conditional model, at each of ``sample.guidance_sweep``."""
+    class-conditional model, at each of ``sample.guidance_sweep`` (:func:`settings`).
+
+    Every process of ``world`` draws its share of each setting's batches; rank 0 gathers them and returns the
+    samples (the others None). With ``partial`` each finished batch is saved there first, and a run after a kill
+    draws only the batches still missing."""
     s = run.sample
     num_classes = ckpt.ema.num_classes
     total = s.num_samples * s.draws  # the draws, one after another: each asks for the same classes
     labels = np.tile(requested_labels(s.num_samples, s.classes, num_classes), s.draws) if num_classes else None
-    if s.guidance_sweep and not num_classes:
-        log.info("%s is unconditional: sample.guidance_sweep does not apply", run.name)
     size = ckpt.config.data.image_size
     shape = (ckpt.channels, size, size)
-    net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, s.guidance)
-    start = time.perf_counter()
-    generated = generate(net, sampler, total, shape, s.batch_size, device, s.seed, s.strip_frames, labels)
-    samples = Samples(net, generated, labels, sampler.steps, seconds={sampler.steps: time.perf_counter() - start})
-    for n in sorted(set(s.sweep_steps) - {sampler.steps}):
-        start = time.perf_counter()
-        samples.sweep[n] = generate(net, make_sampler(replace(s, steps=n, step_list=()), ckpt.process, n), total,
-                                    shape, s.batch_size, device, s.seed, 2, labels).images
-        samples.seconds[n] = time.perf_counter() - start
-    for w in sorted(set(s.guidance_sweep) - {s.guidance}) if num_classes else []:
-        guided = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, w)
-        samples.guidance[w] = generate(guided, sampler, total, shape, s.batch_size, device, s.seed, 2, labels).images
+    identity = {"checkpoint": file_digest(paths.train(run.dataset, run.model_name) / "checkpoint.pt")
+                if partial is not None else None, "code": source_digest(), "device": device.type}
+    plan = settings(run, ckpt, sampler, identity)
+    folders = [ChunkFolder(partial, st.key) if partial is not None else None for st in plan]
+    if world.is_main and partial is not None:
+        prune(partial, [f for f in folders if f is not None])
+    resumed = [min(len(f.done()) * s.batch_size, total) if f else 0 for f in folders]
+    meter = Meter(run.name, {st.name: (total, r, st.evaluations) for st, r in zip(plan, resumed)}, world)
+    if world.is_main:
+        log.info("%s: %d setting(s) of %d images on %d process(es)%s: %s network evaluations to make", run.name,
+                 len(plan), total, world.size, f", {sum(resumed)} images from finished batches" if any(resumed)
+                 else "", f"{meter.left():,}")
+    images, seconds = {}, {}
+    for st, folder in zip(plan, folders):
+        def compute(rows: slice, st: Setting = st) -> np.ndarray:
+            return draw_images(st.model, st.sampler, np.arange(rows.start, rows.stop), s.num_samples, shape,
+                               s.batch_size, device, s.seed, labels)
+
+        with meter.progress(st.name) as on_chunk:
+            start = time.perf_counter()
+            images[st.name] = map_chunks(total, s.batch_size, compute, world, folder, on_chunk)
+            seconds[st.name] = time.perf_counter() - start
+    if not world.is_main:
+        return None
+    main = plan[0]
+    trajectory = trajectory_of(main.model, main.sampler, min(total, max(FRAME_IMAGES, s.strip_samples)),
+                               s.num_samples, shape, device, s.seed, s.strip_frames, labels)
+    samples = Samples(main.model, Generated(images["main"], trajectory), labels, sampler.steps,
+                      seconds={sampler.steps: seconds["main"]}, drawn={sampler.steps: meter.drawn["main"]},
+                      processes=world.size)
+    for st in plan[1:]:
+        if st.name.startswith("steps_"):
+            samples.sweep[st.sampler.steps] = images[st.name]
+            samples.seconds[st.sampler.steps], samples.drawn[st.sampler.steps] = seconds[st.name], meter.drawn[st.name]
+        else:
+            samples.guidance[st.model.w] = images[st.name]
     return samples
 
 
 def sample_stage(params: Params, dataset: str, model: str) -> None:
     """Draw the samples of one model (:func:`draw`), its figures, and write and log them (:func:`publish`). The
-    inputs are read and the sampler built before the MLflow run opens: a missing input fails no run."""
+    inputs are read and the sampler built before the MLflow run opens: a missing input fails no run.
+
+    With ``sample.nproc_per_node`` > 1 (or under torchrun) the processes share the images and rank 0 writes them.
+    Finished batches are kept in ``partial/`` beside the outputs until the stage ends: run again after a kill, it
+    draws only the batches still missing and ends with the files an uninterrupted run writes."""
     run = params.run(dataset, model)
-    device = resolve_device(run.train.device)
+    if run.sample.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        connect(params.mlflow)  # fail before starting the processes
+        return launch_processes(run.sample.nproc_per_node, "sample.nproc_per_node")
+    world, device = init_world(resolve_device(run.train.device))
+    try:
+        _sample(params, run, world, device)
+    finally:
+        finish_world()
+
+
+def _sample(params: Params, run: RunConfig, world: World, device: torch.device) -> None:
+    dataset, model, out = run.dataset, run.model_name, paths.sample(run.dataset, run.model_name)
     ckpt = load_checkpoint(paths.train(dataset, model) / "checkpoint.pt", device)
     held_out = load_prepared(paths.prepared(dataset))
     sampler = make_sampler(run.sample, ckpt.process, default_steps=ckpt.config.model.timesteps)
+    if not world.is_main:
+        draw(run, ckpt, sampler, device, world, out / PARTIAL)
+        return
     with open_run(params.mlflow, run, device, device_name(device), previous=paths.train(dataset, model)) as tracker:
-        samples = draw(run, ckpt, sampler, device)
+        samples = draw(run, ckpt, sampler, device, world, out / PARTIAL)
         publish(samples, run, ckpt, held_out.test_images, held_out.test_labels, device, tracker)
+    shutil.rmtree(out / PARTIAL, ignore_errors=True)
 
 
 def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarray, labels: np.ndarray,
@@ -115,17 +219,19 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
         save_strip(generated.trajectory.x_t, figures / "denoising.png", rows=s.strip_samples)
         draw_figures(ckpt, samples.model, s, images, labels, generated, figures, device)
     steps, seconds = samples.steps, samples.seconds
+    rates = {n: samples.drawn[n] / sec for n, sec in seconds.items() if samples.drawn.get(n) and sec > 0}
     write_json(out / "sample.json", {
         "num_samples": s.num_samples, "draws": s.draws, "sampler": s.sampler, "steps": steps,
-        "sample_seconds": round(seconds[steps], 2),
-        "images_per_second": round(total / seconds[steps], 2),
+        "sample_seconds": round(seconds[steps], 2), "images_drawn": samples.drawn[steps],
+        "images_per_second": round(rates[steps], 2) if steps in rates else None, "processes": samples.processes,
         "sweep_steps": sorted(samples.sweep),
         "class_conditional": bool(num_classes), "guidance": s.guidance if num_classes else None,
         "guidance_sweep": sorted(samples.guidance),
     })
-    tracker.log_metrics({"sample_seconds": seconds[steps], "sample_images_per_second": total / seconds[steps]})
-    for n, sec in sorted(seconds.items()):
-        tracker.log_metric("sample_images_per_second_vs_steps", total / sec, step=n)
+    tracker.log_metrics({"sample_seconds": seconds[steps], **(
+        {"sample_images_per_second": rates[steps]} if steps in rates else {})})
+    for n, rate in sorted(rates.items()):
+        tracker.log_metric("sample_images_per_second_vs_steps", rate, step=n)
     tracker.set_tags({"sampler": s.sampler, "sampling_steps": steps})
     tracker.log_artifact(out / "grid.png", artifact_path="samples")
     tracker.log_artifacts(out / "figures", artifact_path="samples")

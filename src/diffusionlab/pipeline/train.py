@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from .. import paths
 from ..config.params import Params, RunConfig
 from ..datasets import load_prepared
 from ..device import device_name, resolve_device
-from ..distributed import World, broadcast_object, finish_world, init_world
+from ..distributed import World, broadcast_object, finish_world, init_world, launch_processes
 from ..errors import StageInputError
 from ..io import atomic_path, write_json
 from ..runtime.checkpoint import load_resume, save_checkpoint, save_resume
@@ -44,15 +42,6 @@ def write_loss_csv(history: list[dict[str, float]], path: Path) -> None:
             writer.writerow({**row, "step": int(row["step"])})
 
 
-def launch_processes(n: int) -> None:
-    """Run this stage command again under torchrun with ``n`` processes on this machine."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *sys.argv]
-    log.info("starting %d data-parallel processes: %s", n, " ".join(command))
-    if subprocess.run(command).returncode != 0:
-        raise StageInputError(f"a data-parallel training process failed (train.nproc_per_node = {n}); "
-                              "see its messages above")
-
-
 def train_stage(params: Params, dataset: str, model: str) -> None:
     """Train one diffusion model; the checkpoint, loss history and MLflow run id are its outputs.
 
@@ -65,7 +54,7 @@ def train_stage(params: Params, dataset: str, model: str) -> None:
     run = params.run(dataset, model)
     if run.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         connect(params.mlflow)  # fail before starting the processes
-        return launch_processes(run.train.nproc_per_node)
+        return launch_processes(run.train.nproc_per_node, "train.nproc_per_node")
     world, device = init_world(resolve_device(run.train.device))
     try:
         _train(params, run, world, device)
