@@ -31,4 +31,4 @@ bench: setup
 	$(UV) run --locked python benchmarks/samplers.py
 
 clean:
-	rm -rf outputs data/prepared mlflow.db mlflow.db.lock mlruns
+	rm -rf outputs data/prepared mlflow.db mlflow.db.lock mlflow.db.partial-* mlruns

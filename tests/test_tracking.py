@@ -1,12 +1,18 @@
 """MLflow tracking: where the store is, params within MLflow's limits, locked SQLite, unreachable servers,
-the logged model and the registry's best alias."""
+a new store made atomically, a broken store named with its repair, the logged model and the registry's best alias."""
 
 import functools
 import logging
+import os
 import pickle
+import select
 import socket
+import subprocess
+import sys
+import time
 
 import mlflow
+import mlflow.store.db.utils
 import numpy as np
 import pytest
 import torch
@@ -210,3 +216,136 @@ def test_the_experiment_is_one_of_training_runs_so_the_ui_opens_on_the_runs_tabl
     chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
     assert tracking.connect(MlflowConfig(tracking_uri=uri, experiment="chosen"))
     assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"  # a user's choice stays
+
+
+KILLED_CONNECT = """
+import sys
+from diffusionlab.config.sections import MlflowConfig
+from diffusionlab.runtime import tracking
+print("ready", flush=True)
+sys.stdin.readline()
+tracking.connect(MlflowConfig(tracking_uri=sys.argv[1], experiment="killed"))
+print("connected", flush=True)
+"""
+
+
+def wait_for_line(proc: subprocess.Popen, timeout: float) -> str:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"the connecting process printed nothing in {timeout} s"
+    return proc.stdout.readline().strip()
+
+
+def is_complete_store(path) -> bool:
+    from mlflow.store.db.utils import (
+        _all_tables_exist,
+        _get_latest_schema_revision,
+        _get_schema_version,
+        create_sqlalchemy_engine,
+    )
+
+    engine = create_sqlalchemy_engine(f"sqlite:///{path}")
+    try:
+        return _all_tables_exist(engine) and _get_schema_version(engine) == _get_latest_schema_revision()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.timeout(120)
+def test_a_stage_killed_while_it_creates_a_fresh_store_leaves_no_store_or_a_complete_one(clean_env, tmp_path):
+    """A SIGKILL during the first connection used to leave a half-migrated mlflow.db that no later stage could open."""
+    path = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    delays = (0.5, 1.5, 3.0)  # seconds after each process starts to connect; creating a store takes several
+    procs = [subprocess.Popen([sys.executable, "-c", KILLED_CONNECT, uri], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in delays]
+    try:
+        for proc in procs:  # all import at once; each connects alone
+            assert wait_for_line(proc, 60) == "ready"
+        for proc, delay in zip(procs, delays):
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            time.sleep(delay)
+            proc.kill()
+            proc.wait(timeout=10)
+            assert not path.exists() or is_complete_store(path), f"killed after {delay} s: a half-made store"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert tracking.connect(MlflowConfig(tracking_uri=uri, experiment="after"))
+    assert mlflow.get_experiment_by_name("after") is not None and is_complete_store(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlflow.db.lock"]  # no temporary stores left
+
+
+def test_a_failure_while_creating_a_store_leaves_no_file_and_removes_earlier_temporary_ones(
+        clean_env, tmp_path, caplog):
+    path = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    for leftover in ("mlflow.db.partial-1", "mlflow.db.partial-1-journal"):  # of a process killed earlier
+        (tmp_path / leftover).write_bytes(b"half")
+    sizes = []
+
+    def fail_midway(engine):
+        sizes.append(os.path.getsize(engine.url.database))  # the initial tables are written by now
+        raise OSError("No space left on device")
+
+    clean_env.setattr(mlflow.store.db.utils, "_upgrade_db", fail_midway)
+    with pytest.raises(TrackingUnavailable) as raised:
+        tracking.connect(MlflowConfig(tracking_uri=uri))
+    message = str(raised.value)
+    assert f"MLflow tracking store {path} could not be created (OSError: No space left on device)" in message
+    assert "start the server" not in message and "mlflow.required: false" in message
+    assert sizes and sizes[0] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db.lock"]
+    with caplog.at_level(logging.WARNING, logger="diffusionlab.runtime.tracking"):
+        assert not tracking.connect(MlflowConfig(tracking_uri=uri, required=False))
+    assert "running untracked" in caplog.text and not path.exists()
+
+
+def not_sqlite(path):
+    path.write_bytes(b"MLflow runs, exported as text\n" * 200)
+    return "file is not a database"
+
+
+def half_migrated(path, revision="1971f2d9a75b", stray_table=True):
+    """A store whose migrations stopped inside batch_alter_table("experiment_tags") (revision 17e22815139b):
+    alembic's temporary table is there and the later tables are not."""
+    from alembic import command
+    from mlflow.store.db.utils import InitialBase, _get_alembic_config, create_sqlalchemy_engine
+
+    engine = create_sqlalchemy_engine(f"sqlite:///{path}")
+    try:
+        InitialBase.metadata.create_all(engine)
+        config = _get_alembic_config(str(engine.url))
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+            if stray_table:
+                connection.exec_driver_sql("CREATE TABLE _alembic_tmp_experiment_tags (key VARCHAR(250))")
+            else:
+                connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    finally:
+        engine.dispose()
+    return "table _alembic_tmp_experiment_tags already exists" if stray_table else "ffffffffffff"
+
+
+def from_a_newer_mlflow(path):
+    return half_migrated(path, stray_table=False)
+
+
+@pytest.mark.parametrize("make_store", [not_sqlite, half_migrated, from_a_newer_mlflow])
+def test_a_store_that_cannot_be_opened_names_its_file_and_how_to_repair_it(clean_env, tmp_path, caplog, make_store):
+    path = tmp_path / "mlflow.db"
+    cause = make_store(path)
+    before = path.read_bytes()
+    uri = f"sqlite:///{path}"
+    with pytest.raises(TrackingUnavailable) as raised:
+        tracking.connect(MlflowConfig(tracking_uri=uri))
+    message = str(raised.value)
+    assert f"MLflow tracking store {path} exists but cannot be opened" in message and cause in message
+    assert f"mv {path} {path}.broken" in message and f"mlflow db upgrade {uri}" in message
+    assert "start the server" not in message and "\n" not in message
+    with caplog.at_level(logging.WARNING, logger="diffusionlab.runtime.tracking"):
+        assert not tracking.connect(MlflowConfig(tracking_uri=uri, required=False))
+    assert f"mv {path} {path}.broken" in caplog.text and "running untracked" in caplog.text
+    assert make_store is half_migrated or path.read_bytes() == before  # not replaced by a fresh store

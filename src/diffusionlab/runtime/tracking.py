@@ -9,6 +9,7 @@ stage runs untracked after one warning (every :class:`Tracker` call is then a no
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib.metadata
 import logging
 import math
@@ -40,6 +41,7 @@ from .model import DiffusionModel
 RUN_FILE = "mlflow_run.json"
 PARAMS_ARTIFACT = "params/resolved.yaml"
 LOCK_RETRIES = 8
+PARTIAL = ".partial-"
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -102,8 +104,44 @@ def _server_error(uri: str, timeout: float) -> str | None:
     return None
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    """The file of a local SQLite store, or None for a server, an in-memory store or another kind of store."""
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else ""
+    if not path or path.startswith(":memory:") or "?" in path:
+        return None
+    return Path(path)
+
+
+def _remove_partial_stores(path: Path) -> None:
+    for partial in path.parent.glob(f"{glob.escape(path.name)}{PARTIAL}*"):
+        partial.unlink(missing_ok=True)
+
+
+def _create_sqlite_store(path: Path) -> None:
+    """Create a new SQLite store at ``path`` atomically: MLflow creates its tables and runs its migrations
+    in a temporary file beside it, which then replaces ``path``, so a process killed at any moment leaves
+    no store or a complete one. Temporary files of killed processes go first. Call under the store's lock."""
+    from mlflow.store.db.utils import _initialize_tables, _verify_schema, create_sqlalchemy_engine
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_partial_stores(path)
+    partial = path.with_name(f"{path.name}{PARTIAL}{os.getpid()}")
+    try:
+        engine = create_sqlalchemy_engine(f"sqlite:///{partial}")
+        try:
+            _initialize_tables(engine)
+            _verify_schema(engine)
+        finally:
+            engine.dispose()
+        os.replace(partial, path)
+    except BaseException:
+        _remove_partial_stores(path)
+        raise
+    log.info("created the MLflow tracking store %s", path)
+
+
 def _store_lock(uri: str) -> contextlib.AbstractContextManager:
-    """A file lock beside a SQLite store: the first connection creates its tables, which two processes
+    """A file lock beside a SQLite store: the first connection creates the store, which two processes
     starting at once (``dvc queue start -j 2``) must not do together."""
     if not uri.startswith("sqlite:///"):
         return contextlib.nullcontext()
@@ -132,11 +170,32 @@ def _ensure_experiment(name: str, location: str | None) -> None:
         retry_locked(mlflow.MlflowClient().set_experiment_tag, experiment.experiment_id, *EXPERIMENT_KIND)
 
 
-def connect(cfg: MlflowConfig) -> bool:
-    """Point MLflow at the store and the experiment, before the stage does any work.
+def _problem(uri: str, error: str) -> tuple[str, str]:
+    """What is wrong with the store at ``uri``, and how to repair it."""
+    path = _sqlite_path(uri)
+    if path is None:
+        return (f"MLflow tracking store {uri} is unreachable ({error})",
+                "start the server, check MLFLOW_TRACKING_URI / mlflow.tracking_uri")
+    if "database is locked" in error or "could not be acquired" in error:
+        return (f"MLflow tracking store {path} is held by another process ({error})",
+                "run again when the process that holds it (another stage, `make ui`) is done")
+    if not path.exists():
+        return (f"MLflow tracking store {path} could not be created ({error})",
+                f"check that {path.parent} is writable and has space, or set MLFLOW_TRACKING_URI / "
+                "mlflow.tracking_uri to another store")
+    return (f"MLflow tracking store {path} exists but cannot be opened ({error})",
+            f"move it aside (mv {path} {path}.broken) and the next stage creates a fresh store, without "
+            f"the runs the old one holds; if an older MLflow wrote it, back it up and run "
+            f"`mlflow db upgrade {uri}` instead, if a newer one did, run the pipeline with that MLflow")
 
-    Returns False when the store cannot be reached and ``mlflow.required`` is false (after one
-    warning); raises :class:`TrackingUnavailable` when it cannot be reached and is required.
+
+def connect(cfg: MlflowConfig) -> bool:
+    """Point MLflow at the store and the experiment, before the stage does any work; a new local SQLite
+    store is created atomically (see :func:`_create_sqlite_store`).
+
+    Returns False when the store cannot be used and ``mlflow.required`` is false (after one warning
+    that says why and how to repair it); raises :class:`TrackingUnavailable` when it cannot be used and
+    is required.
     """
     uri = tracking_uri(cfg)
     error = _server_error(uri, cfg.connect_timeout) if urlparse(uri).scheme in ("http", "https") else None
@@ -144,18 +203,22 @@ def connect(cfg: MlflowConfig) -> bool:
         try:
             mlflow.set_tracking_uri(uri)
             with _store_lock(uri):
+                path = _sqlite_path(uri)
+                if path is not None and not path.exists():
+                    _create_sqlite_store(path)
                 _ensure_experiment(cfg.experiment, artifact_location(cfg, uri))
                 retry_locked(mlflow.set_experiment, cfg.experiment)
         except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
-            error = f"{type(err).__name__}: {err}"
+            first_line = next((line for line in str(err).splitlines() if line.strip()), "")
+            error = f"{type(err).__name__}: {first_line}"
     if error is None:
         return True
-    hint = ("start the server, check MLFLOW_TRACKING_URI / mlflow.tracking_uri, or set mlflow.required: false "
-            "in params.yaml to run untracked")
+    what, repair = _problem(uri, error)
     if cfg.required:
-        raise TrackingUnavailable(f"MLflow tracking store {uri} is unreachable ({error}); nothing was run: {hint}")
-    log.warning("MLflow tracking store %s is unreachable (%s); running untracked (mlflow.required: false): "
-                "results go to the DVC outputs only", uri, error)
+        raise TrackingUnavailable(f"{what}; nothing was run: {repair}, or set mlflow.required: false in "
+                                  "params.yaml to run untracked")
+    log.warning("%s; running untracked (mlflow.required: false): results go to the DVC outputs only; to use "
+                "it again: %s", what, repair)
     return False
 
 
