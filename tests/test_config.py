@@ -288,3 +288,16 @@ def test_a_checkpoint_config_of_the_previous_version_still_loads(raw, model, old
     stored["model"]["weighting" if model == "ddpm" else "loss"] = "sigmoid" if model == "ddpm" else "vlb"
     with pytest.raises(ConfigError, match=r"model: (weighting|loss) .* (family|families)"):
         RunConfig.from_dict(stored)
+
+
+def test_the_paper_protocol_sets_its_preset_and_one_draw_needs_it(raw):
+    raw["evaluate"].update(protocol="paper", features=["classifier"], kid=True)
+    raw["sample"].update(num_samples=50000, sweep_steps=[10])
+    params = parse_params(raw)
+    e, s = params.evaluate, params.sample
+    assert (e.features, e.kid, e.prc, e.isc_splits, e.reference_images) == (("inception",), False, False, 10, 0)
+    assert (s.num_samples, s.draws, s.sweep_steps, s.guidance_sweep) == (50000, 1, (), ())
+    raw["evaluate"]["protocol"] = "draws"
+    raw["sample"]["draws"] = 1
+    with pytest.raises(ConfigError, match="sample.draws is 1.*evaluate.protocol: paper"):
+        parse_params(raw)

@@ -29,7 +29,14 @@ from diffusionlab.evaluation.features import (
     inception_backend,
     resolve_backends,
 )
-from diffusionlab.evaluation.metrics import Reference, draw_scores, extract, load_reference, save_reference
+from diffusionlab.evaluation.metrics import (
+    Reference,
+    StreamingStatistics,
+    draw_scores,
+    extract,
+    load_reference,
+    save_reference,
+)
 from diffusionlab.nn.classifier import (
     ClassifierConfig,
     ResNetClassifier,
@@ -336,3 +343,28 @@ def test_the_two_feature_networks_share_no_parameters_and_no_layer_design(digits
         for b in res.parameters():
             assert a.shape != b.shape or not torch.equal(a, b)
     assert shapes[0] != shapes[1]
+
+
+def test_streamed_feature_statistics_equal_the_in_memory_ones_in_float64():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(3.0, 2.0, (1003, 16)) @ rng.normal(size=(16, 16)) + 50.0  # correlated, far from zero mean
+    stream = StreamingStatistics()
+    for part in np.array_split(rows, [1, 7, 300, 301, 998]):  # uneven chunks, one of a single row
+        stream.add(part)
+    stats = stream.statistics()
+    np.testing.assert_allclose(stats["mu"], rows.mean(axis=0), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(stats["sigma"], np.cov(rows, rowvar=False), rtol=0, atol=1e-10)
+    with pytest.raises(StageInputError, match="at least 2 images"):
+        StreamingStatistics().statistics()
+
+
+def test_features_streamed_as_statistics_give_the_fid_and_is_of_the_features_held_in_memory(backend):
+    cfg = EvaluateConfig(isc_splits=1, kid=False, prc=False, batch_size=16)  # 8 chunks
+    reference = Reference.of(extract(images(1), backend, cfg, CPU).features)
+    generated = images(2, shift=30)
+    held = extract(generated, backend, cfg, CPU)
+    streamed = extract(generated, backend, cfg, CPU, streamed=True)
+    assert streamed.features is None and torch.equal(streamed.logits, held.logits)
+    whole, light = draw_scores(held, reference, cfg, with_inf=False), draw_scores(streamed, reference, cfg)
+    assert set(light) == {"fid", "isc"}  # no extrapolation to infinitely many images without the features
+    assert light["fid"] == pytest.approx(whole["fid"], rel=1e-6) and light["isc"] == whole["isc"]

@@ -1,5 +1,6 @@
 """Sampling at scale: one seed per image, the sample stage shared among processes, and resumed after a kill."""
 
+import copy
 import json
 import os
 import random
@@ -224,3 +225,21 @@ def test_two_gloo_processes_extract_the_features_one_does_and_give_the_same_scor
     assert {k: v for k, v in two.items() if k not in bpd} == {k: v for k, v in one.items() if k not in bpd}
     for key in bpd:
         assert two[key] == pytest.approx(one[key], rel=1e-6), key
+
+
+def test_the_paper_protocol_without_inception_weights_stops_before_sampling(trained):
+    dest, env, _ = trained
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    before = copy.deepcopy(params)
+    params["evaluate"].update(protocol="paper", inception_weights="weights/inception.pth")
+    params["data"]["download_timeout"] = 1.0
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    written = (dest / OUT / "samples.npy").stat().st_mtime_ns
+    try:
+        out = run(sample_command(), dest, {**env, "HTTPS_PROXY": "http://127.0.0.1:9"}, check=False, timeout=120)
+    finally:
+        (dest / "params.yaml").write_text(yaml.safe_dump(before, sort_keys=False))
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "weights/inception.pth" in out.stderr and "https://github.com/toshas/torch-fidelity" in out.stderr
+    assert "network evaluations to make" not in out.stderr
+    assert (dest / OUT / "samples.npy").stat().st_mtime_ns == written and not (dest / OUT / "partial").exists()

@@ -93,11 +93,13 @@ def chunk_slices(total: int, size: int) -> list[slice]:
 
 
 def map_chunks(total: int, size: int, compute: Callable[[slice], np.ndarray], world: World,
-               folder: ChunkFolder | None = None, on_chunk: Callable[[int], None] | None = None) -> np.ndarray | None:
+               folder: ChunkFolder | None = None, on_chunk: Callable[[int], None] | None = None,
+               keep: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray | None:
     """``compute`` over items 0..total-1 in chunks of ``size``, shared among the world's processes; on rank 0 the
     results concatenated in index order (None elsewhere). With a ``folder``, chunks it already holds are not
     computed again and each new one is saved as soon as rank 0 has it. ``on_chunk`` (rank 0) hears of the number
-    of items in each chunk computed."""
+    of items in each chunk computed; ``keep`` (rank 0, without a folder) is handed each chunk in index order and
+    returns what of it to keep."""
     slices = chunk_slices(total, size)
     done = set(broadcast_object(folder.done() if folder is not None and world.is_main else []))
     todo = [k for k in range(len(slices)) if k not in done]
@@ -112,7 +114,7 @@ def map_chunks(total: int, size: int, compute: Callable[[slice], np.ndarray], wo
             if folder is not None:
                 folder.save(k, result)
             else:
-                results[k] = result
+                results[k] = keep(result) if keep else result
             if on_chunk:
                 on_chunk(slices[k].stop - slices[k].start)
     if not world.is_main:

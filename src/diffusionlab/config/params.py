@@ -20,7 +20,7 @@ from ..families.params import PARAMS, ModelParams
 from ..nn.classifier import RESNET, ClassifierConfig
 from ..nn.unet import UNetConfig
 from ..validation import Count, Section, read_yaml, replace, validate
-from .sections import EvaluateConfig, MlflowConfig, PipelineConfig, SampleConfig, TrainConfig
+from .sections import EvaluateConfig, MlflowConfig, PipelineConfig, SampleConfig, TrainConfig, apply_protocol
 
 
 class DatasetConfig(Section):
@@ -91,9 +91,17 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol(cls, raw: Any) -> Any:
+        return apply_protocol(raw)
+
     @model_validator(mode="after")
     def _sections_agree(self) -> Params:
         s, nproc = self.sample, self.train.nproc_per_node
+        if s.draws < 2 and self.evaluate.protocol != "paper":
+            raise ValueError("sample.draws is 1: every score is a mean with its spread over at least 2 draws; one "
+                             "draw is the published numbers' protocol: evaluate.protocol: paper")
         for kind, names, defined in (("datasets", self.pipeline.datasets, self.datasets),
                                      ("models", self.pipeline.models, self.models)):
             for name in [n for n in names if n not in defined][:1]:

@@ -64,8 +64,9 @@ class SampleConfig(Section):
     clip_denoised: bool = True
     num_samples: Count = 1000
     """Generated images per draw, the count every score is computed at."""
-    draws: int = Field(3, ge=2, le=100)
-    """Independent draws of ``num_samples`` images: every score is their mean, with their standard deviation."""
+    draws: int = Field(3, ge=1, le=100)
+    """Independent draws of ``num_samples`` images: every score is their mean, with their standard deviation.
+    One draw only under ``evaluate.protocol: paper``."""
     batch_size: Count = 500
     """Images per network batch of each process; the images do not depend on it (one seed per image)."""
     nproc_per_node: int = Field(1, ge=1, le=1024)
@@ -100,7 +101,35 @@ class SampleConfig(Section):
         return self
 
 
+Protocol = Literal["draws", "paper"]
+
+PAPER_PROTOCOL = {
+    "sample": {"draws": 1, "sweep_steps": [], "guidance_sweep": []},
+    "evaluate": {"features": ["inception"], "reference_images": 0, "isc_splits": 10, "fid": True, "isc": True,
+                 "kid": False, "prc": False},
+}
+"""What ``evaluate.protocol: paper`` sets, whatever params.yaml says: the published numbers' protocol (DDPM, iDDPM,
+EDM): one draw of ``sample.num_samples`` images (50,000 in the papers) against the whole training split with
+torch-fidelity's InceptionV3, FID and IS over 10 splits."""
+PAPER_SAMPLES = 50_000
+
+
+def apply_protocol(raw: object) -> object:
+    """Raw params with the preset of ``evaluate.protocol`` applied (:data:`PAPER_PROTOCOL`)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("evaluate"), dict) or \
+            raw["evaluate"].get("protocol") != "paper":
+        return raw
+    out = dict(raw)
+    for section, values in PAPER_PROTOCOL.items():
+        out[section] = {**(out.get(section) or {}), **values}
+    return out
+
+
 class EvaluateConfig(Section):
+    protocol: Protocol = "draws"
+    """``draws``: every score is a mean with its spread over ``sample.draws`` draws, under each backend of
+    ``features``. ``paper``: the protocol of the published numbers (:data:`PAPER_PROTOCOL`), scored in bounded
+    memory; comparable with them at ``sample.num_samples: 50000``."""
     features: Tuple[FeatureBackend] = ("classifier", "resnet")
     """Backends, each scored separately: ``classifier`` and ``resnet`` (trained on the dataset, offline) and
     ``inception`` (torch-fidelity's InceptionV3, the features papers report)."""

@@ -41,19 +41,58 @@ BOOTSTRAP_RESAMPLES = 20
 two disjoint draws."""
 
 
+class StreamingStatistics:
+    """FID's statistics (mean, covariance with ddof 1) of feature rows seen a chunk at a time, in float64, without
+    holding the rows: each chunk's mean and centred sum of outer products merged into the running ones (Chan,
+    Golub & LeVeque 1979), so the result does not drift with the number of chunks as raw sums of squares would."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, None, None
+
+    def add(self, rows: np.ndarray) -> None:
+        x = np.asarray(rows, dtype=np.float64)
+        if len(x) == 0:
+            return
+        mean = x.mean(axis=0)
+        centred = x - mean
+        m2 = centred.T @ centred
+        if self.count == 0:
+            self.count, self.mean, self.m2 = len(x), mean, m2
+            return
+        total, delta = self.count + len(x), mean - self.mean
+        self.mean = self.mean + delta * (len(x) / total)
+        self.m2 = self.m2 + m2 + np.outer(delta, delta) * (self.count * len(x) / total)
+        self.count = total
+
+    def statistics(self) -> dict[str, np.ndarray]:
+        """``mu`` and ``sigma`` as torch-fidelity's ``fid_features_to_statistics`` computes them."""
+        if self.count < 2:
+            raise StageInputError(f"FID needs at least 2 images, got {self.count}")
+        return {"mu": self.mean, "sigma": self.m2 / (self.count - 1)}
+
+
 @dataclass(frozen=True)
 class Features:
-    """One image set under one backend: ``features`` (FID, KID, precision/recall) and ``logits`` (IS)."""
+    """One image set under one backend: ``features`` (FID, KID, precision/recall) and ``logits`` (IS); or, streamed
+    in bounded memory, only FID's ``statistics`` of the features (``features`` None)."""
 
-    features: Tensor
+    features: Tensor | None
     logits: Tensor
+    statistics: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.logits)
 
     def subset(self, index: np.ndarray) -> Features:
+        if self.features is None:
+            if len(index) == len(self) and np.array_equal(index, np.arange(len(self))):
+                return self
+            raise StageInputError("features streamed as statistics hold one draw; score them whole")
         idx = torch.from_numpy(np.asarray(index, dtype=np.int64))
         return Features(self.features[idx], self.logits[idx])
+
+    def fid_statistics(self) -> dict[str, np.ndarray]:
+        return self.statistics if self.features is None else fid_features_to_statistics(self.features)
 
 
 @dataclass(frozen=True)
@@ -77,11 +116,12 @@ class Reference:
 
 
 def extract(images: np.ndarray, backend: Backend, cfg: EvaluateConfig, device: torch.device, world: World = World(),
-            on_chunk: Callable[[int], None] | None = None) -> Features | None:
+            on_chunk: Callable[[int], None] | None = None, streamed: bool = False) -> Features | None:
     """Features of uint8 images [N, C, H, W] at the layers torch-fidelity uses for FID and for IS, in batches of
     ``evaluate.batch_size`` shared among the processes of ``world``: on rank 0 all of them in order (None
     elsewhere). Every batch holds the same images for any number of processes, so the features do not depend
-    on it. ``on_chunk`` (rank 0) hears of each batch's size."""
+    on it. ``on_chunk`` (rank 0) hears of each batch's size. ``streamed``: the features are kept only as FID's
+    statistics (:class:`StreamingStatistics`), in memory bounded by one batch and the logits."""
     cls = FEATURE_EXTRACTORS_REGISTRY[backend.extractor]
     fid_layer, isc_layer = cls.get_default_feature_layer_for_metric("fid"), cls.get_default_feature_layer_for_metric("isc")
     cuda = device.type == "cuda"
@@ -95,10 +135,21 @@ def extract(images: np.ndarray, backend: Backend, cfg: EvaluateConfig, device: t
         width["features"] = out[fid_layer].shape[1]
         return np.concatenate([out[fid_layer].numpy(), out[isc_layer].numpy()], axis=1)
 
-    joined = map_chunks(len(images), cfg.batch_size, compute, world, on_chunk=on_chunk)
-    if joined is None:
+    stream = StreamingStatistics() if streamed else None
+
+    def keep(joined: np.ndarray) -> np.ndarray:
+        """What rank 0 keeps of a chunk: everything, or only the logits once the features are in the statistics."""
+        if stream is None:
+            return joined
+        stream.add(joined[:, :width["features"]])
+        return joined[:, width["features"]:]
+
+    kept = map_chunks(len(images), cfg.batch_size, compute, world, on_chunk=on_chunk, keep=keep)
+    if kept is None:
         return None
-    both = torch.from_numpy(joined)
+    if stream is not None:
+        return Features(None, torch.from_numpy(kept), stream.statistics())
+    both = torch.from_numpy(kept)
     return Features(both[:, :width["features"]], both[:, width["features"]:])
 
 
@@ -120,8 +171,11 @@ def load_reference(path: Path) -> Reference:
     return Reference.of(saved["features"], saved["image_shape"])
 
 
-def fid(features: Tensor, reference: Reference) -> float:
-    return float(fid_statistics_to_metric(fid_features_to_statistics(features), reference.stats, False)[KEY_METRIC_FID])
+def fid(features: Tensor | dict[str, np.ndarray], reference: Reference) -> float:
+    """FID of ``features`` (rows, or their statistics) against the reference."""
+    stats = features if isinstance(features, dict) else fid_features_to_statistics(features)
+    stats = {k: v.astype(reference.stats[k].dtype, copy=False) for k, v in stats.items()}  # streamed ones are float64
+    return float(fid_statistics_to_metric(stats, reference.stats, False)[KEY_METRIC_FID])
 
 
 def inception_score(logits: Tensor, splits: int, seed: int) -> float:
@@ -165,8 +219,9 @@ def draw_scores(gen: Features, reference: Reference, cfg: EvaluateConfig, with_i
     precision and recall, deterministic given ``cfg.seed``."""
     out: dict[str, float] = {}
     n = len(gen)
+    with_inf = with_inf and gen.features is not None
     if cfg.fid:
-        out["fid"] = fid(gen.features, reference)
+        out["fid"] = fid(gen.fid_statistics(), reference)
         if with_inf:
             out["fid_inf"] = extrapolate(lambda i: fid(gen.features[torch.from_numpy(i)], reference), n,
                                          cfg.inf_sizes, cfg.seed).value

@@ -44,9 +44,13 @@ class Spread:
 
 
 def summarize(per_draw: list[dict[str, float]]) -> dict[str, float | int]:
-    """Each score's mean over the draws as ``<score>`` and its standard deviation as ``<score>_std``."""
+    """Each score's mean over the draws as ``<score>`` and its standard deviation as ``<score>_std`` (one draw: the
+    score alone, no spread)."""
     out: dict[str, float | int] = {}
     for key in per_draw[0]:
+        if len(per_draw) == 1:
+            out[key] = float(per_draw[0][key])
+            continue
         spread = Spread.of([d[key] for d in per_draw])
         out[key], out[f"{key}_std"] = spread.mean, spread.std
     out["draws"] = len(per_draw)

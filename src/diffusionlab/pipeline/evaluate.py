@@ -15,6 +15,7 @@ import torch
 from .. import paths
 from ..chunks import Meter
 from ..config.params import Params, RunConfig
+from ..config.sections import PAPER_SAMPLES
 from ..datasets import load_prepared
 from ..device import device_name, resolve_device
 from ..distributed import World, finish_world, init_world, launch_processes
@@ -132,7 +133,8 @@ def extract_all(run: RunConfig, backends: list[Backend], inputs: Inputs, device:
     for (steps, w), images in arrays.items():
         for backend in backends:
             with meter.progress(f"{steps}-{w}-{backend.name}") as on_chunk:
-                out[(steps, w, backend.name)] = extract(images, backend, run.evaluate, device, world, on_chunk)
+                out[(steps, w, backend.name)] = extract(images, backend, run.evaluate, device, world, on_chunk,
+                                                        streamed=run.evaluate.protocol == "paper")
     return out if world.is_main else None
 
 
@@ -174,7 +176,14 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
 
     metrics: dict = {"family": run.model.family, "sampler": card["sampler"], "steps": main_steps,
                      "task": task(card), "draws": draws, "num_generated": card["num_samples"],
-                     "num_reference": floor["num_reference"], "num_held_out": floor["num_held_out"]}
+                     "num_reference": floor["num_reference"], "num_held_out": floor["num_held_out"],
+                     "protocol": e.protocol}
+    if e.protocol == "paper":
+        metrics["comparable_with_published"] = card["num_samples"] == PAPER_SAMPLES
+        log.info("%s: the published numbers' protocol (one draw, InceptionV3, the whole training split) at %d "
+                 "samples: %s", run.name, card["num_samples"], "comparable with published FID-50k and IS"
+                 if metrics["comparable_with_published"] else f"not comparable with FID-50k ({PAPER_SAMPLES:,} "
+                 "samples): set sample.num_samples: 50000")
     rows = []
     references = {b.name: load_reference(reference_file(dataset, b.name)) for b in backends}
     features = features if features is not None else extract_all(run, backends, inputs, device)
@@ -202,8 +211,10 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
         floor_values = {_floor_key(k): v for k, v in real.items() if isinstance(v, float)}
         metrics[backend.name] = {**summary, **floor_values, **versus, **backend.identity}
     if "class_accuracy" in main:
-        metrics.update(class_accuracy=float(main.class_accuracy.mean()),
-                       class_accuracy_std=float(main.groupby("draw").class_accuracy.first().std(ddof=1)))
+        per_draw = main.groupby("draw").class_accuracy.first()
+        metrics["class_accuracy"] = float(per_draw.mean())
+        if len(per_draw) > 1:
+            metrics["class_accuracy_std"] = float(per_draw.std(ddof=1))
     if main_w is not None:
         metrics["guidance"] = main_w
     sweep = _summaries(table[_same_w(table.guidance, main_w)], ["steps", "backend"])
@@ -231,7 +242,7 @@ def publish(evaluation: Evaluation, params: Params, run: RunConfig, tracker: Tra
         scores = metrics[backend.name]
         tracker.log_metrics({f"{backend.name}.{k}": v for k, v in scores.items() if k not in backend.identity})
     if "class_accuracy" in metrics:
-        tracker.log_metrics({k: metrics[k] for k in ("class_accuracy", "class_accuracy_std")})
+        tracker.log_metrics({k: metrics[k] for k in ("class_accuracy", "class_accuracy_std") if k in metrics})
     for w, rows_w in evaluation.guidance.groupby("guidance"):
         if "class_accuracy" in rows_w:
             tracker.log_metric("class_accuracy_vs_guidance", float(rows_w.class_accuracy.iloc[0]), step=round(100 * w))

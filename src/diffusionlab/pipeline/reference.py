@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
+from pydantic import model_validator
 
 from .. import paths
-from ..config.sections import EvaluateConfig, SampleConfig, TrainConfig
+from ..config.sections import EvaluateConfig, SampleConfig, TrainConfig, apply_protocol
 from ..datasets import DataConfig, load_prepared
 from ..device import resolve_device
 from ..evaluation.features import resolve_backends
@@ -26,6 +28,11 @@ class ReferenceParams(View):
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol(cls, raw: Any) -> Any:
+        return apply_protocol(raw)
 
 
 def reference_stage(params: ReferenceParams, dataset: str) -> None:

@@ -173,6 +173,11 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
     Finished batches are kept in ``partial/`` beside the outputs until the stage ends: run again after a kill, it
     draws only the batches still missing and ends with the files an uninterrupted run writes."""
     run = params.run(dataset, model)
+    if run.evaluate.protocol == "paper" and os.environ.get("RANK", "0") == "0":
+        # the scores of the published numbers' protocol need the Inception weights: missing, nothing is sampled
+        from ..evaluation.features import ensure_inception_weights
+
+        ensure_inception_weights(run.evaluate.inception_weights, params.data.download_timeout)
     if run.sample.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         connect(params.mlflow)  # fail before starting the processes
         return launch_processes(run.sample.nproc_per_node, "sample.nproc_per_node")
