@@ -21,7 +21,7 @@ LAYERS = [
     ("config", ["diffusionlab.config"]),
     ("runtime, evaluation, figures", ["diffusionlab.runtime", "diffusionlab.evaluation", "diffusionlab.viz"]),
     ("stages and commands", ["diffusionlab.pipeline", "diffusionlab.generate", "diffusionlab.compare",
-                             "diffusionlab.ui", "diffusionlab.model"]),
+                             "diffusionlab.ui", "diffusionlab.model", "diffusionlab.monitor"]),
 ]
 
 

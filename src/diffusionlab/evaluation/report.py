@@ -25,6 +25,9 @@ SCORE_HEADINGS = {"fid": "FID", "fid_inf": "FID_inf", "isc": "IS", "isc_inf": "I
                   "precision": "precision", "recall": "recall", "class_accuracy": "class accuracy"}
 """Scores shown as mean ± standard deviation over the draws, and their headings."""
 TEST_NAME = "Welch's t-test over the draws"
+MONITOR_FILE = "monitor.csv"
+"""Beside the train stage's outputs when ``python -m diffusionlab.monitor`` scored the run while it trained."""
+MONITOR_COLUMNS = ("step", "monitor_fid", "num_samples", "steps")
 
 
 @dataclass
@@ -41,6 +44,8 @@ class ModelResult:
     grid_png: Path
     guidance: pd.DataFrame = field(default_factory=pd.DataFrame)
     """The evaluate stage's guidance.csv: one row per (guidance, backend); empty for an unconditional model."""
+    monitor: pd.DataFrame | None = None
+    """The monitor's monitor.csv (:data:`MONITOR_COLUMNS`) when it scored the training; None otherwise."""
 
 
 @dataclass
@@ -199,15 +204,37 @@ def _figure_png(fig: plt.Figure) -> bytes:
     return buf.getvalue()
 
 
-def loss_figure(results: Results, dataset: str) -> bytes:
-    """Training loss against step, one line per model of ``dataset`` (log scale: the terms differ widely)."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for r in results.models:
-        if r.dataset == dataset:
-            ax.plot(r.loss["step"], r.loss["loss"], label=r.model)
+def monitor_settings(curve: pd.DataFrame) -> str:
+    """How many samples at how many steps the monitor scored each checkpoint with."""
+    return f"{curve['num_samples'].iloc[-1]} samples, {curve['steps'].iloc[-1]} steps"
+
+
+def loss_figure_of(results: Results, dataset: str) -> plt.Figure:
+    """Training loss against step, one line per model of ``dataset`` (log scale: the terms differ widely); beside
+    it, when the monitor scored some of them while they trained, a second panel of their monitor FID."""
+    models = [r for r in results.models if r.dataset == dataset]
+    monitored = [r for r in models if r.monitor is not None and not r.monitor.empty]
+    if not monitored:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+    else:
+        fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 3.5))
+    for r in models:
+        ax.plot(r.loss["step"], r.loss["loss"], label=r.model)
     ax.set(xlabel="training step", ylabel="loss", yscale="log", title=f"{dataset}: training loss")
     ax.legend()
-    return _figure_png(fig)
+    if monitored:
+        settings = {monitor_settings(r.monitor) for r in monitored}
+        for r in monitored:
+            shown = r.model if len(settings) == 1 else f"{r.model} ({monitor_settings(r.monitor)})"
+            right.plot(r.monitor["step"], r.monitor["monitor_fid"], marker="o", label=shown)
+        common = f"{settings.pop()}; " if len(settings) == 1 else ""
+        right.set(xlabel="training step", ylabel="monitor FID", title=f"monitor FID ({common}a trend, not a result)")
+        right.legend()
+    return fig
+
+
+def loss_figure(results: Results, dataset: str) -> bytes:
+    return _figure_png(loss_figure_of(results, dataset))
 
 
 def _backends(results: Results, dataset: str) -> list[str]:

@@ -8,7 +8,8 @@ import pandas as pd
 
 from .. import paths
 from ..config.sections import EvaluateConfig, PipelineConfig
-from ..evaluation.report import ModelResult, Results, main_rows, render_html, render_markdown, results_table, verdicts
+from ..evaluation.report import (MONITOR_FILE, ModelResult, Results, main_rows, render_html, render_markdown,
+                                 results_table, verdicts)
 from ..io import atomic_path, read_json
 from ..validation import View
 
@@ -23,12 +24,13 @@ class ReportParams(View):
 
 
 def collect(params: ReportParams) -> Results:
-    """The results of every (dataset, model) that ``pipeline`` lists, read from the stages' outputs."""
+    """The results of every (dataset, model) that ``pipeline`` lists, read from the stages' outputs (and the
+    monitor's curve beside the train stage's, where ``python -m diffusionlab.monitor`` wrote one)."""
     results = Results(significance=params.evaluate.significance)
     for dataset in params.pipeline.datasets:
         results.floors[dataset] = read_json(paths.reference(dataset) / "floor.json")
         for model in params.pipeline.models:
-            evaluated = paths.evaluate(dataset, model)
+            evaluated, monitor = paths.evaluate(dataset, model), paths.train(dataset, model) / MONITOR_FILE
             metrics = read_json(evaluated / "metrics.json")
             results.models.append(ModelResult(
                 dataset=dataset, model=model, family=metrics["family"], metrics=metrics,
@@ -36,6 +38,7 @@ def collect(params: ReportParams) -> Results:
                 loss=pd.read_csv(paths.train(dataset, model) / "loss.csv"),
                 grid_png=paths.sample(dataset, model) / "grid.png",
                 guidance=pd.read_csv(evaluated / "guidance.csv"),
+                monitor=pd.read_csv(monitor) if monitor.is_file() else None,
             ))
     return results
 
