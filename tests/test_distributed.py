@@ -56,3 +56,12 @@ def test_two_gloo_processes_reach_the_weights_of_one_with_the_same_global_batch(
     t = torch.linspace(0, 1, 101)
     with torch.no_grad():
         torch.testing.assert_close(two.process.gamma(t), one.process.gamma(t), rtol=1e-4, atol=1e-4)
+
+
+def test_more_processes_than_visible_gpus_stop_before_any_start(monkeypatch):
+    from diffusionlab.distributed import launch_processes
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"sample.nproc_per_node = 4 asks for one GPU per process, but 2 are "
+                                          r"visible; set sample.nproc_per_node to at most 2"):
+        launch_processes(4, "sample.nproc_per_node", torch.device("cuda"))

@@ -74,9 +74,12 @@ def init_world(device: torch.device) -> tuple[World, torch.device]:
     return World(rank, size, local_rank), device
 
 
-def launch_processes(n: int, setting: str) -> None:
+def launch_processes(n: int, setting: str, device: torch.device) -> None:
     """Run this stage command again under torchrun with ``n`` processes on this machine (``setting`` names the
-    param that asked for them)."""
+    param that asked for them), one GPU each on CUDA."""
+    if device.type == "cuda" and n > torch.cuda.device_count():
+        raise ConfigError(f"{setting} = {n} asks for one GPU per process, but {torch.cuda.device_count()} are "
+                          f"visible; set {setting} to at most {torch.cuda.device_count()}")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *sys.argv]
     log.info("starting %d processes: %s", n, " ".join(command))
     if subprocess.run(command).returncode != 0:

@@ -88,7 +88,8 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
     if run.evaluate.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         resolve_backends(run.evaluate, paths.classifier(dataset), params.data.download_timeout)
         connect(params.mlflow)  # fail before starting the processes
-        return launch_processes(run.evaluate.nproc_per_node, "evaluate.nproc_per_node")
+        return launch_processes(run.evaluate.nproc_per_node, "evaluate.nproc_per_node",
+                                resolve_device(run.train.device))
     world, device = init_world(resolve_device(run.train.device))
     try:
         _evaluate(params, run, world, device)

@@ -180,7 +180,7 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
         ensure_inception_weights(run.evaluate.inception_weights, params.data.download_timeout)
     if run.sample.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         connect(params.mlflow)  # fail before starting the processes
-        return launch_processes(run.sample.nproc_per_node, "sample.nproc_per_node")
+        return launch_processes(run.sample.nproc_per_node, "sample.nproc_per_node", resolve_device(run.train.device))
     world, device = init_world(resolve_device(run.train.device))
     try:
         _sample(params, run, world, device)

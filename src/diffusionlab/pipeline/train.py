@@ -54,7 +54,7 @@ def train_stage(params: Params, dataset: str, model: str) -> None:
     run = params.run(dataset, model)
     if run.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         connect(params.mlflow)  # fail before starting the processes
-        return launch_processes(run.train.nproc_per_node, "train.nproc_per_node")
+        return launch_processes(run.train.nproc_per_node, "train.nproc_per_node", resolve_device(run.train.device))
     world, device = init_world(resolve_device(run.train.device))
     try:
         _train(params, run, world, device)
