@@ -243,3 +243,25 @@ def test_the_paper_protocol_without_inception_weights_stops_before_sampling(trai
     assert "weights/inception.pth" in out.stderr and "https://github.com/toshas/torch-fidelity" in out.stderr
     assert "network evaluations to make" not in out.stderr
     assert (dest / OUT / "samples.npy").stat().st_mtime_ns == written and not (dest / OUT / "partial").exists()
+
+
+def test_a_setting_s_key_changes_with_what_its_images_depend_on_and_only_with_that(model):
+    from types import SimpleNamespace
+
+    from diffusionlab.pipeline.sample import settings
+
+    cfg, process, net = model
+    ckpt = SimpleNamespace(ema=net, process=process, channels=1, config=cfg)
+    sampler = make_sampler(cfg.sample, process, default_steps=cfg.model.timesteps)
+
+    def keys(sample=None, identity=None):
+        run = cfg if sample is None else cfg.model_copy(update={"sample": replace(cfg.sample, **sample)})
+        return [s.key for s in settings(run, ckpt, sampler, identity or {"checkpoint": "a", "code": "b"})]
+
+    base = keys()
+    assert len(base) == 1 + len(cfg.sample.sweep_steps) + len(cfg.sample.guidance_sweep)
+    assert keys({"grid_size": 4, "strip_samples": 2, "nproc_per_node": 2}) == base
+    for changed in ({"seed": 2}, {"eta": 0.5}, {"num_samples": 41}, {"batch_size": 8}, {"guidance": 2.0}):
+        assert keys(changed)[0] != base[0], changed
+    assert keys(identity={"checkpoint": "c", "code": "b"})[0] != base[0]
+    assert keys(identity={"checkpoint": "a", "code": "d"})[0] != base[0]
