@@ -104,9 +104,10 @@ def paper(project: Path, base: dict, dataset: str, model: str, samples: int, eva
     params = json.loads(json.dumps(base))
     params["evaluate"].update(protocol="paper", inception_weights=str(weights), batch_size=100)
     params["sample"].update(num_samples=samples, steps=steps, nproc_per_node=1)
-    rows.append({"stage": "sample", "images": samples, "steps": steps,
-                 **run_stage(project, "sample", dataset, model, params)})
-    print(rows[-1], flush=True)
+    if samples:
+        rows.append({"stage": "sample", "images": samples, "steps": steps,
+                     **run_stage(project, "sample", dataset, model, params)})
+        print(rows[-1], flush=True)
     params["sample"]["num_samples"] = evaluate_samples
     run_stage(project, "sample", dataset, model, params)
     for stage in ("reference", "evaluate"):
@@ -140,18 +141,20 @@ def main() -> None:
     parser.add_argument("--model", default="ddpm")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--num-samples", type=int, default=600)
-    parser.add_argument("--paper-samples", type=int, default=50_000)
+    parser.add_argument("--paper-samples", type=int, default=50_000, help="0: skip the paper preset's large sample")
     parser.add_argument("--paper-evaluate-samples", type=int, default=500)
     parser.add_argument("--paper-steps", type=int, default=10)
     parser.add_argument("--inception-weights", type=Path, help="real weights; random ones are made when absent")
     parser.add_argument("--skip-paper", action="store_true")
+    parser.add_argument("--skip-processes", action="store_true")
     parser.add_argument("--fraction-of-peak", type=float, default=0.3)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     project = args.project.resolve()
     base = yaml.safe_load((project / "params.yaml").read_text())
     started = time.time()
-    proc_rows = processes(project, base, args.dataset, args.model, args.processes, args.num_samples)
+    proc_rows = [] if args.skip_processes else processes(project, base, args.dataset, args.model, args.processes,
+                                                         args.num_samples)
     paper_rows = []
     if not args.skip_paper:
         weights = args.inception_weights or random_inception_weights(project / "data/weights/random-inception.pth")

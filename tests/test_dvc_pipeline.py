@@ -36,3 +36,19 @@ def test_data_preparation_depends_on_no_sampler_process_or_evaluation_and_the_re
         samplers = [d for d in stages[stage]["deps"] if d.endswith("samplers.py") or (
             "/sampling/" in d and not d.endswith(("__init__.py", "names.py")))]
         assert not samplers, f"stage {stage} depends on sampling code {samplers}"
+
+
+def test_every_param_a_stage_depends_on_is_in_params_yaml():
+    """DVC refuses to run a stage whose params entry params.yaml lacks: check them all before any `dvc repro`."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    items = {"${item.dataset}": params["pipeline"]["datasets"][0], "${item.model}": params["pipeline"]["models"][0]}
+    for name, stage in stages.items():
+        for entry in stage.get("params", []):
+            for key in entry if isinstance(entry, dict) else [entry]:
+                for template, value in items.items():
+                    key = key.replace(template, value)
+                node = params
+                for part in key.split("."):
+                    assert isinstance(node, dict) and part in node, f"{name}: params.yaml has no {key}"
+                    node = node[part]

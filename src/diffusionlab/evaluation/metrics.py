@@ -219,7 +219,7 @@ def draw_scores(gen: Features, reference: Reference, cfg: EvaluateConfig, with_i
     precision and recall, deterministic given ``cfg.seed``."""
     out: dict[str, float] = {}
     n = len(gen)
-    with_inf = with_inf and gen.features is not None
+    with_inf = with_inf and gen.features is not None and cfg.protocol != "paper"
     if cfg.fid:
         out["fid"] = fid(gen.fid_statistics(), reference)
         if with_inf:
