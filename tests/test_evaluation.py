@@ -46,6 +46,7 @@ from diffusionlab.nn.classifier import (
     train_classifier,
 )
 from diffusionlab.pipeline.reference import reference_stage
+from diffusionlab.validation import replace
 
 CPU = torch.device("cpu")
 ALL = EvaluateConfig(isc_splits=1, kid_subsets=20)
@@ -368,3 +369,45 @@ def test_features_streamed_as_statistics_give_the_fid_and_is_of_the_features_hel
     whole, light = draw_scores(held, reference, cfg, with_inf=False), draw_scores(streamed, reference, cfg)
     assert set(light) == {"fid", "isc"}  # no extrapolation to infinitely many images without the features
     assert light["fid"] == pytest.approx(whole["fid"], rel=1e-6) and light["isc"] == whole["isc"]
+
+
+def test_the_paper_protocol_scores_one_streamed_draw_and_labels_what_it_is_comparable_with(backend, tmp_cwd):
+    """The evaluate stage's scoring under ``evaluate.protocol: paper``: one draw, its features kept only as FID's
+    statistics, no spread and no test against the floor; FID and IS as the features held in memory give them."""
+    from types import SimpleNamespace
+
+    from diffusionlab.evaluation.features import Backend
+    from diffusionlab.evaluation.metrics import floor_scores, reference_file
+    from diffusionlab.families.registry import build_process
+    from diffusionlab.pipeline.evaluate import Inputs, score
+    from diffusionlab.runtime.factory import build_network
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    raw["evaluate"].update(protocol="paper", ode_images=0, batch_size=32)
+    raw["sample"].update(num_samples=120)
+    run = parse_params(raw).run("digits", "ddpm")
+    assert run.sample.draws == 1 and run.evaluate.features == ("inception",)
+    cfg = replace(run.evaluate, isc_splits=2)  # a few images per split here
+    run = run.model_copy(update={"evaluate": cfg})
+    inception = Backend("inception", backend.extractor, backend.weights_path, rgb=False)  # the classifier's layers
+    real, generated = images(1, n=240), images(2, shift=30)
+    save_reference(reference_file("digits", "inception"), extract(real, inception, cfg, CPU), real.shape[1:])
+    reference = load_reference(reference_file("digits", "inception"))
+    floor = {"num_reference": 240, "num_held_out": 120,
+             "inception": floor_scores(extract(images(3), inception, cfg, CPU), 120, 1, reference, cfg)}
+    np.save(tmp_cwd / "samples.npy", generated)
+    card = {"steps": 50, "sampler": "ddpm", "num_samples": 120, "draws": 1, "sweep_steps": [], "guidance_sweep": [],
+            "class_conditional": False, "guidance": None}
+    process = build_process(run.model, CPU)
+    ckpt = SimpleNamespace(process=process, ema=build_network(run, 1, process).eval())
+    inputs = Inputs(card, {(50, None): tmp_cwd / "samples.npy"}, floor, ckpt,
+                    np.zeros((4, 1, 16, 16), np.uint8), np.full(120, -1), None)
+    streamed = {(50, None, "inception"): extract(generated, inception, cfg, CPU, streamed=True)}
+    metrics = score(run, [inception], inputs, CPU, streamed).metrics
+    assert metrics["protocol"] == "paper" and metrics["comparable_with_published"] is False
+    scores = metrics["inception"]
+    assert {"fid", "isc", "fid_floor", "fid_floor_std"} <= set(scores)  # the floor keeps its bootstrap spread
+    assert not {"fid_std", "isc_std", "fid_inf", "isc_inf", "kid", "precision"} & set(scores)
+    assert "fid_vs_floor" not in scores and scores["draws"] == 1
+    held = draw_scores(extract(generated, inception, cfg, CPU), reference, cfg, with_inf=False)
+    assert scores["fid"] == pytest.approx(held["fid"], rel=1e-6) and scores["isc"] == held["isc"]

@@ -206,7 +206,7 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
         summary = summarize(_records(main[main.backend == backend.name]))
         real = floor[backend.name]
         versus = {}
-        if e.fid and spread_of(real, "fid") is not None:
+        if e.fid and spread_of(real, "fid") is not None and spread_of(summary, "fid") is not None:
             diff = welch(spread_of(summary, "fid"), spread_of(real, "fid"), e.significance)
             versus = {"fid_vs_floor": diff.change, "fid_vs_floor_p": diff.p}
         floor_values = {_floor_key(k): v for k, v in real.items() if isinstance(v, float)}
