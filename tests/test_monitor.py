@@ -29,8 +29,8 @@ from processes import MARKER, kill_group, session_marker
 
 pytestmark = pytest.mark.timeout(300)
 CPU = torch.device("cpu")
-TRAIN_STEPS, CHECKPOINT_EVERY = 1000, 100
-"""About 20 s of training on one CPU thread: ten resume points."""
+TRAIN_STEPS, CHECKPOINT_EVERY = 600, 100
+"""About 12 s of training on one CPU thread: six resume points."""
 MONITORED = merge(TINY, {
     "pipeline": {"datasets": ["digits"], "models": ["ddpm"]},
     "datasets": {"digits": {"train_steps": TRAIN_STEPS}},

@@ -20,12 +20,14 @@ from diffusionlab.chunks import ChunkFolder, map_chunks, prune
 from diffusionlab.config.params import parse_params
 from diffusionlab.distributed import World
 from diffusionlab.families.registry import build_process
+from diffusionlab.pipeline.classifier import ClassifierParams, classifier_stage
+from diffusionlab.pipeline.reference import ReferenceParams, reference_stage
 from diffusionlab.runtime.factory import build_network
 from diffusionlab.sampling.generation import draw_images, generate
 from diffusionlab.sampling.guidance import ConditionalModel
 from diffusionlab.sampling.samplers import make_sampler
 from diffusionlab.tensors import ImageGenerators, image_seed
-from diffusionlab.validation import replace
+from diffusionlab.validation import read_yaml, replace, validate
 
 from processes import run
 
@@ -207,8 +209,11 @@ def test_two_gloo_processes_extract_the_features_one_does_and_give_the_same_scor
     """Every score of the features is the same to the last digit; the bits/dim, computed by rank 0 alone, are
     the same to float32 rounding (one thread per process under torchrun sums in another order)."""
     dest, env, _ = trained
-    for stage in ("classifier", "reference"):
-        run([sys.executable, f"stages/{stage}.py", "--dataset", "digits"], dest, env)
+    with pytest.MonkeyPatch.context() as patch:  # the two stages it scores against, in this process
+        patch.chdir(dest)
+        raw = read_yaml("params.yaml")
+        for stage, kind in ((classifier_stage, ClassifierParams), (reference_stage, ReferenceParams)):
+            stage(validate(kind, raw), "digits")
     evaluate = [sys.executable, "stages/evaluate.py", "--dataset", "digits", "--model", "ddpm"]
     scores = {}
     for processes in (1, 2):
