@@ -10,7 +10,6 @@ loads whichever network its weights file holds; they need nothing but the data, 
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import urllib.error
@@ -25,6 +24,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from ..chunks import file_digest
 from ..config.sections import EvaluateConfig
 from ..errors import StageInputError, WeightsUnavailable
 from ..io import atomic_path, socket_timeout
@@ -104,17 +104,9 @@ def classifier_backend(path: str | Path, accuracy: float | None = None) -> Backe
 
 
 def inception_backend(path: str | Path) -> Backend:
-    digest = sha256(path)
+    digest = file_digest(path)
     identity = {"weights_sha256": digest}
     return Backend("inception", INCEPTION_EXTRACTOR, Path(path), rgb=True, identity=identity)
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ensure_inception_weights(path: str | Path, timeout: float, url: str | None = None) -> Path:

@@ -4,7 +4,6 @@ registers them."""
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from ..chunks import Meter
 from ..config.params import Params, RunConfig
 from ..config.sections import PAPER_SAMPLES
 from ..datasets import load_prepared
-from ..device import device_name, resolve_device
-from ..distributed import World, finish_world, init_world, launch_processes
+from ..device import device_name
+from ..distributed import World
 from ..evaluation.features import Backend, resolve_backends
 from ..evaluation.likelihoods import bits_per_dim, ode_bits_per_dim_of
 from ..evaluation.metrics import Features, extract, load_reference, reference_file, score_draws, split_draws
@@ -26,7 +25,8 @@ from ..evaluation.significance import SCORES, spread_of, summarize, welch
 from ..io import atomic_path, read_json, write_json
 from ..nn.classifier import accuracy, load_classifier
 from ..runtime.checkpoint import Checkpoint, load_checkpoint
-from ..runtime.tracking import Tracker, connect, open_run, read_run_file, register_model, registered_model_name
+from ..runtime.tracking import Tracker, open_run, read_run_file, register_model, registered_model_name
+from .world import in_world
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,9 @@ def evaluate_stage(params: Params, dataset: str, model: str) -> None:
     With ``evaluate.nproc_per_node`` > 1 (or under torchrun) the processes share the feature extraction
     (:func:`extract_all`) and rank 0 computes, writes and logs the scores."""
     run = params.run(dataset, model)
-    if run.evaluate.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        resolve_backends(run.evaluate, paths.classifier(dataset), params.data.download_timeout)
-        connect(params.mlflow)  # fail before starting the processes
-        return launch_processes(run.evaluate.nproc_per_node, "evaluate.nproc_per_node",
-                                resolve_device(run.train.device))
-    world, device = init_world(resolve_device(run.train.device))
-    try:
-        _evaluate(params, run, world, device)
-    finally:
-        finish_world()
+    in_world(params, run.evaluate.nproc_per_node, "evaluate.nproc_per_node",
+             lambda world, device: _evaluate(params, run, world, device),
+             check=lambda: resolve_backends(run.evaluate, paths.classifier(dataset), params.data.download_timeout))
 
 
 def _evaluate(params: Params, run: RunConfig, world: World, device: torch.device) -> None:

@@ -8,8 +8,16 @@ import pandas as pd
 
 from .. import paths
 from ..config.sections import EvaluateConfig, PipelineConfig
-from ..evaluation.report import (MONITOR_FILE, ModelResult, Results, main_rows, render_html, render_markdown,
-                                 results_table, verdicts)
+from ..evaluation.report import (
+    MONITOR_FILE,
+    ModelResult,
+    Results,
+    main_rows,
+    render_html,
+    render_markdown,
+    results_table,
+    verdicts,
+)
 from ..io import atomic_path, read_json
 from ..validation import View
 

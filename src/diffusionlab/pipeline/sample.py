@@ -18,12 +18,12 @@ from ..config.params import Params, RunConfig
 from ..config.sections import SampleConfig
 from ..core.process import SamplerOptions
 from ..datasets import load_prepared
-from ..device import device_name, make_generator, resolve_device
-from ..distributed import World, finish_world, init_world, launch_processes
+from ..device import device_name, make_generator
+from ..distributed import World
 from ..families import samplers as _own_samplers  # noqa: F401  (the samplers the processes build)
 from ..io import atomic_dir, save_npy, write_json
 from ..runtime.checkpoint import Checkpoint, load_checkpoint
-from ..runtime.tracking import Tracker, connect, open_run
+from ..runtime.tracking import Tracker, open_run
 from ..sampling.base import Sampler
 from ..sampling.generation import Generated, draw_images, trajectory_of
 from ..sampling.guidance import ConditionalModel, requested_labels
@@ -34,6 +34,7 @@ from ..tensors import to_model_range
 from ..validation import replace
 from ..viz.figures import denoising_gif, forward_process_figure, panels_figure, reverse_process_figure
 from ..viz.images import save_grid, save_strip
+from .world import in_world
 
 log = logging.getLogger(__name__)
 FIGURE_IMAGES = 6
@@ -178,14 +179,8 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
         from ..evaluation.features import ensure_inception_weights
 
         ensure_inception_weights(run.evaluate.inception_weights, params.data.download_timeout)
-    if run.sample.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        connect(params.mlflow)  # fail before starting the processes
-        return launch_processes(run.sample.nproc_per_node, "sample.nproc_per_node", resolve_device(run.train.device))
-    world, device = init_world(resolve_device(run.train.device))
-    try:
-        _sample(params, run, world, device)
-    finally:
-        finish_world()
+    in_world(params, run.sample.nproc_per_node, "sample.nproc_per_node", lambda world, device: _sample(
+        params, run, world, device))
 
 
 def _sample(params: Params, run: RunConfig, world: World, device: torch.device) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,15 +13,16 @@ import torch
 from .. import paths
 from ..config.params import Params, RunConfig
 from ..datasets import load_prepared
-from ..device import device_name, resolve_device
-from ..distributed import World, broadcast_object, finish_world, init_world, launch_processes
+from ..device import device_name
+from ..distributed import World, broadcast_object
 from ..errors import StageInputError
 from ..io import atomic_path, write_json
 from ..runtime.checkpoint import load_resume, save_checkpoint, save_resume
 from ..runtime.model import DiffusionModel
-from ..runtime.tracking import Tracker, connect, log_model, open_run
+from ..runtime.tracking import Tracker, log_model, open_run
 from ..runtime.training import Trainer, TrainResult
 from ..viz.figures import loss_curve_figure
+from .world import in_world
 
 log = logging.getLogger(__name__)
 RESUME_FILE = "resume.pt"
@@ -52,14 +52,8 @@ def train_stage(params: Params, dataset: str, model: str) -> None:
     > 1) every process trains on its share of each batch and only rank 0 writes files and logs to MLflow.
     """
     run = params.run(dataset, model)
-    if run.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        connect(params.mlflow)  # fail before starting the processes
-        return launch_processes(run.train.nproc_per_node, "train.nproc_per_node", resolve_device(run.train.device))
-    world, device = init_world(resolve_device(run.train.device))
-    try:
-        _train(params, run, world, device)
-    finally:
-        finish_world()
+    in_world(params, run.train.nproc_per_node, "train.nproc_per_node", lambda world, device: _train(
+        params, run, world, device))
 
 
 def _train(params: Params, run: RunConfig, world: World, device: torch.device) -> None:
