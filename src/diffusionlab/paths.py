@@ -39,6 +39,10 @@ def evaluate(dataset: str, model: str) -> Path:
     return OUTPUTS / "evaluate" / f"{dataset}-{model}"
 
 
+def restore(dataset: str, model: str) -> Path:
+    return OUTPUTS / "restore" / f"{dataset}-{model}"
+
+
 def reference(dataset: str) -> Path:
     return OUTPUTS / "reference" / dataset
 

@@ -9,6 +9,7 @@ no noise process.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from ..families.params import PARAMS, ModelParams
 from ..nn.classifier import RESNET, ClassifierConfig
 from ..nn.unet import UNetConfig
 from ..validation import Count, Section, read_yaml, replace, validate
-from .sections import EvaluateConfig, MlflowConfig, PipelineConfig, SampleConfig, TrainConfig, apply_protocol
+from .sections import (EvaluateConfig, MlflowConfig, PipelineConfig, RestoreConfig, SampleConfig, TrainConfig,
+                       apply_protocol)
 
 
 class DatasetConfig(Section):
@@ -89,6 +91,7 @@ class Params(Section):
     classifier: ClassifierConfig = ClassifierConfig()
     resnet: ClassifierConfig = RESNET
     evaluate: EvaluateConfig = EvaluateConfig()
+    restore: RestoreConfig = RestoreConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
     @model_validator(mode="before")
@@ -145,6 +148,10 @@ class Params(Section):
             if what:
                 raise ValueError(f"{what} but models.{name}.timesteps is {total}; a sampler cannot take more steps "
                                  "than the model has")
+        for name in self.pipeline.datasets:
+            problem = restore_problem(self.restore, self.datasets[name].image_size)
+            if problem:
+                raise ValueError(f"{problem} of datasets.{name} ({self.datasets[name].image_size} pixels)")
         return self
 
     def run(self, dataset: str, model: str) -> RunConfig:
@@ -157,6 +164,18 @@ class Params(Section):
             replace(self.sample, sampler=self.sample.sampler_for[model])
         return RunConfig(dataset=dataset, model_name=model, data=self.datasets[dataset], model=self.models[model],
                          train=self.train, sample=sample, evaluate=self.evaluate)
+
+
+def restore_problem(r: RestoreConfig, size: int) -> str | None:
+    """What makes ``restore``'s tasks impossible on images of ``size`` pixels, if anything."""
+    for task, factor in (("sr2", 2), ("sr4", 4)):
+        if task in r.tasks and size % factor:
+            return f"restore.tasks has {task}, whose factor {factor} does not divide the image size"
+    radius = max(1, math.ceil(3 * r.blur_width))
+    if "blur" in r.tasks and r.blur_boundary == "reflect" and radius >= size:
+        return (f"restore.blur_width {r.blur_width:g} gives a kernel of radius {radius}, which cannot reflect "
+                "(restore.blur_boundary) in the image size")
+    return None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

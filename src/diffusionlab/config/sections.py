@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from ..datasets import DatasetName
-from ..sampling.names import MULTISTEP_SAMPLERS, SamplerName
+from ..sampling.names import (INPAINTING_TASKS, MULTISTEP_SAMPLERS, RestorationSolver, RestorationTask,
+                              SamplerName)
 from ..validation import Count, Float, Section, Tuple, distinct
 
 FeatureBackend = Literal["classifier", "resnet", "inception"]
@@ -175,6 +176,75 @@ class EvaluateConfig(Section):
         distinct("evaluate.features", self.features, "a backend")
         if not (self.fid or self.isc or self.kid or self.prc):
             raise ValueError("evaluate.fid, isc, kid and prc are all false; enable at least one metric")
+        return self
+
+
+RESTORE_STEPS = {"ddrm": 20, "ddnm": 20, "pigdm": 20, "dps": 100, "repaint": 20}
+"""Each solver's steps unless ``restore.steps`` names it: DDRM's 20 (Kawar et al. 2022), DDNM's and PiGDM's 20 of
+their papers' 100, DPS's 100 of its 1000 (the default budget on CPU)."""
+
+
+class RestoreConfig(Section):
+    """The restore stage: each task's measurement of held-out images restored by each solver, over draws."""
+
+    tasks: Tuple[RestorationTask] = ("sr4", "blur", "box", "random", "denoise")
+    solvers: Tuple[RestorationSolver] = ("ddrm", "ddnm", "pigdm", "dps", "repaint")
+    """Every solver restores every task it can; ``repaint`` restores the inpainting tasks (box, random) only."""
+    images: Count = 100
+    """Held-out images restored (the first of the test split), the count every score is computed at."""
+    draws: int = Field(3, ge=2, le=100)
+    """Independent draws of the solvers' randomness on the same measurements: scores are mean and std over them."""
+    steps: dict[RestorationSolver, Count] = Field(default_factory=dict)
+    """Steps of these solvers on the model's time grid instead of :data:`RESTORE_STEPS` (RePaint's step takes
+    ``repaint_resample`` network evaluations)."""
+    sigma_y: Float = Field(0.0, ge=0)
+    """Measurement noise y = A x + sigma_y n of every task, in the model range [-1, 1]."""
+    sigma_y_for: dict[RestorationTask, Annotated[Float, Field(ge=0)]] = Field(
+        default_factory=lambda: {"denoise": 0.2})
+    """The measurement noise of these tasks instead of ``sigma_y``."""
+    eta: Float = Field(0.85, ge=0, le=1)
+    """ddrm and ddnm: the share of fresh noise in each step (their papers' eta)."""
+    eta_b: Float = Field(1.0, ge=0, le=1)
+    """ddrm: how far a measured coefficient is pulled onto the measurement (1: onto it)."""
+    ddim_eta: Float = Field(1.0, ge=0, le=1)
+    """pigdm and dps: DDIM's eta of their steps (1: ancestral)."""
+    dps_step: Float = Field(1.0, gt=0)
+    """DPS's step size zeta on grad ||y - A x0_hat||."""
+    repaint_resample: int = Field(2, ge=1, le=100)
+    blur_width: Float = Field(1.0, gt=0)
+    """Standard deviation of the Gaussian blur in pixels (kernel truncated at 3 widths)."""
+    blur_boundary: Literal["reflect", "zero"] = "reflect"
+    blur_cutoff: Float = Field(0.03, gt=0, lt=1)
+    """The blur's singular values below it (times the largest) are lost, as in DDRM's deblurring: without a cutoff
+    a noiseless blur is invertible and the pseudo-inverse restores it exactly."""
+    box_size: Float = Field(0.5, gt=0, lt=1)
+    """Side of the centred square to inpaint, as a fraction of the image side."""
+    keep: Float = Field(0.25, gt=0, le=1)
+    """Random-pixel inpainting: the fraction of pixels measured (one mask, seeded by ``seed``)."""
+    prior: Literal["unconditional", "class"] = "unconditional"
+    """What a class-conditional model restores with: its unconditional branch (w = 0), or the true class (w = 1)."""
+    clip_denoised: bool = True
+    batch_size: Count = 100
+    seed: int = Field(0, ge=0)
+    """Masks and measurement noise come from it (the same in every draw); draw d of image i from (seed, d, i)."""
+
+    def steps_of(self, solver: str) -> int:
+        return self.steps.get(solver, RESTORE_STEPS[solver])
+
+    def sigma_of(self, task: str) -> float:
+        return self.sigma_y_for.get(task, self.sigma_y)
+
+    @model_validator(mode="after")
+    def _tasks_fit(self) -> RestoreConfig:
+        distinct("restore.tasks", self.tasks, "a task")
+        distinct("restore.solvers", self.solvers, "a solver")
+        if "denoise" in self.tasks and self.sigma_of("denoise") == 0:
+            raise ValueError("restore.tasks has denoise, whose measurement is the image itself at sigma_y 0: set "
+                             "restore.sigma_y_for.denoise > 0 (e.g. 0.2), or drop denoise")
+        if "repaint" in self.solvers and not set(INPAINTING_TASKS) & set(self.tasks):
+            raise ValueError(f"restore.solvers has repaint, which restores masked pixels only "
+                             f"({', '.join(INPAINTING_TASKS)}), and restore.tasks has none of them: add one, or "
+                             "drop repaint")
         return self
 
 

@@ -40,6 +40,8 @@ def collect(params: ReportParams) -> Results:
         for model in params.pipeline.models:
             evaluated, monitor = paths.evaluate(dataset, model), paths.train(dataset, model) / MONITOR_FILE
             metrics = read_json(evaluated / "metrics.json")
+            restored = paths.restore(dataset, model)
+            has_restoration = (restored / "summary.csv").is_file() and (restored / "metrics.json").is_file()
             results.models.append(ModelResult(
                 dataset=dataset, model=model, family=metrics["family"], metrics=metrics,
                 sweep=pd.read_csv(evaluated / "sweep.csv"),
@@ -47,6 +49,9 @@ def collect(params: ReportParams) -> Results:
                 grid_png=paths.sample(dataset, model) / "grid.png",
                 guidance=pd.read_csv(evaluated / "guidance.csv"),
                 monitor=pd.read_csv(monitor) if monitor.is_file() else None,
+                restoration=pd.read_csv(restored / "summary.csv") if has_restoration else None,
+                restoration_prior=read_json(restored / "metrics.json")["prior"] if has_restoration else "",
+                restoration_figures={p.stem: p for p in sorted((restored / "figures").glob("*.png"))},
             ))
     return results
 

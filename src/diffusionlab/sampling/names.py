@@ -25,3 +25,13 @@ def network_evaluations(steps: int, guidance: float | None, sampler: str = "ddim
     """Network evaluations per image: one per step (2 steps - 1 for heun), twice as many under guidance other
     than w = 0 or 1 (None: unconditional)."""
     return evaluations_per_step(sampler, steps) * (2 if guidance not in (None, 0.0, 1.0) else 1)
+
+
+RestorationSolver = Literal["ddrm", "ddnm", "pigdm", "dps", "repaint"]
+RESTORATION_SOLVERS: tuple[str, ...] = get_args(RestorationSolver)
+RestorationTask = Literal["sr2", "sr4", "blur", "box", "random", "denoise"]
+"""Degradations of the restore stage: super-resolution by 2x2 or 4x4 average pooling, a Gaussian blur, a centred
+box and random pixels to inpaint, and denoising (A = I)."""
+RESTORATION_TASKS: tuple[str, ...] = get_args(RestorationTask)
+INPAINTING_TASKS = ("box", "random")
+"""The tasks whose measurement is a mask of pixels, which RePaint and the fill baseline restore."""

@@ -89,17 +89,22 @@ class Operator:
 
 
 class SeparableOperator(Operator):
-    """A x = M_h X M_w^T on each channel: ``rows`` M_h [m_h, H] and ``cols`` M_w [m_w, W] (float64 matrices)."""
+    """A x = M_h X M_w^T on each channel: ``rows`` M_h [m_h, H] and ``cols`` M_w [m_w, W] (float64 matrices).
+
+    The singular values below ``rcond`` times the largest are dropped from A itself (as DDRM's deblurring does):
+    what the measurement attenuates below that is lost, and A is then its truncated SVD."""
 
     def __init__(self, rows: np.ndarray, cols: np.ndarray, channels: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, rcond: float = RCOND):
         (mh, h), (mw, w) = rows.shape, cols.shape
         self.image_shape, self.measurement_shape = (channels, h, w), (channels, mh, mw)
         uh, sh, vh = np.linalg.svd(rows)  # rows = uh[:, :mh] diag(sh) vh[:mh]
         uw, sw, vw = np.linalg.svd(cols)
         s = np.zeros((h, w))
         s[:mh, :mw] = np.outer(sh, sw)
-        s[s < RCOND * s.max()] = 0.0
+        kept = np.outer(sh, sw)
+        self.truncated = bool((kept < rcond * s.max()).any())
+        s[s < rcond * s.max()] = 0.0
 
         def tensor(a: np.ndarray) -> Tensor:
             return torch.as_tensor(a, dtype=dtype, device=device)
@@ -110,9 +115,13 @@ class SeparableOperator(Operator):
         self.mh, self.mw = mh, mw
 
     def A(self, x: Tensor) -> Tensor:
+        if self.truncated:  # what lies below the cutoff is lost: A is its truncated SVD
+            return self.U(self.singulars * self.Vt(x))
         return self.rows @ x @ self.cols.T
 
     def At(self, y: Tensor) -> Tensor:
+        if self.truncated:
+            return self.V(self.singulars * self.Ut(y))
         return self.rows.T @ y @ self.cols
 
     def Vt(self, x: Tensor) -> Tensor:
@@ -200,11 +209,14 @@ def super_resolution(shape: tuple[int, int, int], factor: int, device: torch.dev
 
 
 def gaussian_blur(shape: tuple[int, int, int], width: float, boundary: str = "reflect",
-                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Operator:
-    """A separable Gaussian blur of standard deviation ``width`` pixels."""
+                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                  cutoff: float = RCOND) -> Operator:
+    """A separable Gaussian blur of standard deviation ``width`` pixels; the frequencies it attenuates below
+    ``cutoff`` times the largest singular value are lost (without a cutoff a noiseless blur is invertible)."""
     c, h, w = shape
     kernel = gaussian_kernel(width)
-    return SeparableOperator(convolution(h, kernel, boundary), convolution(w, kernel, boundary), c, device, dtype)
+    return SeparableOperator(convolution(h, kernel, boundary), convolution(w, kernel, boundary), c, device, dtype,
+                             cutoff)
 
 
 def box_mask(size: tuple[int, int], fraction: float) -> Tensor:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -40,11 +39,11 @@ from ..core.updates import batch_time, noise_like
 from ..tensors import ImageGenerators
 from .base import Sampler
 from .inverse import inpaint
+from .names import RESTORATION_SOLVERS
 from .operators import MaskOperator, Operator
 from .samplers import make_sampler
 
-SolverName = Literal["ddrm", "ddnm", "pigdm", "dps", "repaint"]
-SOLVERS: tuple[str, ...] = get_args(SolverName)
+SOLVERS = RESTORATION_SOLVERS
 BASELINES = ("pinv", "fill")
 GRADIENT_SOLVERS = ("pigdm", "dps")
 """Solvers that backpropagate through the network at every step."""
