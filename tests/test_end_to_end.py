@@ -46,6 +46,8 @@ TINY = {
     "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2,
                  "ode_images": 20, "ode_steps": 8,
                  "kid_subsets": 10, "reference_images": 200},
+    "restore": {"tasks": ["sr4", "box"], "images": 10, "draws": 2, "batch_size": 10,
+                "steps": {"ddrm": 3, "ddnm": 3, "pigdm": 3, "dps": 3, "repaint": 3}},
     "mlflow": {"system_metrics_interval": 0.2},  # the tiny train stages hold their run for a few seconds
 }
 
@@ -113,7 +115,8 @@ def test_repro_runs_every_stage_of_the_matrix(project):
     dest, _, repro = project
     for stage in ("prepare@digits", "classifier@digits", "reference@digits", "train@digits-ddpm",
                   "sample@digits-ddpm", "evaluate@digits-ddpm", "train@digits-vlb", "evaluate@digits-vlb",
-                  "train@digits-vdm", "sample@digits-vdm", "evaluate@digits-vdm", "report"):
+                  "train@digits-vdm", "sample@digits-vdm", "evaluate@digits-vdm", "restore@digits-ddpm",
+                  "restore@digits-vlb", "restore@digits-vdm", "report"):
         assert f"Running stage '{stage}'" in repro.stdout, stage
 
 
@@ -155,8 +158,11 @@ def test_report_compares_every_model_with_the_floor_in_markdown_and_self_contain
         assert all(h in text for h in ("FID vs best", "FID vs floor", "FID_inf", "IS_inf", "draws × images", " ± "))
         assert "unconditional (w=0)" in text and "conditional, w=1" in text and "2 × 40" in text
         assert "t-test over the draws" in text and "resnet" in text
-    # loss, FID-steps and guidance figures, three grids
-    assert page.count("data:image/png;base64,") == 3 + 3
+    # loss, FID-steps and guidance figures, three grids, a restoration figure per task and model
+    assert page.count("data:image/png;base64,") == 3 + 3 + 2 * 3
+    for text in (md, page):
+        assert "Restoration with each model as the prior" in text and "FID (classifier) vs pinv" in text
+        assert "digits-ddpm (unconditional branch, w = 0)" in text and "repaint" in text
     assert 'src="http' not in page and "<link" not in page
 
 
@@ -236,6 +242,38 @@ def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(proje
         assert each["tags"]["git_commit"] == commit and each["tags"]["git_dirty"] in ("true", "false")
         assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(each["metrics"])
         assert each["tags"]["dvc_experiment"] == "" and "continues_run" not in each["tags"]
+
+
+def test_restore_scores_every_task_and_solver_over_draws_and_logs_to_the_models_run(project):
+    dest, env, _ = project
+    table = pd.read_csv(dest / "outputs/restore/digits-ddpm/summary.csv")
+    methods = {task: list(rows.method) for task, rows in table.groupby("task", sort=False)}
+    assert methods == {"sr4": ["truth", "pinv", "ddrm", "ddnm", "pigdm", "dps"],
+                       "box": ["truth", "pinv", "fill", "ddrm", "ddnm", "pigdm", "dps", "repaint"]}
+    solvers = table[table.kind == "solver"]
+    assert (solvers.draws == 2).all() and (solvers.images == 10).all() and solvers.psnr_std.notna().all()
+    # three steps of one evaluation each; RePaint evaluates each step once per resampling (repaint_resample 2)
+    assert dict(zip(solvers.method + "-" + solvers.task, solvers.evaluations)) == {
+        **{f"{m}-{t}": 3 for m in ("ddrm", "ddnm", "pigdm", "dps") for t in ("sr4", "box")}, "repaint-box": 6}
+    noiseless = solvers[solvers.method.isin(["ddrm", "ddnm"])]
+    assert (noiseless.consistency < 1e-5).all()  # A x = y to float precision
+    for column in ("fid_classifier", "fid_resnet", "class_accuracy", "ssim", "fid_classifier_vs_pinv_p",
+                   "seconds_per_image"):
+        assert column in table and table[column].notna().any(), column
+    draws = np.load(dest / "outputs/restore/digits-ddpm/restorations/box/ddrm.npy")
+    assert draws.shape == (2, 10, 1, 8, 8) and draws.dtype == np.uint8 and not np.array_equal(draws[0], draws[1])
+    assert (dest / "outputs/restore/digits-ddpm/figures/box.png").is_file()
+    r = next(r for r in mlflow_runs(dest, env) if r["name"] == "digits-ddpm")
+    assert {"restore.box.ddrm.psnr", "restore.sr4.dps.fid_resnet", "restore.box.pinv.class_accuracy"} <= set(r["metrics"])
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["restore"]["dps_step"] = 0.5
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        changed = set(json.loads(shell("dvc status --json", dest, env).stdout))
+    finally:
+        params["restore"]["dps_step"] = 1.0
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert changed == {"restore@digits-ddpm", "restore@digits-vlb", "restore@digits-vdm"}  # then the report
 
 
 def test_changing_one_models_params_invalidates_only_that_models_stages(project):

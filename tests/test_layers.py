@@ -21,7 +21,8 @@ LAYERS = [
     ("config", ["diffusionlab.config"]),
     ("runtime, evaluation, figures", ["diffusionlab.runtime", "diffusionlab.evaluation", "diffusionlab.viz"]),
     ("stages and commands", ["diffusionlab.pipeline", "diffusionlab.generate", "diffusionlab.compare",
-                             "diffusionlab.ui", "diffusionlab.model", "diffusionlab.monitor"]),
+                             "diffusionlab.ui", "diffusionlab.model", "diffusionlab.monitor",
+                             "diffusionlab.restore"]),
 ]
 
 

@@ -187,7 +187,8 @@ their papers' 100, DPS's 100 of its 1000 (the default budget on CPU)."""
 class RestoreConfig(Section):
     """The restore stage: each task's measurement of held-out images restored by each solver, over draws."""
 
-    tasks: Tuple[RestorationTask] = ("sr4", "blur", "box", "random", "denoise")
+    tasks: Tuple[RestorationTask] = ()
+    """Empty: the restore stages restore nothing and write empty tables (they are out of the default run)."""
     solvers: Tuple[RestorationSolver] = ("ddrm", "ddnm", "pigdm", "dps", "repaint")
     """Every solver restores every task it can; ``repaint`` restores the inpainting tasks (box, random) only."""
     images: Count = 100
@@ -241,7 +242,7 @@ class RestoreConfig(Section):
         if "denoise" in self.tasks and self.sigma_of("denoise") == 0:
             raise ValueError("restore.tasks has denoise, whose measurement is the image itself at sigma_y 0: set "
                              "restore.sigma_y_for.denoise > 0 (e.g. 0.2), or drop denoise")
-        if "repaint" in self.solvers and not set(INPAINTING_TASKS) & set(self.tasks):
+        if self.tasks and "repaint" in self.solvers and not set(INPAINTING_TASKS) & set(self.tasks):
             raise ValueError(f"restore.solvers has repaint, which restores masked pixels only "
                              f"({', '.join(INPAINTING_TASKS)}), and restore.tasks has none of them: add one, or "
                              "drop repaint")

@@ -41,7 +41,7 @@ def collect(params: ReportParams) -> Results:
             evaluated, monitor = paths.evaluate(dataset, model), paths.train(dataset, model) / MONITOR_FILE
             metrics = read_json(evaluated / "metrics.json")
             restored = paths.restore(dataset, model)
-            has_restoration = (restored / "summary.csv").is_file() and (restored / "metrics.json").is_file()
+            has_restoration = (restored / "metrics.json").is_file() and bool(read_json(restored / "metrics.json")["tasks"])
             results.models.append(ModelResult(
                 dataset=dataset, model=model, family=metrics["family"], metrics=metrics,
                 sweep=pd.read_csv(evaluated / "sweep.csv"),

@@ -12,6 +12,7 @@ the training's MLflow run.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,14 +231,33 @@ def figure(result: Restoration, task: str, path: Path, title: str) -> None:
 def restore_stage(params: Params, dataset: str, model: str) -> None:
     """Restore held-out images measured by each task with each solver; score, write and log them."""
     run = params.run(dataset, model)
+    r = params.restore
+    if not r.tasks:
+        publish_nothing(run)
+        log.info("%s: restore.tasks is empty, nothing to restore (docs/restoration.md: dvc exp run -S "
+                 "'restore.tasks=[sr4,blur,box,random,denoise]')", run.name)
+        return
     device = resolve_device(run.train.device)
     inputs = load_inputs(params, run, device)
-    r = params.restore
     log.info("%s: %d tasks x %d solvers, %d held-out images, %d draws (%s)", run.name, len(r.tasks), len(r.solvers),
              r.images, r.draws, prior_of(inputs.ckpt, r))
     with open_run(params.mlflow, run, device, device_name(device), previous=paths.train(dataset, model)) as tracker:
         result = compute(params, run, inputs, device)
         publish(result, params, run, tracker)
+
+
+def publish_nothing(run: RunConfig) -> None:
+    """The stage's outputs when ``restore.tasks`` is empty: empty folders and tables."""
+    out = paths.restore(run.dataset, run.model_name)
+    for folder in ("restorations", "figures"):
+        shutil.rmtree(out / folder, ignore_errors=True)
+        (out / folder).mkdir(parents=True)
+    for name in ("draws.csv", "summary.csv"):
+        with atomic_path(out / name) as tmp:
+            tmp.write_text("task,method\n")
+    with atomic_path(out / "restore.md") as tmp:
+        tmp.write_text(f"# Restoration: {run.name}\n\nNothing restored: restore.tasks is empty.\n")
+    write_json(out / "metrics.json", {"prior": "", "draws": 0, "images": 0, "tasks": {}})
 
 
 def publish(result: Restoration, params: Params, run: RunConfig, tracker: Tracker) -> None:
