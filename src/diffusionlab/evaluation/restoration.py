@@ -110,7 +110,8 @@ def verdict(change: float, p: float, level: float, lower: bool) -> str:
 def _mean_std(mean, std, digits: int) -> str:
     if mean is None or pd.isna(mean):
         return ""
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std and not pd.isna(std) else f"{mean:.{digits}f}"
+    spread = std is not None and not pd.isna(std) and abs(std) > 1e-9 * max(1.0, abs(mean))
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if spread else f"{mean:.{digits}f}"
 
 
 def shown(table: pd.DataFrame, level: float) -> pd.DataFrame:
