@@ -242,3 +242,30 @@ def test_restorations_depend_on_each_image_seed_alone():
     part = solve(model, process, opts, Problem(op, y[2:], 0.0), ImageGenerators([7, 8]))
     torch.testing.assert_close(whole[2:], part)
     copy.deepcopy(opts)
+
+
+def test_the_summary_tests_each_method_against_the_best_solver_and_the_pseudo_inverse():
+    """Three draws: ddrm's FID 1.0 ± 0.1 against dps's 5.0 ± 0.1 and the deterministic pinv's 9.0."""
+    import pandas as pd
+
+    from diffusionlab.evaluation.restoration import best_per_task, summary
+
+    rows = []
+    for d in range(3):
+        base = {"task": "sr4", "draw": d, "images": 10, "sigma_y": 0.0}
+        rows += [{**base, "method": "truth", "kind": "truth", "fid_classifier": 0.5, "class_accuracy": 1.0},
+                 {**base, "method": "pinv", "kind": "baseline", "fid_classifier": 9.0, "psnr": 15.0,
+                  "class_accuracy": 0.2},
+                 {**base, "method": "ddrm", "kind": "solver", "fid_classifier": 1.0 + 0.1 * (d - 1), "psnr": 20.0 + d,
+                  "class_accuracy": 0.8},
+                 {**base, "method": "dps", "kind": "solver", "fid_classifier": 5.0 + 0.1 * (d - 1), "psnr": 25.0,
+                  "class_accuracy": 0.7}]
+    table = summary(pd.DataFrame(rows), 0.05).set_index("method")
+    assert table.loc["ddrm", "fid_classifier_best"] and not table.loc["dps", "fid_classifier_best"]
+    assert table.loc["ddrm", "fid_classifier_std"] == pytest.approx(0.1) and table.loc["pinv", "fid_classifier_std"] == 0
+    assert table.loc["dps", "fid_classifier_vs_best"] == pytest.approx(4.0) and table.loc["dps", "fid_classifier_vs_best_p"] < 1e-3
+    assert table.loc["ddrm", "fid_classifier_vs_pinv"] == pytest.approx(-8.0)
+    best = best_per_task({"digits-ddpm": table.reset_index()}, 0.05).iloc[0]
+    assert best["best FID (classifier)"] == "ddrm 1.00 ± 0.10" and best["best vs pinv (classifier)"].startswith("better")
+    assert best["best PSNR (dB)"] == "dps 25.00"
+    assert best["class accuracy: pinv / best solver / truth"] == "0.20 / ddrm 0.80 / 1.00"

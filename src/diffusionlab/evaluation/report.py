@@ -338,6 +338,10 @@ def note(results: Results) -> str:
             f"unconditional rows.")
 
 
+def _best_restorations(restored: list[ModelResult], level: float) -> pd.DataFrame:
+    return restoration.best_per_task({f"{r.dataset}-{r.model}": r.restoration for r in restored}, level)
+
+
 RESTORATION_NOTE = (
     "Held-out images measured once per task (y = A x + σ_y n) and restored by each solver over independent draws of "
     "its randomness: mean ± standard deviation over the draws. pinv is the pseudo-inverse A⁺y and fill the known "
@@ -373,7 +377,8 @@ def render_html(results: Results) -> str:
         parts.append("</div>")
     restored = [r for r in results.models if r.restoration is not None]
     if restored:
-        parts += ["<h2>Restoration with each model as the prior</h2>", f"<p>{html.escape(RESTORATION_NOTE)}</p>"]
+        parts += ["<h2>Restoration with each model as the prior</h2>", f"<p>{html.escape(RESTORATION_NOTE)}</p>",
+                  "<h3>Best solver per task</h3>", _table_html(_best_restorations(restored, results.significance))]
     for r in restored:
         parts += [f"<h3>{html.escape(r.dataset)}-{html.escape(r.model)} ({html.escape(r.restoration_prior)})</h3>",
                   _table_html(restoration.shown(r.restoration, results.significance))]
@@ -396,7 +401,8 @@ def render_markdown(results: Results, grid_root: Path) -> str:
         lines.append("")
     restored = [r for r in results.models if r.restoration is not None]
     if restored:
-        lines += ["## Restoration with each model as the prior", "", RESTORATION_NOTE, ""]
+        lines += ["## Restoration with each model as the prior", "", RESTORATION_NOTE, "", "### Best solver per task", "",
+                  _table_markdown(_best_restorations(restored, results.significance)), ""]
     for r in restored:
         lines += [f"### {r.dataset}-{r.model} ({r.restoration_prior})", "",
                   _table_markdown(restoration.shown(r.restoration, results.significance)), ""]

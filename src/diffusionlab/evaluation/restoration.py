@@ -135,3 +135,34 @@ def shown(table: pd.DataFrame, level: float) -> pd.DataFrame:
         out[f"FID ({key[4:]}) vs pinv"] = [verdict(c, p, level, True)
                                           for c, p in zip(table[f"{key}_vs_pinv"], table[f"{key}_vs_pinv_p"])]
     return out
+
+
+def best_per_task(tables: dict[str, pd.DataFrame], level: float) -> pd.DataFrame:
+    """One row per (model, task) of the summaries ``tables`` (keyed by model): under each backend the solver with the
+    lowest FID and Welch's verdict against the pseudo-inverse, the highest PSNR among solvers and baselines, and the
+    class accuracy of the pseudo-inverse, of the most accurate solver and of the truth."""
+    rows = []
+    for model, table in tables.items():
+        for task, g in table.groupby("task", sort=False):
+            row = {"model": model, "task": task, "σ_y": g.sigma_y.iloc[0]}
+            pinv = g[g.method == BASELINE].iloc[0]
+            for key in fid_columns(g):
+                best = g[g[f"{key}_best"].astype(bool)].iloc[0]
+                name = key[4:]
+                row[f"best FID ({name})"] = f"{best.method} {_mean_std(best[key], best[f'{key}_std'], 2)}"
+                row[f"pinv FID ({name})"] = f"{pinv[key]:.2f}"
+                row[f"best vs pinv ({name})"] = (f"{verdict(best[f'{key}_vs_pinv'], best[f'{key}_vs_pinv_p'], level, True)}"
+                                                 f" (p = {best[f'{key}_vs_pinv_p']:.1g})")
+            scored = g[g.kind != "truth"].sort_values("psnr", ascending=False)
+            row["best PSNR (dB)"] = f"{scored.method.iloc[0]} {scored.psnr.iloc[0]:.2f}"
+            if "class_accuracy" in g:
+                solver = g[g.kind == "solver"].sort_values("class_accuracy", ascending=False).iloc[0]
+                truth = g[g.kind == "truth"]
+
+                def acc(r: pd.Series) -> str:
+                    return _mean_std(r.class_accuracy, r.get("class_accuracy_std"), 2)
+
+                row["class accuracy: pinv / best solver / truth"] = (
+                    f"{acc(pinv)} / {solver.method} {acc(solver)} / {acc(truth.iloc[0]) if len(truth) else ''}")
+            rows.append(row)
+    return pd.DataFrame(rows)
