@@ -304,9 +304,10 @@ def test_every_stage_ran_only_modules_its_dvc_deps_list(project):
 
 
 @pytest.mark.parametrize("module", ["sampling/samplers.py", "families/ddpm/samplers.py"])
-def test_editing_a_sampler_makes_only_the_sample_stages_stale(project, module):
+def test_editing_a_sampler_makes_only_the_sample_and_restore_stages_stale(project, module):
     """A sampler's code, family-agnostic or a family's own, reaches sample (and, through its outputs, evaluate
-    and report), never the data, the feature networks, the reference statistics or training."""
+    and report) and restore (RePaint steps with a one-step sampler), never the data, the feature networks, the
+    reference statistics or training."""
     dest, env, _ = project
     sampler = dest / "src/diffusionlab" / module
     original = sampler.read_text()
@@ -315,7 +316,7 @@ def test_editing_a_sampler_makes_only_the_sample_stages_stale(project, module):
         stale = set(json.loads(shell("dvc status --json", dest, env).stdout or "{}"))
     finally:
         sampler.write_text(original)
-    assert stale == {"sample@digits-ddpm", "sample@digits-vlb", "sample@digits-vdm"}
+    assert stale == {f"{stage}@digits-{model}" for stage in ("sample", "restore") for model in ("ddpm", "vlb", "vdm")}
 
 
 def test_the_trained_model_is_logged_registered_and_its_best_version_samples_through_generate(project, tmp_path):

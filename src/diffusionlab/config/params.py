@@ -21,8 +21,15 @@ from ..families.params import PARAMS, ModelParams
 from ..nn.classifier import RESNET, ClassifierConfig
 from ..nn.unet import UNetConfig
 from ..validation import Count, Section, read_yaml, replace, validate
-from .sections import (EvaluateConfig, MlflowConfig, PipelineConfig, RestoreConfig, SampleConfig, TrainConfig,
-                       apply_protocol)
+from .sections import (
+    EvaluateConfig,
+    MlflowConfig,
+    PipelineConfig,
+    RestoreConfig,
+    SampleConfig,
+    TrainConfig,
+    apply_protocol,
+)
 
 
 class DatasetConfig(Section):

@@ -9,8 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from ..datasets import DatasetName
-from ..sampling.names import (INPAINTING_TASKS, MULTISTEP_SAMPLERS, RestorationSolver, RestorationTask,
-                              SamplerName)
+from ..sampling.names import INPAINTING_TASKS, MULTISTEP_SAMPLERS, RestorationSolver, RestorationTask, SamplerName
 from ..validation import Count, Float, Section, Tuple, distinct
 
 FeatureBackend = Literal["classifier", "resnet", "inception"]

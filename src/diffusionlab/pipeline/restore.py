@@ -30,6 +30,7 @@ from ..errors import StageInputError
 from ..evaluation.features import NETWORK_BACKENDS, Backend, network_backend
 from ..evaluation.metrics import extract, fid, load_reference, reference_file
 from ..evaluation.restoration import BASELINE, TRUTH, psnr_ssim, shown, summary
+from ..families import samplers as _own_samplers  # noqa: F401  (RePaint steps with a family's ddpm)
 from ..io import atomic_path, write_json
 from ..nn.classifier import accuracy, load_classifier
 from ..runtime.checkpoint import Checkpoint, load_checkpoint
