@@ -91,13 +91,17 @@ def load_model(model: str, tracking_uri: str | None, device: torch.device) -> Di
     return DiffusionModel.from_checkpoint(load_checkpoint(found[0], device))
 
 
+def check_new_folder(out: Path, overwrite: bool) -> None:
+    """``--out`` must be new or empty unless ``--overwrite``."""
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+
+
 def settings(args: argparse.Namespace, model: DiffusionModel) -> SampleConfig:
     """The sampling configuration, checked against the model and the output folder."""
     if args.num_images < 1 or args.batch_size < 1:
         raise ConfigError("--num-images and --batch-size must be at least 1")
-    out = Path(args.out)
-    if out.exists() and not args.overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+    check_new_folder(Path(args.out), args.overwrite)
     s = model.sample_config(args.sampler, args.steps, args.eta, args.guidance, args.classes, args.shift)
     model.labels(args.num_images, s)  # an unknown class fails here, before sampling
     return s

@@ -21,7 +21,7 @@ from PIL import Image
 from .config.sections import RestoreConfig
 from .device import resolve_device
 from .errors import EXPECTED_ERRORS, ConfigError
-from .generate import load_model
+from .generate import check_new_folder, load_model
 from .io import atomic_dir
 from .pipeline.restore import measure, restore_batches, solver_options, task_operator
 from .runtime.model import DiffusionModel
@@ -105,9 +105,7 @@ def settings(args: argparse.Namespace, model: DiffusionModel) -> RestoreConfig:
     if args.label is not None and not 0 <= args.label < max(model.num_classes, 0):
         raise ConfigError(f"--class {args.label}: the model knows classes 0..{model.num_classes - 1}"
                           if model.num_classes else "--class: the model is unconditional")
-    out = Path(args.out)
-    if out.exists() and not args.overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+    check_new_folder(Path(args.out), args.overwrite)
     return config
 
 
