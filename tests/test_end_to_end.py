@@ -106,7 +106,7 @@ def make_project(dest: Path, overrides: dict) -> dict:
 def project(tmp_path_factory):
     dest = tmp_path_factory.mktemp("project")
     env = make_project(dest, TINY)
-    repro = shell("dvc repro", dest, {**env, MODULES_LOG: str(dest.parent / "modules.jsonl")})
+    repro = shell("dvc repro", dest, {**env, MODULES_LOG: str(dest.parent / "modules.jsonl")}, timeout=840)
     yield dest, env, repro
     stop(project_processes(dest))
 
