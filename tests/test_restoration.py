@@ -2,8 +2,6 @@
 pseudo-inverse and the SVD of each operator, and the exact posterior mean of Gaussian data under a linear
 measurement."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -241,7 +239,6 @@ def test_restorations_depend_on_each_image_seed_alone():
     whole = solve(model, process, opts, Problem(op, y, 0.0), ImageGenerators([5, 6, 7, 8]))
     part = solve(model, process, opts, Problem(op, y[2:], 0.0), ImageGenerators([7, 8]))
     torch.testing.assert_close(whole[2:], part)
-    copy.deepcopy(opts)
 
 
 def test_the_summary_tests_each_method_against_the_best_solver_and_the_pseudo_inverse():

@@ -39,16 +39,12 @@ from ..core.updates import batch_time, noise_like
 from ..tensors import ImageGenerators
 from .base import Sampler
 from .inverse import inpaint
-from .names import RESTORATION_SOLVERS
 from .operators import MaskOperator, Operator
 from .samplers import make_sampler
 
-SOLVERS = RESTORATION_SOLVERS
 BASELINES = ("pinv", "fill")
 GRADIENT_SOLVERS = ("pigdm", "dps")
 """Solvers that backpropagate through the network at every step."""
-MASK_SOLVERS = ("repaint", "fill")
-"""Solvers and baselines that need a mask (inpainting or denoising), not any linear operator."""
 FILL_ITERATIONS = 200
 
 
