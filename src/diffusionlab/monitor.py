@@ -40,7 +40,7 @@ from .evaluation.metrics import Reference, extract, fid, load_reference, referen
 from .evaluation.report import MONITOR_COLUMNS, MONITOR_FILE
 from .io import atomic_path
 from .nn.classifier import load_classifier
-from .nn.unet import UNet
+from .nn.networks import Network
 from .pipeline.train import RESUME_FILE
 from .runtime.checkpoint import build_trained, load_checkpoint
 from .runtime.tracking import connect, read_run_file, retry_locked
@@ -64,7 +64,7 @@ class Snapshot:
     step: int
     config: RunConfig
     channels: int
-    ema: UNet
+    ema: Network
     process: Process
     run_id: str | None
     """The training's MLflow run (None when it ran untracked)."""

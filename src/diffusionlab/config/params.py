@@ -19,6 +19,8 @@ from ..datasets import NUM_CLASSES, DataConfig, DatasetName, ImageSize
 from ..errors import ConfigError
 from ..families.params import PARAMS, ModelParams
 from ..nn.classifier import RESNET, ClassifierConfig
+from ..nn.dit import DiTConfig
+from ..nn.networks import NetworkName
 from ..nn.unet import UNetConfig
 from ..validation import Count, Section, read_yaml, replace, validate
 from .sections import (
@@ -38,7 +40,10 @@ class DatasetConfig(Section):
     image_size: ImageSize
     train_steps: Count
     batch_size: Count
+    network: NetworkName = "unet"
+    """The backbone of the models trained on it (a model block's own ``network`` takes precedence)."""
     unet: UNetConfig = UNetConfig()
+    dit: DiTConfig = DiTConfig()
     random_flip: bool = False
 
     @model_validator(mode="after")
@@ -51,7 +56,19 @@ class DatasetConfig(Section):
         for res in [r for r in self.unet.attention_resolutions if r not in resolutions][:1]:
             raise ValueError(f"unet.attention_resolutions has {res}, but the U-Net's feature maps are "
                              f"{resolutions}; use resolutions from that list")
+        if self.network == "dit":
+            problem = self.dit_problem()
+            if problem:
+                raise ValueError(problem)
         return self
+
+    def dit_problem(self) -> str | None:
+        """Why the transformer cannot cut this dataset's images into patches, if it cannot."""
+        p, size = self.dit.patch_size, self.image_size
+        if size % p:
+            return (f"dit.patch_size {p} does not divide the image size {size}; use a divisor of {size} "
+                    f"(such as {max(d for d in range(1, p) if size % d == 0)})")
+        return None
 
 
 _OLD_MODEL_DEFAULTS = {"schedule": "linear", "vlb_weight": 0.001, "importance_sampling": False, "gamma": "network",
@@ -74,6 +91,11 @@ class RunConfig(Section):
     @property
     def name(self) -> str:
         return f"{self.dataset}-{self.model_name}"
+
+    @property
+    def network(self) -> NetworkName:
+        """The backbone: the model block's ``network``, else the dataset's."""
+        return self.model.network or self.data.network
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -142,6 +164,11 @@ class Params(Section):
             if s.step_list and not model.discrete:
                 raise ValueError(f"sample.step_list names discrete steps, but models.{name} is a continuous-time "
                                  f"model (family '{model.family}'); use sample.steps, or empty sample.step_list")
+        for dataset in self.pipeline.datasets:
+            for name in self.pipeline.models:
+                problem = network_problem(s, self.datasets[dataset], self.models[name].network)
+                if problem:
+                    raise ValueError(f"models.{name} on datasets.{dataset}: {problem}")
         for name in self.pipeline.datasets:
             bad = [c for c in s.classes if not 0 <= c < NUM_CLASSES[name]]
             if bad:
@@ -171,6 +198,25 @@ class Params(Section):
             replace(self.sample, sampler=self.sample.sampler_for[model])
         return RunConfig(dataset=dataset, model_name=model, data=self.datasets[dataset], model=self.models[model],
                          train=self.train, sample=sample, evaluate=self.evaluate)
+
+
+def network_problem(s: SampleConfig, data: DatasetConfig, network: NetworkName | None) -> str | None:
+    """What makes the backbone ``network`` (None: the dataset's) unusable on ``data`` or with the
+    sampling params ``s``, if anything."""
+    network = network or data.network
+    if network == "unet":
+        if s.skips_layers:
+            return (f"sample.slg_scale {s.slg_scale:g} asks for skip-layer guidance, which skips transformer blocks, "
+                    "but the model is a U-Net; set sample.slg_scale: 0, or network: dit in its models block")
+        return None
+    problem = data.dit_problem()
+    if problem:
+        return f"the transformer (network: dit) cannot take its images: {problem}"
+    late = [i for i in s.slg_layers if i >= data.dit.depth] if s.skips_layers else []
+    if late:
+        return (f"sample.slg_layers holds {late}, but the transformer has blocks 0..{data.dit.depth - 1} "
+                "(dit.depth)")
+    return None
 
 
 def restore_problem(r: RestoreConfig, size: int) -> str | None:

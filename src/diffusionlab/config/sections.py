@@ -88,6 +88,15 @@ class SampleConfig(Section):
     """Further guidance scales whose samples are scored too (class accuracy, FID and IS against w)."""
     repaint_resample: int = Field(5, ge=1, le=100)
     """RePaint resamplings per step in the inpainting figure (1: plain replacement)."""
+    slg_scale: Float = Field(0.0, ge=0)
+    """Skip-layer guidance of Stable Diffusion 3.5 (transformer backbones only): the prediction gains
+    slg_scale (conditional - conditional with ``slg_layers`` skipped); 0 is off (SD3.5 Medium uses 2.5)."""
+    slg_layers: Tuple[Annotated[int, Field(ge=0)]] = ()
+    """The transformer blocks (from 0) left out of the skip-layer prediction (SD3.5 Medium: 7, 8, 9 of 24)."""
+    slg_start: Float = Field(0.01, ge=0, le=1)
+    """Skip-layer guidance applies from this fraction of the way from noise to data ..."""
+    slg_end: Float = Field(0.2, ge=0, le=1)
+    """... to this one, in rectified-flow time t = sigma / (alpha + sigma) of the sampler's current step."""
 
     @model_validator(mode="after")
     def _lists_fit(self) -> SampleConfig:
@@ -98,7 +107,15 @@ class SampleConfig(Section):
         distinct("sample.step_list", self.step_list, "a step")
         distinct("sample.sweep_steps", self.sweep_steps, "a step count")
         distinct("sample.guidance_sweep", self.guidance_sweep, "a scale")
+        distinct("sample.slg_layers", self.slg_layers, "a block")
+        if self.slg_start >= self.slg_end:
+            raise ValueError(f"sample.slg_start {self.slg_start:g} must be below sample.slg_end {self.slg_end:g}")
         return self
+
+    @property
+    def skips_layers(self) -> bool:
+        """Whether skip-layer guidance is on: a scale above 0 and blocks to skip."""
+        return self.slg_scale > 0 and bool(self.slg_layers)
 
 
 Protocol = Literal["draws", "paper"]

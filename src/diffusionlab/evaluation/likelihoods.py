@@ -11,11 +11,11 @@ import torch
 from ..core.ode import ode_bits_per_dim
 from ..core.process import Process
 from ..device import make_generator
-from ..nn.unet import UNet
+from ..nn.networks import Network
 from ..tensors import to_model_range
 
 
-def bits_per_dim(process: Process, net: UNet, images: np.ndarray, t_draws: int, batch_size: int,
+def bits_per_dim(process: Process, net: Network, images: np.ndarray, t_draws: int, batch_size: int,
                  device: torch.device, seed: int) -> dict[str, float]:
     """Mean over ``images`` (uint8 [N, C, H, W]) of the bound and its terms, with the standard error of
     the total across images. Each image's estimate is unbiased (the sum over t is sampled).
@@ -43,7 +43,7 @@ def bits_per_dim(process: Process, net: UNet, images: np.ndarray, t_draws: int, 
     }
 
 
-def ode_bits_per_dim_of(process: Process, net: UNet, images: np.ndarray, steps: int, probes: int, batch_size: int,
+def ode_bits_per_dim_of(process: Process, net: Network, images: np.ndarray, steps: int, probes: int, batch_size: int,
                         device: torch.device, seed: int) -> dict[str, float]:
     """Mean over ``images`` (uint8 [N, C, H, W]) of bits/dim through the probability-flow ODE
     (:func:`diffusionlab.core.ode.ode_bits_per_dim`: dequantised, Hutchinson's divergence with ``probes`` probes,

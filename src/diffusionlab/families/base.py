@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from ..nn.networks import NetworkName
 from ..validation import Float, Section
 
 
@@ -23,6 +24,8 @@ class FamilyParams(Section):
     """Train on the dataset's labels, for class-conditional sampling and classifier-free guidance."""
     label_dropout: Float = Field(0.1, ge=0.0, lt=1.0)
     """Rate at which a conditional model's label is replaced by the null label in training (guidance needs > 0)."""
+    network: NetworkName | None = None
+    """The backbone: ``unet`` or ``dit`` (a transformer); null takes the dataset's ``network``."""
 
     SAMPLERS: ClassVar[tuple[str, ...]] = ()
     """The ``sample.sampler`` values that can draw from this family."""

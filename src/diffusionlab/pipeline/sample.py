@@ -26,7 +26,7 @@ from ..runtime.checkpoint import Checkpoint, load_checkpoint
 from ..runtime.tracking import Tracker, open_run
 from ..sampling.base import Sampler
 from ..sampling.generation import Generated, draw_images, trajectory_of
-from ..sampling.guidance import ConditionalModel, requested_labels
+from ..sampling.guidance import ConditionalModel, SkipLayerGuidance, requested_labels
 from ..sampling.inverse import inpaint, round_trip
 from ..sampling.names import ONE_STEP_SAMPLERS, network_evaluations
 from ..sampling.samplers import make_sampler
@@ -96,9 +96,10 @@ def settings(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, identity: dict)
               "draws": s.draws, "classes": list(s.classes), "batch_size": s.batch_size}
 
     def setting(name: str, options: SampleConfig, built: Sampler, w: float) -> Setting:
-        net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, w)
+        slg = SkipLayerGuidance.of(options)
+        net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, w, slg)
         key = {**common, "setting": name, "options": asdict(SamplerOptions.of(options)), "steps": built.steps,
-               "guidance": w if num_classes else None}
+               "guidance": w if num_classes else None, **({"skip_layer_guidance": asdict(slg)} if slg else {})}
         return Setting(name, net, built, key)
 
     out = [setting("main", s, sampler, s.guidance)]

@@ -23,7 +23,7 @@ from ..config.params import RunConfig
 from ..core.process import Process
 from ..errors import StageInputError
 from ..io import atomic_path
-from ..nn.unet import UNet
+from ..nn.networks import Network
 from .factory import build_network, build_process
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,12 @@ class Checkpoint:
     config: RunConfig
     channels: int
     step: int
-    model: UNet
-    ema: UNet
+    model: Network
+    ema: Network
     process: Process
 
 
-def save_checkpoint(path: str | Path, cfg: RunConfig, channels: int, step: int, model: UNet, ema: UNet,
+def save_checkpoint(path: str | Path, cfg: RunConfig, channels: int, step: int, model: Network, ema: Network,
                     process: Process) -> None:
     state = {
         "config": cfg.to_dict(),
@@ -89,7 +89,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
 
 def build_trained(cfg: RunConfig, channels: int, process_state: dict[str, torch.Tensor],
                   network_states: list[dict[str, torch.Tensor]], device: torch.device | str,
-                  source: str | Path) -> tuple[Process, list[UNet]]:
+                  source: str | Path) -> tuple[Process, list[Network]]:
     """The noise process and one network per state dict, built from ``cfg`` on ``device`` with the saved
     weights loaded (:func:`load_weights` names ``source`` when they do not fit), in eval mode."""
     process = build_process(cfg, device)

@@ -9,6 +9,8 @@ from ..config.params import RunConfig
 from ..core.process import Process
 from ..datasets import NUM_CLASSES
 from ..families.registry import build_process as build_family_process
+from ..nn.dit import DiT
+from ..nn.networks import Network
 from ..nn.unet import UNet
 
 
@@ -22,8 +24,10 @@ def num_classes(cfg: RunConfig) -> int:
     return NUM_CLASSES[cfg.dataset] if cfg.model.class_conditional else 0
 
 
-def build_network(cfg: RunConfig, channels: int, process: Process) -> UNet:
-    return UNet(cfg.data.unet, image_size=cfg.data.image_size, in_channels=channels,
+def build_network(cfg: RunConfig, channels: int, process: Process) -> Network:
+    """The run's backbone (``network``: the U-Net or the transformer), with the output channels its family needs."""
+    kind, config = (DiT, cfg.data.dit) if cfg.network == "dit" else (UNet, cfg.data.unet)
+    return kind(config, image_size=cfg.data.image_size, in_channels=channels,
                 out_channels=process.out_channels(channels), num_classes=num_classes(cfg))
 
 

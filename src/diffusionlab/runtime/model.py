@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config.params import RunConfig
+from ..config.params import RunConfig, network_problem
 from ..config.sections import SampleConfig
 from ..core.process import Process
 from ..errors import ConfigError
-from ..nn.unet import UNet
+from ..nn.networks import Network
 from ..validation import replace
 from .checkpoint import Checkpoint, build_trained
 
@@ -29,7 +29,7 @@ from .checkpoint import Checkpoint, build_trained
 class DiffusionModel(nn.Module):
     """The EMA network of a trained model, its noise process and the configuration it was trained with."""
 
-    def __init__(self, config: RunConfig, channels: int, network: UNet, process: Process, step: int = 0):
+    def __init__(self, config: RunConfig, channels: int, network: Network, process: Process, step: int = 0):
         super().__init__()
         self.network = network
         self.process = process
@@ -94,6 +94,9 @@ class DiffusionModel(nn.Module):
         if s.sampler not in type(m).SAMPLERS:
             raise ConfigError(f"sampler '{s.sampler}' cannot draw from {self.config.name} (family '{m.family}'); "
                               f"its samplers: {', '.join(type(m).SAMPLERS)}")
+        problem = network_problem(s, self.config.data, m.network)
+        if problem:
+            raise ConfigError(f"{self.config.name}: {problem}")
         if m.discrete and s.steps is not None and not 1 <= s.steps <= m.timesteps:
             raise ConfigError(f"{s.steps} steps is outside 1..{m.timesteps}, the steps of {self.config.name}")
         return s
@@ -123,9 +126,9 @@ class DiffusionModel(nn.Module):
         """``n`` uint8 images drawn with the checked sampling config ``s`` (see :meth:`sample_config`) and
         its ``sampler`` (:meth:`sampler`)."""
         from ..sampling.generation import generate
-        from ..sampling.guidance import ConditionalModel
+        from ..sampling.guidance import ConditionalModel, SkipLayerGuidance
 
-        net = ConditionalModel(self.network, self.process, self.channels, s.guidance)
+        net = ConditionalModel(self.network, self.process, self.channels, s.guidance, SkipLayerGuidance.of(s))
         return generate(net, sampler, n, self.image_shape, batch_size, self.device, seed, 2, self.labels(n, s),
                         progress).images
 

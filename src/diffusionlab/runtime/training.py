@@ -30,7 +30,8 @@ from ..device import make_generator
 from ..distributed import World, all_mean_, global_rows
 from ..errors import TrainingDiverged
 from ..nn.ema import make_ema
-from ..nn.unet import UNet, null_labels
+from ..nn.networks import Network
+from ..nn.unet import null_labels
 from ..tensors import BatchOrder, to_model_range
 from .factory import build_network, build_process, num_classes, process_parameters
 
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    model: UNet
-    ema: UNet
+    model: Network
+    ema: Network
     process: Process
     steps: int
     batch_size: int

@@ -8,12 +8,15 @@ with scale w combines them as
 
 so w = 0 is the unconditional model, w = 1 the plain conditional one, and w > 1 trades diversity
 for fidelity to the class. (Ho & Salimans write the same family as (1 + w') eps_cond - w' eps_uncond,
-w' = w - 1.) The samplers only ever see a function of (x_t, t).
+w' = w - 1.) Skip-layer guidance (Stable Diffusion 3.5) adds to it the difference between the network and
+the network with some transformer blocks left out. The samplers only ever see a function of (x_t, t).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +24,9 @@ from torch import Tensor
 
 from ..core.process import Denoiser, Process
 from ..errors import ConfigError
-from ..nn.unet import UNet, null_labels
+from ..nn.dit import DiT
+from ..nn.networks import Network
+from ..nn.unet import null_labels
 
 LabelledDenoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 """A network mapping (x_t, t, labels or None) to its output."""
@@ -62,11 +67,75 @@ def requested_labels(num_samples: int, classes: tuple[int, ...], num_classes: in
     return np.resize(cycle, num_samples)
 
 
-class ConditionalModel:
-    """A trained network and its noise process, as denoisers for given labels and guidance scale."""
+@dataclass(frozen=True)
+class SkipLayerGuidance:
+    """Skip-layer guidance of Stable Diffusion 3.5 (its reference sampler's ``SkipLayerCFGDenoiser``): the
+    guided prediction gains scale (c - c_skip), where c is the network's prediction for the labels the
+    sampler asks for and c_skip the same with the transformer blocks ``layers`` left out.
 
-    def __init__(self, net: UNet, process: Process, channels: int, w: float = 1.0):
-        self.net, self.process, self.channels, self.w = net, process, channels, w
+    It applies while the sampler is between ``start`` and ``end`` of the way from noise to data, measured
+    in rectified-flow time tau = sigma / (alpha + sigma), the same for any process at the same noise level:
+    progress 1 - tau. For an unshifted rectified-flow Euler sampler this is SD3's fraction of the steps.
+    """
+
+    scale: float
+    layers: tuple[int, ...]
+    start: float = 0.01
+    end: float = 0.2
+
+    @classmethod
+    def of(cls, settings: Any) -> SkipLayerGuidance | None:
+        """From the ``sample`` params (``slg_*``): None when off (scale 0 or no blocks listed)."""
+        if settings.slg_scale <= 0 or not settings.slg_layers:
+            return None
+        return cls(settings.slg_scale, tuple(settings.slg_layers), settings.slg_start, settings.slg_end)
+
+    def active(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """[B] bool: whether it applies at the marginal (alpha_t, sigma_t) [B]."""
+        progress = alpha / (alpha + sigma)
+        return (progress > self.start) & (progress < self.end)
+
+
+def skip_layer_guided(net: Network, guided: Denoiser, labels: Tensor | None, slg: SkipLayerGuidance,
+                      process: Process, channels: int, reuse: bool = False) -> Denoiser:
+    """The process-time denoiser of the network function ``guided`` (x_t, t) -> output with skip-layer
+    guidance added to its first ``channels`` channels where :meth:`SkipLayerGuidance.active` holds.
+    ``labels`` are those of the prediction guided (None: the unconditional network); ``reuse`` when
+    ``guided`` is the network's plain prediction for them, which then is not evaluated twice."""
+    gate: dict[str, Tensor] = {}
+
+    def at_network_time(x: Tensor, t: Tensor) -> Tensor:
+        out = guided(x, t)
+        on = gate["on"]
+        if not bool(on.any()):
+            return out
+        y = None if labels is None else labels[on]
+        kept = out[on] if reuse else net(x[on], t[on], y)
+        skipped = net(x[on], t[on], y, skip_layers=slg.layers)
+        out = out.clone()
+        out[on, :channels] += slg.scale * (kept[:, :channels] - skipped[:, :channels])
+        return out
+
+    inner = process.denoiser(at_network_time)
+
+    def forward(x: Tensor, t: Tensor) -> Tensor:
+        alpha, sigma = process.marginal(t)
+        gate["on"] = slg.active(alpha, sigma).reshape(-1).expand(x.shape[0])
+        return inner(x, t)
+
+    return forward
+
+
+class ConditionalModel:
+    """A trained network and its noise process, as denoisers for given labels, guidance scale and, for a
+    transformer, skip-layer guidance."""
+
+    def __init__(self, net: Network, process: Process, channels: int, w: float = 1.0,
+                 slg: SkipLayerGuidance | None = None):
+        if slg is not None and not isinstance(net, DiT):
+            raise ConfigError("skip-layer guidance skips transformer blocks, but this model is a U-Net; set "
+                              "sample.slg_scale: 0, or train it with network: dit")
+        self.net, self.process, self.channels, self.w, self.slg = net, process, channels, w, slg
 
     @property
     def num_classes(self) -> int:
@@ -74,9 +143,13 @@ class ConditionalModel:
 
     def denoiser(self, labels: Tensor | None = None) -> Denoiser:
         """The model as (x_t, t) -> output: unconditional when ``labels`` is None, else guided towards them."""
-        if labels is None:
-            return self.process.denoiser(self.net)
-        if not self.num_classes:
+        if labels is not None and not self.num_classes:
             raise ConfigError("classes were requested from an unconditional model; train it with "
                               "class_conditional: true in its models block, or ask for no class")
-        return self.process.denoiser(guided_network(self.net, labels, self.w, self.num_classes, self.channels))
+        guided = self.net if labels is None else \
+            guided_network(self.net, labels, self.w, self.num_classes, self.channels)
+        if self.slg is None:
+            return self.process.denoiser(guided)
+        asked = labels if labels is None or self.w != 0 else null_labels(labels, self.num_classes)
+        return skip_layer_guided(self.net, guided, asked, self.slg, self.process, self.channels,
+                                 reuse=labels is None or self.w in (0, 1))
