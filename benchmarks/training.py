@@ -7,7 +7,8 @@ throughput reached. Not a test: it measures and writes
     benchmarks/results/training.md     the same as a table
 
 Each measurement runs in a process of its own (its own peak memory, no compiled code carried over),
-on random images of the dataset's size with the dataset's U-Net and batch size from params.yaml:
+on random images of the dataset's size with the model's backbone (U-Net or transformer, with its parameter
+count and FLOPs per image) and the dataset's batch size from params.yaml:
 
     python benchmarks/training.py --datasets digits mnist --models ddpm vdm --modes eager
 """
@@ -87,6 +88,7 @@ def measure(spec: dict) -> dict:
         out.float().square().mean().backward()
     flops = counter.get_total_flops() / 2
     result = {**spec, "device_name": device_name(device), "image_size": size, "batch_size": b,
+              "network": run.network, "parameters": sum(p.numel() for p in trainer.model.parameters()),
               "first_step_seconds": round(first, 3), "step_seconds": step, "images_per_second": b / step,
               "network_seconds": network, "step_over_network": step / network,
               "gflops_per_image": flops / 1e9, "achieved_tflops": flops * b / step / 1e12, **peak_memory(device)}
@@ -96,7 +98,8 @@ def measure(spec: dict) -> dict:
     return result
 
 
-COLUMNS = [("dataset", "dataset", ""), ("px", "image_size", "d"), ("model", "model", ""), ("mode", "mode", ""),
+COLUMNS = [("dataset", "dataset", ""), ("px", "image_size", "d"), ("model", "model", ""), ("network", "network", ""),
+           ("parameters", "parameters", ",d"), ("mode", "mode", ""),
            ("precision", "precision", ""), ("batch", "batch_size", "d"), ("images/s", "images_per_second", ".1f"),
            ("step ms", "step_ms", ".1f"), ("fwd+bwd ms", "network_ms", ".1f"),
            ("step / fwd+bwd", "step_over_network", ".2f"), ("GFLOP/img", "gflops_per_image", ".3f"),
@@ -109,7 +112,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=None,
                         help="default: digits, mnist and cifar10 on CUDA; digits and mnist on the CPU")
-    parser.add_argument("--models", nargs="+", default=["ddpm", "vlb", "vdm"])
+    parser.add_argument("--models", nargs="+", default=["ddpm", "vlb", "vdm", "flow", "flow_dit"],
+                        help="model blocks of params.yaml; flow and flow_dit: the same family on the U-Net and the "
+                             "transformer")
     parser.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
                         help="default: fp32 and bf16 on CUDA, fp32 on the CPU (bf16 autocast is CUDA-only)")
@@ -141,7 +146,8 @@ def main() -> None:
                           f"(step / fwd+bwd {r['step_over_network']:.2f})", flush=True)
     write_results(args.out, "training", machine(device),
                   f"Training throughput: {args.steps} timed steps after {args.warmup} warm-up steps, each measurement "
-                  "in a fresh process, on random images of each dataset's size with its U-Net and batch size.",
+                  "in a fresh process, on random images of each dataset's size with the model's backbone and the "
+                  "dataset's batch size. GFLOP/img counts the forward and backward pass.",
                   {"Training step": markdown_table(rows, COLUMNS)}, {"results": rows})
 
 

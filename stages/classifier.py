@@ -3,8 +3,8 @@
 from _environment import project_environment
 
 with project_environment():
-    from diffusionlab.pipeline.cli import run_stage
     from diffusionlab.pipeline.classifier import classifier_stage
+    from diffusionlab.pipeline.cli import run_stage
 
 if __name__ == "__main__":
     run_stage(classifier_stage, with_model=False)

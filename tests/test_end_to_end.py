@@ -30,17 +30,20 @@ TINY = {
     "pipeline": {"datasets": ["digits"], "models": ["ddpm", "vlb", "vdm"]},
     "datasets": {"digits": {"image_size": 8, "train_steps": 30, "batch_size": 16,
                             "unet": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
-                                     "attention_resolutions": [4], "dropout": 0.0}}},
+                                     "attention_resolutions": [4], "dropout": 0.0},
+                            "dit": {"patch_size": 2, "hidden_size": 16, "depth": 2, "num_heads": 2}}},
     "models": {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50, "class_conditional": True},
                "vlb": {"family": "vlb", "schedule": "cosine", "timesteps": 50, "loss": "vlb",
                        "importance_sampling": True},
                "vdm": {"family": "vdm", "gamma": "fixed", "weighting": "sigmoid", "noise_sampling": "adaptive",
                        "prediction": "v", "timesteps": 50},
-               "flow": {"family": "flow", "timesteps": 10}},  # not in the pipeline until the last test
+               "flow": {"family": "flow", "timesteps": 10},  # these two are not in the pipeline until the last test
+               "flow_latent": {"family": "flow", "timesteps": 10, "latent": True, "network": "dit"}},
     "train": {"log_every": 10, "warmup_steps": 5},
     "sample": {"steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16, "strip_samples": 4,
                "strip_frames": 5, "sweep_steps": [5, 20], "guidance_sweep": [0.0, 2.0], "repaint_resample": 2,
-               "draws": 2, "sampler_for": {"flow": "heun"}},
+               "draws": 2, "sampler_for": {"flow": "heun", "flow_latent": "euler"}},
+    "autoencoder": {"steps": 30, "base_channels": 8, "latent_channels": 2, "batch_size": 16},
     "classifier": {"steps": 40, "width": 8, "feature_dim": 8},
     "resnet": {"steps": 40, "width": 8, "feature_dim": 8},
     "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2,
@@ -113,7 +116,7 @@ def project(tmp_path_factory):
 
 def test_repro_runs_every_stage_of_the_matrix(project):
     dest, _, repro = project
-    for stage in ("prepare@digits", "classifier@digits", "reference@digits", "train@digits-ddpm",
+    for stage in ("prepare@digits", "classifier@digits", "reference@digits", "autoencoder@digits", "train@digits-ddpm",
                   "sample@digits-ddpm", "evaluate@digits-ddpm", "train@digits-vlb", "evaluate@digits-vlb",
                   "train@digits-vdm", "sample@digits-vdm", "evaluate@digits-vdm", "restore@digits-ddpm",
                   "restore@digits-vlb", "restore@digits-vdm", "report"):
@@ -288,7 +291,10 @@ def test_changing_one_models_params_invalidates_only_that_models_stages(project)
     finally:
         params["models"]["vlb"]["timesteps"] = 50
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert changed == {"train@digits-vlb"}  # downstream stages follow once its outputs change
+    # downstream stages follow once its outputs change; the autoencoder stage reads every block's `latent` key,
+    # and re-run, it leaves the file vlb's training depends on as it was
+    assert changed == {"train@digits-vlb", "autoencoder@digits"}
+    assert json.loads((dest / "outputs/autoencoder/digits/models/vlb.json").read_text()) == {"latent": False}
 
 
 def test_every_stage_ran_only_modules_its_dvc_deps_list(project):
@@ -550,19 +556,31 @@ def test_queued_experiments_run_two_at_a_time_retrain_only_what_changed_and_log_
         n: r["metrics"]["classifier.fid"] for n, r in before.items()}
 
 
-def test_a_flow_added_to_the_pipeline_samples_with_its_own_sampler_and_reports_its_ode_likelihood(project):
-    """The last test of the module: it adds a flow to the project's pipeline and runs its stages alone."""
+def test_a_flow_and_a_latent_transformer_added_to_the_pipeline_train_sample_and_evaluate_alone(project):
+    """The last test of the module: it adds a flow on pixels and a flow on the autoencoder's latents with the
+    transformer backbone to the project's pipeline, and runs their stages alone."""
     dest, env, _ = project
     params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["pipeline"]["models"] = [*params["pipeline"]["models"], "flow"]
+    params["pipeline"]["models"] = [*params["pipeline"]["models"], "flow", "flow_latent"]
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    repro = shell("dvc repro evaluate@digits-flow", dest, env)
-    for stage in ("train@digits-flow", "sample@digits-flow", "evaluate@digits-flow"):
+    repro = shell("dvc repro evaluate@digits-flow evaluate@digits-flow_latent", dest, env)
+    for stage in ("autoencoder@digits", "train@digits-flow", "sample@digits-flow", "evaluate@digits-flow",
+                  "train@digits-flow_latent", "sample@digits-flow_latent", "evaluate@digits-flow_latent"):
         assert f"Running stage '{stage}'" in repro.stdout, stage
-    assert "Running stage 'train@digits-ddpm'" not in repro.stdout
+    assert "Running stage 'train@digits-ddpm'" not in repro.stdout  # its autoencoder file is unchanged
     card = json.loads((dest / "outputs/sample/digits-flow/sample.json").read_text())
     assert card["sampler"] == "heun" and card["steps"] == 10
     assert (dest / "outputs/sample/digits-flow/figures/inpainting.png").is_file()
     metrics = json.loads((dest / "outputs/evaluate/digits-flow/metrics.json").read_text())
     assert "bpd" not in metrics and 0 < metrics["bpd_ode"] < 20 and metrics["bpd_ode_stderr"] > 0
     assert metrics["family"] == "flow" and metrics["classifier"]["fid"] >= 0
+
+    autoencoder = json.loads((dest / "outputs/autoencoder/digits/metrics.json").read_text())
+    assert autoencoder["trained"] and autoencoder["factor"] == 2 and autoencoder["psnr"] > 0
+    assert autoencoder["classifier"]["fid"] >= 0 and autoencoder["resnet"]["fid_std"] >= 0
+    link = json.loads((dest / "outputs/autoencoder/digits/models/flow_latent.json").read_text())
+    assert link["latent"] and link["scale"] == pytest.approx(autoencoder["latent_scale"])
+    samples = np.load(dest / "outputs/sample/digits-flow_latent/samples.npy")
+    assert samples.shape == (80, 1, 8, 8) and samples.dtype == np.uint8  # decoded from 2 x 4 x 4 latents
+    latent = json.loads((dest / "outputs/evaluate/digits-flow_latent/metrics.json").read_text())
+    assert latent["classifier"]["fid"] >= 0 and "bpd_ode" not in latent and "latents" in latent["likelihood"]

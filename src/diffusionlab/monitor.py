@@ -21,6 +21,7 @@ import csv
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from .nn.classifier import load_classifier
 from .nn.networks import Network
 from .pipeline.train import RESUME_FILE
 from .runtime.checkpoint import build_trained, load_checkpoint
+from .runtime.latent import LatentCodec, load_codec
 from .runtime.tracking import connect, read_run_file, retry_locked
 from .sampling.generation import draw_images
 from .sampling.guidance import ConditionalModel, requested_labels
@@ -68,6 +70,12 @@ class Snapshot:
     process: Process
     run_id: str | None
     """The training's MLflow run (None when it ran untracked)."""
+    codec: LatentCodec | None = None
+    """A latent model's autoencoder, whose decoder turns the samples into images."""
+
+    @property
+    def decode(self) -> Callable[[Tensor], Tensor] | None:
+        return self.codec.decode if self.codec is not None else None
 
 
 @dataclass(frozen=True)
@@ -126,7 +134,9 @@ def read_resume(path: Path, device: torch.device) -> Snapshot:
         cfg, trainer = RunConfig.from_dict(state["config"]), state["trainer"]
         process, (ema,) = build_trained(cfg, state["channels"], trainer["process"], [ema_weights(trainer["ema"])],
                                         device, path)
-        return Snapshot(int(trainer["step"]), cfg, state["channels"], ema, process, state.get("mlflow_run_id"))
+        codec = load_codec(paths.autoencoder(cfg.dataset) / "autoencoder.pt", device, cfg.autoencoder) \
+            if cfg.autoencoder is not None else None
+        return Snapshot(int(trainer["step"]), cfg, state["channels"], ema, process, state.get("mlflow_run_id"), codec)
     except (KeyError, TypeError) as err:
         raise StageInputError(f"{path} holds no training state ({type(err).__name__}: {err}); it was not written by "
                               "this project's train stage") from None
@@ -139,7 +149,7 @@ def read_final(folder: Path, device: torch.device, run_id: str | None) -> Snapsh
     run_id = run_id or read_run_file(folder).get("run_id")
     if run_id is None and (folder / RESUME_FILE).is_file():
         run_id = read_state(folder / RESUME_FILE).get("mlflow_run_id")
-    return Snapshot(ckpt.step, ckpt.config, ckpt.channels, ckpt.ema, ckpt.process, run_id)
+    return Snapshot(ckpt.step, ckpt.config, ckpt.channels, ckpt.ema, ckpt.process, run_id, ckpt.codec)
 
 
 class Curve:
@@ -186,10 +196,10 @@ class Monitor:
     def score(self, snap: Snapshot) -> float:
         """FID of ``num_samples`` images of the snapshot's EMA network under the backend's features."""
         sampler = make_sampler(self.options, snap.process, default_steps=snap.config.model.timesteps)
-        model = ConditionalModel(snap.ema, snap.process, snap.channels, self.options.guidance)
+        model = ConditionalModel(snap.ema, snap.process, snap.channels, self.options.guidance, decode=snap.decode)
         labels = (requested_labels(self.num_samples, self.options.classes, model.num_classes)
                   if model.num_classes else None)
-        size = snap.config.data.image_size
+        size = snap.config.model_size
         images = draw_images(model, sampler, np.arange(self.num_samples), self.num_samples,
                              (snap.channels, size, size), min(self.options.batch_size, self.num_samples),
                              self.device, self.options.seed, labels)

@@ -22,6 +22,17 @@ def feature_network(dataset: str, name: str) -> Path:
     return classifier(dataset) / f"{name}.pt"
 
 
+def autoencoder(dataset: str) -> Path:
+    """The latent autoencoder of ``dataset`` (stage autoencoder@<dataset>)."""
+    return OUTPUTS / "autoencoder" / dataset
+
+
+def latent_link(dataset: str, model: str) -> Path:
+    """What train@<dataset>-<model> depends on of the autoencoder: for a pixel model a file that never changes,
+    for a latent one the autoencoder's digest, so a new autoencoder re-trains the latent models only."""
+    return autoencoder(dataset) / "models" / f"{model}.json"
+
+
 def train(dataset: str, model: str) -> Path:
     return OUTPUTS / "train" / f"{dataset}-{model}"
 

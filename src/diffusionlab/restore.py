@@ -98,6 +98,9 @@ def settings(args: argparse.Namespace, model: DiffusionModel) -> RestoreConfig:
     if args.solver == "repaint" and args.task not in INPAINTING_TASKS:
         raise ConfigError(f"--solver repaint restores masked pixels only: use --task {' or '.join(INPAINTING_TASKS)}")
     config = validate(RestoreConfig, r)
+    if model.codec is not None:
+        raise ConfigError("the model is a latent model (latent: true): its solvers would need the measurement "
+                          "in the latent space; restore with a model trained on pixels")
     _, height, width = model.image_shape
     for task, factor in (("sr2", 2), ("sr4", 4)):
         if args.task == task and height % factor:

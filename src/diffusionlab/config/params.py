@@ -13,11 +13,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from ..datasets import NUM_CLASSES, DataConfig, DatasetName, ImageSize
 from ..errors import ConfigError
 from ..families.params import PARAMS, ModelParams
+from ..nn.autoencoder import AutoencoderConfig
 from ..nn.classifier import RESNET, ClassifierConfig
 from ..nn.dit import DiTConfig
 from ..nn.networks import NetworkName
@@ -87,10 +88,17 @@ class RunConfig(Section):
     train: TrainConfig
     sample: SampleConfig
     evaluate: EvaluateConfig
+    autoencoder: AutoencoderConfig | None = None
+    """The autoencoder of a latent model (``latent: true``); None for a model on pixels."""
 
     @property
     def name(self) -> str:
         return f"{self.dataset}-{self.model_name}"
+
+    @property
+    def model_size(self) -> int:
+        """The side of what the network sees: the image, or the latent (image / f) of a latent model."""
+        return self.data.image_size // (self.autoencoder.factor if self.autoencoder else 1)
 
     @property
     def network(self) -> NetworkName:
@@ -121,6 +129,7 @@ class Params(Section):
     resnet: ClassifierConfig = RESNET
     evaluate: EvaluateConfig = EvaluateConfig()
     restore: RestoreConfig = RestoreConfig()
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
     @model_validator(mode="before")
@@ -166,7 +175,12 @@ class Params(Section):
                                  f"model (family '{model.family}'); use sample.steps, or empty sample.step_list")
         for dataset in self.pipeline.datasets:
             for name in self.pipeline.models:
-                problem = network_problem(s, self.datasets[dataset], self.models[name].network)
+                data = self.datasets[dataset]
+                if self.models[name].latent:
+                    data, problem = latent_data(data, self.autoencoder)
+                    if problem:
+                        raise ValueError(f"models.{name} (latent: true) on datasets.{dataset}: {problem}")
+                problem = network_problem(s, data, self.models[name].network)
                 if problem:
                     raise ValueError(f"models.{name} on datasets.{dataset}: {problem}")
         for name in self.pipeline.datasets:
@@ -197,7 +211,26 @@ class Params(Section):
         sample = self.sample if model not in self.sample.sampler_for else \
             replace(self.sample, sampler=self.sample.sampler_for[model])
         return RunConfig(dataset=dataset, model_name=model, data=self.datasets[dataset], model=self.models[model],
-                         train=self.train, sample=sample, evaluate=self.evaluate)
+                         train=self.train, sample=sample, evaluate=self.evaluate,
+                         autoencoder=self.autoencoder if self.models[model].latent else None)
+
+    def latent_models(self) -> list[str]:
+        """The models of ``pipeline.models`` that train on the autoencoder's latents."""
+        return [m for m in self.pipeline.models if self.models[m].latent]
+
+
+def latent_data(data: DatasetConfig, ae: AutoencoderConfig) -> tuple[DatasetConfig, str | None]:
+    """The dataset's block at the autoencoder's latent size, and what keeps its backbone from that size, if
+    anything."""
+    f, size = ae.factor, data.image_size
+    if size % f:
+        return data, f"autoencoder.factor {f} does not divide the image size {size}"
+    raw = {**data.model_dump(), "image_size": size // f}
+    try:
+        return DatasetConfig.model_validate(raw), None
+    except ValidationError as err:
+        reason = err.errors()[0]["msg"].removeprefix("Value error, ")
+        return data, f"its backbone does not fit the {size // f}-pixel latent of autoencoder.factor {f}: {reason}"
 
 
 def network_problem(s: SampleConfig, data: DatasetConfig, network: NetworkName | None) -> str | None:

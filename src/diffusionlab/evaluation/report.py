@@ -61,6 +61,8 @@ class Results:
     models: list[ModelResult] = field(default_factory=list)
     significance: float = 0.05
     """Level of the test that calls a difference beyond the noise."""
+    autoencoders: dict[str, dict] = field(default_factory=dict)
+    """Per dataset with a latent model: the autoencoder stage's metrics.json."""
 
 
 def task_group(task: str) -> str:
@@ -375,6 +377,9 @@ def render_html(results: Results) -> str:
                 parts.append(f"<figure>{_img(r.grid_png.read_bytes(), f'{dataset}-{r.model} samples')}"
                              f"<figcaption>{html.escape(r.model)} ({html.escape(r.family)})</figcaption></figure>")
         parts.append("</div>")
+    if results.autoencoders:
+        parts += ["<h2>Latent autoencoders</h2>", f"<p>{html.escape(AUTOENCODER_NOTE)}</p>",
+                  _table_html(autoencoder_table(results))]
     restored = [r for r in results.models if r.restoration is not None]
     if restored:
         parts += ["<h2>Restoration with each model as the prior</h2>", f"<p>{html.escape(RESTORATION_NOTE)}</p>",
@@ -388,6 +393,26 @@ def render_html(results: Results) -> str:
     return "\n".join(parts)
 
 
+AUTOENCODER_NOTE = ("The reconstructions of the held-out images, scored as the real-data floor is: the best FID a "
+                    "latent model of this autoencoder can reach. A latent model's samples are its decoded latents.")
+
+
+def autoencoder_table(results: Results) -> pd.DataFrame:
+    """One row per dataset whose autoencoder was trained: f, its latent, PSNR, and reconstruction FID ± std beside
+    the real-data floor under each backend."""
+    rows = []
+    for dataset, m in results.autoencoders.items():
+        row = {"dataset": dataset, "f": m["factor"], "latent channels": m["latent_channels"],
+               "latent scale": f"{m['latent_scale']:.3g}", "PSNR dB": f"{m['psnr']:.2f}", "SSIM": f"{m['ssim']:.3f}"}
+        floor = results.floors.get(dataset, {})
+        for backend in [k for k in m if isinstance(m[k], dict) and "fid" in m[k]]:
+            row[f"FID {backend}"] = f"{m[backend]['fid']:.3g} ± {m[backend]['fid_std']:.2g}"
+            if backend in floor:
+                row[f"floor {backend}"] = f"{floor[backend]['fid']:.3g} ± {floor[backend]['fid_std']:.2g}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def render_markdown(results: Results, grid_root: Path) -> str:
     """The tables in Markdown; sample grids linked relative to ``grid_root`` (the report's folder)."""
     lines = ["# diffusionlab report", "", note(results), "", "## Results at each model's sampling steps", "",
@@ -399,6 +424,8 @@ def render_markdown(results: Results, grid_root: Path) -> str:
                 rel = Path(*[".."] * len(grid_root.parts)) / r.grid_png
                 lines.append(f"![{dataset}-{r.model}]({rel.as_posix()})")
         lines.append("")
+    if results.autoencoders:
+        lines += ["## Latent autoencoders", "", AUTOENCODER_NOTE, "", _table_markdown(autoencoder_table(results)), ""]
     restored = [r for r in results.models if r.restoration is not None]
     if restored:
         lines += ["## Restoration with each model as the prior", "", RESTORATION_NOTE, "", "### Best solver per task", "",

@@ -26,6 +26,8 @@ class FamilyParams(Section):
     """Rate at which a conditional model's label is replaced by the null label in training (guidance needs > 0)."""
     network: NetworkName | None = None
     """The backbone: ``unet`` or ``dit`` (a transformer); null takes the dataset's ``network``."""
+    latent: bool = False
+    """Train on the scaled latents of the dataset's autoencoder (stage autoencoder@<dataset>) and decode samples."""
 
     SAMPLERS: ClassVar[tuple[str, ...]] = ()
     """The ``sample.sampler`` values that can draw from this family."""

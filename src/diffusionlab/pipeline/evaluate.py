@@ -216,6 +216,10 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
                 else pd.DataFrame(columns=GUIDANCE_COLUMNS))
     if main_w is not None:
         metrics["unconditional"] = _unconditional(guidance)
+    if ckpt.codec is not None:
+        # its bound and ODE density are of the continuous latents, not of the 8-bit images: not comparable
+        metrics["likelihood"] = "not computed: a latent model's likelihood is of its latents, not of the images"
+        return Evaluation(metrics, table, sweep, guidance, backends, card, floor)
     metrics.update(bits_per_dim(ckpt.process, ckpt.ema, nll_images, e.nll_t_draws, e.batch_size, device, e.seed))
     metrics.update(nll_images=int(len(nll_images)), nll_t_draws=e.nll_t_draws)
     if e.ode_images:

@@ -37,6 +37,9 @@ def collect(params: ReportParams) -> Results:
     results = Results(significance=params.evaluate.significance)
     for dataset in params.pipeline.datasets:
         results.floors[dataset] = read_json(paths.reference(dataset) / "floor.json")
+        autoencoder = paths.autoencoder(dataset) / "metrics.json"
+        if autoencoder.is_file() and read_json(autoencoder).get("trained"):
+            results.autoencoders[dataset] = read_json(autoencoder)
         for model in params.pipeline.models:
             evaluated, monitor = paths.evaluate(dataset, model), paths.train(dataset, model) / MONITOR_FILE
             metrics = read_json(evaluated / "metrics.json")

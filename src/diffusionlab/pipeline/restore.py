@@ -234,9 +234,13 @@ def restore_stage(params: Params, dataset: str, model: str) -> None:
     run = params.run(dataset, model)
     r = params.restore
     if not r.tasks:
-        publish_nothing(run)
+        publish_nothing(run, "restore.tasks is empty")
         log.info("%s: restore.tasks is empty, nothing to restore (docs/restoration.md: dvc exp run -S "
                  "'restore.tasks=[sr4,blur,box,random,denoise]')", run.name)
+        return
+    if run.autoencoder is not None:
+        publish_nothing(run, "a latent model's solvers would need the measurements in its latent space")
+        log.info("%s is a latent model: the solvers act on pixels, nothing to restore", run.name)
         return
     device = resolve_device(run.train.device)
     inputs = load_inputs(params, run, device)
@@ -247,8 +251,8 @@ def restore_stage(params: Params, dataset: str, model: str) -> None:
         publish(result, params, run, tracker)
 
 
-def publish_nothing(run: RunConfig) -> None:
-    """The stage's outputs when ``restore.tasks`` is empty: empty folders and tables."""
+def publish_nothing(run: RunConfig, why: str) -> None:
+    """The stage's outputs when there is nothing to restore (``why``): empty folders and tables."""
     out = paths.restore(run.dataset, run.model_name)
     for folder in ("restorations", "figures"):
         shutil.rmtree(out / folder, ignore_errors=True)
@@ -257,7 +261,7 @@ def publish_nothing(run: RunConfig) -> None:
         with atomic_path(out / name) as tmp:
             tmp.write_text("task,method\n")
     with atomic_path(out / "restore.md") as tmp:
-        tmp.write_text(f"# Restoration: {run.name}\n\nNothing restored: restore.tasks is empty.\n")
+        tmp.write_text(f"# Restoration: {run.name}\n\nNothing restored: {why}.\n")
     write_json(out / "metrics.json", {"prior": "", "draws": 0, "images": 0, "tasks": {}})
 
 

@@ -91,13 +91,13 @@ def settings(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, identity: dict)
     (the checkpoint's and the code's digests) joins every key."""
     s = run.sample
     num_classes = ckpt.ema.num_classes
-    size = ckpt.config.data.image_size
+    size = ckpt.config.model_size
     common = {**identity, "shape": [ckpt.channels, size, size], "seed": s.seed, "num_samples": s.num_samples,
               "draws": s.draws, "classes": list(s.classes), "batch_size": s.batch_size}
 
     def setting(name: str, options: SampleConfig, built: Sampler, w: float) -> Setting:
         slg = SkipLayerGuidance.of(options)
-        net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, w, slg)
+        net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, w, slg, ckpt.decode())
         key = {**common, "setting": name, "options": asdict(SamplerOptions.of(options)), "steps": built.steps,
                "guidance": w if num_classes else None, **({"skip_layer_guidance": asdict(slg)} if slg else {})}
         return Setting(name, net, built, key)
@@ -126,8 +126,8 @@ def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.devic
     num_classes = ckpt.ema.num_classes
     total = s.num_samples * s.draws  # the draws, one after another: each asks for the same classes
     labels = np.tile(requested_labels(s.num_samples, s.classes, num_classes), s.draws) if num_classes else None
-    size = ckpt.config.data.image_size
-    shape = (ckpt.channels, size, size)
+    size = ckpt.config.model_size
+    shape = (ckpt.channels, size, size)  # a latent model draws latents, decoded into images batch by batch
     identity = {"checkpoint": file_digest(paths.train(run.dataset, run.model_name) / "checkpoint.pt")
                 if partial is not None else None, "code": source_digest(), "device": device.type}
     plan = settings(run, ckpt, sampler, identity)
@@ -245,12 +245,14 @@ def draw_figures(ckpt: Checkpoint, net: ConditionalModel, s: SampleConfig, image
     sampling), inpainting.png (RePaint on held-out images, right half unknown) and round_trip.png (held-out
     images noised part of the way and denoised back)."""
     model, process = ckpt.config.model, ckpt.process
-    x0 = to_model_range(torch.from_numpy(images[:FIGURE_IMAGES])).to(device)
-    forward_process_figure(x0[0].cpu(), process, folder / "forward.png")
     trajectory = generated.trajectory
     reverse_process_figure([process.time_label(t) for t in trajectory.steps], trajectory.x_t, trajectory.pred_x0,
                            folder / "reverse.png")
     denoising_gif(trajectory.x_t, folder / "denoising.gif")
+    if ckpt.codec is not None:  # noising, masks and round trips act on pixels; a latent model's act on its latents
+        return
+    x0 = to_model_range(torch.from_numpy(images[:FIGURE_IMAGES])).to(device)
+    forward_process_figure(x0[0].cpu(), process, folder / "forward.png")
     y = torch.from_numpy(labels[:FIGURE_IMAGES]).to(device) if net.num_classes else None
     denoiser = net.denoiser(y)
     fallback = next(n for n in ONE_STEP_SAMPLERS if n in type(model).SAMPLERS)

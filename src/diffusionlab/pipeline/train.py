@@ -18,6 +18,7 @@ from ..distributed import World, broadcast_object
 from ..errors import StageInputError
 from ..io import atomic_path, write_json
 from ..runtime.checkpoint import load_resume, save_checkpoint, save_resume
+from ..runtime.latent import LatentCodec, load_codec
 from ..runtime.model import DiffusionModel
 from ..runtime.tracking import Tracker, log_model, open_run
 from ..runtime.training import Trainer, TrainResult
@@ -63,8 +64,13 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
         raise StageInputError(f"prepared {dataset} has {data.card.image_size}px images but params say "
                               f"datasets.{dataset}.image_size = {run.data.image_size}; re-run its prepare stage")
     out = paths.train(dataset, model)
-    channels = data.card.channels
-    trainer = Trainer(run, data.train_images, device, world, labels=data.train_labels)
+    channels, images, codec = data.card.channels, data.train_images, None
+    if run.autoencoder is not None:
+        codec = load_codec(paths.autoencoder(dataset) / "autoencoder.pt", device, run.autoencoder)
+        images, channels = codec.encode(images), run.autoencoder.latent_channels
+        log.info("%s trains on %s latents of the autoencoder (scale %.4g)", run.name, "x".join(map(str, images.shape[1:])),
+                 codec.scale)
+    trainer = Trainer(run, images, device, world, labels=data.train_labels)
     resume = load_resume(out / RESUME_FILE, run, channels, device) if world.is_main else None
     resume = broadcast_object(resume)
     if resume is not None:
@@ -84,14 +90,16 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
             tracker.set_tags({"resumed_from_step": trainer.step})
         result = trainer.run(on_log=training_logger(tracker, logged_through), on_checkpoint=lambda t: save_resume(
             out / RESUME_FILE, run, channels, t.state_dict(), tracker.run_id))
-        publish(result, run, channels, world, tracker)
+        publish(result, run, channels, world, tracker, codec)
 
 
-def publish(result: TrainResult, run: RunConfig, channels: int, world: World, tracker: Tracker) -> None:
+def publish(result: TrainResult, run: RunConfig, channels: int, world: World, tracker: Tracker,
+            codec: LatentCodec | None = None) -> None:
     """Write the checkpoint, loss.csv, loss.png and train.json; log them, the training time and the model (an
     MLflow pytorch model, :class:`DiffusionModel`) to the stage's run, and record the run and model URI."""
     out = paths.train(run.dataset, run.model_name)
-    save_checkpoint(out / "checkpoint.pt", run, channels, result.steps, result.model, result.ema, result.process)
+    save_checkpoint(out / "checkpoint.pt", run, channels, result.steps, result.model, result.ema, result.process,
+                    codec)
     write_loss_csv(result.history, out / "loss.csv")
     loss_curve_figure(result.history, out / "loss.png", f"{run.name}: training loss")
     summary = {"final_loss": result.history[-1]["loss"], "train_seconds": round(result.seconds, 2),
@@ -101,10 +109,12 @@ def publish(result: TrainResult, run: RunConfig, channels: int, world: World, tr
     write_json(out / "train.json", summary)
     tracker.log_metrics({"train_seconds": summary["train_seconds"], "nonfinite_skips": result.skipped,
                          "train_images_per_second": summary["images_per_second"]})
+    if codec is not None:
+        tracker.log_metrics({"autoencoder_latent_scale": codec.scale})
     tracker.log_artifact(out / "checkpoint.pt", artifact_path="checkpoint")
     tracker.log_artifact(out / "loss.csv")
     tracker.log_artifact(out / "loss.png")
-    trained = DiffusionModel(run, channels, result.ema, result.process, result.steps)
+    trained = DiffusionModel(run, channels, result.ema, result.process, result.steps, codec)
     info = tracker.call(log_model, trained, run)
     tracker.save_run_file(out, model_uri=info.model_uri if info else None)
 

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import logging
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from ..errors import StageInputError
 from ..io import atomic_path
 from ..nn.networks import Network
 from .factory import build_network, build_process
+from .latent import LatentCodec
 
 log = logging.getLogger(__name__)
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -38,10 +40,17 @@ class Checkpoint:
     model: Network
     ema: Network
     process: Process
+    codec: LatentCodec | None = None
+    """A latent model's autoencoder and latent scale (None: a model on pixels)."""
+
+    def decode(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What maps the sampler's output to images: the codec's decoder, or None for a model on pixels."""
+        return self.codec.decode if self.codec is not None else None
 
 
 def save_checkpoint(path: str | Path, cfg: RunConfig, channels: int, step: int, model: Network, ema: Network,
-                    process: Process) -> None:
+                    process: Process, codec: LatentCodec | None = None) -> None:
+    """``channels`` are the network's: the latent channels of a latent model, whose ``codec`` is saved too."""
     state = {
         "config": cfg.to_dict(),
         "channels": channels,
@@ -49,6 +58,7 @@ def save_checkpoint(path: str | Path, cfg: RunConfig, channels: int, step: int, 
         "model": model.state_dict(),
         "ema": ema.state_dict(),
         "process": process.state_dict(),
+        **({"autoencoder": codec.state()} if codec is not None else {}),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -84,7 +94,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
         raise StageInputError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
     process, nets = build_trained(cfg, state["channels"], state["process"], [state["model"], state["ema"]], device,
                                   path)
-    return Checkpoint(cfg, state["channels"], state["step"], *nets, process)
+    codec = LatentCodec.from_state(state["autoencoder"], device) if "autoencoder" in state else None
+    return Checkpoint(cfg, state["channels"], state["step"], *nets, process, codec)
 
 
 def build_trained(cfg: RunConfig, channels: int, process_state: dict[str, torch.Tensor],

@@ -24,33 +24,39 @@ from ..errors import ConfigError
 from ..nn.networks import Network
 from ..validation import replace
 from .checkpoint import Checkpoint, build_trained
+from .latent import LatentCodec
 
 
 class DiffusionModel(nn.Module):
     """The EMA network of a trained model, its noise process and the configuration it was trained with."""
 
-    def __init__(self, config: RunConfig, channels: int, network: Network, process: Process, step: int = 0):
+    def __init__(self, config: RunConfig, channels: int, network: Network, process: Process, step: int = 0,
+                 codec: LatentCodec | None = None):
         super().__init__()
         self.network = network
         self.process = process
         self.config, self.channels, self.step = config, channels, step
+        self.codec = codec
+        """A latent model's autoencoder (its network's ``channels`` are the latent's); None on pixels."""
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint) -> DiffusionModel:
-        return cls(ckpt.config, ckpt.channels, ckpt.ema, ckpt.process, ckpt.step)
+        return cls(ckpt.config, ckpt.channels, ckpt.ema, ckpt.process, ckpt.step, ckpt.codec)
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> DiffusionModel:
         config = RunConfig.from_dict(state["config"])
         process, (network,) = build_trained(config, state["channels"], state["process"], [state["network"]], device,
                                             config.name)
-        return cls(config, state["channels"], network, process, state["step"])
+        codec = LatentCodec.from_state(state["autoencoder"], device) if "autoencoder" in state else None
+        return cls(config, state["channels"], network, process, state["step"], codec)
 
     def state(self) -> dict[str, Any]:
         process = self.process.state_dict()
         return {"config": self.config.to_dict(), "channels": self.channels, "step": self.step,
                 "network": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
-                "process": {k: v.detach().cpu() for k, v in process.items()}}
+                "process": {k: v.detach().cpu() for k, v in process.items()},
+                **({"autoencoder": self.codec.state()} if self.codec is not None else {})}
 
     def __reduce__(self) -> tuple:
         return _rebuild, (self.state(),)
@@ -69,8 +75,18 @@ class DiffusionModel(nn.Module):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images it makes."""
         size = self.config.data.image_size
-        return (self.channels, size, size)
+        return (self.codec.channels if self.codec is not None else self.channels, size, size)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the sampler draws: the image, or a latent model's latent."""
+        return (self.channels, self.config.model_size, self.config.model_size)
+
+    @property
+    def decode(self) -> Callable[[Tensor], Tensor] | None:
+        return self.codec.decode if self.codec is not None else None
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The network's output at noisy images ``x`` and times ``t`` (and labels ``y``)."""
@@ -128,8 +144,9 @@ class DiffusionModel(nn.Module):
         from ..sampling.generation import generate
         from ..sampling.guidance import ConditionalModel, SkipLayerGuidance
 
-        net = ConditionalModel(self.network, self.process, self.channels, s.guidance, SkipLayerGuidance.of(s))
-        return generate(net, sampler, n, self.image_shape, batch_size, self.device, seed, 2, self.labels(n, s),
+        net = ConditionalModel(self.network, self.process, self.channels, s.guidance, SkipLayerGuidance.of(s),
+                               self.decode)
+        return generate(net, sampler, n, self.sample_shape, batch_size, self.device, seed, 2, self.labels(n, s),
                         progress).images
 
 

@@ -186,7 +186,8 @@ class Trainer:
         self.step += 1
         n, rows = global_rows(self.cfg.data.batch_size, self.shard)
         batch = next(self.order).to(self.device)
-        x0 = to_model_range(self.data[batch[rows]])
+        x0 = self.data[batch[rows]]
+        x0 = to_model_range(x0) if x0.dtype == torch.uint8 else x0  # a latent model's latents are float already
         if self.cfg.data.random_flip:
             flip = (torch.rand(n, device=self.device, generator=self.noise_gen) < 0.5)[rows]
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)

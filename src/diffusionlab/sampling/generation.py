@@ -46,6 +46,10 @@ def draw_batch(model: ConditionalModel, sampler: Sampler, indices: np.ndarray, n
     noise = generators.randn((len(indices), *shape)).to(device)
     y = None if labels is None else torch.as_tensor(labels[indices], device=device)
     x, trajectory = sample(model.denoiser(y), sampler, noise, generators, record)
+    if model.decode is not None:
+        x = model.decode(x)
+        trajectory = Trajectory(trajectory.steps, [model.decode(f) for f in trajectory.x_t],
+                                [model.decode(f) for f in trajectory.pred_x0])
     return to_uint8(x).cpu(), trajectory
 
 

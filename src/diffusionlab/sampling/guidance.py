@@ -128,14 +128,16 @@ def skip_layer_guided(net: Network, guided: Denoiser, labels: Tensor | None, slg
 
 class ConditionalModel:
     """A trained network and its noise process, as denoisers for given labels, guidance scale and, for a
-    transformer, skip-layer guidance."""
+    transformer, skip-layer guidance; for a latent model, with the decoder of its latents."""
 
     def __init__(self, net: Network, process: Process, channels: int, w: float = 1.0,
-                 slg: SkipLayerGuidance | None = None):
+                 slg: SkipLayerGuidance | None = None, decode: Callable[[Tensor], Tensor] | None = None):
         if slg is not None and not isinstance(net, DiT):
             raise ConfigError("skip-layer guidance skips transformer blocks, but this model is a U-Net; set "
                               "sample.slg_scale: 0, or train it with network: dit")
         self.net, self.process, self.channels, self.w, self.slg = net, process, channels, w, slg
+        self.decode = decode
+        """A latent model's decoder: what the sampler ends with, mapped to images in [-1, 1] (None: pixels)."""
 
     @property
     def num_classes(self) -> int:
