@@ -374,12 +374,11 @@ def test_features_streamed_as_statistics_give_the_fid_and_is_of_the_features_hel
 def test_the_paper_protocol_scores_one_streamed_draw_and_labels_what_it_is_comparable_with(backend, tmp_cwd):
     """The evaluate stage's scoring under ``evaluate.protocol: paper``: one draw, its features kept only as FID's
     statistics, no spread and no test against the floor; FID and IS as the features held in memory give them."""
-    from types import SimpleNamespace
-
     from diffusionlab.evaluation.features import Backend
     from diffusionlab.evaluation.metrics import floor_scores, reference_file
     from diffusionlab.families.registry import build_process
     from diffusionlab.pipeline.evaluate import Inputs, score
+    from diffusionlab.runtime.checkpoint import Checkpoint
     from diffusionlab.runtime.factory import build_network
 
     raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
@@ -399,7 +398,8 @@ def test_the_paper_protocol_scores_one_streamed_draw_and_labels_what_it_is_compa
     card = {"steps": 50, "sampler": "ddpm", "num_samples": 120, "draws": 1, "sweep_steps": [], "guidance_sweep": [],
             "class_conditional": False, "guidance": None}
     process = build_process(run.model, CPU)
-    ckpt = SimpleNamespace(process=process, ema=build_network(run, 1, process).eval())
+    net = build_network(run, 1, process).eval()
+    ckpt = Checkpoint(run, 1, 0, net, net, process)
     inputs = Inputs(card, {(50, None): tmp_cwd / "samples.npy"}, floor, ckpt,
                     np.zeros((4, 1, 16, 16), np.uint8), np.full(120, -1), None)
     streamed = {(50, None, "inception"): extract(generated, inception, cfg, CPU, streamed=True)}

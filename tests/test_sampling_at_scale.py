@@ -249,12 +249,11 @@ def test_the_paper_protocol_without_inception_weights_stops_before_sampling(trai
 
 
 def test_a_setting_s_key_changes_with_what_its_images_depend_on_and_only_with_that(model):
-    from types import SimpleNamespace
-
     from diffusionlab.pipeline.sample import settings
+    from diffusionlab.runtime.checkpoint import Checkpoint
 
     cfg, process, net = model
-    ckpt = SimpleNamespace(ema=net, process=process, channels=1, config=cfg)
+    ckpt = Checkpoint(cfg, 1, 0, net, net, process)
     sampler = make_sampler(cfg.sample, process, default_steps=cfg.model.timesteps)
 
     def keys(sample=None, identity=None):
