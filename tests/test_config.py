@@ -92,6 +92,16 @@ def test_ancestral_sampler_with_fewer_steps_is_respaced_not_rejected(raw):
     raw["sample"].update(sampler="ddpm", steps=50, sweep_steps=[10, 100])
     assert parse_params(raw).sample.steps == 50
 
+def test_a_model_block_s_train_steps_overrides_the_dataset_s_for_that_model_only(raw):
+    raw["models"]["flow_dit"]["train_steps"] = 600
+    params = parse_params(raw)
+    assert params.run("digits", "flow_dit").data.train_steps == 600
+    assert params.run("digits", "flow").data.train_steps == raw["datasets"]["digits"]["train_steps"] != 600
+    raw["models"]["flow_dit"]["train_steps"] = 0
+    with pytest.raises(ConfigError, match=r"models\.flow_dit\.train_steps must be >= 1"):
+        parse_params(raw)
+
+
 def test_pipeline_must_name_defined_blocks(raw):
     raw["pipeline"]["models"] = ["ddpm", "ddpm_cosine"]
     with pytest.raises(ConfigError, match=r"no models\.ddpm_cosine block"):

@@ -210,7 +210,10 @@ class Params(Section):
             raise ConfigError(f"unknown model '{model}': params.yaml defines {sorted(self.models)}")
         sample = self.sample if model not in self.sample.sampler_for else \
             replace(self.sample, sampler=self.sample.sampler_for[model])
-        return RunConfig(dataset=dataset, model_name=model, data=self.datasets[dataset], model=self.models[model],
+        data, steps = self.datasets[dataset], self.models[model].train_steps
+        if steps is not None:
+            data = data.model_copy(update={"train_steps": steps})
+        return RunConfig(dataset=dataset, model_name=model, data=data, model=self.models[model],
                          train=self.train, sample=sample, evaluate=self.evaluate,
                          autoencoder=self.autoencoder if self.models[model].latent else None)
 

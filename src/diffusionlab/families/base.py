@@ -26,6 +26,8 @@ class FamilyParams(Section):
     """Rate at which a conditional model's label is replaced by the null label in training (guidance needs > 0)."""
     network: NetworkName | None = None
     """The backbone: ``unet`` or ``dit`` (a transformer); null takes the dataset's ``network``."""
+    train_steps: int | None = Field(None, ge=1)
+    """Training steps instead of the dataset's ``train_steps`` (e.g. two backbones at equal training time)."""
     latent: bool = False
     """Train on the scaled latents of the dataset's autoencoder (stage autoencoder@<dataset>) and decode samples."""
 
