@@ -7,7 +7,8 @@ throughput reached. Not a test: it measures and writes
     benchmarks/results/training.md     the same as a table
 
 Each measurement runs in a process of its own (its own peak memory, no compiled code carried over),
-on random images of the dataset's size with the model's backbone (U-Net or transformer, with its parameter
+on random images of the dataset's size (a latent model: random latents of the autoencoder's, which the
+train stage encodes once, up front) with the model's backbone (U-Net or transformer, with its parameter
 count and FLOPs per image) and the dataset's batch size from params.yaml:
 
     python benchmarks/training.py --datasets digits mnist --models ddpm vdm --modes eager
@@ -53,9 +54,14 @@ def measure(spec: dict) -> dict:
     train = replace(run.train, compile=spec["mode"] == "compile", bf16=spec["precision"] == "bf16")
     data = replace(run.data, batch_size=spec["batch_size"] or run.data.batch_size)
     run = replace(run, train=train, data=data)
-    b, size, channels = data.batch_size, data.image_size, CHANNELS[spec["dataset"]]
+    b, size = data.batch_size, run.model_size
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (4 * b, channels, size, size), dtype=np.uint8)
+    if run.autoencoder is not None:  # a latent model trains on the latents the stage encodes once, up front
+        channels = run.autoencoder.latent_channels
+        images = rng.standard_normal((4 * b, channels, size, size)).astype(np.float32)
+    else:
+        channels = CHANNELS[spec["dataset"]]
+        images = rng.integers(0, 256, (4 * b, channels, size, size), dtype=np.uint8)
     labels = rng.integers(0, NUM_CLASSES[spec["dataset"]], 4 * b)
     trainer = Trainer(run, images, device, labels=labels if run.model.class_conditional else None)
     sync(device)
@@ -87,7 +93,8 @@ def measure(spec: dict) -> dict:
         out = trainer.model(x[:2], t[:2], y[:2] if y is not None else None)
         out.float().square().mean().backward()
     flops = counter.get_total_flops() / 2
-    result = {**spec, "device_name": device_name(device), "image_size": size, "batch_size": b,
+    result = {**spec, "device_name": device_name(device), "image_size": data.image_size,
+              "input": "x".join(map(str, images.shape[1:])), "batch_size": b,
               "network": run.network, "parameters": sum(p.numel() for p in trainer.model.parameters()),
               "first_step_seconds": round(first, 3), "step_seconds": step, "images_per_second": b / step,
               "network_seconds": network, "step_over_network": step / network,
@@ -99,6 +106,7 @@ def measure(spec: dict) -> dict:
 
 
 COLUMNS = [("dataset", "dataset", ""), ("px", "image_size", "d"), ("model", "model", ""), ("network", "network", ""),
+           ("input", "input", ""),
            ("parameters", "parameters", ",d"), ("mode", "mode", ""),
            ("precision", "precision", ""), ("batch", "batch_size", "d"), ("images/s", "images_per_second", ".1f"),
            ("step ms", "step_ms", ".1f"), ("fwd+bwd ms", "network_ms", ".1f"),
