@@ -1,10 +1,15 @@
 """The latent autoencoder (Rombach et al. 2022): shapes, the KL term, the latent scale."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch.distributions import Normal, kl_divergence
 
+from diffusionlab.config.params import parse_params
+from diffusionlab.errors import ConfigError
 from diffusionlab.nn.autoencoder import Autoencoder, AutoencoderConfig, Posterior, latent_scale
 
 
@@ -82,7 +87,7 @@ def test_the_codec_saves_and_loads_and_refuses_other_params_or_a_missing_file(tr
     from diffusionlab.errors import StageInputError
     from diffusionlab.runtime.latent import load_codec, save_codec
 
-    save_codec(tmp_path / "autoencoder.pt", trained.codec, "digits", {"psnr": 1.0})
+    save_codec(tmp_path / "autoencoder.pt", trained, "digits", "key")
     loaded = load_codec(tmp_path / "autoencoder.pt", "cpu", trained.codec.config)
     z = torch.randn(2, 2, 4, 4)
     assert loaded.scale == trained.codec.scale and torch.equal(loaded.decode(z), trained.codec.decode(z))
@@ -90,6 +95,22 @@ def test_the_codec_saves_and_loads_and_refuses_other_params_or_a_missing_file(tr
         load_codec(tmp_path / "autoencoder.pt", "cpu", trained.codec.config.model_copy(update={"kl_weight": 1.0}))
     with pytest.raises(StageInputError, match=r"missing: a latent model .*: dvc repro autoencoder@test_the_codec"):
         load_codec(tmp_path / "none.pt", "cpu")
+
+
+def test_a_saved_codec_is_reused_only_for_the_same_params_and_key(trained, digits, tmp_path):
+    from diffusionlab.runtime.latent import images_digest, reusable_codec, save_codec
+
+    key = images_digest(digits.train_images[:64])
+    assert key == images_digest(digits.train_images[:64].copy()) != images_digest(digits.train_images[1:65])
+    assert reusable_codec(tmp_path / "autoencoder.pt", "cpu", trained.codec.config, key) is None
+    save_codec(tmp_path / "autoencoder.pt", trained, "digits", key)
+    again = reusable_codec(tmp_path / "autoencoder.pt", "cpu", trained.codec.config, key)
+    z = torch.randn(2, 2, 4, 4)
+    assert again.history == trained.history and again.seconds == trained.seconds
+    assert torch.equal(again.codec.decode(z), trained.codec.decode(z)) and again.codec.scale == trained.codec.scale
+    other = trained.codec.config.model_copy(update={"kl_weight": 1.0})
+    assert reusable_codec(tmp_path / "autoencoder.pt", "cpu", other, key) is None
+    assert reusable_codec(tmp_path / "autoencoder.pt", "cpu", trained.codec.config, "other images") is None
 
 
 def test_a_latent_model_samples_latents_and_returns_decoded_images_also_after_pickling(trained, digits):
@@ -121,3 +142,21 @@ def test_a_latent_model_samples_latents_and_returns_decoded_images_also_after_pi
     again = pickle.loads(pickle.dumps(model))
     assert again.codec.scale == trained.codec.scale
     assert np.array_equal(again.sample(3, seed=0), images)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"factor": 4, "image_size": 8}, r"models\.vdm_latent \(latent: true\) on datasets\.digits: its backbone does not fit "
+                                     r"the 2-pixel latent of autoencoder\.factor 4: image_size would be 2"),
+    ({"patch_size": 16}, r"models\.flow_dit on the 8-pixel latents of datasets\.digits: .*dit\.patch_size 16 does not "
+                         r"divide the image size 8"),
+])
+def test_a_latent_size_the_backbone_cannot_take_is_one_line_at_parse_time(change, message):
+    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    raw["models"]["flow_dit"]["latent"] = True
+    raw["pipeline"]["models"] = ["vdm_latent", "flow_dit"]
+    raw["sample"]["sampler_for"] = {"flow_dit": "euler"}
+    raw["autoencoder"]["factor"] = change.pop("factor", 2)
+    raw["datasets"]["digits"]["image_size"] = change.pop("image_size", 16)
+    raw["datasets"]["digits"]["dit"].update(change)
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)

@@ -584,3 +584,13 @@ def test_a_flow_and_a_latent_transformer_added_to_the_pipeline_train_sample_and_
     assert samples.shape == (80, 1, 8, 8) and samples.dtype == np.uint8  # decoded from 2 x 4 x 4 latents
     latent = json.loads((dest / "outputs/evaluate/digits-flow_latent/metrics.json").read_text())
     assert latent["classifier"]["fid"] >= 0 and "bpd_ode" not in latent and "latents" in latent["likelihood"]
+
+    # a pixel model's change re-runs the autoencoder stage, which re-uses its autoencoder: the latent model stays
+    written = (dest / "outputs/autoencoder/digits/models/flow_latent.json").read_bytes()
+    params["models"]["flow"]["label_dropout"] = 0.25
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shell("dvc repro autoencoder@digits", dest, env)
+    assert json.loads((dest / "outputs/autoencoder/digits/metrics.json").read_text())["reused"] is True
+    assert (dest / "outputs/autoencoder/digits/models/flow_latent.json").read_bytes() == written
+    status = shell("dvc status train@digits-flow_latent train@digits-flow", dest, env).stdout
+    assert "train@digits-flow:" in status and "train@digits-flow_latent" not in status, status

@@ -182,7 +182,8 @@ class Params(Section):
                         raise ValueError(f"models.{name} (latent: true) on datasets.{dataset}: {problem}")
                 problem = network_problem(s, data, self.models[name].network)
                 if problem:
-                    raise ValueError(f"models.{name} on datasets.{dataset}: {problem}")
+                    on = f"the {data.image_size}-pixel latents of " if self.models[name].latent else ""
+                    raise ValueError(f"models.{name} on {on}datasets.{dataset}: {problem}")
         for name in self.pipeline.datasets:
             bad = [c for c in s.classes if not 0 <= c < NUM_CLASSES[name]]
             if bad:
@@ -232,8 +233,12 @@ def latent_data(data: DatasetConfig, ae: AutoencoderConfig) -> tuple[DatasetConf
     try:
         return DatasetConfig.model_validate(raw), None
     except ValidationError as err:
-        reason = err.errors()[0]["msg"].removeprefix("Value error, ")
-        return data, f"its backbone does not fit the {size // f}-pixel latent of autoencoder.factor {f}: {reason}"
+        first = err.errors()[0]
+        reason = first["msg"].removeprefix("Value error, ")
+        where = ".".join(map(str, first["loc"]))
+        reason = f"{where} would be {size // f}: {reason}" if where == "image_size" else reason
+        return data, (f"its backbone does not fit the {size // f}-pixel latent of autoencoder.factor {f}: {reason}; "
+                      "use a smaller autoencoder.factor")
 
 
 def network_problem(s: SampleConfig, data: DatasetConfig, network: NetworkName | None) -> str | None:

@@ -3,7 +3,10 @@
 It trains only when ``pipeline.models`` lists a latent model; otherwise it writes the per-model files alone.
 Each model of ``pipeline.models`` gets ``models/<model>.json``, which its train stage depends on: for a model on
 pixels it never changes, for a latent one it holds the autoencoder's digest, so a new autoencoder re-trains the
-latent models and nothing else.
+latent models and nothing else. ``autoencoder.pt`` persists between runs (``persist: true`` in dvc.yaml): the stage
+re-runs when any model block changes, since it must know which are latent, and then re-uses the autoencoder if its
+params, training images and the package's code are unchanged, so that its digest, and the latent models, stay as
+they are.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from ..evaluation.features import NETWORK_BACKENDS, network_backend
 from ..evaluation.metrics import extract, floor_scores, load_reference, reference_file
 from ..evaluation.restoration import psnr_ssim
 from ..io import write_json
-from ..runtime.autoencoding import TrainedCodec, reconstruct, train_autoencoder
-from ..runtime.latent import save_codec
+from ..runtime.autoencoding import reconstruct, train_autoencoder
+from ..runtime.checkpoint import code_fingerprint
+from ..runtime.latent import TrainedCodec, images_digest, reusable_codec, save_codec
 from ..tensors import to_model_range
 from ..viz.figures import panels_figure
 from .train import write_loss_csv
@@ -39,7 +43,9 @@ def autoencoder_stage(params: Params, dataset: str) -> None:
     images (PSNR, SSIM and FID under each offline backend, as the real-data floor is scored) and write its latent
     scale."""
     out = paths.autoencoder(dataset)
-    shutil.rmtree(out, ignore_errors=True)
+    for old in out.glob("*"):
+        if old.name != "autoencoder.pt":
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
     (out / "models").mkdir(parents=True)
     latent = params.latent_models()
     if not latent:
@@ -55,9 +61,15 @@ def autoencoder_stage(params: Params, dataset: str) -> None:
         if not reference_file(dataset, name).is_file():
             raise StageInputError(f"the reference features {reference_file(dataset, name)} are missing; run: "
                                   f"dvc repro reference@{dataset}")
-    trained = train_autoencoder(params.autoencoder, data.train_images, device)
-    metrics = score(trained, data.test_images, names, params, dataset, device)
-    save_codec(out / "autoencoder.pt", trained.codec, dataset, metrics)
+    key = f"{images_digest(data.train_images)}:{code_fingerprint()}"
+    trained = reusable_codec(out / "autoencoder.pt", device, params.autoencoder, key)
+    reused = trained is not None
+    if trained is None:
+        trained = train_autoencoder(params.autoencoder, data.train_images, device)
+        save_codec(out / "autoencoder.pt", trained, dataset, key)
+    else:
+        log.info("re-using %s: trained with the same autoencoder params, images and code", out / "autoencoder.pt")
+    metrics = {**score(trained, data.test_images, names, params, dataset, device), "reused": reused}
     digest = file_digest(out / "autoencoder.pt")
     for model in params.pipeline.models:
         link = {"latent": True, "autoencoder": digest, "scale": trained.codec.scale} if model in latent else \

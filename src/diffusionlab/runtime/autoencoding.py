@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..nn.autoencoder import Autoencoder, AutoencoderConfig, latent_scale
 from ..tensors import BatchOrder, to_model_range, to_uint8
-from .latent import LatentCodec
+from .latent import LatentCodec, TrainedCodec
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class TrainedCodec:
-    codec: LatentCodec
-    history: list[dict[str, float]]
-    """Every ``log_every`` steps: the step and the window's mean loss, reconstruction and kl per image."""
-    seconds: float
 
 
 def train_autoencoder(cfg: AutoencoderConfig, images: np.ndarray, device: torch.device,

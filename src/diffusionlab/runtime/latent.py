@@ -3,6 +3,8 @@ diffusion model trains on, and its samples back to images (Rombach et al. 2022).
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +56,39 @@ class LatentCodec:
         return cls(autoencoder.to(device), config, float(state["scale"]))
 
 
-def save_codec(path: str | Path, codec: LatentCodec, dataset: str, metrics: dict[str, Any]) -> None:
-    torch.save({**codec.state(), "dataset": dataset, "metrics": metrics}, path)
+@dataclass
+class TrainedCodec:
+    codec: LatentCodec
+    history: list[dict[str, float]]
+    """Every ``log_every`` steps: the step and the window's mean loss, reconstruction and kl per image."""
+    seconds: float
+
+
+def images_digest(images: np.ndarray) -> str:
+    """SHA-256 of an image array's shape and bytes: what an autoencoder was trained on."""
+    digest = hashlib.sha256(repr((images.shape, str(images.dtype))).encode())
+    digest.update(np.ascontiguousarray(images).data)
+    return digest.hexdigest()
+
+
+def save_codec(path: str | Path, trained: TrainedCodec, dataset: str, key: str) -> None:
+    """The codec, its training history and time, and ``key``, a digest of what it was trained on and by (the
+    images' :func:`images_digest`, the code) for :func:`reusable_codec`."""
+    torch.save({**trained.codec.state(), "dataset": dataset, "key": key, "history": trained.history,
+                "seconds": trained.seconds}, path)
+
+
+def reusable_codec(path: str | Path, device: torch.device | str, expected: AutoencoderConfig,
+                   key: str) -> TrainedCodec | None:
+    """The codec saved at ``path`` with its history, when it was trained with the params ``expected`` and saved with
+    ``key``; None when there is none such (no file, other params, other images or code)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.get("key") != key or AutoencoderConfig.model_validate(state["config"]) != expected:
+        return None
+    return TrainedCodec(LatentCodec.from_state(state, device), state["history"], float(state["seconds"]))
 
 
 def load_codec(path: str | Path, device: torch.device | str, expected: AutoencoderConfig | None = None) -> LatentCodec:
