@@ -144,6 +144,14 @@ def test_a_latent_model_samples_latents_and_returns_decoded_images_also_after_pi
     assert np.array_equal(again.sample(3, seed=0), images)
 
 
+def test_a_latent_model_never_clips_its_predicted_latent_to_the_pixel_range():
+    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    raw["pipeline"]["models"] = ["vdm", "vdm_latent"]
+    params = parse_params(raw)
+    assert params.sample.clip_denoised and params.run("digits", "vdm").sample.clip_denoised
+    assert not params.run("digits", "vdm_latent").sample.clip_denoised  # scaled latents spread beyond [-1, 1]
+
+
 @pytest.mark.parametrize("change, message", [
     ({"factor": 4, "image_size": 8}, r"models\.vdm_latent \(latent: true\) on datasets\.digits: its backbone does not fit "
                                      r"the 2-pixel latent of autoencoder\.factor 4: image_size would be 2"),

@@ -211,6 +211,8 @@ class Params(Section):
             raise ConfigError(f"unknown model '{model}': params.yaml defines {sorted(self.models)}")
         sample = self.sample if model not in self.sample.sampler_for else \
             replace(self.sample, sampler=self.sample.sampler_for[model])
+        if self.models[model].latent and sample.clip_denoised:
+            sample = replace(sample, clip_denoised=False)  # a latent has no range to clip x0 to, as pixels have
         data, steps = self.datasets[dataset], self.models[model].train_steps
         if steps is not None:
             data = data.model_copy(update={"train_steps": steps})
