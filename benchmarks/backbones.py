@@ -1,0 +1,90 @@
+"""Model against model from one run's outputs: each candidate's conditional FID per offline backend, class
+accuracy and bits/dim next to its baseline's, their ratio and Welch's test over the draws, with the training
+time and, when ``benchmarks/training.py`` has measured them, training images/s and FLOPs per image. Not a
+test: it reads what ``dvc exp run`` wrote and prints a Markdown table (docs/transformer-and-latent.md).
+
+    python benchmarks/backbones.py --dataset digits --pairs flow:flow_dit vdm:vdm_latent
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from diffusionlab.evaluation.significance import spread_of, welch
+
+from common import ROOT, markdown_table
+
+BACKENDS = ("classifier", "resnet")
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def fid(scores: dict) -> str:
+    return f"{scores['fid']:.3g} ± {scores['fid_std']:.2g}"
+
+
+def row(outputs: Path, dataset: str, baseline: str, model: str, bench: dict, level: float) -> dict:
+    """One model's scores, and its FIDs against the baseline's."""
+    metrics = read(outputs / "evaluate" / f"{dataset}-{model}" / "metrics.json")
+    if not metrics:
+        raise SystemExit(f"{outputs}/evaluate/{dataset}-{model}/metrics.json is missing: run its evaluate stage")
+    base = read(outputs / "evaluate" / f"{dataset}-{baseline}" / "metrics.json")
+    train = read(outputs / "train" / f"{dataset}-{model}" / "train.json")
+    out = {"model": model, "against": baseline if model != baseline else "",
+           "train s": f"{train.get('train_seconds', float('nan')):.0f}", "steps": train.get("steps", "")}
+    speed = bench.get(model, {})
+    out["images/s"] = f"{speed['images_per_second']:.0f}" if speed else ""
+    out["GFLOP/img"] = f"{speed['gflops_per_image']:.3f}" if speed else ""
+    for backend in BACKENDS:
+        scores = metrics.get(backend, {})
+        out[f"FID {backend}"] = fid(scores) if "fid_std" in scores else ""
+        if model != baseline and base.get(backend) and spread_of(scores, "fid") and spread_of(base[backend], "fid"):
+            diff = welch(spread_of(scores, "fid"), spread_of(base[backend], "fid"), level)
+            verdict = "beyond noise" if diff.beyond_noise else "within noise"
+            out[f"x {backend}"] = f"{scores['fid'] / base[backend]['fid']:.2f} ({verdict}, p={diff.p:.2g})"
+        else:
+            out[f"x {backend}"] = ""
+    acc = metrics.get("class_accuracy")
+    out["class accuracy"] = f"{acc:.3f} ± {metrics.get('class_accuracy_std', 0):.2g}" if acc is not None else ""
+    bound = metrics.get("bpd")
+    out["bits/dim (bound)"] = f"{bound:.3f} ± {metrics['bpd_stderr']:.2g}" if bound is not None else ""
+    bpd = metrics.get("bpd_ode")
+    out["bits/dim (ODE)"] = f"{bpd:.3f} ± {metrics['bpd_ode_stderr']:.2g}" if bpd is not None else \
+        ("of latents: not computed" if "likelihood" in metrics else "")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--pairs", nargs="+", required=True, help="baseline:candidate model names")
+    parser.add_argument("--outputs", type=Path, default=ROOT / "outputs", help="the run's outputs folder")
+    parser.add_argument("--training", type=Path, default=ROOT / "benchmarks" / "results" / "training.json",
+                        help="benchmarks/training.py's results, for images/s and FLOPs (optional)")
+    parser.add_argument("--level", type=float, default=0.05)
+    args = parser.parse_args()
+    measured = read(args.training).get("results", [])
+    bench = {r["model"]: r for r in measured if r.get("dataset") == args.dataset and r.get("mode") == "eager"}
+    rows = []
+    for pair in args.pairs:
+        baseline, _, candidate = pair.partition(":")
+        if not candidate:
+            raise SystemExit(f"--pairs takes baseline:candidate, got {pair!r}")
+        shown = {r["model"] for r in rows}
+        rows += [row(args.outputs, args.dataset, baseline, m, bench, args.level) for m in (baseline, candidate)
+                 if m not in shown]
+    autoencoder = read(args.outputs / "autoencoder" / args.dataset / "metrics.json")
+    print(markdown_table(rows, [(k, k, "") for k in rows[0]]))
+    if autoencoder.get("trained"):
+        scores = ", ".join(f"{b} {fid(autoencoder[b])}" for b in BACKENDS if b in autoencoder)
+        print(f"\nAutoencoder (f = {autoencoder['factor']}, {autoencoder['latent_channels']} channels): "
+              f"{autoencoder['train_seconds']:.0f} s of training; reconstructions of the held-out images: PSNR "
+              f"{autoencoder['psnr']:.2f} dB, SSIM {autoencoder['ssim']:.4f}, FID {scores}.")
+
+
+if __name__ == "__main__":
+    main()
