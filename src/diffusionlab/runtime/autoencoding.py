@@ -16,7 +16,6 @@ from .latent import LatentCodec, TrainedCodec
 log = logging.getLogger(__name__)
 
 
-
 def train_autoencoder(cfg: AutoencoderConfig, images: np.ndarray, device: torch.device,
                       log_every: int = 100) -> TrainedCodec:
     """Train on uint8 images [N, C, H, W] and return the codec with its latent scale."""
