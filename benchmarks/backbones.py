@@ -42,8 +42,9 @@ def row(outputs: Path, dataset: str, baseline: str, model: str, bench: dict, lev
     for backend in BACKENDS:
         scores = metrics.get(backend, {})
         out[f"FID {backend}"] = fid(scores) if "fid_std" in scores else ""
-        if model != baseline and base.get(backend) and spread_of(scores, "fid") and spread_of(base[backend], "fid"):
-            diff = welch(spread_of(scores, "fid"), spread_of(base[backend], "fid"), level)
+        mine, theirs = spread_of(scores, "fid"), spread_of(base.get(backend, {}), "fid")
+        if model != baseline and mine and theirs:
+            diff = welch(mine, theirs, level)
             verdict = "beyond noise" if diff.beyond_noise else "within noise"
             out[f"x {backend}"] = f"{scores['fid'] / base[backend]['fid']:.2f} ({verdict}, p={diff.p:.2g})"
         else:
