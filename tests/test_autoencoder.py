@@ -11,6 +11,7 @@ from torch.distributions import Normal, kl_divergence
 from diffusionlab.config.params import parse_params
 from diffusionlab.errors import ConfigError
 from diffusionlab.nn.autoencoder import Autoencoder, AutoencoderConfig, Posterior, latent_scale
+from diffusionlab.runtime.factory import build_network, build_process
 
 
 @pytest.mark.parametrize("factor", [1, 2, 4])
@@ -168,3 +169,16 @@ def test_a_latent_size_the_backbone_cannot_take_is_one_line_at_parse_time(change
     raw["datasets"]["digits"]["dit"].update(change)
     with pytest.raises(ConfigError, match=message):
         parse_params(raw)
+
+
+def test_a_latent_u_net_keeps_the_levels_its_latent_can_be_halved_for():
+    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    raw["pipeline"].update(datasets=["mnist"], models=["vdm", "vdm_latent"])
+    params = parse_params(raw)
+    assert params.run("mnist", "vdm").data.unet.channel_mult == (1, 2, 2)  # 28 -> 14 -> 7
+    run = params.run("mnist", "vdm_latent")
+    assert (run.model_size, run.data.image_size, run.unet.channel_mult) == (14, 28, (1, 2))  # 14 -> 7
+    process = build_process(run)
+    net = build_network(run, raw["autoencoder"]["latent_channels"], process)
+    out = net(torch.zeros(2, 4, 14, 14), torch.zeros(2), torch.zeros(2, dtype=torch.long))
+    assert out.shape == (2, 4, 14, 14)

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from diffusionlab.config.params import RunConfig, load_params, parse_params
+from diffusionlab.config.params import FAMILY_DEFAULT, RunConfig, load_params, parse_params
 from diffusionlab.config.sections import SampleConfig
 from diffusionlab.errors import ConfigError
 from diffusionlab.nn.unet import UNetConfig
@@ -14,6 +14,7 @@ from diffusionlab.sampling.names import SamplerName
 from diffusionlab.validation import flatten
 
 ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
 
 
 @pytest.fixture
@@ -227,13 +228,31 @@ def test_every_sampler_can_draw_from_the_diffusion_families(raw, family):
         assert params.sample.sampler in type(params.models["m"]).SAMPLERS
 
 
-def test_a_sampler_a_family_cannot_use_is_refused_before_any_work(raw, monkeypatch):
+def test_a_family_that_cannot_use_sample_sampler_draws_with_its_own_default(raw, monkeypatch):
     vdm = type(parse_params(raw).models["vdm"])
-    monkeypatch.setattr(vdm, "SAMPLERS", ("euler", "heun"))
-    raw["sample"]["sampler"] = "ddim"
-    with pytest.raises(ConfigError, match=r"sample\.sampler 'ddim' cannot draw from models\.vdm \(family 'vdm'\); "
-                                          r"its samplers: euler, heun"):
+    monkeypatch.setattr(vdm, "SAMPLERS", ("heun", "euler"))
+    raw["sample"].update(sampler="ddim", sweep_steps=[], step_list=[])
+    params = parse_params(raw)
+    assert params.sampler_of("vdm") == ("heun", FAMILY_DEFAULT)
+    assert params.run("digits", "vdm").sample.sampler == "heun"
+    assert params.sampler_of("ddpm") == ("ddim", "sample.sampler") == (params.run("digits", "ddpm").sample.sampler,
+                                                                       "sample.sampler")
+    raw["sample"]["sampler_for"] = {"vdm": "euler"}
+    assert parse_params(raw).sampler_of("vdm") == ("euler", "sample.sampler_for.vdm")
+    raw["sample"]["sampler_for"] = {"vdm": "ddim"}
+    with pytest.raises(ConfigError, match=r"sample\.sampler_for\.vdm 'ddim' cannot draw from models\.vdm \(family "
+                                          r"'vdm'\); its samplers: heun, euler"):
         parse_params(raw)
+
+
+@pytest.mark.parametrize("model", sorted(yaml.safe_load(PARAMS.read_text())["models"]))
+def test_every_model_block_of_params_yaml_passes_the_params_check_listed_alone(model):
+    raw = yaml.safe_load(PARAMS.read_text())
+    raw["pipeline"].update(models=[model], datasets=sorted(raw["datasets"]))
+    params = parse_params(raw)
+    for dataset in raw["datasets"]:
+        run = params.run(dataset, model)
+        assert run.sample.sampler in type(run.model).SAMPLERS
 
 
 @pytest.mark.parametrize("changes,message", [

@@ -91,7 +91,7 @@ def test_euler_converges_at_first_order_and_heun_at_second_to_the_data_distribut
     assert euler[-1] < 1e-2 and heun[-1] < 2e-3
 
 
-def test_ddpm_ddim_and_dpm_solver_cannot_draw_from_a_flow_and_the_params_check_says_so():
+def test_ddpm_ddim_and_dpm_solver_cannot_draw_from_a_flow_which_falls_back_to_euler():
     for name in ("ddpm", "ddim", "dpmpp_2m"):
         with pytest.raises(ValueError, match="its samplers: euler, heun"):
             flow_sampler(name, 10)
@@ -99,10 +99,10 @@ def test_ddpm_ddim_and_dpm_solver_cannot_draw_from_a_flow_and_the_params_check_s
     raw["models"]["flow"] = {"family": "flow", "class_conditional": True}
     raw["pipeline"]["models"] = ["ddpm", "flow"]
     raw["sample"].update(sampler="ddim", sweep_steps=[], step_list=[])
-    with pytest.raises(ConfigError, match=r"sample\.sampler 'ddim' cannot draw from models\.flow"):
-        parse_params(raw)
+    params = parse_params(raw)  # the flow falls back to its default sampler
+    assert (params.run("digits", "flow").sample.sampler, params.run("digits", "ddpm").sample.sampler) == ("euler", "ddim")
     raw["sample"]["sampler"] = "heun"
-    assert parse_params(raw).models["flow"].time_sampling == "logit_normal"
+    assert parse_params(raw).run("digits", "flow").sample.sampler == "heun"
 
 
 def test_a_flow_runs_beside_ancestral_ddpm_with_a_sampler_of_its_own():

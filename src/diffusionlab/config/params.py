@@ -72,6 +72,9 @@ class DatasetConfig(Section):
         return None
 
 
+FAMILY_DEFAULT = "the family's default sampler"
+"""Where :meth:`Params.sampler_of` says a sampler comes from when ``sample.sampler`` cannot draw from a family."""
+
 _OLD_MODEL_DEFAULTS = {"schedule": "linear", "vlb_weight": 0.001, "importance_sampling": False, "gamma": "network",
                        "gamma_min": -13.3, "gamma_max": 5.0, "weighting": "elbo", "sigmoid_bias": 2.0,
                        "noise_sampling": "schedule", "prediction": "eps"}
@@ -99,6 +102,11 @@ class RunConfig(Section):
     def model_size(self) -> int:
         """The side of what the network sees: the image, or the latent (image / f) of a latent model."""
         return self.data.image_size // (self.autoencoder.factor if self.autoencoder else 1)
+
+    @property
+    def unet(self) -> UNetConfig:
+        """The U-Net's config: the dataset's, without the levels a latent model's latent cannot be halved for."""
+        return latent_unet(self.data, self.autoencoder) if self.autoencoder else self.data.unet
 
     @property
     def network(self) -> NetworkName:
@@ -158,11 +166,10 @@ class Params(Section):
                              f"(defined: {', '.join(sorted(self.models)) or 'none'})")
         for name in self.pipeline.models:
             model, kind = self.models[name], type(self.models[name])
-            key, sampler = (f"sample.sampler_for.{name}", s.sampler_for[name]) if name in s.sampler_for else \
-                ("sample.sampler", s.sampler)
+            sampler, key = self.sampler_of(name)
             if sampler not in kind.SAMPLERS:
                 raise ValueError(f"{key} '{sampler}' cannot draw from models.{name} (family '{model.family}'); its "
-                                 f"samplers: {', '.join(kind.SAMPLERS)} (set one in sample.sampler_for.{name})")
+                                 f"samplers: {', '.join(kind.SAMPLERS)}")
             if s.step_list and sampler not in ("ddpm", "ddim"):
                 raise ValueError(f"sample.step_list applies to the ddpm and ddim samplers, but {key} is "
                                  f"'{sampler}': empty sample.step_list")
@@ -209,8 +216,8 @@ class Params(Section):
             raise ConfigError(f"unknown dataset '{dataset}': params.yaml defines {sorted(self.datasets)}")
         if model not in self.models:
             raise ConfigError(f"unknown model '{model}': params.yaml defines {sorted(self.models)}")
-        sample = self.sample if model not in self.sample.sampler_for else \
-            replace(self.sample, sampler=self.sample.sampler_for[model])
+        sampler, _ = self.sampler_of(model)
+        sample = self.sample if sampler == self.sample.sampler else replace(self.sample, sampler=sampler)
         if self.models[model].latent and sample.clip_denoised:
             sample = replace(sample, clip_denoised=False)  # a latent has no range to clip x0 to, as pixels have
         data, steps = self.datasets[dataset], self.models[model].train_steps
@@ -220,6 +227,17 @@ class Params(Section):
                          train=self.train, sample=sample, evaluate=self.evaluate,
                          autoencoder=self.autoencoder if self.models[model].latent else None)
 
+    def sampler_of(self, model: str) -> tuple[str, str]:
+        """The sampler that draws from ``models.<model>`` and the key it comes from: ``sample.sampler_for.<model>``
+        when set, else ``sample.sampler`` when the family can use it, else the family's default (the first of its
+        ``SAMPLERS``), so that every block listed in ``pipeline.models`` runs as typed."""
+        s, kind = self.sample, type(self.models[model])
+        if model in s.sampler_for:
+            return s.sampler_for[model], f"sample.sampler_for.{model}"
+        if s.sampler in kind.SAMPLERS:
+            return s.sampler, "sample.sampler"
+        return kind.SAMPLERS[0], FAMILY_DEFAULT
+
     def latent_models(self) -> list[str]:
         """The models of ``pipeline.models`` that train on the autoencoder's latents."""
         return [m for m in self.pipeline.models if self.models[m].latent]
@@ -227,11 +245,12 @@ class Params(Section):
 
 def latent_data(data: DatasetConfig, ae: AutoencoderConfig) -> tuple[DatasetConfig, str | None]:
     """The dataset's block at the autoencoder's latent size, and what keeps its backbone from that size, if
-    anything."""
+    anything. The U-Net keeps the levels of ``unet.channel_mult`` that the latent can be halved for (MNIST's
+    28-pixel images give 14-pixel latents at f = 2: two levels of the three)."""
     f, size = ae.factor, data.image_size
     if size % f:
         return data, f"autoencoder.factor {f} does not divide the image size {size}"
-    raw = {**data.model_dump(), "image_size": size // f}
+    raw = {**data.model_dump(), "image_size": size // f, "unet": latent_unet(data, ae).model_dump()}
     try:
         return DatasetConfig.model_validate(raw), None
     except ValidationError as err:
@@ -241,6 +260,15 @@ def latent_data(data: DatasetConfig, ae: AutoencoderConfig) -> tuple[DatasetConf
         reason = f"{where} would be {size // f}: {reason}" if where == "image_size" else reason
         return data, (f"its backbone does not fit the {size // f}-pixel latent of autoencoder.factor {f}: {reason}; "
                       "use a smaller autoencoder.factor")
+
+
+def latent_unet(data: DatasetConfig, ae: AutoencoderConfig) -> UNetConfig:
+    """The dataset's U-Net without the trailing levels of ``unet.channel_mult`` that the ``image_size / f`` latent
+    cannot be halved for."""
+    mult, size = list(data.unet.channel_mult), data.image_size // ae.factor
+    while len(mult) > 1 and size % 2 ** (len(mult) - 1):
+        mult.pop()
+    return data.unet.model_copy(update={"channel_mult": tuple(mult)})
 
 
 def network_problem(s: SampleConfig, data: DatasetConfig, network: NetworkName | None) -> str | None:

@@ -32,7 +32,8 @@ class FamilyParams(Section):
     """Train on the scaled latents of the dataset's autoencoder (stage autoencoder@<dataset>) and decode samples."""
 
     SAMPLERS: ClassVar[tuple[str, ...]] = ()
-    """The ``sample.sampler`` values that can draw from this family."""
+    """The ``sample.sampler`` values that can draw from this family; the first is its default, drawn with when
+    ``sample.sampler`` cannot draw from it and ``sample.sampler_for`` names none."""
     DISCRETE: ClassVar[bool] = False
     """True when the network is trained on the steps 0..T-1 only (``sample.step_list`` applies)."""
 

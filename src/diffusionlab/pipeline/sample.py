@@ -14,7 +14,7 @@ import torch
 
 from .. import paths
 from ..chunks import ChunkFolder, Meter, file_digest, map_chunks, prune, source_digest
-from ..config.params import Params, RunConfig
+from ..config.params import FAMILY_DEFAULT, Params, RunConfig
 from ..config.sections import SampleConfig
 from ..core.process import SamplerOptions
 from ..datasets import load_prepared
@@ -175,6 +175,10 @@ def sample_stage(params: Params, dataset: str, model: str) -> None:
     Finished batches are kept in ``partial/`` beside the outputs until the stage ends: run again after a kill, it
     draws only the batches still missing and ends with the files an uninterrupted run writes."""
     run = params.run(dataset, model)
+    if params.sampler_of(model)[1] == FAMILY_DEFAULT and os.environ.get("RANK", "0") == "0":
+        log.warning("sample.sampler '%s' cannot draw from models.%s (family '%s'): it samples with %s '%s' (name "
+                    "another in sample.sampler_for.%s)", params.sample.sampler, model, run.model.family,
+                    FAMILY_DEFAULT, run.sample.sampler, model)
     if run.evaluate.protocol == "paper" and os.environ.get("RANK", "0") == "0":
         # the scores of the published numbers' protocol need the Inception weights: missing, nothing is sampled
         from ..evaluation.features import ensure_inception_weights
@@ -194,14 +198,16 @@ def _sample(params: Params, run: RunConfig, world: World, device: torch.device) 
         return
     with open_run(params.mlflow, run, device, device_name(device), previous=paths.train(dataset, model)) as tracker:
         samples = draw(run, ckpt, sampler, device, world, out / PARTIAL)
-        publish(samples, run, ckpt, held_out.test_images, held_out.test_labels, device, tracker)
+        publish(samples, run, ckpt, held_out.test_images, held_out.test_labels, device, tracker,
+                params.sampler_of(model)[1])
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
 
 
 def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarray, labels: np.ndarray,
-            device: torch.device, tracker: Tracker) -> None:
+            device: torch.device, tracker: Tracker, sampler_from: str = "sample.sampler") -> None:
     """Write the samples, their requested classes, a grid, sample.json and the figures (drawn here from the
-    held-out ``images`` and their ``labels``), and log them to the stage's MLflow run."""
+    held-out ``images`` and their ``labels``), and log them to the stage's MLflow run. ``sampler_from`` says where
+    the sampler came from (:meth:`Params.sampler_of`)."""
     s, out = run.sample, paths.sample(run.dataset, run.model_name)
     total, generated = s.num_samples * s.draws, samples.generated
     with atomic_dir(out / "sweep") as sweep_dir:
@@ -222,7 +228,8 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
     steps, seconds = samples.steps, samples.seconds
     rates = {n: samples.drawn[n] / sec for n, sec in seconds.items() if samples.drawn.get(n) and sec > 0}
     write_json(out / "sample.json", {
-        "num_samples": s.num_samples, "draws": s.draws, "sampler": s.sampler, "steps": steps,
+        "num_samples": s.num_samples, "draws": s.draws, "sampler": s.sampler, "sampler_from": sampler_from,
+        "steps": steps,
         "sample_seconds": round(seconds[steps], 2), "images_drawn": samples.drawn[steps],
         "images_per_second": round(rates[steps], 2) if steps in rates else None, "processes": samples.processes,
         "sweep_steps": sorted(samples.sweep),
@@ -233,7 +240,7 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
         {"sample_images_per_second": rates[steps]} if steps in rates else {})})
     for n, rate in sorted(rates.items()):
         tracker.log_metric("sample_images_per_second_vs_steps", rate, step=n)
-    tracker.set_tags({"sampler": s.sampler, "sampling_steps": steps})
+    tracker.set_tags({"sampler": s.sampler, "sampler_from": sampler_from, "sampling_steps": steps})
     tracker.log_artifact(out / "grid.png", artifact_path="samples")
     tracker.log_artifacts(out / "figures", artifact_path="samples")
     tracker.save_run_file(out)

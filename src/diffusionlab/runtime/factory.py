@@ -26,7 +26,7 @@ def num_classes(cfg: RunConfig) -> int:
 
 def build_network(cfg: RunConfig, channels: int, process: Process) -> Network:
     """The run's backbone (``network``: the U-Net or the transformer), with the output channels its family needs."""
-    kind, config = (DiT, cfg.data.dit) if cfg.network == "dit" else (UNet, cfg.data.unet)
+    kind, config = (DiT, cfg.data.dit) if cfg.network == "dit" else (UNet, cfg.unet)
     return kind(config, image_size=cfg.model_size, in_channels=channels,
                 out_channels=process.out_channels(channels), num_classes=num_classes(cfg))
 
