@@ -17,6 +17,8 @@ from diffusionlab.evaluation.report import (
     render_html,
     render_markdown,
     results_table,
+    summary_lines,
+    summary_table,
     verdicts,
 )
 
@@ -127,7 +129,7 @@ def test_report_renders_with_a_single_model(tmp_path):
     assert len(embedded_images(page)) == 3 and "ddpm" in page
     md = render_markdown(results, Path("outputs/report"))
     rows = [line for line in md.splitlines() if line.startswith("| digits")]
-    assert len(rows) == 2 + 4  # main table: floor and model; full table: floor and model at 3 step counts
+    assert len(rows) == 1 + 2 + 4  # summary: the model; main table: floor and model; full: floor, model at 3 steps
     assert "real held-out data" in md
 
 
@@ -146,7 +148,50 @@ def test_a_missing_value_is_an_empty_cell_in_both_formats(several, tmp_path):
                         if line.startswith("|")]
     floor = next(row for row in rows if FLOOR_MODEL in row)
     assert floor[header.index("steps")] == ""
-    html_floor = next(row for row in page.split("<tr>") if FLOOR_MODEL in row)
+    main = page.split("<h2>Results at each model's sampling steps</h2>")[1]
+    html_floor = next(row for row in main.split("<tr>") if FLOOR_MODEL in row)
     cells = re.findall(r"<td>(.*?)</td>", html_floor, re.S)
-    header_html = re.findall(r"<th>(.*?)</th>", page.split("<tbody>")[0])
+    header_html = re.findall(r"<th>(.*?)</th>", main.split("<tbody>")[0])
     assert cells[header_html.index("steps")] == ""
+
+
+def test_the_report_leads_with_a_summary_of_one_row_per_model_and_task_with_the_full_tables_verdicts(tmp_path):
+    results = Results(floors={"digits": floor(0.5)})
+    results.models += [model_result(tmp_path, "digits", "a", 10.0, "red", conditional=True),
+                       model_result(tmp_path, "digits", "b", 10.1, "red", conditional=True),  # within a's noise
+                       model_result(tmp_path, "digits", "c", 14.0, "red")]  # unconditional, beyond the noise
+    for r in results.models:  # a second backend on which c is the best unconditional model
+        r.metrics["resnet"] = summary(r.metrics["classifier"]["fid"] / 10)
+        if "unconditional" in r.metrics:
+            r.metrics["unconditional"]["resnet"] = summary(5.0)
+    results.floors["digits"]["resnet"] = results.floors["digits"]["classifier"]
+    judged = verdicts(main_rows(results), 0.05)
+    table = summary_table(judged, 0.05)
+    assert list(zip(table.model, table.task)) == [
+        ("a", "conditional, w=1"), ("b", "conditional, w=1"),  # grouped by the task the rows compete in
+        ("a", "unconditional (w=0)"), ("b", "unconditional (w=0)"), ("c", "unconditional")]
+    assert list(table.columns[4:]) == [f"{what} {b}" if what == "FID" else f"{what} ({b})"
+                                       for b in ("classifier", "resnet") for what in ("FID", "vs best", "vs floor")]
+    rows = table.set_index(["model", "task"])
+    full = main_table(results).set_index(["model", "task", "features"])
+    for (model, task), row in rows.iterrows():
+        for backend in ("classifier", "resnet"):
+            line = full.loc[(model, task, backend)]
+            assert row[f"FID {backend}"] == line.FID
+            said, long = row[f"vs best ({backend})"], line["FID vs best"]
+            assert said == long == "best" or (said.startswith("≈") == ("within noise" in long))
+            assert row[f"vs floor ({backend})"].startswith("≈") == ("within noise" in line["FID vs floor"])
+    assert rows.loc[("a", "conditional, w=1"), "vs best (classifier)"] == "best"
+    assert rows.loc[("b", "conditional, w=1"), "vs best (classifier)"].startswith("≈ best (p=")
+    assert rows.loc[("c", "unconditional"), "vs best (classifier)"] == "best"  # 14 against the w=0 branches' 30
+    assert rows.loc[("a", "unconditional (w=0)"), "vs best (classifier)"].startswith("+16 (p=")
+    assert rows.loc[("c", "unconditional"), "vs best (resnet)"] == "best"  # 1.4 against the w=0 branches' 5
+    assert rows.loc[("a", "unconditional (w=0)"), "vs best (resnet)"].startswith("+3.6 (p=")
+    lines = summary_lines(judged, 0.05)
+    assert lines[0].startswith("- **digits, conditional, w=1** (2 models): classifier: best a, b within its noise")
+    md, page = render_markdown(results, tmp_path), render_html(results)
+    assert md.index("## Summary") < md.index("## digits: samples") < md.index("## Results at each model")
+    assert page.index("<h2>Summary</h2>") < page.index("<h2>digits: samples</h2>") < page.index(
+        "<h2>Results at each model")
+    assert lines[1].startswith("- **digits, unconditional** (3 models): classifier: best c; at the floor: none")
+    assert lines[0].split("** ")[1] in md and "<b>digits, conditional, w=1</b>" in page

@@ -184,6 +184,72 @@ def main_table(results: Results) -> pd.DataFrame:
     return shown(verdicts(main_rows(results), results.significance), results.significance)
 
 
+def _short(change, p, level: float, near: str) -> str:
+    """A verdict in a few characters: ``≈ <near>`` within the noise, else the difference; p in brackets."""
+    if change is None or pd.isna(change):
+        return ""
+    return f"≈ {near} (p={p:.2g})" if p >= level else f"{change:+.3g} (p={p:.2g})"
+
+
+def summary_table(table: pd.DataFrame, level: float) -> pd.DataFrame:
+    """The report's answer, from the rows of :func:`verdicts` (or results.csv's ``main`` rows): one row per
+    dataset, task and model, with FID ± std under each feature backend and, under each, the verdict against the
+    best model of its task and against the real-data floor."""
+    models = table[table.model != FLOOR_MODEL]
+    backends = list(dict.fromkeys(models.backend))
+    rows = []
+    for (dataset, task, model), group in models.groupby(["dataset", "task", "model"], sort=False):
+        first = group.iloc[0]
+        row = {"dataset": dataset, "task": task, "model": model,
+               "sampler": f"{first.sampler} × {int(first.steps)}" if pd.notna(first.steps) else first.sampler}
+        for backend in backends:
+            found = group[group.backend == backend]
+            r = found.iloc[0] if len(found) else None
+            row[f"FID {backend}"] = "" if r is None else _mean_std(r.fid, r.fid_std)
+            row[f"vs best ({backend})"] = "" if r is None else "best" if bool(r.best) else \
+                _short(r.fid_vs_best, r.fid_vs_best_p, level, "best")
+            row[f"vs floor ({backend})"] = "" if r is None else \
+                _short(r.fid_vs_floor, r.fid_vs_floor_p, level, "floor")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    order = {key: i for i, key in enumerate(dict.fromkeys(zip(out.dataset, out.task.map(task_group))))}
+    rank = [order[key] for key in zip(out.dataset, out.task.map(task_group))]
+    return out.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
+
+
+def summary_lines(table: pd.DataFrame, level: float) -> list[str]:
+    """The answer in words, one line per dataset and task: the best model under each backend, the models within
+    its noise, and the models within the noise of the real-data floor."""
+    models = table[table.model != FLOOR_MODEL]
+    models = models.assign(group=models.task.map(task_group),
+                           label=[m if t == task_group(t) else f"{m} [{t}]" for m, t in zip(models.model, models.task)])
+    lines = []
+    for (dataset, task), group in models.groupby(["dataset", "group"], sort=False):
+        parts = []
+        for backend, rows in group.groupby("backend", sort=False):
+            best = rows[rows.best.astype(bool)].label.tolist()
+            if not best:
+                continue
+            near = rows[(rows.fid_vs_best_p.astype(float) >= level)].label.tolist()
+            floor = rows[(rows.fid_vs_floor_p.astype(float) >= level)].label.tolist()
+            parts.append(f"{backend}: best {best[0]}" + (f", {', '.join(near)} within its noise" if near else "") +
+                         f"; at the floor: {', '.join(floor) or 'none'}")
+        lines.append(f"- **{dataset}, {task}** ({len(group.label.unique())} models): " + " · ".join(parts))
+    return lines
+
+
+SUMMARY_NOTE = ("FID is the mean ± standard deviation over the draws, under each feature backend. 'vs best': the "
+                "difference from the best model of the same dataset and task, 'vs floor': from the real-data floor "
+                "(the held-out images against the training images); ≈ when {test} at level {level:g} finds it "
+                "within the noise. A conclusion holds when both backends agree.")
+
+
+def summary_note(level: float) -> str:
+    return SUMMARY_NOTE.format(test=TEST_NAME, level=level)
+
+
 def results_table(results: Results) -> pd.DataFrame:
     """Every (dataset, model, sampler, steps, backend) row with the numbers behind the verdicts: results.csv."""
     rows = []
@@ -361,22 +427,28 @@ th{background:#f4f4f4}.grids{display:flex;flex-wrap:wrap;gap:1em}.grids figure{m
 
 def render_html(results: Results) -> str:
     """A self-contained page: no file or network access is needed to view it."""
+    judged, level = verdicts(main_rows(results), results.significance), results.significance
     parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>diffusionlab report</title>',
-             f"<style>{CSS}</style></head><body>", "<h1>diffusionlab report</h1>", f"<p>{html.escape(note(results))}</p>",
-             "<h2>Results at each model's sampling steps</h2>", _table_html(main_table(results))]
+             f"<style>{CSS}</style></head><body>", "<h1>diffusionlab report</h1>", "<h2>Summary</h2>", "<ul>"]
+    parts += [f"<li>{_html_line(line)}</li>" for line in summary_lines(judged, level)]
+    parts += ["</ul>", _table_html(summary_table(judged, level)), f"<p>{html.escape(summary_note(level))}</p>"]
     for dataset in results.floors:
-        parts.append(f"<h2>{html.escape(dataset)}</h2>")
-        parts.append(_img(loss_figure(results, dataset), f"{dataset} training loss"))
-        parts.append(_img(fid_steps_figure(results, dataset), f"{dataset} FID against sampling steps"))
-        guided = guidance_figure(results, dataset)
-        if guided is not None:
-            parts.append(_img(guided, f"{dataset} FID and class accuracy against guidance"))
+        parts.append(f"<h2>{html.escape(dataset)}: samples</h2>")
         parts.append('<div class="grids">')
         for r in results.models:
             if r.dataset == dataset:
                 parts.append(f"<figure>{_img(r.grid_png.read_bytes(), f'{dataset}-{r.model} samples')}"
                              f"<figcaption>{html.escape(r.model)} ({html.escape(r.family)})</figcaption></figure>")
         parts.append("</div>")
+    parts += ["<h2>Results at each model's sampling steps</h2>", f"<p>{html.escape(note(results))}</p>",
+              _table_html(shown(judged, level))]
+    for dataset in results.floors:
+        parts.append(f"<h2>{html.escape(dataset)}: training and sampling</h2>")
+        parts.append(_img(loss_figure(results, dataset), f"{dataset} training loss"))
+        parts.append(_img(fid_steps_figure(results, dataset), f"{dataset} FID against sampling steps"))
+        guided = guidance_figure(results, dataset)
+        if guided is not None:
+            parts.append(_img(guided, f"{dataset} FID and class accuracy against guidance"))
     if results.autoencoders:
         parts += ["<h2>Latent autoencoders</h2>", f"<p>{html.escape(AUTOENCODER_NOTE)}</p>",
                   _table_html(autoencoder_table(results))]
@@ -391,6 +463,12 @@ def render_html(results: Results) -> str:
                   r.restoration_figures.items()]
     parts += ["<h2>Every sampling step count</h2>", _table_html(steps_table(results)), "</body></html>"]
     return "\n".join(parts)
+
+
+def _html_line(line: str) -> str:
+    """A summary line (Markdown bold around its heading) as HTML."""
+    head, _, rest = line.removeprefix("- **").partition("**")
+    return f"<b>{html.escape(head)}</b>{html.escape(rest)}"
 
 
 AUTOENCODER_NOTE = ("The reconstructions of the held-out images, scored as the real-data floor is: the best FID a "
@@ -415,8 +493,9 @@ def autoencoder_table(results: Results) -> pd.DataFrame:
 
 def render_markdown(results: Results, grid_root: Path) -> str:
     """The tables in Markdown; sample grids linked relative to ``grid_root`` (the report's folder)."""
-    lines = ["# diffusionlab report", "", note(results), "", "## Results at each model's sampling steps", "",
-             _table_markdown(main_table(results)), ""]
+    judged, level = verdicts(main_rows(results), results.significance), results.significance
+    lines = ["# diffusionlab report", "", "## Summary", "", *summary_lines(judged, level), "",
+             _table_markdown(summary_table(judged, level)), "", summary_note(level), ""]
     for dataset in results.floors:
         lines += [f"## {dataset}: samples", ""]
         for r in results.models:
@@ -424,6 +503,8 @@ def render_markdown(results: Results, grid_root: Path) -> str:
                 rel = Path(*[".."] * len(grid_root.parts)) / r.grid_png
                 lines.append(f"![{dataset}-{r.model}]({rel.as_posix()})")
         lines.append("")
+    lines += ["## Results at each model's sampling steps", "", note(results), "", _table_markdown(shown(judged, level)),
+              ""]
     if results.autoencoders:
         lines += ["## Latent autoencoders", "", AUTOENCODER_NOTE, "", _table_markdown(autoencoder_table(results)), ""]
     restored = [r for r in results.models if r.restoration is not None]
