@@ -13,8 +13,9 @@ setup:
 		$(PYTHON) -m pip install --quiet --user --break-system-packages uv
 	$(UV) sync --locked
 
+# make run also writes outputs/run.json (commit, date, machine, time of dvc repro) for python -m diffusionlab.results
 run: setup
-	$(UV) run --locked dvc repro
+	$(UV) run --locked python -m diffusionlab.results time -- dvc repro
 
 test: setup
 	$(UV) run --locked pytest

@@ -145,7 +145,7 @@ def _verdict(change, p, level: float) -> str:
     return f"{change:+.3g}, {'beyond' if p < level else 'within'} noise (p={p:.2g})"
 
 
-def _mean_std(mean, std) -> str:
+def mean_std(mean, std) -> str:
     if mean is None or pd.isna(mean):
         return ""
     return f"{mean:.4g}" if std is None or pd.isna(std) else f"{mean:.4g} ± {std:.2g}"
@@ -158,7 +158,7 @@ def shown(table: pd.DataFrame, level: float, with_verdicts: bool = True) -> pd.D
                         "features": table.backend})
     for key, heading in SCORE_HEADINGS.items():
         if key in table and table[key].notna().any():
-            out[heading] = [_mean_std(m, s) for m, s in zip(table[key], table[f"{key}_std"])]
+            out[heading] = [mean_std(m, s) for m, s in zip(table[key], table[f"{key}_std"])]
             if key == "fid" and with_verdicts:
                 out["FID vs best"] = ["best" if b else _verdict(c, p, level)
                                       for b, c, p in zip(table.best, table.fid_vs_best, table.fid_vs_best_p)]
@@ -205,7 +205,7 @@ def summary_table(table: pd.DataFrame, level: float) -> pd.DataFrame:
         for backend in backends:
             found = group[group.backend == backend]
             r = found.iloc[0] if len(found) else None
-            row[f"FID {backend}"] = "" if r is None else _mean_std(r.fid, r.fid_std)
+            row[f"FID {backend}"] = "" if r is None else mean_std(r.fid, r.fid_std)
             row[f"vs best ({backend})"] = "" if r is None else "best" if bool(r.best) else \
                 _short(r.fid_vs_best, r.fid_vs_best_p, level, "best")
             row[f"vs floor ({backend})"] = "" if r is None else \
@@ -224,7 +224,8 @@ def summary_lines(table: pd.DataFrame, level: float) -> list[str]:
     its noise, and the models within the noise of the real-data floor."""
     models = table[table.model != FLOOR_MODEL]
     models = models.assign(group=models.task.map(task_group),
-                           label=[m if t == task_group(t) else f"{m} [{t}]" for m, t in zip(models.model, models.task)])
+                           label=[m if t == task_group(t) else f"{m} {t.removeprefix(task_group(t)).strip()}"
+                                  for m, t in zip(models.model, models.task)])
     lines = []
     for (dataset, task), group in models.groupby(["dataset", "group"], sort=False):
         parts = []

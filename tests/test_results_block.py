@@ -1,0 +1,79 @@
+"""The results blocks of README.md and docs/results.md are generated from a run's outputs
+(``python -m diffusionlab.results``) and checked against the record they were rendered from."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from diffusionlab import results
+from diffusionlab.errors import StageInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "data" / "results"
+
+
+def test_the_block_of_the_fixture_run_is_the_expected_one_byte_for_byte():
+    assert results.render_block(results.collect(FIXTURE)) == (FIXTURE / "block.md").read_text()
+
+
+def test_the_readme_and_the_results_page_hold_the_block_of_the_recorded_run():
+    assert results.stale(ROOT) == []
+    record = json.loads((ROOT / results.RECORD).read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert record["commit"] in readme and record["machine"] in readme
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    shutil.copytree(FIXTURE, tmp_path, dirs_exist_ok=True)
+    for model in ("flow", "flow_dit", "vdm", "vdm_latent"):
+        grid = tmp_path / "outputs" / "sample" / f"digits-{model}" / "grid.png"
+        grid.parent.mkdir(parents=True)
+        Image.new("RGB", (40, 40), (200, 10, 10)).save(grid)
+    for name in results.BLOCK_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"# {name}\n\nbefore\n\n{results.START}\nold\n{results.END}\n\nafter\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_write_replaces_only_the_block_and_check_then_passes(project):
+    assert results.main(["check"]) == 2  # no record yet
+    assert results.main([]) == 0
+    expected = (FIXTURE / "block.md").read_text()
+    for name in results.BLOCK_FILES:
+        assert (project / name).read_text() == f"# {name}\n\nbefore\n\n{expected}\n\nafter\n"
+    assert (project / results.FIGURE).read_bytes().startswith(b"\x89PNG")
+    assert results.main(["check"]) == 0
+    text = (project / "README.md").read_text()
+    (project / "README.md").write_text(text.replace("0.8022 ± 0.22", "0.80 ± 0.22"))  # a hand edit
+    assert results.main(["check"]) == 1
+
+
+def test_a_missing_run_record_or_block_is_a_clear_error_that_changes_nothing(project, capsys):
+    (project / results.RUN_FILE).unlink()
+    before = (project / "README.md").read_text()
+    assert results.main([]) == 2
+    assert "outputs/run.json not found: make run writes it" in capsys.readouterr().err
+    assert (project / "README.md").read_text() == before and not (project / results.RECORD).exists()
+    shutil.copy(FIXTURE / "outputs" / "run.json", project / results.RUN_FILE)
+    (project / "docs" / "results.md").write_text("no block here\n")
+    with pytest.raises(StageInputError, match=r"docs/results.md has no results block: add the lines "
+                                              r"<!-- results:start --> and <!-- results:end -->"):
+        results.write(Path("."))
+    assert not (project / results.RECORD).exists()
+
+
+def test_time_records_the_command_its_wall_time_and_the_machine_only_when_it_succeeds(project):
+    (project / results.RUN_FILE).unlink()
+    assert results.main(["time", "--", sys.executable, "-c", "import time; time.sleep(0.2)"]) == 0
+    run = json.loads((project / results.RUN_FILE).read_text())
+    assert 0.2 <= run["seconds"] < 30 and run["machine"].startswith(results.cpu_name())
+    assert run["command"].endswith("-c import time; time.sleep(0.2)") and run["date"][:2] == "20"
+    (project / results.RUN_FILE).unlink()
+    assert results.main(["time", "--", sys.executable, "-c", "raise SystemExit(3)"]) == 3
+    assert not (project / results.RUN_FILE).exists()
