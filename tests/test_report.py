@@ -188,7 +188,7 @@ def test_the_report_leads_with_a_summary_of_one_row_per_model_and_task_with_the_
     assert rows.loc[("c", "unconditional"), "vs best (resnet)"] == "best"  # 1.4 against the w=0 branches' 5
     assert rows.loc[("a", "unconditional (w=0)"), "vs best (resnet)"].startswith("+3.6 (p=")
     lines = summary_lines(judged, 0.05)
-    assert lines[0].startswith("- **digits, conditional, w=1** (2 models): classifier: best a, b within its noise")
+    assert lines[0].startswith("- **digits, conditional, w=1** (2 models): classifier: best a; within its noise: b")
     md, page = render_markdown(results, tmp_path), render_html(results)
     assert md.index("## Summary") < md.index("## digits: samples") < md.index("## Results at each model")
     assert page.index("<h2>Summary</h2>") < page.index("<h2>digits: samples</h2>") < page.index(

@@ -235,7 +235,7 @@ def summary_lines(table: pd.DataFrame, level: float) -> list[str]:
                 continue
             near = rows[(rows.fid_vs_best_p.astype(float) >= level)].label.tolist()
             floor = rows[(rows.fid_vs_floor_p.astype(float) >= level)].label.tolist()
-            parts.append(f"{backend}: best {best[0]}" + (f", {', '.join(near)} within its noise" if near else "") +
+            parts.append(f"{backend}: best {best[0]}" + (f"; within its noise: {', '.join(near)}" if near else "") +
                          f"; at the floor: {', '.join(floor) or 'none'}")
         lines.append(f"- **{dataset}, {task}** ({len(group.label.unique())} models): " + " · ".join(parts))
     return lines
