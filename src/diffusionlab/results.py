@@ -128,20 +128,17 @@ def render_block(record: dict) -> str:
     ])
 
 
-def replace_block(text: str, block: str, where: Path) -> str:
-    """``text`` with its block between the markers replaced by ``block``."""
-    start, end = text.find(START), text.find(END)
-    if start < 0 or end < start:
-        raise StageInputError(f"{where} has no results block: add the lines {START} and {END} where it goes")
-    return text[:start] + block + text[end + len(END):]
-
-
 def current_block(text: str, where: Path) -> str:
     """The block of ``text``, markers included."""
     start, end = text.find(START), text.find(END)
     if start < 0 or end < start:
         raise StageInputError(f"{where} has no results block: add the lines {START} and {END} where it goes")
     return text[start:end + len(END)]
+
+
+def replace_block(text: str, block: str, where: Path) -> str:
+    """``text`` with its block between the markers replaced by ``block``."""
+    return text.replace(current_block(text, where), block, 1)
 
 
 def figure(record: dict, root: Path, out: Path) -> None:
