@@ -5,23 +5,43 @@ environment older than uv.lock stops at once with one line that names the fix, b
 of the project can fail with a traceback. Standard library only: it runs before anything else.
 Set ``DIFFUSIONLAB_SKIP_ENV_CHECK=1`` to skip the version comparison (an environment managed by
 hand); a missing package is reported either way.
+
+When ``DIFFUSIONLAB_TIMINGS`` names a file (``benchmarks/pipeline.py`` sets it), the moment this module is
+imported, the first thing a stage does, and the moment the process exits (its last exit handler, since it is
+registered before any other) are appended to it as one JSON line.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+STARTED = time.time()
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = "run `make setup`, then `source .venv/bin/activate` in this shell, and the command again"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
 _LOCKED = re.compile(r'^\[\[package\]\]\nname = "([^"]+)"\nversion = "([^"]+)"', re.MULTILINE)
+TIMINGS = "DIFFUSIONLAB_TIMINGS"
+
+
+def _record_exit() -> None:
+    with open(os.environ[TIMINGS], "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "script": sys.argv[0], "started": STARTED, "exited": time.time()})
+                + "\n")
+
+
+if os.environ.get(TIMINGS):
+    atexit.register(_record_exit)
 
 
 def _canonical(name: str) -> str:

@@ -12,6 +12,7 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import timeline
 from ..errors import EXPECTED_ERRORS
 from ..validation import read_yaml, validate
 
@@ -26,6 +27,7 @@ def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | No
     Expected failures (bad params, unavailable data, missing inputs) exit with status 2 and a
     one-paragraph message instead of a traceback.
     """
+    timeline.mark("imported")
     parser = argparse.ArgumentParser(description=stage.__doc__)
     if with_dataset:
         parser.add_argument("--dataset", required=True)
@@ -39,13 +41,16 @@ def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | No
     names = [getattr(args, name) for name, wanted in (("dataset", with_dataset), ("model", with_model)) if wanted]
     target = "-".join(names)
     log = logging.getLogger("diffusionlab")
+    name = stage.__module__.rsplit(".", 1)[-1] + (f"@{target}" if target else "")
     start = time.perf_counter()
+    timeline.mark("work_start")
     try:
         stage(validate(typing.get_type_hints(stage)["params"], read_yaml(args.params)), *names)
     except EXPECTED_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    name = stage.__module__.rsplit(".", 1)[-1] + (f"@{target}" if target else "")
+    timeline.mark("work_end")
+    timeline.write(name)
     if "WORLD_SIZE" not in os.environ:  # under torchrun, the command that started it says it
         log.info("%s finished in %.1f s", name, time.perf_counter() - start)
     if os.environ.get(MODULES_LOG):

@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from .. import timeline
 from ..config.params import RunConfig
 from ..config.sections import MlflowConfig
 from ..errors import TrackingUnavailable
@@ -398,9 +399,25 @@ def open_run(cfg: MlflowConfig, run: RunConfig, device: torch.device, device_lab
     under another DVC experiment) the sample and evaluate stages open a new run, tagged with the id
     of the run they continue, so the earlier run's results are never overwritten.
     """
-    if not connect(cfg):
+    with timeline.span("mlflow_open"):
+        active = _start_run(cfg, run, device, device_label, resume_id, previous, system_metrics) if connect(cfg) \
+            else None
+    if active is None:
         yield Tracker()
         return
+    try:
+        yield Tracker(active.info.run_id, active.info.experiment_id)
+    except BaseException as err:
+        with timeline.span("mlflow_close"):
+            active.__exit__(type(err), err, err.__traceback__)
+        raise
+    with timeline.span("mlflow_close"):
+        active.__exit__(None, None, None)
+
+
+def _start_run(cfg: MlflowConfig, run: RunConfig, device: torch.device, device_label: str, resume_id: str | None,
+               previous: Path | None, system_metrics: bool) -> mlflow.ActiveRun:
+    """The run :func:`open_run` opens, started."""
     earlier = resume_id or (read_run_file(previous).get("run_id") if previous is not None else None)
     run_id = _matching_run(cfg, run, earlier)
     if system_metrics:
@@ -417,5 +434,4 @@ def open_run(cfg: MlflowConfig, run: RunConfig, device: torch.device, device_lab
             retry_locked(mlflow.set_tag, "truncated_params", ",".join(truncated))
             log.warning("params longer than MLflow's %d characters were truncated in the run (full values in "
                         "the artifact %s): %s", MAX_PARAM_VAL_LENGTH, PARAMS_ARTIFACT, ", ".join(truncated))
-    with active:
-        yield Tracker(active.info.run_id, active.info.experiment_id)
+    return active

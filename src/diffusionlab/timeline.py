@@ -1,0 +1,45 @@
+"""Where a stage process's time goes, for ``benchmarks/pipeline.py``: the moments it reaches and the time its
+spans take (opening and closing the MLflow run), appended as one JSON line to the file that the environment
+variable ``DIFFUSIONLAB_TIMINGS`` names. Without it nothing is recorded or written."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+TIMINGS = "DIFFUSIONLAB_TIMINGS"
+_marks: dict[str, float] = {}
+_spans: dict[str, float] = {}
+
+
+def mark(name: str) -> None:
+    """The first moment (seconds since the epoch) this process reaches ``name``."""
+    _marks.setdefault(name, time.time())
+
+
+@contextlib.contextmanager
+def span(name: str) -> Iterator[None]:
+    """Add the seconds the block takes to the span ``name``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _spans[name] = _spans.get(name, 0.0) + time.perf_counter() - start
+
+
+def write(stage: str) -> None:
+    """Append ``{"stage", "pid", "created" (the process's start), "marks", "spans"}`` to the file
+    ``DIFFUSIONLAB_TIMINGS`` names, if it names one."""
+    path = os.environ.get(TIMINGS)
+    if not path:
+        return
+    import psutil
+
+    record = {"stage": stage, "pid": os.getpid(), "created": psutil.Process().create_time(), "marks": _marks,
+              "spans": _spans}
+    with Path(path).open("a") as f:
+        f.write(json.dumps(record) + "\n")
