@@ -6,6 +6,9 @@ of the project can fail with a traceback. Standard library only: it runs before 
 Set ``DIFFUSIONLAB_SKIP_ENV_CHECK=1`` to skip the version comparison (an environment managed by
 hand); a missing package is reported either way.
 
+MLflow's usage telemetry (a request to mlflow.org at import and a thread that reports usage) is off in the stages,
+as a pipeline's runs should not reach out: set ``MLFLOW_DISABLE_TELEMETRY=false`` to turn it on.
+
 When ``DIFFUSIONLAB_TIMINGS`` names a file (``benchmarks/pipeline.py`` sets it), the moment this module is
 imported, the first thing a stage does, and the moment the process exits (its last exit handler, since it is
 registered before any other) are appended to it as one JSON line.
@@ -42,6 +45,7 @@ def _record_exit() -> None:
 
 if os.environ.get(TIMINGS):
     atexit.register(_record_exit)
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def _canonical(name: str) -> str:

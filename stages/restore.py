@@ -1,4 +1,5 @@
-"""DVC stage restore@<dataset>-<model>: restore measured held-out images with each zero-shot solver, and score them."""
+"""DVC stage restore@<dataset>-<model>-<task>: restore measured held-out images with each zero-shot solver, and
+score them."""
 
 from _environment import project_environment
 
@@ -7,4 +8,4 @@ with project_environment():
     from diffusionlab.pipeline.restore import restore_stage
 
 if __name__ == "__main__":
-    run_stage(restore_stage, with_model=True)
+    run_stage(restore_stage, with_model=True, with_task=True)

@@ -136,5 +136,5 @@ def stop(procs: list[psutil.Process], grace: float = 10) -> None:
 
 def project_processes(dest: Path) -> list[psutil.Process]:
     """What is still running of the project copy at ``dest``: the processes whose environment names it
-    (``test_end_to_end.fresh_shell_env`` sets it)."""
+    (``project.fresh_shell_env`` sets it)."""
     return leftovers(lambda env: env.get(PROJECT) == str(dest))

@@ -94,7 +94,7 @@ def test_the_codec_saves_and_loads_and_refuses_other_params_or_a_missing_file(tr
     assert loaded.scale == trained.codec.scale and torch.equal(loaded.decode(z), trained.codec.decode(z))
     with pytest.raises(StageInputError, match="was trained with autoencoder params"):
         load_codec(tmp_path / "autoencoder.pt", "cpu", trained.codec.config.model_copy(update={"kl_weight": 1.0}))
-    with pytest.raises(StageInputError, match=r"missing: a latent model .*: dvc repro autoencoder@test_the_codec"):
+    with pytest.raises(StageInputError, match=r"missing: a latent model.s train stage trains its autoencoder first: dvc repro train@test_the_codec"):
         load_codec(tmp_path / "none.pt", "cpu")
 
 
@@ -128,9 +128,8 @@ def test_a_latent_model_samples_latents_and_returns_decoded_images_also_after_pi
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["datasets"]["digits"].update(copy.deepcopy(TINY_NET))
-    raw["models"] = {"flow": {**MODELS["flow"], "latent": True}}
+    raw["models"] = {"flow": {**MODELS["flow"], "autoencoder": trained.codec.config.model_dump()}}
     raw["pipeline"]["models"] = ["flow"]
-    raw["autoencoder"] = trained.codec.config.model_dump()
     raw["sample"].update(sampler="euler", steps=3, sweep_steps=[], step_list=[])
     run = parse_params(raw).run("digits", "flow")
     assert run.model_size == 4 and run.autoencoder == trained.codec.config
@@ -154,17 +153,18 @@ def test_a_latent_model_never_clips_its_predicted_latent_to_the_pixel_range():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"factor": 4, "image_size": 8}, r"models\.vdm_latent \(latent: true\) on datasets\.digits: its backbone does not fit "
-                                     r"the 2-pixel latent of autoencoder\.factor 4: image_size would be 2"),
+    ({"factor": 4, "image_size": 8}, r"models\.vdm_latent \(a latent model\) on datasets\.digits: its backbone does not "
+                                     r"fit the 2-pixel latent of models\.vdm_latent\.autoencoder\.factor 4: image_size "
+                                     r"would be 2"),
     ({"patch_size": 16}, r"models\.flow_dit on the 8-pixel latents of datasets\.digits: .*dit\.patch_size 16 does not "
                          r"divide the image size 8"),
 ])
 def test_a_latent_size_the_backbone_cannot_take_is_one_line_at_parse_time(change, message):
     raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
-    raw["models"]["flow_dit"]["latent"] = True
+    raw["models"]["vdm_latent"]["autoencoder"]["factor"] = change.pop("factor", 2)
+    raw["models"]["flow_dit"]["autoencoder"] = raw["models"]["vdm_latent"]["autoencoder"]
     raw["pipeline"]["models"] = ["vdm_latent", "flow_dit"]
     raw["sample"]["sampler_for"] = {"flow_dit": "euler"}
-    raw["autoencoder"]["factor"] = change.pop("factor", 2)
     raw["datasets"]["digits"]["image_size"] = change.pop("image_size", 16)
     raw["datasets"]["digits"]["dit"].update(change)
     with pytest.raises(ConfigError, match=message):
@@ -179,6 +179,6 @@ def test_a_latent_u_net_keeps_the_levels_its_latent_can_be_halved_for():
     run = params.run("mnist", "vdm_latent")
     assert (run.model_size, run.data.image_size, run.unet.channel_mult) == (14, 28, (1, 2))  # 14 -> 7
     process = build_process(run)
-    net = build_network(run, raw["autoencoder"]["latent_channels"], process)
+    net = build_network(run, run.autoencoder.latent_channels, process)
     out = net(torch.zeros(2, 4, 14, 14), torch.zeros(2), torch.zeros(2, dtype=torch.long))
     assert out.shape == (2, 4, 14, 14)

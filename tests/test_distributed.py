@@ -1,12 +1,11 @@
 """Data-parallel training: two Gloo processes under torchrun reach the weights one process reaches
 with the same global batch."""
 
-import shutil
 import sys
 
 import pytest
 import torch
-from test_end_to_end import make_project
+from project import copy_project
 
 from diffusionlab.distributed import Shard, World
 from diffusionlab.errors import ConfigError
@@ -14,14 +13,16 @@ from diffusionlab.runtime.checkpoint import load_checkpoint
 
 from processes import run
 
+pytestmark = pytest.mark.timeout(900)  # the first test to use the tiny project runs its `dvc repro`
 ONE_MODEL = {
     "pipeline": {"datasets": ["digits"], "models": ["vdm"]},
-    "datasets": {"digits": {"image_size": 8, "train_steps": 8, "batch_size": 16,
-                            "unet": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
-                                     "attention_resolutions": [4], "dropout": 0.0}}},
+    "datasets": {"digits": {"train_steps": 8}},
     "models": {"vdm": {"family": "vdm", "gamma": "network", "timesteps": 50}},
     "train": {"log_every": 4, "warmup_steps": 2, "device": "cpu"},
+    "restore": {"models": []},
+    "mlflow": {"system_metrics": False},
 }
+"""The tiny project's data and U-Net, with a vdm whose schedule is learned."""
 
 
 def test_a_process_takes_its_rows_of_the_global_batch_and_a_batch_must_divide():
@@ -31,19 +32,14 @@ def test_a_process_takes_its_rows_of_the_global_batch_and_a_batch_must_divide():
         World(0, 4).shard(30)
 
 
-def test_two_gloo_processes_reach_the_weights_of_one_with_the_same_global_batch(tmp_path):
+def test_two_gloo_processes_reach_the_weights_of_one_with_the_same_global_batch(tiny_project, tmp_path):
     """VDM exercises both paths: DistributedDataParallel for the network and an all-reduce for the
-    learned schedule's own parameters."""
+    learned schedule's own parameters. Each trains in a copy of the tiny project, whose data is prepared."""
     results = {}
     for processes in (1, 2):
         dest = tmp_path / f"p{processes}"
-        dest.mkdir()
         overrides = {**ONE_MODEL, "train": {**ONE_MODEL["train"], "nproc_per_node": processes}}
-        env = make_project(dest, overrides)
-        if processes == 1:
-            run([sys.executable, "stages/prepare.py", "--dataset", "digits"], dest, env)
-        else:  # the same prepared data, without preparing it again
-            shutil.copytree(tmp_path / "p1/data/prepared", dest / "data/prepared", dirs_exist_ok=True)
+        env = copy_project(tiny_project[0], dest, overrides)
         run([sys.executable, "stages/train.py", "--dataset", "digits", "--model", "vdm"], dest, env)
         results[processes] = load_checkpoint(dest / "outputs/train/digits-vdm/checkpoint.pt")
     one, two = results[1], results[2]

@@ -10,6 +10,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from imports import closure, is_code, rewritten  # noqa: E402
 
+from diffusionlab.config.sections import RestoreConfig  # noqa: E402
+
 
 def test_every_stage_lists_exactly_the_code_it_runs():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -52,3 +54,34 @@ def test_every_param_a_stage_depends_on_is_in_params_yaml():
                 for part in key.split("."):
                     assert isinstance(node, dict) and part in node, f"{name}: params.yaml has no {key}"
                     node = node[part]
+
+
+def test_an_import_inside_a_function_puts_its_module_among_the_deps_unless_it_is_left_to_the_callers(tmp_path):
+    """On a small package: a module the stage imports, one that module imports inside a function, one imported
+    inside a function only for its callers, and one nothing imports."""
+    package = tmp_path / "src" / "pkg"
+    (package / "sub").mkdir(parents=True)
+    for name in ("__init__.py", "sub/__init__.py", "sub/unused.py", "sub/only_callers.py"):
+        (package / name).write_text("")
+    (package / "lazy.py").write_text("import math\n")
+    (package / "used.py").write_text(
+        "def work():\n"
+        "    from . import lazy\n"
+        "    return lazy\n\n\n"
+        "def sample():\n"
+        "    from .sub import only_callers  # deps: callers\n"
+        "    return only_callers\n")
+    script = tmp_path / "stages" / "stage.py"
+    script.parent.mkdir()
+    (script.parent / "_helper.py").write_text("")
+    script.write_text("import _helper\n\n\ndef main():\n    from pkg.used import work\n    work()\n")
+    assert closure(script, package, tmp_path) == {
+        "stages/stage.py", "stages/_helper.py", "src/pkg/__init__.py", "src/pkg/used.py", "src/pkg/lazy.py"}
+
+
+def test_the_restore_stage_depends_on_every_restore_param_but_the_lists_that_say_which_stages_exist():
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["restore"]
+    listed = {p.removeprefix("restore.") for p in stage["params"] if p.startswith("restore.")}
+    assert listed == set(RestoreConfig.model_fields) - {"tasks", "models"}
+    assert stage["matrix"] == {"dataset": "${pipeline.datasets}", "model": "${restore.models}",
+                               "task": "${restore.tasks}"}

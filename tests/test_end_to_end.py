@@ -1,4 +1,5 @@
-"""The real pipeline: `dvc repro` on tiny params in a copy of the project, checked through DVC and MLflow."""
+"""The real pipeline: the tiny project's `dvc repro` (tests/project.py, run once per session), checked through
+DVC and MLflow; the tests that change the project work on copies of it."""
 
 import contextlib
 import json
@@ -17,114 +18,21 @@ import pytest
 import requests
 import yaml
 from PIL import Image
+from project import STAGES, copy_project, read_params, shell, write_params
 
-from diffusionlab.pipeline.cli import MODULES_LOG
+from processes import command_line, kill_group, process_tree, project_processes, run, stop
 
-from processes import PROJECT, command_line, kill_group, process_tree, project_processes, run, stop
-
-ROOT = Path(__file__).resolve().parents[1]
-VENV = Path(sys.prefix)
-pytestmark = pytest.mark.timeout(900)  # the module's first test also runs `dvc repro` on the tiny project
-
-TINY = {
-    "pipeline": {"datasets": ["digits"], "models": ["ddpm", "vlb", "vdm"]},
-    "datasets": {"digits": {"image_size": 8, "train_steps": 30, "batch_size": 16,
-                            "unet": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
-                                     "attention_resolutions": [4], "dropout": 0.0},
-                            "dit": {"patch_size": 2, "hidden_size": 16, "depth": 2, "num_heads": 2}}},
-    "models": {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50, "class_conditional": True},
-               "vlb": {"family": "vlb", "schedule": "cosine", "timesteps": 50, "loss": "vlb",
-                       "importance_sampling": True},
-               "vdm": {"family": "vdm", "gamma": "fixed", "weighting": "sigmoid", "noise_sampling": "adaptive",
-                       "prediction": "v", "timesteps": 50},
-               "flow": {"family": "flow", "timesteps": 10},  # these two are not in the pipeline until the last test
-               "flow_latent": {"family": "flow", "timesteps": 10, "latent": True, "network": "dit"}},
-    "train": {"log_every": 10, "warmup_steps": 5},
-    "sample": {"steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16, "strip_samples": 4,
-               "strip_frames": 5, "sweep_steps": [5, 20], "guidance_sweep": [0.0, 2.0], "repaint_resample": 2,
-               "draws": 2, "sampler_for": {"flow": "heun", "flow_latent": "euler"}},
-    "autoencoder": {"steps": 30, "base_channels": 8, "latent_channels": 2, "batch_size": 16},
-    "classifier": {"steps": 40, "width": 8, "feature_dim": 8},
-    "resnet": {"steps": 40, "width": 8, "feature_dim": 8},
-    "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2,
-                 "ode_images": 20, "ode_steps": 8,
-                 "kid_subsets": 10, "reference_images": 200},
-    "restore": {"tasks": ["sr4", "box"], "images": 10, "draws": 2, "batch_size": 10,
-                "steps": {"ddrm": 3, "ddnm": 3, "pigdm": 3, "dps": 3, "repaint": 3}},
-    "mlflow": {"system_metrics_interval": 0.2},  # the tiny train stages hold their run for a few seconds
-}
+pytestmark = pytest.mark.timeout(900)  # the first test to use the tiny project runs its `dvc repro`
 
 
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) and key in base and key != "models" else value
-    return out
+def test_repro_runs_every_stage_of_the_matrix_and_none_that_would_do_nothing(tiny_project):
+    dest, _, repro = tiny_project
+    ran = [line.split("'")[1] for line in repro.stdout.splitlines() if line.startswith("Running stage '")]
+    assert sorted(ran) == sorted(STAGES)  # restore.models is [ddpm]; no latent model, so no autoencoder to train
 
 
-def activated(command: str) -> list[str]:
-    """``command`` as the README writes it, typed into a fresh shell after the README's activation line."""
-    return ["bash", "--noprofile", "--norc", "-c", f"source .venv/bin/activate && {command}"]
-
-
-def shell(command: str, cwd: Path, env: dict[str, str], check: bool = True, timeout: float = 600):
-    """Run :func:`activated` ``command`` to completion (see :func:`processes.run`)."""
-    return run(activated(command), cwd, env, check=check, timeout=timeout)
-
-
-def fresh_shell_env(dest: Path) -> dict[str, str]:
-    """The environment of a new shell: the project's virtual environment neither active nor on PATH."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_")) and k != "VIRTUAL_ENV"}
-    bins = {str(VENV / "bin"), str(Path(sys.executable).parent)}
-    env["PATH"] = os.pathsep.join(d for d in env["PATH"].split(os.pathsep) if d and d not in bins)
-    env.update(PYTHONPATH=str(dest / "src"), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t", **{PROJECT: str(dest)})
-    return env
-
-
-def make_project(dest: Path, overrides: dict) -> dict:
-    """A git repository at ``dest`` holding the project with ``overrides`` merged into params.yaml and
-    ``.venv`` linked to the tests' environment; returns the environment of a fresh shell there."""
-    if not (VENV / "bin" / "activate").is_file():
-        pytest.fail(f"the tests run in the project's virtual environment ({sys.prefix} is not one): make test")
-    for name in ("dvc.yaml", "params.yaml", "pyproject.toml", "uv.lock"):
-        shutil.copy(ROOT / name, dest / name)
-    for name in ("src", "stages"):
-        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (dest / ".venv").symlink_to(VENV, target_is_directory=True)
-    (dest / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy(ROOT / ".dvc" / name, dest / ".dvc" / name)
-    shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = fresh_shell_env(dest)
-    run(["git", "init", "-q"], dest, env)
-    run(["git", "add", "-A"], dest, env)
-    run(["git", "commit", "-qm", "tiny"], dest, env)
-    return env
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    dest = tmp_path_factory.mktemp("project")
-    env = make_project(dest, TINY)
-    repro = shell("dvc repro", dest, {**env, MODULES_LOG: str(dest.parent / "modules.jsonl")}, timeout=840)
-    yield dest, env, repro
-    stop(project_processes(dest))
-
-
-def test_repro_runs_every_stage_of_the_matrix(project):
-    dest, _, repro = project
-    for stage in ("prepare@digits", "classifier@digits", "reference@digits", "autoencoder@digits", "train@digits-ddpm",
-                  "sample@digits-ddpm", "evaluate@digits-ddpm", "train@digits-vlb", "evaluate@digits-vlb",
-                  "train@digits-vdm", "sample@digits-vdm", "evaluate@digits-vdm", "restore@digits-ddpm",
-                  "restore@digits-vlb", "restore@digits-vdm", "report"):
-        assert f"Running stage '{stage}'" in repro.stdout, stage
-
-
-def test_metrics_file_holds_every_metric_with_its_counts_and_floor_for_every_family(project):
-    dest, env, _ = project
+def test_metrics_file_holds_every_metric_with_its_counts_and_floor_for_every_family(tiny_project):
+    dest, env, _ = tiny_project
     floor = json.loads((dest / "outputs/reference/digits/floor.json").read_text())
     assert (floor["num_held_out"], floor["num_reference"]) == (40, 200)
     for model in ("ddpm", "vlb", "vdm"):
@@ -152,8 +60,8 @@ def test_metrics_file_holds_every_metric_with_its_counts_and_floor_for_every_fam
     assert '"fid_std"' in flat and '"fid_inf"' in flat and '"spread": "draws"' in flat
 
 
-def test_report_compares_every_model_with_the_floor_in_markdown_and_self_contained_html(project):
-    dest, _, _ = project
+def test_report_compares_every_model_with_the_floor_in_markdown_and_self_contained_html(tiny_project):
+    dest, _, _ = tiny_project
     md = (dest / "outputs/report/report.md").read_text()
     page = (dest / "outputs/report/report.html").read_text()
     for text in (md, page):
@@ -163,16 +71,16 @@ def test_report_compares_every_model_with_the_floor_in_markdown_and_self_contain
         assert "t-test over the draws" in text and "resnet" in text
     assert md.index("## Summary") < md.index("vs best (resnet)") < md.index("## digits: samples") < md.index(
         "FID vs best")  # the summary leads, then the grids, then the full table
-    # loss, FID-steps and guidance figures, three grids, a restoration figure per task and model
-    assert page.count("data:image/png;base64,") == 3 + 3 + 2 * 3
+    # loss, FID-steps and guidance figures, three grids, a restoration figure per task of the one restoring model
+    assert page.count("data:image/png;base64,") == 3 + 3 + 2
     for text in (md, page):
         assert "Restoration with each model as the prior" in text and "FID (classifier) vs pinv" in text
         assert "digits-ddpm (unconditional branch, w = 0)" in text and "repaint" in text
     assert 'src="http' not in page and "<link" not in page
 
 
-def test_sample_pngs_are_images_of_the_expected_layout(project):
-    dest, _, _ = project
+def test_sample_pngs_are_images_of_the_expected_layout(tiny_project):
+    dest, _, _ = tiny_project
     grid = Image.open(dest / "outputs/sample/digits-vlb/grid.png")
     strip = Image.open(dest / "outputs/sample/digits-vlb/figures/denoising.png")
     # 8px images shown at 64px, 4x4 grid with 2px padding; strip: 4 rows of 5 frames
@@ -188,8 +96,8 @@ def test_sample_pngs_are_images_of_the_expected_layout(project):
         assert gif.format == "GIF" and gif.n_frames == 5
 
 
-def test_a_class_conditional_model_is_scored_against_the_guidance_scale(project):
-    dest, _, _ = project
+def test_a_class_conditional_model_is_scored_against_the_guidance_scale(tiny_project):
+    dest, _, _ = tiny_project
     labels = np.load(dest / "outputs/sample/digits-ddpm/labels.npy")
     assert labels.tolist() == [i % 10 for i in range(40)] * 2  # each draw asks for every class in turn
     assert np.load(dest / "outputs/sample/digits-vlb/labels.npy").tolist() == [-1] * 80
@@ -221,8 +129,8 @@ print(json.dumps(out))
     return json.loads(run([sys.executable, "-c", script], dest, env).stdout.strip().splitlines()[-1])
 
 
-def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(project):
-    dest, env, _ = project
+def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(tiny_project):
+    dest, env, _ = tiny_project
     runs = mlflow_runs(dest, env)
     assert sorted(r["name"] for r in runs) == ["digits-ddpm", "digits-vdm", "digits-vlb"]
     r = next(r for r in runs if r["name"] == "digits-ddpm")
@@ -249,9 +157,10 @@ def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(proje
         assert each["tags"]["dvc_experiment"] == "" and "continues_run" not in each["tags"]
 
 
-def test_restore_scores_every_task_and_solver_over_draws_and_logs_to_the_models_run(project):
-    dest, env, _ = project
-    table = pd.read_csv(dest / "outputs/restore/digits-ddpm/summary.csv")
+def test_restore_scores_every_task_and_solver_over_draws_and_logs_to_the_models_run(tiny_project):
+    dest, env, _ = tiny_project
+    folder = dest / "outputs/evaluate/digits-ddpm/restore"
+    table = pd.concat([pd.read_csv(folder / task / "summary.csv") for task in ("sr4", "box")])
     methods = {task: list(rows.method) for task, rows in table.groupby("task", sort=False)}
     assert methods == {"sr4": ["truth", "pinv", "ddrm", "ddnm", "pigdm", "dps"],
                        "box": ["truth", "pinv", "fill", "ddrm", "ddnm", "pigdm", "dps", "repaint"]}
@@ -265,44 +174,70 @@ def test_restore_scores_every_task_and_solver_over_draws_and_logs_to_the_models_
     for column in ("fid_classifier", "fid_resnet", "class_accuracy", "ssim", "fid_classifier_vs_pinv_p",
                    "seconds_per_image"):
         assert column in table and table[column].notna().any(), column
-    draws = np.load(dest / "outputs/restore/digits-ddpm/restorations/box/ddrm.npy")
+    draws = np.load(folder / "box/restorations/ddrm.npy")
     assert draws.shape == (2, 10, 1, 8, 8) and draws.dtype == np.uint8 and not np.array_equal(draws[0], draws[1])
-    assert (dest / "outputs/restore/digits-ddpm/figures/box.png").is_file()
+    assert (folder / "box/figure.png").is_file()
+    assert json.loads((folder / "sr4/metrics.json").read_text())["methods"]["ddrm"]["psnr"] > 0
     r = next(r for r in mlflow_runs(dest, env) if r["name"] == "digits-ddpm")
     assert {"restore.box.ddrm.psnr", "restore.sr4.dps.fid_resnet", "restore.box.pinv.class_accuracy"} <= set(r["metrics"])
-    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params = read_params(dest)
     params["restore"]["dps_step"] = 0.5
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(dest, params)
     try:
         changed = set(json.loads(shell("dvc status --json", dest, env).stdout))
     finally:
         params["restore"]["dps_step"] = 1.0
-        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert changed == {"restore@digits-ddpm", "restore@digits-vlb", "restore@digits-vdm"}  # then the report
+        write_params(dest, params)
+    assert changed == {"restore@digits-ddpm-sr4", "restore@digits-ddpm-box"}  # then the report
 
 
-def test_changing_one_models_params_invalidates_only_that_models_stages(project):
-    dest, env, _ = project
+def stage_names(dest: Path, env: dict) -> set[str]:
+    return set(shell("dvc stage list --name-only", dest, env).stdout.split())
+
+
+def test_the_stages_that_exist_follow_the_restore_tasks_and_models_and_the_report_depends_on_them(tiny_project):
+    """No restore stage without a task or a model to restore with, one per (model, task) otherwise; a latent model
+    brings its own train, sample and evaluate stages and no other; the report's deps are met either way."""
+    dest, env, _ = tiny_project
+    original = read_params(dest)
+    per_model = {f"{stage}@digits-{m}" for m in ("ddpm", "vlb", "vdm") for stage in ("train", "sample", "evaluate")}
+    base = {"prepare@digits", "classifier@digits", "reference@digits", "report"} | per_model
+    cases = [({"tasks": []}, [], set()), ({"tasks": ["sr4"]}, [], {"restore@digits-ddpm-sr4"}),
+             ({"models": []}, ["flow_latent"], {f"{stage}@digits-flow_latent" for stage in ("train", "sample", "evaluate")})]
+    try:
+        for restore, extra, expected in cases:
+            params = yaml.safe_load(yaml.safe_dump(original))
+            params["restore"].update(restore)
+            params["pipeline"]["models"] += extra
+            write_params(dest, params)
+            assert stage_names(dest, env) == base | expected, (restore, extra)
+            status = json.loads(shell("dvc status --json", dest, env).stdout or "{}")
+            stale = set(status) - {f"{stage}@digits-{m}" for m in extra for stage in ("train", "sample", "evaluate")}
+            assert stale == {"report"}, status  # its params changed; no dep on a stage that is not there
+    finally:
+        write_params(dest, original)
+    assert json.loads(shell("dvc status --json", dest, env).stdout or "{}") == {}
+
+
+def test_changing_one_models_params_invalidates_only_that_models_stages(tiny_project):
+    dest, env, _ = tiny_project
     status = json.loads(shell("dvc status --json", dest, env).stdout or "{}")
     assert status == {}, "a second run should have nothing to do"
-    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params = read_params(dest)
     params["models"]["vlb"]["timesteps"] = 40
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(dest, params)
     try:
         changed = set(json.loads(shell("dvc status --json", dest, env).stdout))
     finally:
         params["models"]["vlb"]["timesteps"] = 50
-        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    # downstream stages follow once its outputs change; the autoencoder stage reads every block's `latent` key,
-    # and re-run, it leaves the file vlb's training depends on as it was
-    assert changed == {"train@digits-vlb", "autoencoder@digits"}
-    assert json.loads((dest / "outputs/autoencoder/digits/models/vlb.json").read_text()) == {"latent": False}
+        write_params(dest, params)
+    assert changed == {"train@digits-vlb"}  # downstream stages follow once its outputs change
 
 
-def test_every_stage_ran_only_modules_its_dvc_deps_list(project):
+def test_every_stage_ran_only_modules_its_dvc_deps_list(tiny_project):
     """The deps follow the imports a stage makes when it starts; what a stage loads while it runs must be
     among them too."""
-    dest, _, _ = project
+    dest, _, _ = tiny_project
     stages = yaml.safe_load((dest / "dvc.yaml").read_text())["stages"]
     ran = [json.loads(line) for line in (dest.parent / "modules.jsonl").read_text().splitlines()]
     assert {r["stage"].split("@")[0] for r in ran} == set(stages)
@@ -311,12 +246,28 @@ def test_every_stage_ran_only_modules_its_dvc_deps_list(project):
         assert not missing, f"{record['stage']} ran {sorted(missing)}, which dvc.yaml does not list"
 
 
+def test_a_stage_loads_feature_scoring_and_mlflows_model_flavour_only_where_its_work_needs_them(tiny_project):
+    """torch-fidelity (and with it torchvision) where features are scored, torchvision where sample grids are drawn;
+    MLflow's pytorch flavour where the trained model is logged; torch._dynamo where an optimizer is built
+    (torch.optim's constructor imports it) or torchvision is (its operators import it)."""
+    dest, _, _ = tiny_project
+    loaded = {}
+    for line in (dest.parent / "modules.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        loaded[record["stage"].split("@")[0]] = set(record["heavy"])
+    scoring = {"torch_fidelity", "torchvision", "torch._dynamo"}
+    assert loaded == {"prepare": set(), "classifier": {"torch._dynamo"}, "reference": scoring,
+                      "train": {"torch._dynamo", "mlflow.pytorch"}, "sample": {"torchvision", "torch._dynamo"},
+                      "evaluate": scoring,
+                      "restore": scoring, "report": set()}
+
+
 @pytest.mark.parametrize("module", ["sampling/samplers.py", "families/ddpm/samplers.py"])
-def test_editing_a_sampler_makes_only_the_sample_and_restore_stages_stale(project, module):
+def test_editing_a_sampler_makes_only_the_sample_and_restore_stages_stale(tiny_project, module):
     """A sampler's code, family-agnostic or a family's own, reaches sample (and, through its outputs, evaluate
     and report) and restore (RePaint steps with a one-step sampler), never the data, the feature networks, the
     reference statistics or training."""
-    dest, env, _ = project
+    dest, env, _ = tiny_project
     sampler = dest / "src/diffusionlab" / module
     original = sampler.read_text()
     sampler.write_text(original + "\n# edited\n")
@@ -324,13 +275,14 @@ def test_editing_a_sampler_makes_only_the_sample_and_restore_stages_stale(projec
         stale = set(json.loads(shell("dvc status --json", dest, env).stdout or "{}"))
     finally:
         sampler.write_text(original)
-    assert stale == {f"{stage}@digits-{model}" for stage in ("sample", "restore") for model in ("ddpm", "vlb", "vdm")}
+    assert stale == {f"sample@digits-{model}" for model in ("ddpm", "vlb", "vdm")} | {
+        "restore@digits-ddpm-sr4", "restore@digits-ddpm-box"}
 
 
-def test_the_trained_model_is_logged_registered_and_its_best_version_samples_through_generate(project, tmp_path):
+def test_the_trained_model_is_logged_registered_and_its_best_version_samples_through_generate(tiny_project, tmp_path):
     """mlflow.pytorch.log_model in train; evaluate registers every model of the dataset and the alias best
     points at the lowest FID; `generate models:/...@best` samples from it."""
-    dest, env, _ = project
+    dest, env, _ = tiny_project
     script = f"""
 import json, mlflow
 mlflow.set_tracking_uri("sqlite:///{dest}/mlflow.db")
@@ -360,10 +312,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ui(project, tmp_path_factory):
+def ui(tiny_project, tmp_path_factory):
     """`make ui`'s command on a free loopback port, serving the project's store; yields the server's
     address and the page the command tells the user to open."""
-    dest, env, _ = project
+    dest, env, _ = tiny_project
     port = free_port()
     log_file = tmp_path_factory.mktemp("ui") / "ui.log"
     with log_file.open("w") as log:
@@ -462,8 +414,8 @@ def stage_folder(dest: Path, tmp_path: Path, **mlflow_params) -> Path:
     return folder
 
 
-def test_an_unreachable_tracking_server_stops_training_before_it_starts(project, tmp_path):
-    dest, env, _ = project
+def test_an_unreachable_tracking_server_stops_training_before_it_starts(tiny_project, tmp_path):
+    dest, env, _ = tiny_project
     folder = stage_folder(dest, tmp_path, connect_timeout=2.0)
     uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
@@ -474,8 +426,8 @@ def test_an_unreachable_tracking_server_stops_training_before_it_starts(project,
     assert "Traceback" not in proc.stderr and not (folder / "outputs").exists()
 
 
-def test_optional_tracking_trains_untracked_with_one_warning(project, tmp_path):
-    dest, env, _ = project
+def test_optional_tracking_trains_untracked_with_one_warning(tiny_project, tmp_path):
+    dest, env, _ = tiny_project
     folder = stage_folder(dest, tmp_path, connect_timeout=2.0, required=False)
     proc = run([sys.executable, "stages/train.py", "--dataset", "digits", "--model", "ddpm"], folder,
                {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
@@ -510,21 +462,23 @@ def stop_queue(dest: Path, env: dict[str, str]) -> None:
     stop([p for p in project_processes(dest) if any(part in command_line(p) for part in queue_parts)])
 
 
-def test_queued_experiments_run_two_at_a_time_retrain_only_what_changed_and_log_to_the_projects_store(project):
-    """`dvc queue start -j 2` on a model change and a sampling change: both log into the project's SQLite
-    store at once, without "database is locked"; the sampling change restores the trained models from
-    DVC's run cache and logs into new runs that point back to the runs it builds on, which keep their
-    results; `dvc exp show` lists the metrics of both."""
-    dest, env, _ = project
+def test_queued_experiments_run_two_at_a_time_retrain_only_what_changed_and_log_to_the_projects_store(
+        tiny_project, tmp_path):
+    """`dvc queue start -j 2` on a model change and a sampling change, in a copy of the project: both log into its
+    SQLite store at once, without "database is locked"; the sampling change restores the trained models from DVC's
+    run cache and logs into new runs that point back to the runs it builds on, which keep their results; `dvc exp
+    show` lists the metrics of both."""
+    dest = tmp_path / "project"
+    env = copy_project(tiny_project[0], dest)
     before = {r["name"]: r for r in mlflow_runs(dest, env) if not r["tags"]["dvc_experiment"]}
-    for name, change in (("t40", "models.ddpm.timesteps=40"), ("steps5", "sample.steps=5")):
-        shell(f"dvc exp run --queue -n {name} -S {change}", dest, env)
+    for name, change in (("t40", "-S models.ddpm.timesteps=40 -S 'restore.tasks=[]'"), ("steps5", "-S sample.steps=5")):
+        shell(f"dvc exp run --queue -n {name} {change}", dest, env)
     try:
         shell("dvc queue start -j 2", dest, env, timeout=120)
         deadline = time.monotonic() + 600
         while any(word in queue_status(dest, env) for word in ("Queued", "Running")):
             assert time.monotonic() < deadline, queue_status(dest, env)
-            time.sleep(5)
+            time.sleep(2)
         status = queue_status(dest, env)
     finally:
         stop_queue(dest, env)
@@ -533,6 +487,7 @@ def test_queued_experiments_run_two_at_a_time_retrain_only_what_changed_and_log_
     assert status.count("Success") == 2, f"{status}\n{logs}"
     assert not any("database is locked" in text for text in logs.values())
     assert "Running stage 'train@" not in logs["steps5"] and "Running stage 'sample@digits-vlb'" in logs["steps5"]
+    assert "Running stage 'restore@" not in logs["steps5"]  # restoration reads no sampling params
     assert "Running stage 'train@digits-ddpm'" in logs["t40"] and "Running stage 'train@digits-vlb'" not in logs["t40"]
     shown = shell("dvc exp show --csv --only-changed", dest, env).stdout
     header, *rows = shown.splitlines()
@@ -558,41 +513,46 @@ def test_queued_experiments_run_two_at_a_time_retrain_only_what_changed_and_log_
         n: r["metrics"]["classifier.fid"] for n, r in before.items()}
 
 
-def test_a_flow_and_a_latent_transformer_added_to_the_pipeline_train_sample_and_evaluate_alone(project):
-    """The last test of the module: it adds a flow on pixels and a flow on the autoencoder's latents with the
-    transformer backbone to the project's pipeline, and runs their stages alone."""
-    dest, env, _ = project
-    params = yaml.safe_load((dest / "params.yaml").read_text())
+def test_a_flow_and_a_latent_transformer_added_to_the_pipeline_train_sample_and_evaluate_alone(tiny_project, tmp_path):
+    """A flow on pixels and a flow on its own autoencoder's latents with the transformer backbone, added to a copy
+    of the project's pipeline, run their stages alone; the latent model's train stage trains its autoencoder, and
+    re-uses it when the model's own params change."""
+    dest = tmp_path / "project"
+    env = copy_project(tiny_project[0], dest)
+    params = read_params(dest)
     params["pipeline"]["models"] = [*params["pipeline"]["models"], "flow", "flow_latent"]
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(dest, params)
     repro = shell("dvc repro evaluate@digits-flow evaluate@digits-flow_latent", dest, env)
-    for stage in ("autoencoder@digits", "train@digits-flow", "sample@digits-flow", "evaluate@digits-flow",
-                  "train@digits-flow_latent", "sample@digits-flow_latent", "evaluate@digits-flow_latent"):
-        assert f"Running stage '{stage}'" in repro.stdout, stage
-    assert "Running stage 'train@digits-ddpm'" not in repro.stdout  # its autoencoder file is unchanged
+    ran = {line.split("'")[1] for line in repro.stdout.splitlines() if line.startswith("Running stage '")}
+    assert ran == {f"{stage}@digits-{m}" for m in ("flow", "flow_latent") for stage in ("train", "sample", "evaluate")}
     card = json.loads((dest / "outputs/sample/digits-flow/sample.json").read_text())
     assert card["sampler"] == "heun" and card["steps"] == 10
     assert (dest / "outputs/sample/digits-flow/figures/inpainting.png").is_file()
     metrics = json.loads((dest / "outputs/evaluate/digits-flow/metrics.json").read_text())
     assert "bpd" not in metrics and 0 < metrics["bpd_ode"] < 20 and metrics["bpd_ode_stderr"] > 0
-    assert metrics["family"] == "flow" and metrics["classifier"]["fid"] >= 0
+    assert metrics["family"] == "flow" and metrics["classifier"]["fid"] >= 0 and "autoencoder" not in metrics
 
-    autoencoder = json.loads((dest / "outputs/autoencoder/digits/metrics.json").read_text())
-    assert autoencoder["trained"] and autoencoder["factor"] == 2 and autoencoder["psnr"] > 0
-    assert autoencoder["classifier"]["fid"] >= 0 and autoencoder["resnet"]["fid_std"] >= 0
-    link = json.loads((dest / "outputs/autoencoder/digits/models/flow_latent.json").read_text())
-    assert link["latent"] and link["scale"] == pytest.approx(autoencoder["latent_scale"])
+    out = dest / "outputs/train/digits-flow_latent"
+    trained = json.loads((out / "train.json").read_text())["autoencoder"]
+    assert trained["reused"] is False and trained["train_seconds"] > 0 and trained["latent_scale"] > 0
     samples = np.load(dest / "outputs/sample/digits-flow_latent/samples.npy")
     assert samples.shape == (80, 1, 8, 8) and samples.dtype == np.uint8  # decoded from 2 x 4 x 4 latents
+    assert (dest / "outputs/sample/digits-flow_latent/figures/reconstructions.png").is_file()
     latent = json.loads((dest / "outputs/evaluate/digits-flow_latent/metrics.json").read_text())
     assert latent["classifier"]["fid"] >= 0 and "bpd_ode" not in latent and "latents" in latent["likelihood"]
+    ae = latent["autoencoder"]
+    assert (ae["factor"], ae["latent_channels"]) == (2, 2) and ae["psnr"] > 0 and 0 < ae["ssim"] <= 1
+    assert ae["latent_scale"] == pytest.approx(trained["latent_scale"])
+    assert ae["classifier"]["fid"] >= 0 and ae["resnet"]["fid_std"] >= 0 and ae["num_held_out"] == 300
 
-    # a pixel model's change re-runs the autoencoder stage, which re-uses its autoencoder: the latent model stays
-    written = (dest / "outputs/autoencoder/digits/models/flow_latent.json").read_bytes()
+    # a pixel model's change leaves the latent model as it is; the latent model's own change re-uses its autoencoder
+    written = (out / "autoencoder.pt").read_bytes()
     params["models"]["flow"]["label_dropout"] = 0.25
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shell("dvc repro autoencoder@digits", dest, env)
-    assert json.loads((dest / "outputs/autoencoder/digits/metrics.json").read_text())["reused"] is True
-    assert (dest / "outputs/autoencoder/digits/models/flow_latent.json").read_bytes() == written
+    params["models"]["flow_latent"]["label_dropout"] = 0.25
+    write_params(dest, params)
+    again = shell("dvc repro train@digits-flow_latent", dest, env)
+    assert "re-uses its autoencoder" in again.stderr + again.stdout
+    assert json.loads((out / "train.json").read_text())["autoencoder"]["reused"] is True
+    assert (out / "autoencoder.pt").read_bytes() == written
     status = shell("dvc status train@digits-flow_latent train@digits-flow", dest, env).stdout
     assert "train@digits-flow:" in status and "train@digits-flow_latent" not in status, status

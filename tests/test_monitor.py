@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
-from test_end_to_end import ROOT, TINY, make_project, merge
+from project import ROOT, TINY, make_project, merge
 
 from diffusionlab.evaluation.report import MONITOR_COLUMNS, loss_figure, loss_figure_of
 from diffusionlab.monitor import Curve, main, read_resume

@@ -65,10 +65,22 @@ def params_with(**restore):
     ({"tasks": ["denoise"], "solvers": ["ddrm"], "sigma_y_for": {}}, "restore.tasks has denoise, whose measurement is the image itself at sigma_y 0"),
     ({"tasks": ["sr4", "sr4"]}, "restore.tasks lists a task twice"),
     ({"tasks": ["blur"], "solvers": ["ddrm"], "blur_width": 6.0}, "restore.blur_width 6 gives a kernel of radius 18, which cannot reflect"),
+    ({"tasks": ["box"], "models": ["ddpm", "flow"]}, "restore.models lists 'flow', which pipeline.models"),
+    ({"tasks": ["box"], "models": ["ddpm", "ddpm"]}, "restore.models lists a model twice"),
 ])
 def test_bad_restore_params_are_one_line_naming_the_key(restore, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         parse_params(params_with(**restore))
+
+
+def test_a_latent_model_cannot_restore_and_models_to_restore_with_need_a_task_only_to_be_checked():
+    raw = params_with(tasks=["box"], models=["vdm_latent"])
+    raw["pipeline"]["models"] = ["vdm", "vdm_latent"]
+    with pytest.raises(ConfigError, match="restore.models lists 'vdm_latent', a latent model: the solvers measure and "
+                                          "restore pixels"):
+        parse_params(raw)
+    raw["restore"]["tasks"] = []  # no task: no restore stage, whatever the models
+    assert parse_params(raw).restore.models == ("vdm_latent",)
 
 
 def test_a_factor_that_does_not_divide_the_image_size_is_refused_for_the_dataset():

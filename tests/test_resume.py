@@ -8,19 +8,20 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
-from test_end_to_end import activated, make_project, shell
+from project import activated, copy_project, shell
 
 from processes import command_line, kill_group, process_tree, run
 
+pytestmark = pytest.mark.timeout(900)  # the first test to use the tiny project runs its `dvc repro`
 SLOW_ENOUGH_TO_KILL = {
     "pipeline": {"datasets": ["digits"], "models": ["ddpm"]},
-    "datasets": {"digits": {"image_size": 8, "train_steps": 200, "batch_size": 64,
-                            "unet": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
-                                     "attention_resolutions": [4], "dropout": 0.1}}},
-    "models": {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50}},
+    "datasets": {"digits": {"train_steps": 200, "batch_size": 64, "unet": {"dropout": 0.1}}},
     "train": {"log_every": 10, "warmup_steps": 5, "checkpoint_every": 20},
+    "mlflow": {"system_metrics": False},
 }
+"""The tiny project's ddpm, trained long enough to be killed between two of its resume points."""
 TRAIN = ["stages/train.py", "--dataset", "digits", "--model", "ddpm"]
 
 
@@ -30,16 +31,16 @@ def training_processes(parent: int) -> list[int]:
     return [p.pid for p in process_tree(parent)[1:] if "stages/train.py" in command_line(p)]
 
 
-def test_sigkill_then_dvc_repro_resumes_and_matches_an_uninterrupted_run(tmp_path):
+def test_sigkill_then_dvc_repro_resumes_and_matches_an_uninterrupted_run(tiny_project, tmp_path):
+    """In two copies of the tiny project, its data prepared, each with a new MLflow store and without the resume point
+    its training left: one trains uninterrupted, one is killed."""
     reference, killed = tmp_path / "uninterrupted", tmp_path / "killed"
-    reference.mkdir()
-    killed.mkdir()
-    env = make_project(reference, SLOW_ENOUGH_TO_KILL)
-    run([sys.executable, "stages/prepare.py", "--dataset", "digits"], reference, env)
-    run([sys.executable, *TRAIN], reference, env)
-
-    env = make_project(killed, SLOW_ENOUGH_TO_KILL)
-    shell("dvc repro prepare@digits", killed, env)
+    envs = {dest: copy_project(tiny_project[0], dest, SLOW_ENOUGH_TO_KILL) for dest in (reference, killed)}
+    for dest in envs:
+        for name in ("mlflow.db", "outputs/train/digits-ddpm/resume.pt"):
+            (dest / name).unlink()
+    run([sys.executable, *TRAIN], reference, envs[reference])
+    env = envs[killed]
     out = killed / "outputs/train/digits-ddpm"
     with (tmp_path / "dvc.log").open("w") as log:
         dvc = subprocess.Popen(activated("dvc repro train@digits-ddpm"), cwd=killed, env=env,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_end_to_end import TINY, make_project, merge
+from project import TINY, copy_project, merge
 
 from diffusionlab.chunks import ChunkFolder, map_chunks, prune
 from diffusionlab.config.params import parse_params
@@ -32,7 +32,7 @@ from diffusionlab.validation import read_yaml, replace, validate
 from processes import run
 
 CPU = torch.device("cpu")
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)  # the first test to use the tiny project runs its `dvc repro`
 
 
 def test_each_row_of_a_per_image_draw_comes_from_its_own_generator():
@@ -106,9 +106,10 @@ def test_chunks_already_in_the_folder_are_not_computed_again_and_a_changed_key_s
 # The sample stage of one trained tiny model, run as a user runs it
 
 
-STAGE = merge(TINY, {"pipeline": {"datasets": ["digits"], "models": ["ddpm"]}, "train": {"device": "cpu"},
-                     "sample": {"num_samples": 12, "sweep_steps": [5], "guidance_sweep": [0.0]},
-                     "evaluate": {"ode_images": 0, "nll_images": 8}})
+STAGE = {"pipeline": {"datasets": ["digits"], "models": ["ddpm"]}, "train": {"device": "cpu"},
+         "sample": {"num_samples": 12, "sweep_steps": [5], "guidance_sweep": [0.0]},
+         "evaluate": {"ode_images": 0, "nll_images": 8}}
+"""The sample and evaluate stages of the tiny project's ddpm, on fewer images."""
 OUT = Path("outputs/sample/digits-ddpm")
 FILES = ["samples.npy", "labels.npy", "sweep/steps_5.npy", "guidance/w_0.npy"]
 
@@ -128,13 +129,11 @@ def read_outputs(dest: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A trained model and the files its uninterrupted sample stage writes at sample.batch_size 40."""
-    dest = tmp_path_factory.mktemp("scale")
-    env = make_project(dest, STAGE)
-    for stage in (["stages/prepare.py", "--dataset", "digits"], ["stages/train.py", "--dataset", "digits",
-                                                                  "--model", "ddpm"]):
-        run([sys.executable, *stage], dest, env)
+def trained(tiny_project, tmp_path_factory):
+    """A copy of the tiny project, its ddpm trained, and the files its uninterrupted sample stage writes at
+    sample.batch_size 40."""
+    dest = tmp_path_factory.mktemp("scale") / "project"
+    env = copy_project(tiny_project[0], dest, STAGE)
     run(sample_command(), dest, env)
     assert (dest / "outputs/train/digits-ddpm/checkpoint.pt").is_file()
     return dest, env, read_outputs(dest)

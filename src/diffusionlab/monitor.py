@@ -134,7 +134,7 @@ def read_resume(path: Path, device: torch.device) -> Snapshot:
         cfg, trainer = RunConfig.from_dict(state["config"]), state["trainer"]
         process, (ema,) = build_trained(cfg, state["channels"], trainer["process"], [ema_weights(trainer["ema"])],
                                         device, path)
-        codec = load_codec(paths.autoencoder(cfg.dataset) / "autoencoder.pt", device, cfg.autoencoder) \
+        codec = load_codec(paths.latent_autoencoder(cfg.dataset, cfg.model_name), device, cfg.autoencoder) \
             if cfg.autoencoder is not None else None
         return Snapshot(int(trainer["step"]), cfg, state["channels"], ema, process, state.get("mlflow_run_id"), codec)
     except (KeyError, TypeError) as err:

@@ -22,19 +22,15 @@ def feature_network(dataset: str, name: str) -> Path:
     return classifier(dataset) / f"{name}.pt"
 
 
-def autoencoder(dataset: str) -> Path:
-    """The latent autoencoder of ``dataset`` (stage autoencoder@<dataset>)."""
-    return OUTPUTS / "autoencoder" / dataset
-
-
-def latent_link(dataset: str, model: str) -> Path:
-    """What train@<dataset>-<model> depends on of the autoencoder: for a pixel model a file that never changes,
-    for a latent one the autoencoder's digest, so a new autoencoder re-trains the latent models only."""
-    return autoencoder(dataset) / "models" / f"{model}.json"
-
-
 def train(dataset: str, model: str) -> Path:
     return OUTPUTS / "train" / f"{dataset}-{model}"
+
+
+def latent_autoencoder(dataset: str, model: str) -> Path:
+    """A latent model's autoencoder, beside the train stage's outputs but not one of them (as its resume.pt): the
+    stage trains it first and re-uses it while the autoencoder's params, the training images and the package's code
+    are unchanged, so that a change to the diffusion model's own params trains the diffusion model alone."""
+    return train(dataset, model) / "autoencoder.pt"
 
 
 def sample(dataset: str, model: str) -> Path:
@@ -50,8 +46,9 @@ def evaluate(dataset: str, model: str) -> Path:
     return OUTPUTS / "evaluate" / f"{dataset}-{model}"
 
 
-def restore(dataset: str, model: str) -> Path:
-    return OUTPUTS / "restore" / f"{dataset}-{model}"
+def restore(dataset: str, model: str, task: str) -> Path:
+    """Stage restore@<dataset>-<model>-<task>: beside the model's evaluation, as a score of the model as a prior."""
+    return evaluate(dataset, model) / "restore" / task
 
 
 def reference(dataset: str) -> Path:

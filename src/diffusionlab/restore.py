@@ -99,7 +99,7 @@ def settings(args: argparse.Namespace, model: DiffusionModel) -> RestoreConfig:
         raise ConfigError(f"--solver repaint restores masked pixels only: use --task {' or '.join(INPAINTING_TASKS)}")
     config = validate(RestoreConfig, r)
     if model.codec is not None:
-        raise ConfigError("the model is a latent model (latent: true): its solvers would need the measurement "
+        raise ConfigError("the model is a latent model (its block has an autoencoder): its solvers would need the measurement "
                           "in the latent space; restore with a model trained on pixels")
     _, height, width = model.image_shape
     for task, factor in (("sr2", 2), ("sr4", 4)):

@@ -91,8 +91,11 @@ class RunConfig(Section):
     train: TrainConfig
     sample: SampleConfig
     evaluate: EvaluateConfig
-    autoencoder: AutoencoderConfig | None = None
-    """The autoencoder of a latent model (``latent: true``); None for a model on pixels."""
+
+    @property
+    def autoencoder(self) -> AutoencoderConfig | None:
+        """The autoencoder of a latent model (its block's ``autoencoder``); None for a model on pixels."""
+        return self.model.autoencoder
 
     @property
     def name(self) -> str:
@@ -119,6 +122,10 @@ class RunConfig(Section):
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
         model = raw.get("model") if isinstance(raw, dict) else None
+        if isinstance(model, dict) and "latent" in model:  # written when the autoencoder was a section of its own
+            model = {k: v for k, v in model.items() if k != "latent"} | (
+                {"autoencoder": raw.get("autoencoder")} if model["latent"] else {})
+            raw = {k: v for k, v in raw.items() if k != "autoencoder"} | {"model": model}
         if isinstance(model, dict) and model.get("family") in PARAMS:
             own = PARAMS[model["family"]].model_fields
             raw = {**raw, "model": {k: v for k, v in model.items() if v is not None and (
@@ -137,7 +144,6 @@ class Params(Section):
     resnet: ClassifierConfig = RESNET
     evaluate: EvaluateConfig = EvaluateConfig()
     restore: RestoreConfig = RestoreConfig()
-    autoencoder: AutoencoderConfig = AutoencoderConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
     @model_validator(mode="before")
@@ -182,14 +188,14 @@ class Params(Section):
                                  f"model (family '{model.family}'); use sample.steps, or empty sample.step_list")
         for dataset in self.pipeline.datasets:
             for name in self.pipeline.models:
-                data = self.datasets[dataset]
-                if self.models[name].latent:
-                    data, problem = latent_data(data, self.autoencoder)
+                data, ae = self.datasets[dataset], self.models[name].autoencoder
+                if ae is not None:
+                    data, problem = latent_data(data, ae, f"models.{name}.autoencoder")
                     if problem:
-                        raise ValueError(f"models.{name} (latent: true) on datasets.{dataset}: {problem}")
+                        raise ValueError(f"models.{name} (a latent model) on datasets.{dataset}: {problem}")
                 problem = network_problem(s, data, self.models[name].network)
                 if problem:
-                    on = f"the {data.image_size}-pixel latents of " if self.models[name].latent else ""
+                    on = f"the {data.image_size}-pixel latents of " if ae is not None else ""
                     raise ValueError(f"models.{name} on {on}datasets.{dataset}: {problem}")
         for name in self.pipeline.datasets:
             bad = [c for c in s.classes if not 0 <= c < NUM_CLASSES[name]]
@@ -204,6 +210,14 @@ class Params(Section):
             if what:
                 raise ValueError(f"{what} but models.{name}.timesteps is {total}; a sampler cannot take more steps "
                                  "than the model has")
+        r = self.restore
+        for name in [m for m in r.models if m not in self.pipeline.models][:1] if r.tasks else []:
+            raise ValueError(f"restore.models lists '{name}', which pipeline.models ({', '.join(self.pipeline.models)}) "
+                             "does not: a model restores once it is trained; add it to pipeline.models or drop it from "
+                             "restore.models")
+        for name in [m for m in r.models if self.models[m].latent][:1] if r.tasks else []:
+            raise ValueError(f"restore.models lists '{name}', a latent model: the solvers measure and restore pixels; "
+                             "drop it from restore.models")
         for name in self.pipeline.datasets:
             problem = restore_problem(self.restore, self.datasets[name].image_size)
             if problem:
@@ -224,8 +238,7 @@ class Params(Section):
         if steps is not None:
             data = data.model_copy(update={"train_steps": steps})
         return RunConfig(dataset=dataset, model_name=model, data=data, model=self.models[model],
-                         train=self.train, sample=sample, evaluate=self.evaluate,
-                         autoencoder=self.autoencoder if self.models[model].latent else None)
+                         train=self.train, sample=sample, evaluate=self.evaluate)
 
     def sampler_of(self, model: str) -> tuple[str, str]:
         """The sampler that draws from ``models.<model>`` and the key it comes from: ``sample.sampler_for.<model>``
@@ -243,13 +256,14 @@ class Params(Section):
         return [m for m in self.pipeline.models if self.models[m].latent]
 
 
-def latent_data(data: DatasetConfig, ae: AutoencoderConfig) -> tuple[DatasetConfig, str | None]:
+def latent_data(data: DatasetConfig, ae: AutoencoderConfig, key: str = "autoencoder") -> tuple[DatasetConfig, str | None]:
     """The dataset's block at the autoencoder's latent size, and what keeps its backbone from that size, if
-    anything. The U-Net keeps the levels of ``unet.channel_mult`` that the latent can be halved for (MNIST's
-    28-pixel images give 14-pixel latents at f = 2: two levels of the three)."""
+    anything (``key``: where the autoencoder's params are, in the message). The U-Net keeps the levels of
+    ``unet.channel_mult`` that the latent can be halved for (MNIST's 28-pixel images give 14-pixel latents at
+    f = 2: two levels of the three)."""
     f, size = ae.factor, data.image_size
     if size % f:
-        return data, f"autoencoder.factor {f} does not divide the image size {size}"
+        return data, f"{key}.factor {f} does not divide the image size {size}"
     raw = {**data.model_dump(), "image_size": size // f, "unet": latent_unet(data, ae).model_dump()}
     try:
         return DatasetConfig.model_validate(raw), None
@@ -258,8 +272,8 @@ def latent_data(data: DatasetConfig, ae: AutoencoderConfig) -> tuple[DatasetConf
         reason = first["msg"].removeprefix("Value error, ")
         where = ".".join(map(str, first["loc"]))
         reason = f"{where} would be {size // f}: {reason}" if where == "image_size" else reason
-        return data, (f"its backbone does not fit the {size // f}-pixel latent of autoencoder.factor {f}: {reason}; "
-                      "use a smaller autoencoder.factor")
+        return data, (f"its backbone does not fit the {size // f}-pixel latent of {key}.factor {f}: {reason}; "
+                      f"use a smaller {key}.factor")
 
 
 def latent_unet(data: DatasetConfig, ae: AutoencoderConfig) -> UNetConfig:

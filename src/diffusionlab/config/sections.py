@@ -204,7 +204,10 @@ class RestoreConfig(Section):
     """The restore stage: each task's measurement of held-out images restored by each solver, over draws."""
 
     tasks: Tuple[RestorationTask] = ()
-    """Empty: the restore stages restore nothing and write empty tables (they are out of the default run)."""
+    """Each task is a stage restore@<dataset>-<model>-<task> per model of ``models``; empty: there are none (they
+    are out of the default run)."""
+    models: Tuple[str] = ()
+    """The models of ``pipeline.models`` that restore, as priors on pixels (no latent model)."""
     solvers: Tuple[RestorationSolver] = ("ddrm", "ddnm", "pigdm", "dps", "repaint")
     """Every solver restores every task it can; ``repaint`` restores the inpainting tasks (box, random) only."""
     images: Count = 100
@@ -254,6 +257,7 @@ class RestoreConfig(Section):
     @model_validator(mode="after")
     def _tasks_fit(self) -> RestoreConfig:
         distinct("restore.tasks", self.tasks, "a task")
+        distinct("restore.models", self.models, "a model")
         distinct("restore.solvers", self.solvers, "a solver")
         if "denoise" in self.tasks and self.sigma_of("denoise") == 0:
             raise ValueError("restore.tasks has denoise, whose measurement is the image itself at sigma_y 0: set "

@@ -61,8 +61,8 @@ class Results:
     models: list[ModelResult] = field(default_factory=list)
     significance: float = 0.05
     """Level of the test that calls a difference beyond the noise."""
-    autoencoders: dict[str, dict] = field(default_factory=dict)
-    """Per dataset with a latent model: the autoencoder stage's metrics.json."""
+    autoencoders: dict[tuple[str, str], dict] = field(default_factory=dict)
+    """Per (dataset, latent model): its autoencoder's scores (its evaluate stage's metrics.json, ``autoencoder``)."""
 
 
 def task_group(task: str) -> str:
@@ -477,11 +477,11 @@ AUTOENCODER_NOTE = ("The reconstructions of the held-out images, scored as the r
 
 
 def autoencoder_table(results: Results) -> pd.DataFrame:
-    """One row per dataset whose autoencoder was trained: f, its latent, PSNR, and reconstruction FID ± std beside
-    the real-data floor under each backend."""
+    """One row per latent model: its autoencoder's f, latent, PSNR, and reconstruction FID ± std beside the
+    real-data floor under each backend."""
     rows = []
-    for dataset, m in results.autoencoders.items():
-        row = {"dataset": dataset, "f": m["factor"], "latent channels": m["latent_channels"],
+    for (dataset, model), m in results.autoencoders.items():
+        row = {"dataset": dataset, "model": model, "f": m["factor"], "latent channels": m["latent_channels"],
                "latent scale": f"{m['latent_scale']:.3g}", "PSNR dB": f"{m['psnr']:.2f}", "SSIM": f"{m['ssim']:.3f}"}
         floor = results.floors.get(dataset, {})
         for backend in [k for k in m if isinstance(m[k], dict) and "fid" in m[k]]:

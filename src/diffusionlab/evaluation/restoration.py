@@ -13,7 +13,6 @@ import re
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .significance import Spread, welch
 
@@ -25,15 +24,12 @@ TRUTH = "truth"
 BASELINE = "pinv"
 
 
-def _unit(images: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(images, dtype=torch.float64) / 255.0
-
-
 def psnr_ssim(restored: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Mean PSNR (dB) and SSIM over the images (uint8 [N, C, H, W]), each computed per image."""
+    import torch  # here: the report reads the restoration tables without torch
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-    x, t = _unit(restored), _unit(truth)
+    x, t = (torch.as_tensor(images, dtype=torch.float64) / 255.0 for images in (restored, truth))
     psnr = peak_signal_noise_ratio(x, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
     kernel = min(11, (min(x.shape[-2:]) // 2) * 2 - 1)
     ssim = structural_similarity_index_measure(x, t, data_range=1.0, reduction="none", kernel_size=kernel,

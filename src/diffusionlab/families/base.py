@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from ..nn.autoencoder import AutoencoderConfig
 from ..nn.networks import NetworkName
 from ..validation import Float, Section
 
@@ -28,8 +29,10 @@ class FamilyParams(Section):
     """The backbone: ``unet`` or ``dit`` (a transformer); null takes the dataset's ``network``."""
     train_steps: int | None = Field(None, ge=1)
     """Training steps instead of the dataset's ``train_steps`` (e.g. two backbones at equal training time)."""
-    latent: bool = False
-    """Train on the scaled latents of the dataset's autoencoder (stage autoencoder@<dataset>) and decode samples."""
+    autoencoder: AutoencoderConfig | None = None
+    """A latent model (Rombach et al. 2022): its train stage trains this autoencoder on the training images (or
+    re-uses the one it trained with these params), then the family on its scaled latents; samples are decoded.
+    Null: a model on pixels."""
 
     SAMPLERS: ClassVar[tuple[str, ...]] = ()
     """The ``sample.sampler`` values that can draw from this family; the first is its default, drawn with when
@@ -40,3 +43,7 @@ class FamilyParams(Section):
     @property
     def discrete(self) -> bool:
         return self.DISCRETE
+
+    @property
+    def latent(self) -> bool:
+        return self.autoencoder is not None

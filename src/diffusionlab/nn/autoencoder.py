@@ -22,7 +22,7 @@ Factor = Literal[1, 2, 4]
 
 
 class AutoencoderConfig(Section):
-    """The autoencoder of ``autoencoder@<dataset>`` (``autoencoder`` in params.yaml)."""
+    """A latent model's autoencoder (its block's ``autoencoder`` in params.yaml)."""
 
     factor: Factor = 2
     """f: the latent is (H / f) x (W / f); 1 keeps the pixels' size."""

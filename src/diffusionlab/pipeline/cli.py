@@ -18,8 +18,9 @@ from ..validation import read_yaml, validate
 
 
 def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | None = None,
-              with_dataset: bool = True) -> None:
-    """Parse ``--dataset`` (and ``--model``), load params.yaml and run ``stage(params[, dataset[, model]])``.
+              with_dataset: bool = True, with_task: bool = False) -> None:
+    """Parse ``--dataset`` (and ``--model``, ``--task``), load params.yaml and run
+    ``stage(params[, dataset[, model[, task]]])``.
 
     ``params`` is validated as the type ``stage`` annotates it with: the whole of params.yaml
     (:class:`diffusionlab.config.params.Params`) or the view of the sections that stage reads.
@@ -33,12 +34,15 @@ def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | No
         parser.add_argument("--dataset", required=True)
     if with_model:
         parser.add_argument("--model", required=True)
+    if with_task:
+        parser.add_argument("--task", required=True)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    names = [getattr(args, name) for name, wanted in (("dataset", with_dataset), ("model", with_model)) if wanted]
+    names = [getattr(args, name) for name, wanted in (("dataset", with_dataset), ("model", with_model),
+                                                      ("task", with_task)) if wanted]
     target = "-".join(names)
     log = logging.getLogger("diffusionlab")
     name = stage.__module__.rsplit(".", 1)[-1] + (f"@{target}" if target else "")
@@ -59,12 +63,15 @@ def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | No
 
 MODULES_LOG = "DIFFUSIONLAB_MODULES_LOG"
 """When set, every stage appends the package modules it ran to this file (a JSON line): what its DVC deps must hold."""
+HEAVY = ("torch_fidelity", "torchvision", "torch._dynamo", "mlflow.pytorch")
+"""Libraries a stage loads only where its work needs them: feature scoring, a compiled network, a logged model."""
 
 
 def record_modules(path: Path, stage: str) -> None:
-    """Append ``{"stage": ..., "modules": [the package's source files loaded in this process]}`` to ``path``."""
+    """Append ``{"stage": ..., "modules": [the package's source files loaded in this process], "heavy": [those of
+    :data:`HEAVY` it loaded]}`` to ``path``."""
     package = Path(__file__).resolve().parents[1]
     files = sorted({str(Path(m.__file__).resolve().relative_to(package.parent.parent)) for m in list(sys.modules.values())
                     if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(package)})
     with path.open("a") as f:
-        f.write(json.dumps({"stage": stage, "modules": files}) + "\n")
+        f.write(json.dumps({"stage": stage, "modules": files, "heavy": [m for m in HEAVY if m in sys.modules]}) + "\n")

@@ -14,17 +14,28 @@ import torch
 from .. import paths
 from ..chunks import Meter
 from ..config.params import Params, RunConfig
-from ..config.sections import PAPER_SAMPLES
+from ..config.sections import PAPER_SAMPLES, EvaluateConfig
 from ..datasets import load_prepared
 from ..device import device_name
 from ..distributed import World
 from ..evaluation.features import Backend, resolve_backends
 from ..evaluation.likelihoods import bits_per_dim, ode_bits_per_dim_of
-from ..evaluation.metrics import Features, extract, load_reference, reference_file, score_draws, split_draws
+from ..evaluation.metrics import (
+    Features,
+    extract,
+    floor_scores,
+    load_reference,
+    reference_file,
+    score_draws,
+    split_draws,
+)
+from ..evaluation.restoration import psnr_ssim
 from ..evaluation.significance import SCORES, spread_of, summarize, welch
 from ..io import atomic_path, read_json, write_json
 from ..nn.classifier import accuracy, load_classifier
+from ..runtime.autoencoding import reconstruct
 from ..runtime.checkpoint import Checkpoint, load_checkpoint
+from ..runtime.latent import LatentCodec
 from ..runtime.tracking import Tracker, open_run, read_run_file, register_model, registered_model_name
 from .world import in_world
 
@@ -75,6 +86,8 @@ class Inputs:
     nll_images: np.ndarray
     labels: np.ndarray
     classifier: torch.nn.Module | None
+    held_out: np.ndarray
+    """Every held-out image: a latent model's autoencoder reconstructs them."""
 
 
 def evaluate_stage(params: Params, dataset: str, model: str) -> None:
@@ -148,11 +161,11 @@ def load_inputs(run: RunConfig, backends: list[Backend], device: torch.device) -
     settings.update({(n, main_w): sample_dir / "sweep" / f"steps_{n}.npy" for n in card["sweep_steps"]})
     settings.update({(main_steps, w): paths.guidance_samples(dataset, model, w) for w in card["guidance_sweep"]})
     ckpt = load_checkpoint(paths.train(dataset, model) / "checkpoint.pt", device)
-    nll_images = load_prepared(paths.prepared(dataset)).test_images
-    nll_images = nll_images if e.nll_images == 0 else nll_images[: e.nll_images]
+    held_out = load_prepared(paths.prepared(dataset)).test_images
+    nll_images = held_out if e.nll_images == 0 else held_out[: e.nll_images]
     labels = np.load(sample_dir / "labels.npy")
     classifier = load_classifier(paths.feature_network(dataset, "classifier"), device)[0] if card["class_conditional"] else None
-    return Inputs(card, settings, floor, ckpt, nll_images, labels, classifier)
+    return Inputs(card, settings, floor, ckpt, nll_images, labels, classifier, held_out)
 
 
 def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch.device,
@@ -219,6 +232,8 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
     if ckpt.codec is not None:
         # its bound and ODE density are of the continuous latents, not of the 8-bit images: not comparable
         metrics["likelihood"] = "not computed: a latent model's likelihood is of its latents, not of the images"
+        metrics["autoencoder"] = autoencoder_scores(ckpt.codec, inputs.held_out, backends, references, card, e,
+                                                    device)
         return Evaluation(metrics, table, sweep, guidance, backends, card, floor)
     metrics.update(bits_per_dim(ckpt.process, ckpt.ema, nll_images, e.nll_t_draws, e.batch_size, device, e.seed))
     metrics.update(nll_images=int(len(nll_images)), nll_t_draws=e.nll_t_draws)
@@ -227,6 +242,25 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
                                            e.ode_probes, e.batch_size, device, e.seed))
         metrics.update(ode_images=min(e.ode_images, len(nll_images)), ode_steps=e.ode_steps)
     return Evaluation(metrics, table, sweep, guidance, backends, card, floor)
+
+
+def autoencoder_scores(codec: LatentCodec, held_out: np.ndarray, backends: list[Backend], references: dict,
+                       card: dict, e: EvaluateConfig, device: torch.device) -> dict:
+    """A latent model's autoencoder: PSNR and SSIM of its reconstructions of the held-out images, and their FID
+    under each backend scored as the real-data floor is (draws of the sample stage's image count): the best FID a
+    model in this autoencoder's latents can reach."""
+    restored = reconstruct(codec, held_out)
+    psnr, ssim = psnr_ssim(restored, held_out)
+    out: dict = {"factor": codec.config.factor, "latent_channels": codec.config.latent_channels,
+                 "latent_scale": codec.scale, "psnr": psnr, "ssim": ssim, "num_held_out": int(len(held_out))}
+    for backend in backends:
+        scores = floor_scores(extract(restored, backend, e, device), card["num_samples"], card["draws"],
+                              references[backend.name], e)
+        out[backend.name] = {"fid": scores["fid"], "fid_std": scores["fid_std"], "spread": scores["spread"]}
+        log.info("autoencoder reconstructions of %d held-out images: FID (%s) %.4g ± %.2g", len(held_out),
+                 backend.name, scores["fid"], scores["fid_std"])
+    log.info("autoencoder: PSNR %.2f dB, SSIM %.4f", psnr, ssim)
+    return out
 
 
 def publish(evaluation: Evaluation, params: Params, run: RunConfig, tracker: Tracker) -> None:
@@ -245,6 +279,10 @@ def publish(evaluation: Evaluation, params: Params, run: RunConfig, tracker: Tra
         if "class_accuracy" in rows_w:
             tracker.log_metric("class_accuracy_vs_guidance", float(rows_w.class_accuracy.iloc[0]), step=round(100 * w))
     tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("bpd")})
+    if "autoencoder" in metrics:
+        ae = metrics["autoencoder"]
+        tracker.log_metrics({"autoencoder.psnr": ae["psnr"], "autoencoder.ssim": ae["ssim"],
+                             **{f"autoencoder.{b.name}.fid": ae[b.name]["fid"] for b in backends}})
     sweep = evaluation.sweep
     if e.fid:
         for row in sweep.to_dict("records"):

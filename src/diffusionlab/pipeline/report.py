@@ -7,7 +7,7 @@ import logging
 import pandas as pd
 
 from .. import paths
-from ..config.sections import EvaluateConfig, PipelineConfig
+from ..config.sections import EvaluateConfig, PipelineConfig, RestoreConfig
 from ..evaluation.report import (
     MONITOR_FILE,
     ModelResult,
@@ -25,10 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class ReportParams(View):
-    """What the report reads of params.yaml: the datasets and models the pipeline runs, and the test's level."""
+    """What the report reads of params.yaml: the datasets and models the pipeline runs, the restorations it ran, and
+    the test's level."""
 
     pipeline: PipelineConfig = PipelineConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    restore: RestoreConfig = RestoreConfig()
 
 
 def collect(params: ReportParams) -> Results:
@@ -37,14 +39,13 @@ def collect(params: ReportParams) -> Results:
     results = Results(significance=params.evaluate.significance)
     for dataset in params.pipeline.datasets:
         results.floors[dataset] = read_json(paths.reference(dataset) / "floor.json")
-        autoencoder = paths.autoencoder(dataset) / "metrics.json"
-        if autoencoder.is_file() and read_json(autoencoder).get("trained"):
-            results.autoencoders[dataset] = read_json(autoencoder)
         for model in params.pipeline.models:
             evaluated, monitor = paths.evaluate(dataset, model), paths.train(dataset, model) / MONITOR_FILE
             metrics = read_json(evaluated / "metrics.json")
-            restored = paths.restore(dataset, model)
-            has_restoration = (restored / "metrics.json").is_file() and bool(read_json(restored / "metrics.json")["tasks"])
+            if "autoencoder" in metrics:
+                results.autoencoders[(dataset, model)] = metrics["autoencoder"]
+            tasks = params.restore.tasks if model in params.restore.models else ()
+            restored = {task: paths.restore(dataset, model, task) for task in tasks}
             results.models.append(ModelResult(
                 dataset=dataset, model=model, family=metrics["family"], metrics=metrics,
                 sweep=pd.read_csv(evaluated / "sweep.csv"),
@@ -52,9 +53,10 @@ def collect(params: ReportParams) -> Results:
                 grid_png=paths.sample(dataset, model) / "grid.png",
                 guidance=pd.read_csv(evaluated / "guidance.csv"),
                 monitor=pd.read_csv(monitor) if monitor.is_file() else None,
-                restoration=pd.read_csv(restored / "summary.csv") if has_restoration else None,
-                restoration_prior=read_json(restored / "metrics.json")["prior"] if has_restoration else "",
-                restoration_figures={p.stem: p for p in sorted((restored / "figures").glob("*.png"))},
+                restoration=pd.concat([pd.read_csv(p / "summary.csv") for p in restored.values()], ignore_index=True)
+                if restored else None,
+                restoration_prior=read_json(next(iter(restored.values())) / "metrics.json")["prior"] if restored else "",
+                restoration_figures={task: p / "figure.png" for task, p in restored.items()},
             ))
     return results
 

@@ -1,12 +1,12 @@
-"""Stage restore@<dataset>-<model>: the trained model as the prior of zero-shot restoration.
+"""Stage restore@<dataset>-<model>-<task>: the trained model as the prior of zero-shot restoration.
 
-For each task of ``restore.tasks`` the first ``restore.images`` held-out images are measured once (y = A x +
-sigma_y n, the noise seeded per image), then restored by the pseudo-inverse baseline (and, for inpainting, the
-harmonic fill) and by every solver of ``restore.solvers`` that can do the task, ``restore.draws`` times with
-independent randomness. :func:`compute` scores each draw (PSNR, SSIM, the measurement consistency, FID under each
-offline backend against the training split's reference, class accuracy, seconds and network evaluations per
-image); :func:`publish` writes the restorations, a figure per task, the per-draw and summary tables and logs them to
-the training's MLflow run.
+One stage per model of ``restore.models`` and task of ``restore.tasks`` (none while either is empty). The first
+``restore.images`` held-out images are measured once (y = A x + sigma_y n, the noise seeded per image), then restored
+by the pseudo-inverse baseline (and, for inpainting, the harmonic fill) and by every solver of ``restore.solvers``
+that can do the task, ``restore.draws`` times with independent randomness. :func:`compute` scores each draw (PSNR,
+SSIM, the measurement consistency, FID under each offline backend against the training split's reference, class
+accuracy, seconds and network evaluations per image); :func:`publish` writes the restorations, the task's figure,
+the per-draw and summary tables and logs them to the training's MLflow run.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ..config.params import Params, RunConfig
 from ..config.sections import RestoreConfig
 from ..datasets import load_prepared
 from ..device import device_name, resolve_device
-from ..errors import StageInputError
+from ..errors import ConfigError, StageInputError
 from ..evaluation.features import NETWORK_BACKENDS, Backend, network_backend
 from ..evaluation.metrics import extract, fid, load_reference, reference_file
 from ..evaluation.restoration import BASELINE, TRUTH, psnr_ssim, shown, summary
@@ -161,7 +161,8 @@ def prior_of(ckpt: Checkpoint, r: RestoreConfig) -> str:
     return "true class, w = 1" if r.prior == "class" else "unconditional branch, w = 0"
 
 
-def compute(params: Params, run: RunConfig, inputs: Inputs, device: torch.device) -> Restoration:
+def compute(params: Params, run: RunConfig, inputs: Inputs, device: torch.device, task: str) -> Restoration:
+    """Every method's restorations of ``task`` over the draws, and their scores."""
     r, ckpt = params.restore, inputs.ckpt
     conditional = bool(ckpt.ema.num_classes)
     model = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, 1.0 if r.prior == "class" else 0.0)
@@ -183,39 +184,37 @@ def compute(params: Params, run: RunConfig, inputs: Inputs, device: torch.device
         row["class_accuracy"] = accuracy(inputs.classifier, restored_uint8, inputs.labels, device)
         return row
 
-    truth_row = scored(TRUTH, TRUTH, "truth", 0.0, 0, inputs.truth, {})
-    for task in r.tasks:
-        sigma_y = r.sigma_of(task)
-        op = task_operator(task, shape, r, device)
-        problem = Problem(op, measure(op, truth, sigma_y, r.seed, task), sigma_y)
-        rows.append({**truth_row, "task": task, "sigma_y": sigma_y})
-        images[(task, "measurement")] = to_uint8(op.pinv(problem.y)).cpu().numpy()[None]
-        for method, kind in methods_for(task, r):
-            per_draw = []
-            for d in range(r.draws):
-                start = time.perf_counter()
-                if kind == "baseline":
-                    restored, evaluations = baseline(method, problem), 0
-                else:
-                    seeds = [image_seed(r.seed, d, i) for i in range(len(truth))]
-                    restored, evaluations = restore_batches(model, labels, solver_options(method, r), problem, seeds,
-                                                            r.batch_size)
-                seconds = time.perf_counter() - start
-                as_uint8 = to_uint8(restored).cpu().numpy()
-                per_draw.append(as_uint8)
-                consistency = float(op.consistency(restored, problem.y).mean())
-                rows.append(scored(task, method, kind, sigma_y, d, as_uint8, {
-                    "consistency": consistency, "seconds_per_image": seconds / len(truth),
-                    "evaluations": evaluations / len(truth)}))
-                if kind == "baseline":  # deterministic: every draw is the same
-                    rows += [{**rows[-1], "draw": k} for k in range(1, r.draws)]
-                    break
-            images[(task, method)] = np.stack(per_draw)
-            last = rows[-1]
-            log.info("%s %s %s: PSNR %.2f dB, SSIM %.3f, FID (%s) %.3f, accuracy %.3f, %.1f evaluations, %.4f s/image",
-                     run.name, task, method, last["psnr"], last["ssim"], inputs.backends[0].name,
-                     last[f"fid_{inputs.backends[0].name}"], last["class_accuracy"], last["evaluations"],
-                     last["seconds_per_image"])
+    sigma_y = r.sigma_of(task)
+    op = task_operator(task, shape, r, device)
+    problem = Problem(op, measure(op, truth, sigma_y, r.seed, task), sigma_y)
+    rows.append(scored(TRUTH, TRUTH, "truth", 0.0, 0, inputs.truth, {}) | {"task": task, "sigma_y": sigma_y})
+    images[(task, "measurement")] = to_uint8(op.pinv(problem.y)).cpu().numpy()[None]
+    for method, kind in methods_for(task, r):
+        per_draw = []
+        for d in range(r.draws):
+            start = time.perf_counter()
+            if kind == "baseline":
+                restored, evaluations = baseline(method, problem), 0
+            else:
+                seeds = [image_seed(r.seed, d, i) for i in range(len(truth))]
+                restored, evaluations = restore_batches(model, labels, solver_options(method, r), problem, seeds,
+                                                        r.batch_size)
+            seconds = time.perf_counter() - start
+            as_uint8 = to_uint8(restored).cpu().numpy()
+            per_draw.append(as_uint8)
+            consistency = float(op.consistency(restored, problem.y).mean())
+            rows.append(scored(task, method, kind, sigma_y, d, as_uint8, {
+                "consistency": consistency, "seconds_per_image": seconds / len(truth),
+                "evaluations": evaluations / len(truth)}))
+            if kind == "baseline":  # deterministic: every draw is the same
+                rows += [{**rows[-1], "draw": k} for k in range(1, r.draws)]
+                break
+        images[(task, method)] = np.stack(per_draw)
+        last = rows[-1]
+        log.info("%s %s %s: PSNR %.2f dB, SSIM %.3f, FID (%s) %.3f, accuracy %.3f, %.1f evaluations, %.4f s/image",
+                 run.name, task, method, last["psnr"], last["ssim"], inputs.backends[0].name,
+                 last[f"fid_{inputs.backends[0].name}"], last["class_accuracy"], last["evaluations"],
+                 last["seconds_per_image"])
     per_draw = pd.DataFrame(rows)
     return Restoration(per_draw, summary(per_draw, run.evaluate.significance), images, inputs.truth, prior_of(ckpt, r))
 
@@ -229,73 +228,53 @@ def figure(result: Restoration, task: str, path: Path, title: str) -> None:
                          | {"truth": to_model_range(torch.from_numpy(result.truth[:FIGURE_IMAGES]))}, path, title)
 
 
-def restore_stage(params: Params, dataset: str, model: str) -> None:
-    """Restore held-out images measured by each task with each solver; score, write and log them."""
+def restore_stage(params: Params, dataset: str, model: str, task: str) -> None:
+    """Restore held-out images measured by ``task`` with each solver; score, write and log them."""
     run = params.run(dataset, model)
     r = params.restore
-    if not r.tasks:
-        publish_nothing(run, "restore.tasks is empty")
-        log.info("%s: restore.tasks is empty, nothing to restore (docs/restoration.md: dvc exp run -S "
-                 "'restore.tasks=[sr4,blur,box,random,denoise]')", run.name)
-        return
-    if run.autoencoder is not None:
-        publish_nothing(run, "a latent model's solvers would need the measurements in its latent space")
-        log.info("%s is a latent model: the solvers act on pixels, nothing to restore", run.name)
-        return
+    if model not in r.models or task not in r.tasks:
+        raise ConfigError(f"restore@{dataset}-{model}-{task} is not a stage of these params: restore.models is "
+                          f"{list(r.models)} and restore.tasks {list(r.tasks)}")
     device = resolve_device(run.train.device)
     inputs = load_inputs(params, run, device)
-    log.info("%s: %d tasks x %d solvers, %d held-out images, %d draws (%s)", run.name, len(r.tasks), len(r.solvers),
-             r.images, r.draws, prior_of(inputs.ckpt, r))
+    log.info("%s %s: %d solvers, %d held-out images, %d draws (%s)", run.name, task, len(r.solvers), r.images,
+             r.draws, prior_of(inputs.ckpt, r))
     with open_run(params.mlflow, run, device, device_name(device), previous=paths.train(dataset, model)) as tracker:
-        result = compute(params, run, inputs, device)
-        publish(result, params, run, tracker)
+        result = compute(params, run, inputs, device, task)
+        publish(result, params, run, task, tracker)
 
 
-def publish_nothing(run: RunConfig, why: str) -> None:
-    """The stage's outputs when there is nothing to restore (``why``): empty folders and tables."""
-    out = paths.restore(run.dataset, run.model_name)
-    for folder in ("restorations", "figures"):
-        shutil.rmtree(out / folder, ignore_errors=True)
-        (out / folder).mkdir(parents=True)
-    for name in ("draws.csv", "summary.csv"):
-        with atomic_path(out / name) as tmp:
-            tmp.write_text("task,method\n")
-    with atomic_path(out / "restore.md") as tmp:
-        tmp.write_text(f"# Restoration: {run.name}\n\nNothing restored: {why}.\n")
-    write_json(out / "metrics.json", {"prior": "", "draws": 0, "images": 0, "tasks": {}})
-
-
-def publish(result: Restoration, params: Params, run: RunConfig, tracker: Tracker) -> None:
-    """restorations/<task>/<method>.npy (uint8 [draws, N, C, H, W]), figures/<task>.png, draws.csv, summary.csv,
-    restore.md and metrics.json; the summary and figures logged to MLflow."""
-    out = paths.restore(run.dataset, run.model_name)
-    for (task, method), images in result.images.items():
-        with atomic_path(out / "restorations" / task / f"{method}.npy") as tmp:
+def publish(result: Restoration, params: Params, run: RunConfig, task: str, tracker: Tracker) -> None:
+    """restorations/<method>.npy (uint8 [draws, N, C, H, W]), figure.png, draws.csv, summary.csv, restore.md and
+    metrics.json in the task's folder; the summary and the figure logged to MLflow."""
+    out = paths.restore(run.dataset, run.model_name, task)
+    shutil.rmtree(out / "restorations", ignore_errors=True)
+    for (_, method), images in result.images.items():
+        with atomic_path(out / "restorations" / f"{method}.npy") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, images)
-    for task in params.restore.tasks:
-        sigma = params.restore.sigma_of(task)
-        with atomic_path(out / "figures" / f"{task}.png") as tmp:
-            figure(result, task, tmp, f"{run.name} {task} (σ_y = {sigma:g}; {result.prior})")
+    sigma = params.restore.sigma_of(task)
+    with atomic_path(out / "figure.png") as tmp:
+        figure(result, task, tmp, f"{run.name} {task} (σ_y = {sigma:g}; {result.prior})")
     with atomic_path(out / "draws.csv") as tmp:
         result.per_draw.to_csv(tmp, index=False)
     with atomic_path(out / "summary.csv") as tmp:
         result.table.to_csv(tmp, index=False)
     level = run.evaluate.significance
     with atomic_path(out / "restore.md") as tmp:
-        tmp.write_text(f"# Restoration: {run.name} ({result.prior})\n\n"
+        tmp.write_text(f"# Restoration: {run.name}, {task} ({result.prior})\n\n"
                        + shown(result.table, level).to_markdown(index=False) + "\n")
-    metrics = {"prior": result.prior, "draws": params.restore.draws, "images": params.restore.images, "tasks": {}}
+    metrics = {"task": task, "prior": result.prior, "draws": params.restore.draws, "images": params.restore.images,
+               "methods": {}}
     for row in result.table.to_dict("records"):
-        scores = {k: v for k, v in row.items() if k not in ("task", "method", "kind") and pd.notna(v)}
-        metrics["tasks"].setdefault(row["task"], {})[row["method"]] = scores
+        metrics["methods"][row["method"]] = {k: v for k, v in row.items() if k not in ("task", "method", "kind")
+                                             and pd.notna(v)}
     write_json(out / "metrics.json", metrics)
     for row in result.table.to_dict("records"):
-        tracker.log_metrics({f"restore.{row['task']}.{row['method']}.{k}": float(row[k])
+        tracker.log_metrics({f"restore.{task}.{row['method']}.{k}": float(row[k])
                              for k in ("psnr", "ssim", "class_accuracy", "consistency", "seconds_per_image",
                                        *[c for c in row if c.startswith("fid_") and "_vs_" not in c
                                          and not c.endswith(("_std", "_best"))])
                              if k in row and pd.notna(row[k])})
-    tracker.log_artifacts(out / "figures", artifact_path="restore")
-    tracker.log_artifact(out / "summary.csv", artifact_path="restore")
-    tracker.log_artifact(out / "restore.md", artifact_path="restore")
+    for name in ("figure.png", "summary.csv", "restore.md"):
+        tracker.log_artifact(out / name, artifact_path=f"restore/{task}")

@@ -22,6 +22,7 @@ from ..device import device_name, make_generator
 from ..distributed import World
 from ..families import samplers as _own_samplers  # noqa: F401  (the samplers the processes build)
 from ..io import atomic_dir, save_npy, write_json
+from ..runtime.autoencoding import reconstruct
 from ..runtime.checkpoint import Checkpoint, load_checkpoint
 from ..runtime.tracking import Tracker, open_run
 from ..sampling.base import Sampler
@@ -250,13 +251,18 @@ def draw_figures(ckpt: Checkpoint, net: ConditionalModel, s: SampleConfig, image
                  generated: Generated, folder: Path, device: torch.device) -> None:
     """forward.png (the model's own forward process), reverse.png and denoising.gif (x_t and predicted x_0 while
     sampling), inpainting.png (RePaint on held-out images, right half unknown) and round_trip.png (held-out
-    images noised part of the way and denoised back)."""
+    images noised part of the way and denoised back); a latent model: reverse.png, denoising.gif and
+    reconstructions.png (held-out images through its autoencoder)."""
     model, process = ckpt.config.model, ckpt.process
     trajectory = generated.trajectory
     reverse_process_figure([process.time_label(t) for t in trajectory.steps], trajectory.x_t, trajectory.pred_x0,
                            folder / "reverse.png")
     denoising_gif(trajectory.x_t, folder / "denoising.gif")
     if ckpt.codec is not None:  # noising, masks and round trips act on pixels; a latent model's act on its latents
+        shown = images[:FIGURE_IMAGES]
+        panels_figure({"image": to_model_range(torch.from_numpy(shown)),
+                       "reconstruction": to_model_range(torch.from_numpy(reconstruct(ckpt.codec, shown)))},
+                      folder / "reconstructions.png", f"its autoencoder, f = {ckpt.codec.config.factor}")
         return
     x0 = to_model_range(torch.from_numpy(images[:FIGURE_IMAGES])).to(device)
     forward_process_figure(x0[0].cpu(), process, folder / "forward.png")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 
 from .. import paths
@@ -17,8 +18,9 @@ from ..device import device_name
 from ..distributed import World, broadcast_object
 from ..errors import StageInputError
 from ..io import atomic_path, write_json
-from ..runtime.checkpoint import load_resume, save_checkpoint, save_resume
-from ..runtime.latent import LatentCodec, load_codec
+from ..runtime.autoencoding import train_autoencoder
+from ..runtime.checkpoint import code_fingerprint, load_resume, save_checkpoint, save_resume
+from ..runtime.latent import LatentCodec, TrainedCodec, images_digest, reusable_codec, save_codec
 from ..runtime.model import DiffusionModel
 from ..runtime.tracking import Tracker, log_model, open_run
 from ..runtime.training import Trainer, TrainResult
@@ -64,12 +66,14 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
         raise StageInputError(f"prepared {dataset} has {data.card.image_size}px images but params say "
                               f"datasets.{dataset}.image_size = {run.data.image_size}; re-run its prepare stage")
     out = paths.train(dataset, model)
-    channels, images, codec = data.card.channels, data.train_images, None
+    channels, images, codec, autoencoder = data.card.channels, data.train_images, None, None
     if run.autoencoder is not None:
-        codec = load_codec(paths.autoencoder(dataset) / "autoencoder.pt", device, run.autoencoder)
+        autoencoder = latent_codec(run, images, device) if world.is_main else None
+        state = broadcast_object(autoencoder[0].codec.state() if autoencoder else None)
+        codec = autoencoder[0].codec if autoencoder else LatentCodec.from_state(state, device)
         images, channels = codec.encode(images), run.autoencoder.latent_channels
-        log.info("%s trains on %s latents of the autoencoder (scale %.4g)", run.name, "x".join(map(str, images.shape[1:])),
-                 codec.scale)
+        log.info("%s trains on %s latents of its autoencoder (scale %.4g)", run.name,
+                 "x".join(map(str, images.shape[1:])), codec.scale)
     trainer = Trainer(run, images, device, world, labels=data.train_labels)
     resume = load_resume(out / RESUME_FILE, run, channels, device) if world.is_main else None
     resume = broadcast_object(resume)
@@ -90,14 +94,31 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
             tracker.set_tags({"resumed_from_step": trainer.step})
         result = trainer.run(on_log=training_logger(tracker, logged_through), on_checkpoint=lambda t: save_resume(
             out / RESUME_FILE, run, channels, t.state_dict(), tracker.run_id))
-        publish(result, run, channels, world, tracker, codec)
+        publish(result, run, channels, world, tracker, autoencoder)
+
+
+def latent_codec(run: RunConfig, images: np.ndarray, device: torch.device) -> tuple[TrainedCodec, bool]:
+    """A latent model's autoencoder, trained on the training images ``images`` (uint8 [N, C, H, W]) or re-used from
+    :func:`paths.latent_autoencoder`, and whether it was re-used."""
+    path = paths.latent_autoencoder(run.dataset, run.model_name)
+    key = f"{images_digest(images)}:{code_fingerprint()}"
+    trained = reusable_codec(path, device, run.autoencoder, key)
+    if trained is not None:
+        log.info("%s re-uses its autoencoder %s: trained with the same params, images and code", run.name, path)
+        return trained, True
+    trained = train_autoencoder(run.autoencoder, images, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_codec(path, trained, run.dataset, key)
+    return trained, False
 
 
 def publish(result: TrainResult, run: RunConfig, channels: int, world: World, tracker: Tracker,
-            codec: LatentCodec | None = None) -> None:
-    """Write the checkpoint, loss.csv, loss.png and train.json; log them, the training time and the model (an
-    MLflow pytorch model, :class:`DiffusionModel`) to the stage's run, and record the run and model URI."""
+            autoencoder: tuple[TrainedCodec, bool] | None = None) -> None:
+    """Write the checkpoint, loss.csv, loss.png and train.json; log them, the training time, a latent model's
+    autoencoder's training, and the model (an MLflow pytorch model, :class:`DiffusionModel`) to the stage's run, and
+    record the run and model URI."""
     out = paths.train(run.dataset, run.model_name)
+    codec = autoencoder[0].codec if autoencoder else None
     save_checkpoint(out / "checkpoint.pt", run, channels, result.steps, result.model, result.ema, result.process,
                     codec)
     write_loss_csv(result.history, out / "loss.csv")
@@ -106,11 +127,17 @@ def publish(result: TrainResult, run: RunConfig, channels: int, world: World, tr
                "images_per_second": round(result.images_per_second, 1), "steps": result.steps,
                "nonfinite_skips": result.skipped, "processes": world.size,
                **result.process.scalars()}
+    if autoencoder is not None:
+        trained, reused = autoencoder
+        summary["autoencoder"] = {"final_loss": trained.history[-1]["loss"], "train_seconds": round(trained.seconds, 2),
+                                  "latent_scale": codec.scale, "reused": reused}
+        for row in trained.history:
+            tracker.log_metrics({f"autoencoder_{k}": v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+        tracker.log_metrics({"autoencoder_latent_scale": codec.scale, "autoencoder_train_seconds": trained.seconds})
+        tracker.set_tags({"autoencoder_reused": str(reused).lower()})
     write_json(out / "train.json", summary)
     tracker.log_metrics({"train_seconds": summary["train_seconds"], "nonfinite_skips": result.skipped,
                          "train_images_per_second": summary["images_per_second"]})
-    if codec is not None:
-        tracker.log_metrics({"autoencoder_latent_scale": codec.scale})
     tracker.log_artifact(out / "checkpoint.pt", artifact_path="checkpoint")
     tracker.log_artifact(out / "loss.csv")
     tracker.log_artifact(out / "loss.png")

@@ -1,5 +1,5 @@
-"""Training the latent autoencoder (stage autoencoder@<dataset>): Adam on the squared error plus the
-weighted KL term, then the latent scale 1 / std of the training latents (LDM's ``scale_by_std``)."""
+"""Training a latent model's autoencoder (its train stage does, before the diffusion model): Adam on the squared
+error plus the weighted KL term, then the latent scale 1 / std of the training latents (LDM's ``scale_by_std``)."""
 
 from __future__ import annotations
 

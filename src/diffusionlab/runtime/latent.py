@@ -95,11 +95,11 @@ def load_codec(path: str | Path, device: torch.device | str, expected: Autoencod
     """The codec saved at ``path``; with ``expected``, refuses one trained with other params."""
     path = Path(path)
     if not path.is_file():
-        raise StageInputError(f"{path} is missing: a latent model (latent: true) needs its dataset's autoencoder, "
-                              f"trained by its stage: dvc repro autoencoder@{path.parent.name}")
+        raise StageInputError(f"{path} is missing: a latent model's train stage trains its autoencoder first: "
+                              f"dvc repro train@{path.parent.name}")
     state = torch.load(path, map_location=device, weights_only=True)
     codec = LatentCodec.from_state(state, device)
     if expected is not None and codec.config != expected:
         raise StageInputError(f"{path} was trained with autoencoder params {codec.config.model_dump()}, not "
-                              f"{expected.model_dump()}; re-run its stage: dvc repro autoencoder@{path.parent.name}")
+                              f"{expected.model_dump()}; re-run its stage: dvc repro train@{path.parent.name}")
     return codec

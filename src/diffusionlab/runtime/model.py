@@ -119,7 +119,7 @@ class DiffusionModel(nn.Module):
 
     def labels(self, n: int, s: SampleConfig) -> np.ndarray | None:
         """The classes of ``n`` images drawn with ``s``: None for an unconditional model."""
-        from ..sampling.guidance import requested_labels
+        from ..sampling.guidance import requested_labels  # deps: callers
 
         return requested_labels(n, s.classes, self.num_classes) if self.num_classes else None
 
@@ -133,7 +133,7 @@ class DiffusionModel(nn.Module):
 
     def sampler(self, s: SampleConfig) -> Any:
         """The sampler ``s`` names, on this model's noise process (a :class:`~diffusionlab.sampling.base.Sampler`)."""
-        from ..sampling.samplers import make_sampler
+        from ..sampling.samplers import make_sampler  # deps: callers
 
         return make_sampler(s, self.process, default_steps=self.config.model.timesteps)
 
@@ -141,8 +141,8 @@ class DiffusionModel(nn.Module):
                     progress: Callable[[int], None] | None = None) -> np.ndarray:
         """``n`` uint8 images drawn with the checked sampling config ``s`` (see :meth:`sample_config`) and
         its ``sampler`` (:meth:`sampler`)."""
-        from ..sampling.generation import generate
-        from ..sampling.guidance import ConditionalModel, SkipLayerGuidance
+        from ..sampling.generation import generate  # deps: callers
+        from ..sampling.guidance import ConditionalModel, SkipLayerGuidance  # deps: callers
 
         net = ConditionalModel(self.network, self.process, self.channels, s.guidance, SkipLayerGuidance.of(s),
                                self.decode)

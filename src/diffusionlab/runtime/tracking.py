@@ -20,7 +20,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import mlflow
@@ -28,7 +28,6 @@ import requests
 import torch
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
-from mlflow.models.model import ModelInfo
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from .. import timeline
@@ -38,6 +37,9 @@ from ..errors import TrackingUnavailable
 from ..io import read_json, write_json
 from ..validation import flatten
 from .model import DiffusionModel
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
 
 RUN_FILE = "mlflow_run.json"
 PARAMS_ARTIFACT = "params/resolved.yaml"

@@ -239,7 +239,7 @@ class GaussianDiffusion(VariancePreserving):
         """Ancestral sampling on the beta table (respaced below T steps) or DDIM on the alpha_bar table, from
         :mod:`.samplers`, imported here: training does not load (nor, in DVC, depend on) the samplers; the
         stages that sample import them through :mod:`diffusionlab.families.samplers`."""
-        from .samplers import discrete_sampler
+        from .samplers import discrete_sampler  # deps: callers
 
         return discrete_sampler(options, self, steps)
 

@@ -221,7 +221,7 @@ class VDM(VariancePreserving, nn.Module):
         """Ancestral sampling from the posterior on its schedule (eta = 1), or DDIM-style, from :mod:`.samplers`,
         imported here: training does not load (nor, in DVC, depend on) the samplers; the stages that sample
         import them through :mod:`diffusionlab.families.samplers`."""
-        from .samplers import vdm_sampler
+        from .samplers import vdm_sampler  # deps: callers
 
         return vdm_sampler(options, self, steps)
 
