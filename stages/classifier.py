@@ -1,6 +1,6 @@
 """DVC stage classifier@<dataset>: train the classifier whose features FID and IS are computed on."""
 
-from _environment import project_environment
+from _environment import finish, project_environment
 
 with project_environment():
     from diffusionlab.pipeline.classifier import classifier_stage
@@ -8,3 +8,4 @@ with project_environment():
 
 if __name__ == "__main__":
     run_stage(classifier_stage, with_model=False)
+    finish()

@@ -1,6 +1,6 @@
 """DVC stage evaluate@<dataset>-<model>: FID, IS, KID, precision/recall of the samples and the bits/dim bound."""
 
-from _environment import project_environment
+from _environment import finish, project_environment
 
 with project_environment():
     from diffusionlab.pipeline.cli import run_stage
@@ -8,3 +8,4 @@ with project_environment():
 
 if __name__ == "__main__":
     run_stage(evaluate_stage, with_model=True)
+    finish()

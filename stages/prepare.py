@@ -1,6 +1,6 @@
 """DVC stage prepare@<dataset>: download (or load) a dataset and write its prepared form."""
 
-from _environment import project_environment
+from _environment import finish, project_environment
 
 with project_environment():
     from diffusionlab.pipeline.cli import run_stage
@@ -8,3 +8,4 @@ with project_environment():
 
 if __name__ == "__main__":
     run_stage(prepare_stage, with_model=False)
+    finish()

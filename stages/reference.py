@@ -1,6 +1,6 @@
 """DVC stage reference@<dataset>: cache the real training images' features and score the real-data floor."""
 
-from _environment import project_environment
+from _environment import finish, project_environment
 
 with project_environment():
     from diffusionlab.pipeline.cli import run_stage
@@ -8,3 +8,4 @@ with project_environment():
 
 if __name__ == "__main__":
     run_stage(reference_stage, with_model=False)
+    finish()

@@ -1,6 +1,6 @@
 """DVC stage report: every (dataset, model, sampler) result in one Markdown table and one HTML page."""
 
-from _environment import project_environment
+from _environment import finish, project_environment
 
 with project_environment():
     from diffusionlab.pipeline.cli import run_stage
@@ -8,3 +8,4 @@ with project_environment():
 
 if __name__ == "__main__":
     run_stage(report_stage, with_model=False, with_dataset=False)
+    finish()

@@ -1,7 +1,7 @@
 """DVC stage restore@<dataset>-<model>-<task>: restore measured held-out images with each zero-shot solver, and
 score them."""
 
-from _environment import project_environment
+from _environment import finish, project_environment
 
 with project_environment():
     from diffusionlab.pipeline.cli import run_stage
@@ -9,3 +9,4 @@ with project_environment():
 
 if __name__ == "__main__":
     run_stage(restore_stage, with_model=True, with_task=True)
+    finish()

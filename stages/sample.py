@@ -1,6 +1,6 @@
 """DVC stage sample@<dataset>-<model>: draw samples, a grid and a denoising strip from the EMA weights."""
 
-from _environment import project_environment
+from _environment import finish, project_environment
 
 with project_environment():
     from diffusionlab.pipeline.cli import run_stage
@@ -8,3 +8,4 @@ with project_environment():
 
 if __name__ == "__main__":
     run_stage(sample_stage, with_model=True)
+    finish()

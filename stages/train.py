@@ -1,6 +1,6 @@
 """DVC stage train@<dataset>-<model>: train a diffusion model, tracked in MLflow."""
 
-from _environment import project_environment
+from _environment import finish, project_environment
 
 with project_environment():
     from diffusionlab.pipeline.cli import run_stage
@@ -8,3 +8,4 @@ with project_environment():
 
 if __name__ == "__main__":
     run_stage(train_stage, with_model=True)
+    finish()
