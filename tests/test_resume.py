@@ -17,7 +17,7 @@ from processes import command_line, kill_group, process_tree, run
 pytestmark = pytest.mark.timeout(900)  # the first test to use the tiny project runs its `dvc repro`
 SLOW_ENOUGH_TO_KILL = {
     "pipeline": {"datasets": ["digits"], "models": ["ddpm"]},
-    "datasets": {"digits": {"train_steps": 200, "batch_size": 64, "unet": {"dropout": 0.1}}},
+    "datasets": {"digits": {"train_steps": 120, "batch_size": 64, "unet": {"dropout": 0.1}}},
     "train": {"log_every": 10, "warmup_steps": 5, "checkpoint_every": 20},
     "mlflow": {"system_metrics": False},
 }
@@ -60,10 +60,10 @@ def test_sigkill_then_dvc_repro_resumes_and_matches_an_uninterrupted_run(tiny_pr
         dvc.wait(timeout=60)
     assert dvc.returncode != 0
     interrupted_at = torch.load(out / "resume.pt", weights_only=True)["trainer"]["step"]
-    assert 0 < interrupted_at < 200 and not (out / "checkpoint.pt").exists()
+    assert 0 < interrupted_at < 120 and not (out / "checkpoint.pt").exists()
 
     again = shell("dvc repro train@digits-ddpm", killed, env)
-    assert f"resuming digits-ddpm from step {interrupted_at} of 200" in again.stdout + again.stderr
+    assert f"resuming digits-ddpm from step {interrupted_at} of 120" in again.stdout + again.stderr
     a = torch.load(reference / "outputs/train/digits-ddpm/checkpoint.pt", weights_only=True)
     b = torch.load(out / "checkpoint.pt", weights_only=True)
     for key in ("model", "ema"):
@@ -76,7 +76,7 @@ import mlflow
 mlflow.set_tracking_uri("sqlite:///{killed}/mlflow.db")
 runs = mlflow.search_runs(experiment_names=["diffusionlab"], output_format="list")
 steps = [m.step for m in mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "loss")]
-print(len(runs), runs[0].data.tags.get("resumed_from_step"), runs[0].info.status, sorted(steps) == list(range(10, 201, 10)))
+print(len(runs), runs[0].data.tags.get("resumed_from_step"), runs[0].info.status, sorted(steps) == list(range(10, 121, 10)))
 """
     shown = run([sys.executable, "-c", script], killed, env).stdout.split()
     assert shown == ["1", str(interrupted_at), "FINISHED", "True"]  # each step's loss logged once
