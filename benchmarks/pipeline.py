@@ -175,7 +175,8 @@ def main() -> None:
     for row in summary:
         print(f"{row['measure']}: {row['seconds']:.1f} s {row.get('note', '')}", flush=True)
     columns = [("stage", "stage", ""), ("wall s", "wall_seconds", ".1f"), ("work s", "work_seconds", ".1f"),
-               ("start-up s", "startup_seconds", ".1f"), ("interpreter", "interpreter_seconds", ".2f"),
+               ("start-up s", "startup_seconds", ".1f"), ("to work", "before_work_seconds", ".2f"),
+               ("interpreter", "interpreter_seconds", ".2f"),
                ("imports", "imports_seconds", ".2f"), ("MLflow open", "mlflow_open_seconds", ".2f"),
                ("MLflow close", "mlflow_close_seconds", ".2f"), ("exit", "exit_seconds", ".2f"),
                ("DVC", "dvc_seconds", ".2f"), ("largest imports (s)", "largest_imports", "")]
@@ -184,7 +185,8 @@ def main() -> None:
         f"The default pipeline (params.yaml at commit {commit}) in a fresh clone; the largest process of `make run` "
         f"peaked at {full['peak_rss_mib']:,.0f} MiB resident. Start-up is a stage's wall time minus its work: the "
         "interpreter's start, the imports before the work, the exit after it and DVC's own time before and after "
-        "the process; MLflow open and close are part of the work. `make run` ran under `-X importtime`, which "
+        "the process; `to work` is the time from the process's start to its work; MLflow open and close are part "
+        "of the work. `make run` ran under `-X importtime`, which "
         "slows imports slightly.",
         {"Summary": markdown_table(summary, [("measure", "measure", ""), ("seconds", "seconds", ".1f"),
                                              ("", "note", "")]),

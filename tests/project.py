@@ -56,6 +56,11 @@ STAGES = ["prepare@digits", "classifier@digits", "reference@digits", *[
 """The stages of the tiny project's `dvc repro`."""
 
 
+def ran_stages(output: str) -> list[str]:
+    """The stages a `dvc repro` or `dvc exp run` ran, in order, from its output."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
 def merge(base: dict, override: dict, top: bool = True) -> dict:
     """``base`` params with ``override`` merged in, section by section; a block of ``models`` is replaced whole."""
     out = dict(base)

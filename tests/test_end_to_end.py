@@ -18,7 +18,7 @@ import pytest
 import requests
 import yaml
 from PIL import Image
-from project import STAGES, copy_project, read_params, shell, write_params
+from project import STAGES, copy_project, ran_stages, read_params, shell, write_params
 
 from processes import command_line, kill_group, process_tree, project_processes, run, stop
 
@@ -27,8 +27,7 @@ pytestmark = pytest.mark.timeout(900)  # the first test to use the tiny project 
 
 def test_repro_runs_every_stage_of_the_matrix_and_none_that_would_do_nothing(tiny_project):
     dest, _, repro = tiny_project
-    ran = [line.split("'")[1] for line in repro.stdout.splitlines() if line.startswith("Running stage '")]
-    assert sorted(ran) == sorted(STAGES)  # restore.models is [ddpm]; no latent model, so no autoencoder to train
+    assert sorted(ran_stages(repro.stdout)) == sorted(STAGES)  # restore.models is [ddpm]; no latent model, so no autoencoder to train
 
 
 def test_metrics_file_holds_every_metric_with_its_counts_and_floor_for_every_family(tiny_project):
@@ -523,8 +522,7 @@ def test_a_flow_and_a_latent_transformer_added_to_the_pipeline_train_sample_and_
     params["pipeline"]["models"] = [*params["pipeline"]["models"], "flow", "flow_latent"]
     write_params(dest, params)
     repro = shell("dvc repro evaluate@digits-flow evaluate@digits-flow_latent", dest, env)
-    ran = {line.split("'")[1] for line in repro.stdout.splitlines() if line.startswith("Running stage '")}
-    assert ran == {f"{stage}@digits-{m}" for m in ("flow", "flow_latent") for stage in ("train", "sample", "evaluate")}
+    assert set(ran_stages(repro.stdout)) == {f"{stage}@digits-{m}" for m in ("flow", "flow_latent") for stage in ("train", "sample", "evaluate")}
     card = json.loads((dest / "outputs/sample/digits-flow/sample.json").read_text())
     assert card["sampler"] == "heun" and card["steps"] == 10
     assert (dest / "outputs/sample/digits-flow/figures/inpainting.png").is_file()

@@ -10,21 +10,22 @@ UNSCORED = ["prepare", "classifier", "train", "sample", "report"]
 SCORING = ["reference", "evaluate", "restore"]
 SCRIPT = """
 import importlib, json, sys
+from diffusionlab.pipeline.cli import HEAVY
 loaded = {}
 for name in sys.argv[1:]:
     importlib.import_module(f"diffusionlab.pipeline.{name}")
-    loaded[name] = [m for m in ("torch_fidelity", "torchvision", "torch._dynamo", "mlflow.pytorch", "mlflow.models")
-                    if m in sys.modules]
+    loaded[name] = [m for m in HEAVY if m in sys.modules]
 print(json.dumps(loaded))
 """
 
 
 def test_stages_that_score_no_features_start_without_torch_fidelity_and_none_with_mlflows_model_flavour():
+    """The stage modules imported one after another in one process (each sees what those before it loaded)."""
     done = subprocess.run([sys.executable, "-c", SCRIPT, *UNSCORED, *SCORING], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout.splitlines()[-1])
-    for name in UNSCORED:  # imported one after another: each sees what those before it loaded, and none loads these
+    for name in UNSCORED:
         assert not {"torch_fidelity", "torchvision", "torch._dynamo"} & set(loaded[name]), (name, loaded[name])
     for name in UNSCORED + SCORING:
         assert "mlflow.pytorch" not in loaded[name], name

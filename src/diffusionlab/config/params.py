@@ -210,12 +210,12 @@ class Params(Section):
             if what:
                 raise ValueError(f"{what} but models.{name}.timesteps is {total}; a sampler cannot take more steps "
                                  "than the model has")
-        r = self.restore
-        for name in [m for m in r.models if m not in self.pipeline.models][:1] if r.tasks else []:
+        restoring = self.restore.models if self.restore.tasks else ()  # without a task there is no restore stage
+        for name in [m for m in restoring if m not in self.pipeline.models][:1]:
             raise ValueError(f"restore.models lists '{name}', which pipeline.models ({', '.join(self.pipeline.models)}) "
                              "does not: a model restores once it is trained; add it to pipeline.models or drop it from "
                              "restore.models")
-        for name in [m for m in r.models if self.models[m].latent][:1] if r.tasks else []:
+        for name in [m for m in restoring if self.models[m].latent][:1]:
             raise ValueError(f"restore.models lists '{name}', a latent model: the solvers measure and restore pixels; "
                              "drop it from restore.models")
         for name in self.pipeline.datasets:

@@ -64,7 +64,9 @@ def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | No
 MODULES_LOG = "DIFFUSIONLAB_MODULES_LOG"
 """When set, every stage appends the package modules it ran to this file (a JSON line): what its DVC deps must hold."""
 HEAVY = ("torch_fidelity", "torchvision", "torch._dynamo", "mlflow.pytorch")
-"""Libraries a stage loads only where its work needs them: feature scoring, a compiled network, a logged model."""
+"""Libraries a stage loads only where its work needs them: torch-fidelity to score features, torchvision for that and
+for image grids, torch._dynamo with torchvision's operators or a torch.optim optimizer, MLflow's pytorch flavour to log
+a model."""
 
 
 def record_modules(path: Path, stage: str) -> None:
