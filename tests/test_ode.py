@@ -13,6 +13,7 @@ from diffusionlab.families.ddpm.process import GaussianDiffusion
 from diffusionlab.families.ddpm.samplers import DDIMSampler
 from diffusionlab.families.ddpm.schedules import cosine_betas, linear_betas
 from diffusionlab.families.vdm.gamma import make_gamma
+from diffusionlab.families.flow.process import RectifiedFlow
 from diffusionlab.families.vdm.process import VDM
 from diffusionlab.sampling.base import sample
 from diffusionlab.sampling.inverse import inpaint
@@ -84,11 +85,28 @@ def test_heun_takes_two_evaluations_per_step_but_the_last():
 
     heun = sampler_of(diffusion, "heun", 10)
     sample(model, heun, torch.zeros(2, *SHAPE, dtype=torch.float64))
-    assert len(calls) == 19 == len(heun.timesteps)
+    assert len(calls) == 19 == heun.evaluations
     grid = diffusion.time_grid(10).times
     assert calls == [grid[0], *(t for t in grid[1:] for _ in range(2))]
     sample(model, heun, torch.zeros(2, *SHAPE, dtype=torch.float64))  # a second trajectory restarts cleanly
     assert len(calls) == 38
+
+
+@pytest.mark.parametrize("family", ["ddpm", "flow"])
+def test_heun_started_mid_grid_is_the_tail_of_the_full_trajectory(family):
+    """A sampler keeps nothing between steps: started at step k from the state a full trajectory had there, Heun
+    takes the same steps and ends at the same images."""
+    process = GaussianDiffusion(linear_betas(1000), dtype=torch.float64) if family == "ddpm" else RectifiedFlow()
+    mu, cov = gaussian()
+    model = exact_model(process, mu, cov)
+    heun = sampler_of(process, "heun", 8)
+    noise = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    states = {}
+    full = heun(model, noise, callback=lambda i, t, x, x0: states.__setitem__(i, x))
+    for k in (1, 4, 7):
+        assert torch.equal(heun(model, states[k - 1], start=k), full), k
+    with pytest.raises(ValueError, match="start must index the sampler's 8 steps"):
+        heun(model, noise, start=8)
 
 
 def moment_error(process, name, steps, mu, cov, noisiest):
@@ -118,7 +136,7 @@ def test_euler_converges_at_first_order_and_heun_at_second_to_the_data_distribut
 
 def test_inpainting_refuses_heun_which_carries_its_prediction_between_calls():
     diffusion = GaussianDiffusion(linear_betas(100), dtype=torch.float64)
-    with pytest.raises(ValueError, match="carrying state"):
+    with pytest.raises(ValueError, match="only a sampler whose step needs the current output alone"):
         inpaint(lambda x, t: x, sampler_of(diffusion, "heun", 5), torch.zeros(1, *SHAPE), torch.ones(1, *SHAPE))
 
 

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from diffusionlab.core.updates import ddim_update
 from diffusionlab.families.ddpm.process import GaussianDiffusion
 from diffusionlab.families.ddpm.schedules import linear_betas
 from diffusionlab.families.flow.process import RectifiedFlow
 from diffusionlab.families.vdm.gamma import make_gamma
 from diffusionlab.families.vdm.process import VDM
 from diffusionlab.sampling import operators as ops
-from diffusionlab.sampling.restoration import BASELINES, Problem, SolverOptions, baseline, ddim_update, solve
+from diffusionlab.sampling.restoration import BASELINES, Problem, SolverOptions, baseline, solve
 from diffusionlab.tensors import ImageGenerators
 
 from gaussian_data import DIMS, SHAPE, draw, exact_model, gaussian
@@ -125,12 +126,12 @@ def test_ddim_update_at_eta_1_is_the_ddpm_posterior_of_a_variance_preserving_pro
     x0, x_t = randn(1, 4), randn(1, 4, seed=1)
     eps = (x_t - a_t**0.5 * x0) / (1 - a_t) ** 0.5
     at_t, at_s = (a_t**0.5, (1 - a_t) ** 0.5), (a_s**0.5, (1 - a_s) ** 0.5)
-    mean = ddim_update(x0, eps, at_t, at_s, 1.0, torch.zeros(1, 4, dtype=F64))
+    x_s = ddim_update(x0, eps, at_t, at_s, 1.0, torch.Generator().manual_seed(4))
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4), dtype=F64)
     ratio = a_t / a_s
-    expected = a_s**0.5 * (1 - ratio) / (1 - a_t) * x0 + ratio**0.5 * (1 - a_s) / (1 - a_t) * x_t
-    torch.testing.assert_close(mean, expected)
-    unit = ddim_update(x0, eps, at_t, at_s, 1.0, torch.ones(1, 4, dtype=F64)) - mean
-    torch.testing.assert_close(unit, torch.full_like(unit, ((1 - a_s) / (1 - a_t) * (1 - ratio)) ** 0.5))
+    mean = a_s**0.5 * (1 - ratio) / (1 - a_t) * x0 + ratio**0.5 * (1 - a_s) / (1 - a_t) * x_t
+    torch.testing.assert_close(x_s, mean + ((1 - a_s) / (1 - a_t) * (1 - ratio)) ** 0.5 * z)
+    assert torch.equal(ddim_update(x0, eps, at_t, (1.0, 0.0), 1.0, None), x0)  # at the data: x_0 itself
 
 
 # --- restoration of Gaussian data with the exact denoiser ------------------------------------------------------

@@ -49,7 +49,7 @@ def propagate_gaussian(diffusion, sampler, eta):
         eps_coef, eps_mean = math.sqrt(1 - a) / v, (mean - math.sqrt(a) * x0_mean) / math.sqrt(1 - a)
         a_p = abar[prev] if prev >= 0 else 1.0
         if isinstance(sampler, DDPMSampler):  # possibly respaced: its own process, indexed by position
-            process, i = sampler._process.float64, sampler._index[t]
+            process, i = sampler.respaced.float64, len(steps) - 1 - steps.index(t)
             c1, c2 = process["posterior_mean_coef1"][i], process["posterior_mean_coef2"][i]
             noise_var = process["posterior_variance"][i] if i > 0 else 0.0
             coef, mean = c1 * k + c2, c1 * x0_mean + c2 * mean
@@ -94,7 +94,7 @@ def test_ddim_step_matches_song_et_al_equation_12(diffusion):
     eps = torch.tensor([[[[-0.25]]]], dtype=torch.float64)
     gen = torch.Generator().manual_seed(3)
     z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).item()
-    x_prev, x0 = sampler.step(eps, t, x_t, gen)
+    x_prev, x0 = sampler.update(eps, 3, x_t, gen)
     x0_expected = (0.8 - math.sqrt(1 - a_t) * -0.25) / math.sqrt(a_t)
     sigma = 0.5 * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)
     expected = math.sqrt(a_prev) * x0_expected + math.sqrt(1 - a_prev - sigma**2) * -0.25 + sigma * z
@@ -104,13 +104,13 @@ def test_ddim_step_matches_song_et_al_equation_12(diffusion):
 
 def test_ddim_with_eta_one_on_the_full_schedule_is_the_ancestral_sampler(diffusion):
     ddim = DDIMSampler(diffusion, num_steps=1000, eta=1.0)
-    ddpm = DDPMSampler(diffusion)
+    ddpm = DDPMSampler(diffusion, 1000)
     assert ddim.timesteps == ddpm.timesteps
     x_t = torch.randn(4, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     eps = torch.randn(4, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     for t in (999, 500, 10, 1, 0):
-        a, a0 = ddim.step(eps, t, x_t, torch.Generator().manual_seed(t))
-        b, b0 = ddpm.step(eps, t, x_t, torch.Generator().manual_seed(t))
+        a, a0 = ddim.update(eps, 999 - t, x_t, torch.Generator().manual_seed(t))
+        b, b0 = ddpm.update(eps, 999 - t, x_t, torch.Generator().manual_seed(t))
         assert torch.allclose(a, b, atol=1e-9), t
         assert torch.allclose(a0, b0)
 
@@ -138,14 +138,13 @@ def test_respaced_betas_reproduce_alpha_bar_at_the_kept_steps(diffusion):
     kept = [999, 700, 420, 100, 37, 5, 0]
     betas = respaced_betas(diffusion.float64["alphas_cumprod"], kept)
     assert np.allclose(np.cumprod(1 - betas), diffusion.float64["alphas_cumprod"][sorted(kept)], rtol=1e-12)
-    sampler = DDPMSampler(diffusion, clip_denoised=False)
-    sampler.set_timesteps(kept)
-    assert sampler.timesteps == kept and sampler._process.num_timesteps == 7
+    sampler = DDPMSampler(diffusion, kept, clip_denoised=False)
+    assert sampler.timesteps == kept and sampler.respaced.num_timesteps == 7
 
 
 def test_ancestral_sampler_on_all_steps_is_the_unrespaced_one(diffusion):
     sampler = make_sampler(SampleConfig(sampler="ddpm", steps=1000), diffusion, 1000)
-    assert sampler._process is diffusion and sampler.timesteps == list(range(999, -1, -1))
+    assert sampler.respaced is diffusion and sampler.timesteps == list(range(999, -1, -1))
     with pytest.raises(ValueError, match="between 1 and T = 1000"):
         make_sampler(SampleConfig(sampler="ddpm", steps=1001), diffusion, 1000)
 
@@ -196,7 +195,7 @@ def test_explicit_step_lists_are_visited_exactly(diffusion, name):
     steps = (999, 700, 300, 50, 0)
     sampler = make_sampler(SampleConfig(sampler=name, steps=None, step_list=steps), diffusion, 1000)
     assert sampler.timesteps == list(steps)
-    assert sampler.alpha_bars == [float(diffusion.float64["alphas_cumprod"][t]) for t in steps]
+    assert sampler.grid.alphas == [math.sqrt(float(diffusion.float64["alphas_cumprod"][t])) for t in steps]
     calls = []
 
     def model(x, t):
@@ -217,7 +216,10 @@ def test_first_step_of_sde_dpm_solver_pp_is_the_ddpm_posterior(diffusion):
     gen = torch.Generator().manual_seed(3)
     x_t = torch.randn(4, 1, 3, 3, generator=gen, dtype=torch.float64)
     eps = torch.randn(4, 1, 3, 3, generator=gen, dtype=torch.float64)
-    x_s, x0 = sampler.step(eps, t, x_t, torch.Generator().manual_seed(7))
+    first: list[torch.Tensor] = []
+    sampler(lambda x, time: eps, x_t, torch.Generator().manual_seed(7),
+            callback=lambda i, time, x, x0: first.extend([x, x0]) if i == 0 else None)
+    x_s, x0 = first
     z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     b = 1 - a_t / a_s
     assert torch.allclose(x0, (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t))
@@ -239,3 +241,16 @@ def test_sde_dpm_solver_pp_2m_recovers_gaussian_data_in_20_steps_and_follows_its
     again, _ = sample(gaussian_oracle(diffusion), sampler, noise, torch.Generator().manual_seed(1))
     other, _ = sample(gaussian_oracle(diffusion), sampler, noise, torch.Generator().manual_seed(2))
     assert torch.equal(x, again) and not torch.allclose(x, other)
+
+
+def test_ancestral_sampling_respaced_to_one_step_returns_the_predicted_x0(diffusion):
+    """One respaced step goes from the noisiest step straight to the data: its beta' = 1 - alpha_bar_{T-1} makes the
+    posterior mean x_0_hat itself, and no noise is added at the last step."""
+    sampler = make_sampler(SampleConfig(sampler="ddpm", steps=1, clip_denoised=False), diffusion, 1000)
+    assert sampler.timesteps == [999] and sampler.respaced.num_timesteps == 1
+    noise = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = gaussian_oracle(diffusion)
+    x, _ = sample(model, sampler, noise, torch.Generator().manual_seed(1))
+    a = float(diffusion.float64["alphas_cumprod"][999])
+    x0 = (noise - math.sqrt(1 - a) * model(noise, torch.tensor([999]))) / math.sqrt(a)
+    torch.testing.assert_close(x, x0)

@@ -37,7 +37,7 @@ def ode_log_likelihood(process: Process, model: Denoiser, x: Tensor, steps: int,
     eps_hat - x_0_hat, where tau stays in [0, 1] (EDM's sigma / alpha would reach e^(gamma_max / 2) and more).
     Heun steps over :meth:`Process.likelihood_grid` from the cleanest time to the noisiest, the divergence
     estimated with ``probes`` Rademacher vectors (the same ones along the path):
-    log p(x) = log N(x_T; 0, I) + D log(c_T / c_0) + integral of div_y f dtau, c = alpha + sigma.
+    log p(x) = log N(x_T; 0, prior_sigma^2 I) + D log(c_T / c_0) + integral of div_y f dtau, c = alpha + sigma.
     """
     grid = process.likelihood_grid(steps)
     times, alphas, sigmas = grid.times[::-1], grid.alphas[::-1], grid.sigmas[::-1]
@@ -67,7 +67,8 @@ def ode_log_likelihood(process: Process, model: Denoiser, x: Tensor, steps: int,
         integral += h * 0.5 * (div + div_end)
         f, div = slope_and_divergence(y, i + 1) if i + 1 < len(times) - 1 else (f_end, div_end)
     x_T = (scales[-1] * y).double()
-    prior = -0.5 * (x_T.flatten(1) ** 2).sum(1) - 0.5 * dims * math.log(2 * math.pi)
+    s = process.prior_sigma
+    prior = -0.5 * (x_T.flatten(1) ** 2).sum(1) / s**2 - dims * (math.log(s) + 0.5 * math.log(2 * math.pi))
     return prior + dims * math.log(scales[-1] / scales[0]) + integral
 
 

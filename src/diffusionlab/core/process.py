@@ -99,6 +99,9 @@ class Process(Protocol):
     """The sampler names that can draw from it: its own (:meth:`sampler`) and the family-agnostic ones."""
     has_bound: bool
     """Whether the family has a variational bound (:meth:`nll_terms`); every family has the ODE likelihood."""
+    prior_sigma: float
+    """The prior x_T ~ N(0, prior_sigma^2 I) that sampling starts from and the ODE likelihood ends at: 1 for a
+    variance-preserving process and the flow, sigma_max for a variance-exploding one."""
 
     def out_channels(self, channels: int) -> int:
         """Channels the network outputs for images of ``channels`` channels."""
@@ -188,6 +191,7 @@ class ProcessDefaults:
     as such (a discrete-time process writes its steps 1..T instead)."""
 
     has_bound = False
+    prior_sigma = 1.0
 
     def time_label(self, t: float) -> str:
         return f"t={t:.3g}"

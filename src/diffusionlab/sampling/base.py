@@ -1,9 +1,9 @@
-"""What every sampler shares: the protocol and the sampling loop.
+"""What every sampler shares: the protocol and the loop that records a trajectory.
 
-A sampler is told how many steps to take (``set_timesteps``), exposes the times it evaluates the network
-at in order (``timesteps``) with their marginals, and maps one model output to the next sample with
-``step``. The loop in :func:`sample` is the same for every sampler; a sampler sees a denoiser, a grid of
-times and the process's conversions, never a family's internals.
+A sampler owns its loop (k-diffusion's ``sample_*(model, x, sigmas, callback)``): called with a denoiser and the
+state at the first time of its grid, it runs its steps to the data and returns it. It keeps nothing between calls,
+so a trajectory may start at any step. It sees a denoiser, its grid of times with their marginals and the
+process's conversions, never a family's internals (:mod:`diffusionlab.core.updates`).
 """
 
 from __future__ import annotations
@@ -14,58 +14,72 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from ..core.process import Denoiser
-from ..core.updates import batch_time
+from ..core.process import Denoiser, TimeGrid
+from ..core.updates import Callback, Marginal
 
 
 class Sampler(Protocol):
     process: Any
     """The noise process it draws from (:class:`diffusionlab.core.process.Process`), for its conversions."""
-    timesteps: list
-    """The times the network is evaluated at, in order (the loop of :func:`sample` visits each once)."""
-    marginals: list[tuple[float, float]]
-    """(alpha, sigma) of x_t = alpha x_0 + sigma eps at each visited time; the data, after the last one, has (1, 0)."""
+    grid: TimeGrid
+    """The times of its steps from the noisiest, with their marginals; the data comes after the last."""
+
+    @property
+    def timesteps(self) -> list: ...
+
+    @property
+    def marginals(self) -> list[Marginal]: ...
 
     @property
     def steps(self) -> int:
-        """Its number of steps (Heun's takes two evaluations for each but the last)."""
+        """Its number of steps."""
         ...
 
-    def set_timesteps(self, num_steps: int) -> None: ...
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations of one trajectory, unguided (Heun's: 2 steps - 1)."""
+        ...
 
-    def step(self, model_output: Tensor, t: Any, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """(the sample at the next time, predicted x_0) from the model's output at time t."""
+    def __call__(self, model: Denoiser, x: Tensor, generator: Any = None, start: int = 0,
+                 callback: Callback | None = None) -> Tensor:
+        """The data reached from the state ``x`` at the time of step ``start``."""
         ...
 
 
 @dataclass
 class Trajectory:
-    """Frames recorded during sampling: step index, x_t and predicted x_0, each [B, C, H, W]."""
+    """Frames recorded during sampling: the step's time, x_t after it and the x_0 predicted at it, each
+    [B, C, H, W]."""
 
-    steps: list[int]
+    steps: list
     x_t: list[Tensor]
     pred_x0: list[Tensor]
+
+
+def prior_draw(process: Any, noise: Tensor) -> Tensor:
+    """A draw of the process's prior N(0, prior_sigma^2 I) from standard normal ``noise``: where every sampling
+    path starts (sigma_max for a variance-exploding process, 1 for the others)."""
+    return noise if process.prior_sigma == 1 else process.prior_sigma * noise
 
 
 @torch.inference_mode()
 def sample(
     model: Denoiser,
     sampler: Sampler,
-    noise: Tensor,
-    generator: torch.Generator | None = None,
+    x: Tensor,
+    generator: Any = None,
     record: set[int] | None = None,
     start: int = 0,
 ) -> tuple[Tensor, Trajectory]:
-    """Run the reverse process from ``noise`` [B, C, H, W], a draw at the sampler's visited time
-    ``timesteps[start]`` (pure noise when ``start`` is 0); records frames at the step indices in ``record``."""
-    x = noise
+    """Run ``sampler`` from ``x`` [B, C, H, W], a draw of the marginal at the time of its step ``start`` (the
+    prior, :func:`prior_draw`, when 0); frames are recorded after the steps indexed in ``record``."""
     trajectory = Trajectory([], [], [])
-    if hasattr(sampler, "reset"):
-        sampler.reset()
-    for i, t in enumerate(sampler.timesteps[start:], start):
-        x, x0 = sampler.step(model(x, batch_time(t, x)), t, x, generator)
-        if record and i in record:
+
+    def keep(i: int, t: Any, x_t: Tensor, x0: Tensor) -> None:
+        if i in record:
             trajectory.steps.append(t)
-            trajectory.x_t.append(x.cpu())
+            trajectory.x_t.append(x_t.cpu())
             trajectory.pred_x0.append(x0.cpu())
-    return x, trajectory
+
+    out = sampler(model, x, generator, start=start, callback=keep if record else None)
+    return out, trajectory

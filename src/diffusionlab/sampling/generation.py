@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..tensors import ImageGenerators, image_seed, to_uint8
-from .base import Sampler, Trajectory, sample
+from .base import Sampler, Trajectory, prior_draw, sample
 from .guidance import ConditionalModel
 
 
@@ -43,7 +43,7 @@ def draw_batch(model: ConditionalModel, sampler: Sampler, indices: np.ndarray, n
     """Images ``indices`` (uint8 [len(indices), C, H, W] on the CPU) of a run of draws of ``num_samples`` images of
     ``shape``, of the classes ``labels[indices]`` when given; frames recorded at the loop indices ``record``."""
     generators = image_generators(indices, num_samples, seed, device)
-    noise = generators.randn((len(indices), *shape)).to(device)
+    noise = prior_draw(sampler.process, generators.randn((len(indices), *shape)).to(device))
     y = None if labels is None else torch.as_tensor(labels[indices], device=device)
     x, trajectory = sample(model.denoiser(y), sampler, noise, generators, record)
     if model.decode is not None:

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from ..core.process import Denoiser
-from ..core.updates import batch_time, ddim_step, noise_like
-from .base import Sampler, sample
+from ..core.updates import OneStepSampler, batch_time, ddim_update, noise_like
+from .base import Sampler, prior_draw, sample
 from .names import ONE_STEP_SAMPLERS
 
 
@@ -36,9 +36,9 @@ def forward_jump(x_s: Tensor, at_s: tuple[float, float], at_t: tuple[float, floa
 
 
 def _check_one_step(sampler: Sampler) -> None:
-    if hasattr(sampler, "reset"):
-        raise ValueError("inpainting steps back and forth, which a sampler carrying state between its steps "
-                         f"cannot follow; use the ddpm or ddim sampler (or {', '.join(ONE_STEP_SAMPLERS[2:])})")
+    if not isinstance(sampler, OneStepSampler):
+        raise ValueError("inpainting steps back and forth, which only a sampler whose step needs the current output "
+                         f"alone can follow; use the ddpm or ddim sampler (or {', '.join(ONE_STEP_SAMPLERS[2:])})")
 
 
 @torch.inference_mode()
@@ -56,13 +56,12 @@ def inpaint(
         raise ValueError(f"resample must be >= 1, got {resample}")
     _check_one_step(sampler)
     mask = mask.to(image.dtype).expand_as(image)
-    x = noise_like(image, generator)
-    marginals = [*sampler.marginals, (1.0, 0.0)]
+    x = prior_draw(sampler.process, noise_like(image, generator))
     for i, t in enumerate(sampler.timesteps):
-        at_t, at_s = marginals[i], marginals[i + 1]
+        at_t, at_s = sampler.marginals[i], sampler.marginal_after(i)
         for r in range(resample):
             x_t = mask * forward_noise(image, *at_t, generator) + (1 - mask) * x
-            x_s, _ = sampler.step(model(x_t, batch_time(t, x_t)), t, x_t, generator)
+            x_s, _ = sampler.update(model(x_t, batch_time(t, x_t)), i, x_t, generator)
             x = forward_jump(x_s, at_s, at_t, generator) if r < resample - 1 else x_s
     return mask * image + (1 - mask) * x
 
@@ -70,26 +69,24 @@ def inpaint(
 @torch.inference_mode()
 def round_trip(model: Denoiser, sampler: Sampler, image: Tensor, start: int,
                generator: torch.Generator | None = None) -> Tensor:
-    """Noise ``image`` to the sampler's visited time ``timesteps[start]`` and denoise it back from there."""
-    if not 0 <= start < len(sampler.timesteps):
-        raise ValueError(f"start must index the sampler's {len(sampler.timesteps)} visited times, got {start}")
+    """Noise ``image`` to the time of the sampler's step ``start`` and denoise it back from there."""
+    sampler.check_start(start)
     noisy = forward_noise(image, *sampler.marginals[start], generator)
     return sample(model, sampler, noisy, generator, start=start)[0]
 
 
 @torch.inference_mode()
 def ddim_invert(model: Denoiser, sampler: Sampler, image: Tensor) -> Tensor:
-    """The latent x_T whose deterministic DDIM sampling (eta = 0, no clipping) returns ``image``: each step
-    runs eq. 12 of Song et al. from the lower-noise time s to t with the epsilon predicted at s (at the
-    first visited time for the clean image), x_t = alpha_t x_0_hat + sigma_t eps; a variance-preserving process."""
+    """The latent x_T whose deterministic DDIM sampling (eta = 0, no clipping) returns ``image``: each step runs
+    eq. 12 of Song et al. from the lower-noise time s to t with the (x_0, eps) predicted at s (at the first visited
+    time for the clean image), x_t = alpha_t x_0_hat + sigma_t eps_hat, for the marginals of any process."""
     times = sampler.timesteps[::-1]
     marginals = sampler.marginals[::-1]
     x = image
-    for k, (t, (alpha_t, sigma_t)) in enumerate(zip(times, marginals)):
-        s, (alpha_s, sigma_s) = (times[0], marginals[0]) if k == 0 else (times[k - 1], marginals[k - 1])
-        _, eps = sampler.process.x0_eps(model(x, batch_time(s, x)), x, alpha_s, sigma_s)
-        if k == 0:
-            x = alpha_t * x + sigma_t * eps
-        else:
-            x, _ = ddim_step(x, eps, alpha_s**2, alpha_t**2, 0.0, False, None)
+    for k, (t, at_t) in enumerate(zip(times, marginals)):
+        s, at_s = (times[0], marginals[0]) if k == 0 else (times[k - 1], marginals[k - 1])
+        x0, eps = sampler.process.x0_eps(model(x, batch_time(s, x)), x, *at_s)
+        if k == 0:  # the clean image itself is x_0
+            x0 = x
+        x = ddim_update(x0, eps, at_s, at_t, 0.0, None)
     return x

@@ -15,83 +15,67 @@ step, to the data, which is an Euler step: N steps take 2N - 1 network evaluatio
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from ..core.process import Process, TimeGrid
+from ..core.process import Denoiser, Process, TimeGrid
+from ..core.updates import Callback, GridSampler, OneStepSampler, batch_time, denoised
 
 
-class EulerSampler:
-    """Euler steps on the probability-flow ODE of ``process`` over its ``grid``, ending at the data.
+class ODESampler(GridSampler):
+    """The probability-flow ODE of ``process`` in its own variables over ``grid``, ending at the data.
 
     With ``clip_denoised`` the predicted x_0 is clipped to [-1, 1] and eps recomputed from it, as DDIM does.
-    Deterministic: the generator is not used. One step needs only the current output, so inpainting and
-    round trips may use it."""
+    Deterministic: the generator is not used."""
 
     def __init__(self, process: Process, grid: TimeGrid, clip_denoised: bool = True):
-        # grid: the times of the steps; timesteps: the times of the network evaluations (Heun: more)
-        self.process, self.grid, self.clip_denoised = process, grid, clip_denoised
+        super().__init__(process, grid)
+        self.clip_denoised = clip_denoised
         ode = [process.ode_variables(a, s) for a, s in zip(grid.alphas, grid.sigmas)]
         self._c = [c for c, _ in ode] + [1.0]
         self._tau = [tau for _, tau in ode] + [0.0]
-        self._index = {t: i for i, t in enumerate(grid.times)}
-        self.timesteps = list(grid.times)
-        self.marginals = list(zip(grid.alphas, grid.sigmas))
-
-    @property
-    def steps(self) -> int:
-        return len(self.grid)
-
-    def set_timesteps(self, num_steps: int) -> None:
-        if num_steps != len(self.grid):
-            raise ValueError("build a new ODE sampler for another number of steps (make_sampler)")
 
     def slope(self, model_output: Tensor, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """(dy/dtau, predicted x_0) at grid time i from the model's output at x."""
-        alpha, sigma = self.grid.alphas[i], self.grid.sigmas[i]
-        x0, eps = self.process.x0_eps(model_output, x, alpha, sigma)
-        if self.clip_denoised:
-            x0 = x0.clamp(-1, 1)
-            eps = (x - alpha * x0) / sigma
+        x0, eps = denoised(self.process, model_output, x, self.grid.alphas[i], self.grid.sigmas[i],
+                           self.clip_denoised)
         return self.process.ode_derivative(x0, eps), x0
 
     def euler(self, x: Tensor, i: int, slope: Tensor) -> Tensor:
         """x at grid time i + 1 (the data after the last) from x at time i: y' = y + (tau' - tau) slope."""
         return self._c[i + 1] * (x / self._c[i] + (self._tau[i + 1] - self._tau[i]) * slope)
 
-    def step(self, model_output: Tensor, t, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        i = self._index[t]
-        slope, x0 = self.slope(model_output, i, x_t)
-        return self.euler(x_t, i, slope), x0
+
+class EulerSampler(ODESampler, OneStepSampler):
+    """Euler steps on the ODE; one step needs only the current output, so inpainting and round trips may use it."""
+
+    def update(self, output: Tensor, i: int, x: Tensor, generator: Any) -> tuple[Tensor, Tensor]:
+        slope, x0 = self.slope(output, i, x)
+        return self.euler(x, i, slope), x0
 
 
-class HeunSampler(EulerSampler):
+class HeunSampler(ODESampler):
     """Heun's second-order steps (Karras et al. 2022, Algorithm 1) on the same ODE: each step's Euler
     prediction is corrected with the mean of the slopes at its two ends; the last step, to the data, stays
-    Euler. ``timesteps`` lists every evaluation (each time after the first twice: the prediction, then the
-    corrected state), so the sampling loop stays the same; :meth:`reset` starts a trajectory."""
+    Euler: N steps take 2 N - 1 evaluations."""
 
-    def __init__(self, process: Process, grid: TimeGrid, clip_denoised: bool = True):
-        super().__init__(process, grid, clip_denoised)
-        self._visit = [0, *(i for i in range(1, len(grid)) for _ in range(2))]
-        self.timesteps = [grid.times[i] for i in self._visit]
-        self.marginals = [(grid.alphas[i], grid.sigmas[i]) for i in self._visit]
-        self.reset()
+    @property
+    def evaluations(self) -> int:
+        return 2 * len(self.grid) - 1
 
-    def reset(self) -> None:
-        self._call, self._pending = 0, None
-
-    def step(self, model_output: Tensor, t, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        i = self._visit[self._call]
-        self._call += 1
-        slope, x0 = self.slope(model_output, i, x_t)
-        if self._pending is not None:  # the prediction's end: correct the step from grid time i - 1
-            x, first = self._pending
-            self._pending = None
-            y = x / self._c[i - 1] + (self._tau[i] - self._tau[i - 1]) * 0.5 * (first + slope)
-            return self._c[i] * y, x0
-        if i < len(self.grid) - 1:
-            self._pending = (x_t, slope)
-        return self.euler(x_t, i, slope), x0
-
-
+    def __call__(self, model: Denoiser, x: Tensor, generator: Any = None, start: int = 0,
+                 callback: Callback | None = None) -> Tensor:
+        self.check_start(start)
+        times, last = self.grid.times, len(self.grid) - 1
+        for i in range(start, last + 1):
+            slope, x0 = self.slope(model(x, batch_time(times[i], x)), i, x)
+            x_next = self.euler(x, i, slope)
+            if i < last:  # the prediction's end: correct the step with the slope there
+                end, _ = self.slope(model(x_next, batch_time(times[i + 1], x_next)), i + 1, x_next)
+                x_next = self._c[i + 1] * (x / self._c[i] + (self._tau[i + 1] - self._tau[i]) * 0.5 * (slope + end))
+            x = x_next
+            if callback is not None:
+                callback(i, times[i], x, x0)
+        return x

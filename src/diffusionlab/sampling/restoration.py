@@ -35,9 +35,9 @@ import torch
 from torch import Tensor
 
 from ..core.process import Denoiser, Process, SamplerOptions
-from ..core.updates import batch_time, noise_like
+from ..core.updates import DATA, batch_time, ddim_update, eps_from, noise_like
 from ..tensors import ImageGenerators
-from .base import Sampler
+from .base import Sampler, prior_draw
 from .inverse import inpaint
 from .operators import MaskOperator, Operator
 from .samplers import make_sampler
@@ -97,25 +97,6 @@ def harmonic_fill(y: Tensor, mask: Tensor) -> Tensor:
     return x
 
 
-def _predict(model: Denoiser, process: Process, x: Tensor, t, alpha: float, sigma: float) -> Tensor:
-    return process.x0_eps(model(x, batch_time(t, x)), x, alpha, sigma)[0]
-
-
-def _eps(x: Tensor, x0: Tensor, alpha: float, sigma: float) -> Tensor:
-    return (x - alpha * x0) / sigma
-
-
-def ddim_update(x0: Tensor, eps: Tensor, at_t: tuple[float, float], at_s: tuple[float, float], eta: float,
-                z: Tensor) -> Tensor:
-    """x_s = alpha_s x_0 + sqrt(sigma_s^2 - v) eps + sqrt(v) z with DDIM's v = eta^2 sigma_s^2 (1 - (alpha_t sigma_s
-    / (alpha_s sigma_t))^2) (Song et al. 2021, eq. 12 for any marginals): eta = 1 is the posterior q(x_s | x_t, x_0)."""
-    (alpha_t, sigma_t), (alpha_s, sigma_s) = at_t, at_s
-    if sigma_s == 0:
-        return x0
-    v = max(eta**2 * sigma_s**2 * (1 - (alpha_t * sigma_s / (alpha_s * sigma_t)) ** 2), 0.0)
-    return alpha_s * x0 + math.sqrt(sigma_s**2 - v) * eps + math.sqrt(v) * z
-
-
 def _spectral_step(options: SolverOptions, c: Tensor, e: Tensor, ybar: Tensor, nu: Tensor, measured: Tensor,
                    sig: float, z: Tensor) -> Tensor:
     """The next x / alpha in spectral coefficients, for ``ddrm`` and ``ddnm`` (module docstring)."""
@@ -169,9 +150,10 @@ def solve(model: Denoiser, process: Process, options: SolverOptions, problem: Pr
         with torch.inference_mode():
             sampler = repaint_sampler(process, options.steps, options.clip_denoised)
             return inpaint(model, sampler, y, op.mask, generators, options.resample).clone()
-    x = noise_like(torch.empty((y.shape[0], *op.image_shape), device=y.device, dtype=y.dtype), generators)
+    x = prior_draw(process, noise_like(torch.empty((y.shape[0], *op.image_shape), device=y.device, dtype=y.dtype),
+                                       generators))
     grid = process.time_grid(options.steps)
-    marginals = [*zip(grid.alphas, grid.sigmas), (1.0, 0.0)]
+    marginals = [*zip(grid.alphas, grid.sigmas), DATA]
     ybar = op.spectral_measurement(y)
     measured = op.measured
     nu = torch.where(measured, problem.sigma_y / torch.where(measured, op.singulars, torch.ones_like(op.singulars)),
@@ -181,26 +163,26 @@ def solve(model: Denoiser, process: Process, options: SolverOptions, problem: Pr
         if options.solver in GRADIENT_SOLVERS:
             with torch.enable_grad():
                 x_in = x.detach().requires_grad_(True)
-                x0 = _predict(model, process, x_in, t, *at_t)
+                x0, _ = process.x0_eps(model(x_in, batch_time(t, x_in)), x_in, *at_t)
                 grad = _guidance(options, problem, x0, x_in, *at_t)
             x0 = x0.detach()
-            eps = _eps(x, x0, *at_t)
+            eps = eps_from(x, x0, *at_t)
             if options.solver == "pigdm" and at_t[0] > 0:
                 x0 = x0 + at_t[1] ** 2 / at_t[0] * grad
                 eps = eps - at_t[1] * grad
             if options.clip_denoised:
                 x0 = x0.clamp(-1, 1)
-                eps = _eps(x, x0, *at_t)
+                eps = eps_from(x, x0, *at_t)
             with torch.no_grad():
-                x = ddim_update(x0, eps, at_t, at_s, options.eta, noise_like(x, generators))
+                x = ddim_update(x0, eps, at_t, at_s, options.eta, generators)
             if options.solver == "dps":
                 x = x - options.zeta * grad
             continue
         with torch.no_grad():
-            x0 = _predict(model, process, x, t, *at_t)
+            x0, _ = process.x0_eps(model(x, batch_time(t, x)), x, *at_t)
             if options.clip_denoised:
                 x0 = x0.clamp(-1, 1)
-            eps = _eps(x, x0, *at_t)
+            eps = eps_from(x, x0, *at_t)
             sig = at_s[1] / at_s[0]
             step = _spectral_step(options, op.Vt(x0), op.Vt(eps), ybar, nu, measured, sig, noise_like(x, generators))
             x = at_s[0] * op.V(step)

@@ -17,14 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.process import Process, SamplerOptions, TimeGrid
-from ..core.updates import noise_like
+from ..core.process import Denoiser, Process, SamplerOptions, TimeGrid
+from ..core.updates import Callback, GridSampler, batch_time, noise_like
 from .base import Sampler
 from .names import SAMPLERS
 from .ode import EulerSampler, HeunSampler
 
 
-class DPMSolverPP2M:
+class DPMSolverPP2M(GridSampler):
     """DPM-Solver++(2M) of Lu et al. 2022 (Algorithm 2): the multistep second-order solver of the
     probability-flow ODE in its data-prediction form, for 10-25 steps.
 
@@ -45,47 +45,38 @@ class DPMSolverPP2M:
     """
 
     def __init__(self, process: Process, grid: TimeGrid, clip_denoised: bool = True, stochastic: bool = False):
-        self.process, self.grid, self.clip_denoised, self.stochastic = process, grid, clip_denoised, stochastic
-        self.timesteps = list(grid.times)
-        self.marginals = list(zip(grid.alphas, grid.sigmas))
-        self._next = self.marginals[1:] + [(1.0, 0.0)]
-        self._index = {t: i for i, t in enumerate(self.timesteps)}
-        self._previous: tuple[Tensor, float] | None = None
+        super().__init__(process, grid)
+        self.clip_denoised, self.stochastic = clip_denoised, stochastic
 
-    @property
-    def steps(self) -> int:
-        return len(self.timesteps)
-
-    def reset(self) -> None:
-        """Forget the previous step's prediction: a new trajectory starts."""
-        self._previous = None
-
-    def set_timesteps(self, num_steps: int) -> None:
-        if num_steps != len(self.timesteps):
-            raise ValueError("build a new DPMSolverPP2M for another number of steps (make_sampler)")
-
-    def step(self, model_output: Tensor, t: Any, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        i = self._index[t]
-        if i == 0:
-            self._previous = None  # a new batch starts
-        (alpha_t, sigma_t), (alpha_s, sigma_s) = self.marginals[i], self._next[i]
-        x0, _ = self.process.x0_eps(model_output, x_t, alpha_t, sigma_t)
-        if self.clip_denoised:
-            x0 = x0.clamp(-1, 1)
-        if sigma_s == 0:
-            return x0, x0
-        h = math.log(alpha_s / sigma_s) - math.log(alpha_t / sigma_t)
-        d = x0
-        if self._previous is not None:
-            previous_x0, previous_h = self._previous
-            r = previous_h / h
-            d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * previous_x0
-        self._previous = (x0, h)
-        if not self.stochastic:
-            return sigma_s / sigma_t * x_t - alpha_s * math.expm1(-h) * d, x0
-        x_s = (sigma_s / sigma_t * math.exp(-h) * x_t - alpha_s * math.expm1(-2 * h) * d
-               + sigma_s * math.sqrt(-math.expm1(-2 * h)) * noise_like(x_t, generator))
-        return x_s, x0
+    def __call__(self, model: Denoiser, x: Tensor, generator: Any = None, start: int = 0,
+                 callback: Callback | None = None) -> Tensor:
+        self.check_start(start)
+        previous: tuple[Tensor, float] | None = None  # the last step's D and h: a trajectory starts first-order
+        for i in range(start, len(self.grid)):
+            t = self.grid.times[i]
+            (alpha_t, sigma_t), (alpha_s, sigma_s) = self.marginals[i], self.marginal_after(i)
+            x0, _ = self.process.x0_eps(model(x, batch_time(t, x)), x, alpha_t, sigma_t)
+            if self.clip_denoised:
+                x0 = x0.clamp(-1, 1)
+            if sigma_s == 0:
+                x_s = x0
+            else:
+                h = math.log(alpha_s / sigma_s) - math.log(alpha_t / sigma_t)
+                d = x0
+                if previous is not None:
+                    previous_x0, previous_h = previous
+                    r = previous_h / h
+                    d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * previous_x0
+                previous = (x0, h)
+                if not self.stochastic:
+                    x_s = sigma_s / sigma_t * x - alpha_s * math.expm1(-h) * d
+                else:
+                    x_s = (sigma_s / sigma_t * math.exp(-h) * x - alpha_s * math.expm1(-2 * h) * d
+                           + sigma_s * math.sqrt(-math.expm1(-2 * h)) * noise_like(x, generator))
+            x = x_s
+            if callback is not None:
+                callback(i, t, x, x0)
+        return x
 
 
 def _dpmpp(stochastic: bool) -> Callable[[Process, SamplerOptions, int], Sampler]:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ...core.likelihood import LN2, at_least_fp32, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from ...core.process import Denoiser, SamplerOptions, TimeGrid, VariancePreserving, logsnr_uniform_steps, shifted_grid
-from ...core.updates import VariancePreservingSampler
+from ...core.updates import OneStepSampler
 from ...distributed import Shard, all_gather_cat, global_rows
 from ...sampling.names import VP_SAMPLERS
 from .params import DDPMParams, DiscreteParams
@@ -69,6 +69,9 @@ class GaussianDiffusion(VariancePreserving):
         alphas_cumprod = np.cumprod(alphas)
         alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        # posterior_variance[0] is 0; its log is clipped to the next value, as in Ho et al.'s code. A one-step
+        # process (respaced to one step) has no next value: its only step adds no noise, and beta_1 stands in.
+        first = posterior_variance[1] if len(betas) > 1 else betas[0]
         arrays = {
             "betas": betas,
             "alphas_cumprod": alphas_cumprod,
@@ -78,12 +81,11 @@ class GaussianDiffusion(VariancePreserving):
             "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod),
             "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod - 1.0),
             "posterior_variance": posterior_variance,
-            # posterior_variance[0] is 0; the log is clipped to the next value, as in Ho et al.'s code.
-            "posterior_log_variance_clipped": np.log(np.append(posterior_variance[1], posterior_variance[1:])),
+            "posterior_log_variance_clipped": np.log(np.append(first, posterior_variance[1:])),
             "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
             "log_betas": np.log(betas),
-            "fixed_large_log_variance": np.log(np.append(posterior_variance[1], betas[1:])),
+            "fixed_large_log_variance": np.log(np.append(first, betas[1:])),
         }
         self.float64 = arrays
         for name, value in arrays.items():
@@ -235,7 +237,7 @@ class GaussianDiffusion(VariancePreserving):
         abar = self.float64["alphas_cumprod"]
         return TimeGrid(times, [float(np.sqrt(abar[t])) for t in times], [float(np.sqrt(1 - abar[t])) for t in times])
 
-    def sampler(self, options: SamplerOptions, steps: int) -> VariancePreservingSampler:
+    def sampler(self, options: SamplerOptions, steps: int) -> OneStepSampler:
         """Ancestral sampling on the beta table (respaced below T steps) or DDIM on the alpha_bar table, from
         :mod:`.samplers`, imported here: training does not load (nor, in DVC, depend on) the samplers; the
         stages that sample import them through :mod:`diffusionlab.families.samplers`."""

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ...core.process import SamplerOptions
-from ...core.updates import VariancePreservingSampler, batch_time, ddim_step, noise_like
+from ...core.updates import OneStepSampler, batch_time, ddim_update, denoised, noise_like, vp_grid
 
 
 def respaced_betas(alphas_cumprod: np.ndarray, kept: list[int]) -> np.ndarray:
@@ -25,7 +25,7 @@ def respaced_betas(alphas_cumprod: np.ndarray, kept: list[int]) -> np.ndarray:
     return 1.0 - abar / np.append(1.0, abar[:-1])
 
 
-class DDPMSampler(VariancePreservingSampler):
+class DDPMSampler(OneStepSampler):
     """Ancestral sampling of Ho et al. 2020 (Algorithm 2) with the reverse variance of the diffusion
     (the true posterior variance beta~_t by default, or beta_t, or the learned one).
 
@@ -35,56 +35,42 @@ class DDPMSampler(VariancePreservingSampler):
     :func:`respaced_betas`, calling the network at the original step numbers.
     """
 
-    def __init__(self, diffusion: Any, clip_denoised: bool = True):
-        self.diffusion = self.process = diffusion
+    def __init__(self, diffusion: Any, num_steps: int | list[int], clip_denoised: bool = True):
+        kept = visited_steps(diffusion.num_timesteps, num_steps)
+        super().__init__(diffusion, vp_grid(kept, [float(diffusion.float64["alphas_cumprod"][t]) for t in kept]))
         self.clip_denoised = clip_denoised
-        self.set_timesteps(diffusion.num_timesteps)
-
-    def set_timesteps(self, num_steps: int | list[int]) -> None:
-        total = self.diffusion.num_timesteps
-        kept = visited_steps(total, num_steps)
-        self.timesteps = kept
-        self.alpha_bars = [float(self.diffusion.float64["alphas_cumprod"][t]) for t in kept]
-        self._index = {t: i for i, t in enumerate(sorted(kept))}
-        if len(kept) == total:
-            self._process = self.diffusion
+        if len(kept) == diffusion.num_timesteps:
+            self.respaced = diffusion
         else:
-            d = self.diffusion
-            self._process = type(d)(respaced_betas(d.float64["alphas_cumprod"], kept), d.variance, d.loss,
-                                              d.vlb_weight, device=d.betas.device, dtype=d.betas.dtype)
+            d = diffusion
+            self.respaced = type(d)(respaced_betas(d.float64["alphas_cumprod"], kept), d.variance, d.loss,
+                                    d.vlb_weight, device=d.betas.device, dtype=d.betas.dtype)
+        """The process on the visited steps alone, whose step j is the j-th visited step from the data."""
 
-    def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        i = self._index[t]
-        mean, log_variance, x0 = self._process.p_mean_variance(model_output, x_t, batch_time(i, x_t), self.clip_denoised)
-        if i == 0:
+    def update(self, output: Tensor, i: int, x: Tensor, generator: Any) -> tuple[Tensor, Tensor]:
+        j = len(self.grid) - 1 - i
+        mean, log_variance, x0 = self.respaced.p_mean_variance(output, x, batch_time(j, x), self.clip_denoised)
+        if j == 0:
             return mean, x0
-        return mean + (0.5 * log_variance).exp() * noise_like(x_t, generator), x0
+        return mean + (0.5 * log_variance).exp() * noise_like(x, generator), x0
 
 
-class DDIMSampler(VariancePreservingSampler):
+class DDIMSampler(OneStepSampler):
     """DDIM of Song et al. 2021 (eq. 12) on an evenly spaced subset of the T steps (or the given list).
 
-    Each step is :func:`ddim_step` with a = alpha_bar at the current and the previous visited step
-    (1 after the last); eta = 1 matches the ancestral sampler on the full schedule.
+    Each step is :func:`ddim_update` between the marginals of the current and the next visited step (the
+    data after the last); eta = 1 matches the ancestral sampler on the full schedule.
     """
 
-    def __init__(self, diffusion: Any, num_steps: int, eta: float = 0.0, clip_denoised: bool = True):
-        self.diffusion = self.process = diffusion
-        self.eta = eta
-        self.clip_denoised = clip_denoised
-        self.set_timesteps(num_steps)
+    def __init__(self, diffusion: Any, num_steps: int | list[int], eta: float = 0.0, clip_denoised: bool = True):
+        kept = visited_steps(diffusion.num_timesteps, num_steps)
+        super().__init__(diffusion, vp_grid(kept, [float(diffusion.float64["alphas_cumprod"][t]) for t in kept]))
+        self.eta, self.clip_denoised = eta, clip_denoised
 
-    def set_timesteps(self, num_steps: int | list[int]) -> None:
-        self.timesteps = visited_steps(self.diffusion.num_timesteps, num_steps)
-        self.alpha_bars = [float(self.diffusion.float64["alphas_cumprod"][t]) for t in self.timesteps]
-        self._prev = {t: p for t, p in zip(self.timesteps, self.timesteps[1:] + [-1])}
-
-    def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        alphas_cumprod = self.diffusion.float64["alphas_cumprod"]
-        prev = self._prev[t]
-        a_prev = float(alphas_cumprod[prev]) if prev >= 0 else 1.0
-        eps = self.diffusion.eps_of(model_output)
-        return ddim_step(x_t, eps, float(alphas_cumprod[t]), a_prev, self.eta, self.clip_denoised, generator)
+    def update(self, output: Tensor, i: int, x: Tensor, generator: Any) -> tuple[Tensor, Tensor]:
+        at_t = self.marginals[i]
+        x0, eps = denoised(self.process, output, x, *at_t, self.clip_denoised)
+        return ddim_update(x0, eps, at_t, self.marginal_after(i), self.eta, generator), x0
 
 
 def even_steps(total: int, num_steps: int) -> list[int]:
@@ -107,14 +93,12 @@ def visited_steps(total: int, num_steps: int | list[int]) -> list[int]:
     return kept
 
 
-def discrete_sampler(options: SamplerOptions, diffusion: Any, steps: int) -> VariancePreservingSampler:
+def discrete_sampler(options: SamplerOptions, diffusion: Any, steps: int) -> OneStepSampler:
     """The own samplers of a discrete-time process: ancestral (respaced when ``steps`` < T) or DDIM on ``steps``
     of the T steps, or on exactly ``options.step_list`` when given."""
     visit = list(options.step_list) or steps
     if options.sampler == "ddpm":
-        sampler = DDPMSampler(diffusion, options.clip_denoised)
-        sampler.set_timesteps(visit)
-        return sampler
+        return DDPMSampler(diffusion, visit, options.clip_denoised)
     if options.sampler == "ddim":
         return DDIMSampler(diffusion, visit, options.eta, options.clip_denoised)
     raise ValueError(f"sampler '{options.sampler}' is not one of the discrete-time process's own (ddpm, ddim)")

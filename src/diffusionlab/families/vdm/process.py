@@ -34,7 +34,7 @@ from ...core.likelihood import (
     sum_flat,
 )
 from ...core.process import Denoiser, SamplerOptions, TimeGrid, VariancePreserving, logsnr_uniform_steps, shifted_grid
-from ...core.updates import VariancePreservingSampler
+from ...core.updates import OneStepSampler
 from ...distributed import Shard, all_gather_cat, global_rows
 from ...sampling.names import VP_SAMPLERS
 from .gamma import Gamma, make_gamma
@@ -217,7 +217,7 @@ class VDM(VariancePreserving, nn.Module):
             gammas = self.gamma(torch.tensor(grid, device=self.gamma.gamma_0.device)).double().cpu().numpy()
         return self._grid([float(grid[i]) for i in logsnr_uniform_steps(-gammas / 2, steps)])
 
-    def sampler(self, options: SamplerOptions, steps: int) -> VariancePreservingSampler:
+    def sampler(self, options: SamplerOptions, steps: int) -> OneStepSampler:
         """Ancestral sampling from the posterior on its schedule (eta = 1), or DDIM-style, from :mod:`.samplers`,
         imported here: training does not load (nor, in DVC, depend on) the samplers; the stages that sample
         import them through :mod:`diffusionlab.families.samplers`."""
