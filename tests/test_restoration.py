@@ -9,6 +9,7 @@ import torch
 from diffusionlab.core.updates import ddim_update
 from diffusionlab.families.ddpm.process import GaussianDiffusion
 from diffusionlab.families.ddpm.schedules import linear_betas
+from diffusionlab.families.edm.process import EDM
 from diffusionlab.families.flow.process import RectifiedFlow
 from diffusionlab.families.vdm.gamma import make_gamma
 from diffusionlab.families.vdm.process import VDM
@@ -205,11 +206,13 @@ def test_with_measurement_noise_the_solvers_move_towards_the_posterior_mean(solv
     assert (out.mean(0) - exact).norm() < 0.5 * (pinv - exact).norm()
 
 
-@pytest.mark.parametrize("family", ["vdm", "flow"])
+@pytest.mark.parametrize("family", ["vdm", "flow", "edm"])
 @pytest.mark.parametrize("solver", ["ddrm", "ddnm", "pigdm"])
 def test_the_solvers_drive_every_process_through_its_marginals(family, solver):
-    """A continuous log-SNR process and a rectified flow (whose first time has alpha = 0): the same posterior."""
-    process = VDM(make_gamma("fixed", -13.3, 5.0)).double() if family == "vdm" else RectifiedFlow("uniform").double()
+    """A continuous log-SNR process, a rectified flow (whose first time has alpha = 0) and a variance-exploding one
+    (started from N(0, 80^2 I)): the same posterior."""
+    process = {"vdm": lambda: VDM(make_gamma("fixed", -13.3, 5.0)), "flow": lambda: RectifiedFlow("uniform"),
+               "edm": lambda: EDM(sigma_data=0.5)}[family]().double()
     out, exact, pinv, _, _ = restore_gaussian(process, solver, "box", 0.0, 50, **({"eta": 1.0} if solver == "pigdm" else {}))
     assert (out.mean(0) - exact).norm() < 0.5 * (pinv - exact).norm()
 

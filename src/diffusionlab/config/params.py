@@ -183,6 +183,10 @@ class Params(Section):
                 raise ValueError(f"sample.classes asks for classes {list(s.classes)}, but models.{name} is "
                                  "unconditional: set class_conditional: true in its block (and retrain), or empty "
                                  "sample.classes")
+            if s.churn > 0 and sampler == "heun" and model.family != "edm":
+                raise ValueError(f"sample.churn {s.churn:g} raises the noise level between grid levels, which only an "
+                                 f"edm model is evaluated at, but models.{name} is family '{model.family}': set "
+                                 "sample.churn: 0, or give it its own sampler in sample.sampler_for")
             if s.step_list and not model.discrete:
                 raise ValueError(f"sample.step_list names discrete steps, but models.{name} is a continuous-time "
                                  f"model (family '{model.family}'); use sample.steps, or empty sample.step_list")

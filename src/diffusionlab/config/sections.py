@@ -62,6 +62,15 @@ class SampleConfig(Section):
     """Time shift s of Esser et al. 2024 (SD3) for euler and heun: t' = s t / (1 + (s - 1) t); s > 1 spends
     more steps at high noise."""
     clip_denoised: bool = True
+    churn: Float = Field(0.0, ge=0)
+    """S_churn of Karras et al. 2022 (Algorithm 2) for heun on an ``edm`` model: each step at a level in
+    [churn_tmin, churn_tmax] starts from a level raised by a factor 1 + min(churn / N, sqrt(2) - 1) with fresh
+    noise; 0 is the deterministic Algorithm 1."""
+    churn_tmin: Float = Field(0.0, ge=0)
+    churn_tmax: Float | None = Field(None, ge=0)
+    """null: no upper bound."""
+    churn_noise: Float = Field(1.0, gt=0)
+    """S_noise: the fresh noise's scale (slightly above 1 offsets the denoiser's loss of detail)."""
     num_samples: Count = 1000
     """Generated images per draw, the count every score is computed at."""
     draws: int = Field(3, ge=1, le=100)

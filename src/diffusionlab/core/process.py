@@ -25,8 +25,9 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 @dataclass(frozen=True)
 class SamplerOptions:
     """What a sampler is built from: its name, the number of steps (None: the model's own count), DDIM's eta,
-    the time shift of the ODE solvers, whether the predicted x_0 is clipped to [-1, 1], and explicit discrete
-    steps (``step_list``) for the samplers of a discrete-time process."""
+    the time shift of the ODE solvers, whether the predicted x_0 is clipped to [-1, 1], explicit discrete
+    steps (``step_list``) for the samplers of a discrete-time process, and Heun's churn (Karras et al. 2022,
+    Algorithm 2: S_churn, S_tmin, S_tmax or None for no bound, S_noise)."""
 
     sampler: str
     steps: int | None = None
@@ -34,6 +35,10 @@ class SamplerOptions:
     shift: float = 1.0
     clip_denoised: bool = True
     step_list: tuple[int, ...] = ()
+    churn: float = 0.0
+    churn_tmin: float = 0.0
+    churn_tmax: float | None = None
+    churn_noise: float = 1.0
 
     @classmethod
     def of(cls, settings: Any) -> SamplerOptions:
@@ -105,6 +110,11 @@ class Process(Protocol):
 
     def out_channels(self, channels: int) -> int:
         """Channels the network outputs for images of ``channels`` channels."""
+        ...
+
+    def fit_data(self, images: Tensor) -> None:
+        """Measure on the training data (uint8 images, or a latent model's latents) what the process needs of it
+        before training (EDM's sigma_data); kept in :meth:`state_dict`."""
         ...
 
     def denoiser(self, net: Denoiser) -> Denoiser:
@@ -192,6 +202,9 @@ class ProcessDefaults:
 
     has_bound = False
     prior_sigma = 1.0
+
+    def fit_data(self, images: Tensor) -> None:
+        """Nothing to measure."""
 
     def time_label(self, t: float) -> str:
         return f"t={t:.3g}"

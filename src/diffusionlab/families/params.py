@@ -9,11 +9,12 @@ from pydantic import Field
 
 from .base import FamilyParams
 from .ddpm.params import DDPMParams
+from .edm.params import EDMParams
 from .flow.params import FlowParams
 from .vdm.params import VDMParams
 from .vlb.params import VLBParams
 
-PARAMS: dict[str, type[FamilyParams]] = {p.model_fields["family"].default: p for p in (DDPMParams, VLBParams, VDMParams, FlowParams)}
+PARAMS: dict[str, type[FamilyParams]] = {p.model_fields["family"].default: p for p in (DDPMParams, VLBParams, VDMParams, FlowParams, EDMParams)}
 """Every family's params model by name, in the order params errors list them."""
 
 ModelParams = Annotated[Union[tuple(PARAMS.values())], Field(discriminator="family")]  # noqa: UP007

@@ -9,11 +9,12 @@ import torch
 from ..core.process import Process
 from .base import FamilyParams
 from .ddpm.process import build as ddpm
+from .edm.process import build as edm
 from .flow.process import build as flow
 from .vdm.process import build as vdm
 from .vlb.process import build as vlb
 
-BUILDERS: dict[str, Callable[..., Process]] = {"ddpm": ddpm, "vlb": vlb, "vdm": vdm, "flow": flow}
+BUILDERS: dict[str, Callable[..., Process]] = {"ddpm": ddpm, "vlb": vlb, "vdm": vdm, "flow": flow, "edm": edm}
 """Every family's builder ``(params, device) -> Process`` by name."""
 
 

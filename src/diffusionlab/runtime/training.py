@@ -105,6 +105,7 @@ class Trainer:
         np.random.seed(tc.seed)
         self.data = torch.from_numpy(images).to(device)
         self.process = build_process(cfg, device)
+        self.process.fit_data(self.data)
         self.model = build_network(cfg, images.shape[1], self.process).to(device)
         if tc.channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -14,6 +14,9 @@ ONE_STEP_SAMPLERS = ("ddpm", "ddim", "euler")
 """Samplers whose step needs only the current output: inpainting and round trips use them."""
 VP_SAMPLERS = SAMPLERS
 """What a variance-preserving process can use: its own samplers and the ODE solvers."""
+EDM_SAMPLERS = ("heun", "euler", *MULTISTEP_SAMPLERS)
+"""What the variance-exploding ``edm`` family can use: Heun first (Karras et al., Algorithm 1, with churn
+Algorithm 2), the ODE's Euler steps and the DPM-Solvers."""
 
 
 def evaluations_per_step(sampler: str, steps: int) -> int:

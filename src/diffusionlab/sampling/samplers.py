@@ -21,7 +21,7 @@ from ..core.process import Denoiser, Process, SamplerOptions, TimeGrid
 from ..core.updates import Callback, GridSampler, batch_time, noise_like
 from .base import Sampler
 from .names import SAMPLERS
-from .ode import EulerSampler, HeunSampler
+from .ode import Churn, EulerSampler, HeunSampler
 
 
 class DPMSolverPP2M(GridSampler):
@@ -87,7 +87,8 @@ BUILDERS: dict[str, Callable[[Process, SamplerOptions, int], Sampler]] = {
     "dpmpp_2m": _dpmpp(stochastic=False),
     "dpmpp_2m_sde": _dpmpp(stochastic=True),
     "euler": lambda process, o, steps: EulerSampler(process, process.time_grid(steps, o.shift), o.clip_denoised),
-    "heun": lambda process, o, steps: HeunSampler(process, process.time_grid(steps, o.shift), o.clip_denoised),
+    "heun": lambda process, o, steps: HeunSampler(process, process.time_grid(steps, o.shift), o.clip_denoised, Churn(
+        o.churn, o.churn_tmin, math.inf if o.churn_tmax is None else o.churn_tmax, o.churn_noise)),
 }
 """The family-agnostic samplers by name; every other name in :data:`SAMPLERS` is a family's own."""
 
