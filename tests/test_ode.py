@@ -165,3 +165,24 @@ def test_ode_likelihood_of_a_discrete_process_is_the_exact_density(probes):
     stderr = diff.std() / math.sqrt(len(diff))
     assert abs(diff.mean()) < 3 * stderr + 0.02, (diff.mean(), stderr)
     assert stderr < 0.5 / probes**0.5  # one probe is already a usable estimate
+
+
+def test_the_ode_likelihood_dequantises_in_the_bins_of_the_training_levels(monkeypatch):
+    """Level k is the bin of width 2/255 centred on k / 127.5 - 1, where training and the bound put it; its
+    volume gives the log2 127.5 bits/dim added to -log2 p."""
+    from diffusionlab.core import ode
+    from diffusionlab.tensors import to_model_range
+
+    seen = []
+
+    def density_one(process, model, x, steps, probes, generator):
+        seen.append(x)
+        return torch.zeros(x.shape[0], dtype=torch.float64)
+
+    monkeypatch.setattr(ode, "ode_log_likelihood", density_one)
+    images = torch.arange(256, dtype=torch.uint8).reshape(4, 1, 8, 8).repeat(50, 1, 1, 1)
+    bits = ode.ode_bits_per_dim(None, None, images, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(bits, torch.full_like(bits, math.log2(127.5)))
+    offset = seen[0].double() - to_model_range(images).double()
+    assert offset.abs().max() <= 1 / 255 + 1e-7 and offset.abs().max() > 0.99 / 255
+    assert abs(offset.mean().item()) < 1e-4  # centred

@@ -74,10 +74,11 @@ def ode_log_likelihood(process: Process, model: Denoiser, x: Tensor, steps: int,
 
 def ode_bits_per_dim(process: Process, model: Denoiser, images: Tensor, steps: int, probes: int = 1,
                      generator: torch.Generator | None = None) -> Tensor:
-    """bits/dim [B] of 8-bit ``images`` (uint8 [B, C, H, W]) through the ODE, on uniformly dequantised data:
-    x = (k + u) / 128 - 1 with u ~ U(0, 1) per pixel, and -log2 P(k) <= -log2 p(x) + D log2 128 (the bin width
-    2/256 of the model range [-1, 1])."""
+    """bits/dim [B] of 8-bit ``images`` (uint8 [B, C, H, W]) through the ODE, on uniformly dequantised data in the
+    discretisation the models are trained on and the bound uses: level k is the bin of width 2/255 centred on
+    k / 127.5 - 1, x = (k + u - 1/2) / 127.5 - 1 with u ~ U(0, 1) per pixel, and -log2 P(k) <= -log2 p(x) +
+    D log2 127.5."""
     u = torch.rand(images.shape, device=images.device, generator=generator)
-    x = (images.double() + u.double()) / 128.0 - 1.0
+    x = (images.double() + u.double() - 0.5) / 127.5 - 1.0
     nll = -ode_log_likelihood(process, model, x.float(), steps, probes, generator)
-    return nll / (images[0].numel() * LN2) + 7.0
+    return nll / (images[0].numel() * LN2) + math.log2(127.5)
