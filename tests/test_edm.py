@@ -9,7 +9,8 @@ import torch
 
 from diffusionlab.config.sections import SampleConfig
 from diffusionlab.core.ode import ode_log_likelihood
-from diffusionlab.families.edm.process import EDM, karras_sigmas
+from diffusionlab.core.process import karras_taus
+from diffusionlab.families.edm.process import EDM
 from diffusionlab.sampling.generation import draw_batch
 from diffusionlab.sampling.inverse import inpaint
 from diffusionlab.sampling.ode import Churn, HeunSampler
@@ -84,12 +85,12 @@ def test_training_levels_are_log_normal_and_sigma_data_is_measured_on_the_pixels
 
 
 def test_the_karras_grid_is_equation_5():
-    sigmas = karras_sigmas(18, 0.002, 80.0, 7.0)
+    sigmas = karras_taus(18, 0.002, 80.0, 7.0)
     assert sigmas[0] == pytest.approx(80.0) and sigmas[-1] == pytest.approx(0.002) and len(sigmas) == 18
     i = np.arange(18)
     expected = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     assert np.allclose(sigmas, expected, rtol=1e-12)
-    assert karras_sigmas(1, 0.002, 80.0, 7.0) == [pytest.approx(80.0)]
+    assert karras_taus(1, 0.002, 80.0, 7.0) == [pytest.approx(80.0)]
     grid = edm().time_grid(18)
     assert grid.times == grid.sigmas == sigmas and grid.alphas == [1.0] * 18
 

@@ -25,8 +25,8 @@ from test_training import ROOT, TINY_NET
 CPU = torch.device("cpu")
 
 
-def flow_sampler(name, steps, shift=1.0, clip=False, flow=None):
-    cfg = SampleConfig(sampler=name, steps=steps, shift=shift, clip_denoised=clip)
+def flow_sampler(name, steps, shift=1.0, clip=False, flow=None, **options):
+    cfg = SampleConfig(sampler=name, steps=steps, shift=shift, clip_denoised=clip, **options)
     return make_sampler(cfg, flow or RectifiedFlow(), steps)
 
 
@@ -183,3 +183,8 @@ def test_ddim_inversion_of_a_flow_reconstructs_the_input():
         euler = flow_sampler("euler", steps)
         errors.append((euler(model, ddim_invert(model, euler, image)) - image).abs().max().item())
     assert errors[1] < 0.015 and errors[1] < errors[0] / 3, errors  # first order in the step
+
+
+def test_a_flow_refuses_the_karras_grid():
+    with pytest.raises(ValueError, match="infinite at its start"):
+        flow_sampler("euler", 10, grid="karras")

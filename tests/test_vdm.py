@@ -149,3 +149,17 @@ def test_dpm_solver_pp_2m_on_the_learned_schedule_recovers_the_data_distribution
     x, _ = sample(vdm.denoiser(optimal_eps(vdm)), sampler, noise)
     assert x.mean().item() == pytest.approx(MU, abs=0.015)
     assert x.std().item() == pytest.approx(S, rel=0.04)
+
+
+def test_the_karras_grid_of_vdm_follows_equation_5_on_its_log_snr_range():
+    """The levels sigma / alpha = e^(gamma / 2) of the Karras grid (rho = 7) between e^(gamma_min / 2) and
+    e^(gamma_max / 2), each within the resolution of the 10,001-point grid of times."""
+    from diffusionlab.core.process import karras_taus
+
+    vdm = VDM(make_gamma("fixed", -13.3, 5.0)).double()
+    grid = vdm.karras_grid(12, 7.0)
+    assert grid.times[0] == 1.0 and grid.times[-1] == 0.0
+    taus = [s / a for a, s in zip(grid.alphas, grid.sigmas)]
+    wanted = karras_taus(12, math.exp(-13.3 / 2), math.exp(5.0 / 2), 7.0)
+    step = 18.3 / 2 / 10_000  # the fine grid's spacing in log tau
+    assert np.allclose(np.log(taus), np.log(wanted), atol=step)

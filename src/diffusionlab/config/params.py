@@ -183,6 +183,13 @@ class Params(Section):
                 raise ValueError(f"sample.classes asks for classes {list(s.classes)}, but models.{name} is "
                                  "unconditional: set class_conditional: true in its block (and retrain), or empty "
                                  "sample.classes")
+            if s.grid == "karras" and sampler in ("ddpm", "ddim"):
+                raise ValueError(f"sample.grid: karras applies to euler, heun and the DPM-Solvers, but {key} is "
+                                 f"'{sampler}', which takes evenly spaced steps or sample.step_list: set sample.grid: "
+                                 "default, or another sampler")
+            if s.grid == "karras" and model.family == "flow":
+                raise ValueError(f"sample.grid: karras cannot place models.{name}'s levels: a flow's sigma / alpha is "
+                                 "infinite at t = 1; set sample.grid: default, or leave the flow out")
             if s.churn > 0 and sampler == "heun" and model.family != "edm":
                 raise ValueError(f"sample.churn {s.churn:g} raises the noise level between grid levels, which only an "
                                  f"edm model is evaluated at, but models.{name} is family '{model.family}': set "

@@ -61,6 +61,12 @@ class SampleConfig(Section):
     shift: Float = Field(1.0, gt=0)
     """Time shift s of Esser et al. 2024 (SD3) for euler and heun: t' = s t / (1 + (s - 1) t); s > 1 spends
     more steps at high noise."""
+    grid: Literal["default", "karras"] = "default"
+    """The grid of euler, heun and the DPM-Solvers: ``default`` (the family's time grid with ``shift`` for the ODE
+    solvers, uniform in log-SNR for the DPM-Solvers) or ``karras`` (Karras et al. 2022, eq. 5: levels sigma / alpha
+    rho-spaced between the family's ends, k-diffusion's "Karras" samplers; not for a flow)."""
+    rho: Float = Field(7.0, gt=0)
+    """The Karras grid's exponent."""
     clip_denoised: bool = True
     churn: Float = Field(0.0, ge=0)
     """S_churn of Karras et al. 2022 (Algorithm 2) for heun on an ``edm`` model: each step at a level in

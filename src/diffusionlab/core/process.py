@@ -25,7 +25,9 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 @dataclass(frozen=True)
 class SamplerOptions:
     """What a sampler is built from: its name, the number of steps (None: the model's own count), DDIM's eta,
-    the time shift of the ODE solvers, whether the predicted x_0 is clipped to [-1, 1], explicit discrete
+    the time shift of the ODE solvers, the grid of euler, heun and the DPM-Solvers (``default``: the process's
+    time grid for the ODE solvers and its uniform-logSNR grid for the DPM-Solvers; ``karras``: Karras et al.'s
+    grid with exponent ``rho``), whether the predicted x_0 is clipped to [-1, 1], explicit discrete
     steps (``step_list``) for the samplers of a discrete-time process, and Heun's churn (Karras et al. 2022,
     Algorithm 2: S_churn, S_tmin, S_tmax or None for no bound, S_noise)."""
 
@@ -33,6 +35,8 @@ class SamplerOptions:
     steps: int | None = None
     eta: float = 0.0
     shift: float = 1.0
+    grid: str = "default"
+    rho: float = 7.0
     clip_denoised: bool = True
     step_list: tuple[int, ...] = ()
     churn: float = 0.0
@@ -81,20 +85,47 @@ def shifted_grid(steps: int, shift: float, include_zero: bool) -> list[float]:
     return [time_shift(u, shift) for u in us]
 
 
-def logsnr_uniform_steps(lambdas: np.ndarray, num_steps: int) -> list[int]:
-    """Indices into ``lambdas`` (log-SNR, decreasing with the index) whose values are closest to
-    ``num_steps`` evenly spaced log-SNRs from the last index to the first: strictly decreasing,
-    from ``len(lambdas) - 1`` to 0 (Lu et al. 2022's uniform-logSNR steps)."""
-    total = len(lambdas)
+def nearest_steps(lambdas: np.ndarray, targets: np.ndarray) -> list[int]:
+    """Indices into ``lambdas`` (log-SNR, decreasing with the index) closest to the log-SNRs ``targets`` (increasing),
+    forced strictly decreasing from ``len(lambdas) - 1`` to 0 where targets share a nearest index."""
+    total, num_steps = len(lambdas), len(targets)
     if not 1 <= num_steps <= total:
         raise ValueError(f"the number of steps must be between 1 and {total}, got {num_steps}")
-    targets = np.linspace(lambdas[-1], lambdas[0], num_steps)
     chosen: list[int] = []
     for k, target in enumerate(targets):
         nearest = int(np.argmin(np.abs(lambdas - target)))
         upper = chosen[-1] - 1 if chosen else total - 1
         chosen.append(min(max(nearest, num_steps - 1 - k), upper))
     return chosen
+
+
+def logsnr_uniform_steps(lambdas: np.ndarray, num_steps: int) -> list[int]:
+    """Indices into ``lambdas`` (log-SNR, decreasing with the index) whose values are closest to
+    ``num_steps`` evenly spaced log-SNRs from the last index to the first: strictly decreasing,
+    from ``len(lambdas) - 1`` to 0 (Lu et al. 2022's uniform-logSNR steps)."""
+    if not 1 <= num_steps <= len(lambdas):
+        raise ValueError(f"the number of steps must be between 1 and {len(lambdas)}, got {num_steps}")
+    return nearest_steps(lambdas, np.linspace(lambdas[-1], lambdas[0], num_steps))
+
+
+def karras_taus(steps: int, tau_min: float, tau_max: float, rho: float, shift: float = 1.0) -> list[float]:
+    """``steps`` noise levels tau = sigma / alpha from tau_max down to tau_min, spaced as Karras et al. 2022, eq. 5:
+    tau_i = (tau_min^(1/rho) + u_i (tau_max^(1/rho) - tau_min^(1/rho)))^rho with u_i = 1 - i / (N - 1), each u_i
+    first through SD3's time shift (``shift`` 1: eq. 5 itself)."""
+    if steps < 1:
+        raise ValueError(f"a sampler needs at least one step, got {steps}")
+    lo, hi = tau_min ** (1 / rho), tau_max ** (1 / rho)
+    us = [1 - i / (steps - 1) for i in range(steps)] if steps > 1 else [1.0]
+    return [(lo + time_shift(u, shift) * (hi - lo)) ** rho for u in us]
+
+
+def karras_steps(lambdas: np.ndarray, num_steps: int, rho: float) -> list[int]:
+    """Indices into ``lambdas`` (lambda = log(alpha / sigma), decreasing with the index) closest to the Karras grid
+    of ``num_steps`` levels tau = e^-lambda between the table's ends (k-diffusion's "Karras" schedules)."""
+    if not 1 <= num_steps <= len(lambdas):
+        raise ValueError(f"the number of steps must be between 1 and {len(lambdas)}, got {num_steps}")
+    taus = karras_taus(num_steps, float(np.exp(-lambdas[0])), float(np.exp(-lambdas[-1])), rho)
+    return nearest_steps(lambdas, -np.log(np.asarray(taus)))
 
 
 class Process(Protocol):
@@ -160,6 +191,11 @@ class Process(Protocol):
     def logsnr_grid(self, steps: int) -> TimeGrid:
         """``steps`` times from the noisiest to the cleanest, uniform in log-SNR (where multistep solvers
         err least, Lu et al. 2022)."""
+        ...
+
+    def karras_grid(self, steps: int, rho: float) -> TimeGrid:
+        """``steps`` times from the noisiest to the cleanest whose levels sigma / alpha follow the grid of Karras
+        et al. 2022 (eq. 5) with exponent ``rho`` between the process's ends."""
         ...
 
     def likelihood_grid(self, steps: int) -> TimeGrid:

@@ -79,15 +79,24 @@ class DPMSolverPP2M(GridSampler):
         return x
 
 
+def ode_grid(process: Process, o: SamplerOptions, steps: int) -> TimeGrid:
+    """The grid of euler and heun: the process's time grid with the shift, or the Karras grid."""
+    return process.karras_grid(steps, o.rho) if o.grid == "karras" else process.time_grid(steps, o.shift)
+
+
 def _dpmpp(stochastic: bool) -> Callable[[Process, SamplerOptions, int], Sampler]:
-    return lambda process, o, steps: DPMSolverPP2M(process, process.logsnr_grid(steps), o.clip_denoised, stochastic)
+    def build(process: Process, o: SamplerOptions, steps: int) -> Sampler:
+        grid = process.karras_grid(steps, o.rho) if o.grid == "karras" else process.logsnr_grid(steps)
+        return DPMSolverPP2M(process, grid, o.clip_denoised, stochastic)
+
+    return build
 
 
 BUILDERS: dict[str, Callable[[Process, SamplerOptions, int], Sampler]] = {
     "dpmpp_2m": _dpmpp(stochastic=False),
     "dpmpp_2m_sde": _dpmpp(stochastic=True),
-    "euler": lambda process, o, steps: EulerSampler(process, process.time_grid(steps, o.shift), o.clip_denoised),
-    "heun": lambda process, o, steps: HeunSampler(process, process.time_grid(steps, o.shift), o.clip_denoised, Churn(
+    "euler": lambda process, o, steps: EulerSampler(process, ode_grid(process, o, steps), o.clip_denoised),
+    "heun": lambda process, o, steps: HeunSampler(process, ode_grid(process, o, steps), o.clip_denoised, Churn(
         o.churn, o.churn_tmin, math.inf if o.churn_tmax is None else o.churn_tmax, o.churn_noise)),
 }
 """The family-agnostic samplers by name; every other name in :data:`SAMPLERS` is a family's own."""
@@ -98,7 +107,8 @@ def make_sampler(options: Any, process: Process, default_steps: int) -> Sampler:
     on ``options.steps`` steps (``default_steps`` when None) of the process.
 
     ``euler`` and ``heun`` solve the process's probability-flow ODE on its :meth:`Process.time_grid` with the
-    time shift ``options.shift``; the DPM-Solvers run on its :meth:`Process.logsnr_grid`; ``ddpm`` and ``ddim``
+    time shift ``options.shift``; the DPM-Solvers run on its :meth:`Process.logsnr_grid`; with ``options.grid``
+    ``karras`` all of them run on its :meth:`Process.karras_grid` instead; ``ddpm`` and ``ddim``
     are the family's own (:meth:`Process.sampler`). A sampler that cannot draw from the process is refused,
     naming the ones that can."""
     options = SamplerOptions.of(options)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ...core.likelihood import LN2, at_least_fp32, discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from ...core.process import Denoiser, SamplerOptions, TimeGrid, VariancePreserving, logsnr_uniform_steps, shifted_grid
+from ...core.process import Denoiser, SamplerOptions, TimeGrid, VariancePreserving, karras_steps, logsnr_uniform_steps, shifted_grid
 from ...core.updates import OneStepSampler
 from ...distributed import Shard, all_gather_cat, global_rows
 from ...sampling.names import VP_SAMPLERS
@@ -224,6 +224,11 @@ class GaussianDiffusion(VariancePreserving):
         """``steps`` of the T steps, from T - 1 to 0, uniform in log-SNR."""
         abar = self.float64["alphas_cumprod"]
         return self._grid(logsnr_uniform_steps(0.5 * np.log(abar / (1 - abar)), steps))
+
+    def karras_grid(self, steps: int, rho: float) -> TimeGrid:
+        """``steps`` of the T steps, from T - 1 to 0, nearest to the Karras grid of their sigma / alpha."""
+        abar = self.float64["alphas_cumprod"]
+        return self._grid(karras_steps(0.5 * np.log(abar / (1 - abar)), steps, rho))
 
     def likelihood_grid(self, steps: int) -> TimeGrid:
         """``steps`` + 1 of the T steps uniform in log-SNR (where the ODE's divergence changes evenly)."""

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ...core.process import Denoiser, ProcessDefaults, SamplerOptions, TimeGrid, time_shift
+from ...core.process import Denoiser, ProcessDefaults, SamplerOptions, TimeGrid, karras_taus
 from ...distributed import Shard, global_rows
 from ...sampling.names import EDM_SAMPLERS
 from .params import EDMParams
@@ -30,16 +30,6 @@ from .params import EDMParams
 NETWORK_TIME_SCALE = 1000.0
 """The network sees 1000 c_noise = 250 ln(sigma), on the scale of the other families' times."""
 DATA_CHUNK = 4096
-
-
-def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float, shift: float = 1.0) -> list[float]:
-    """``steps`` noise levels from sigma_max down to sigma_min, spaced as Karras et al. eq. 5 with exponent rho;
-    with ``shift`` the ramp's fraction u = 1 - i / (N - 1) goes through SD3's time shift first (1: eq. 5 itself)."""
-    if steps < 1:
-        raise ValueError(f"a sampler needs at least one step, got {steps}")
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    us = [1 - i / (steps - 1) for i in range(steps)] if steps > 1 else [1.0]
-    return [(lo + time_shift(u, shift) * (hi - lo)) ** rho for u in us]
 
 
 class EDM(ProcessDefaults, nn.Module):
@@ -153,7 +143,7 @@ class EDM(ProcessDefaults, nn.Module):
 
     def time_grid(self, steps: int, shift: float = 1.0) -> TimeGrid:
         """The Karras grid of ``steps`` levels (eq. 5), then the data at sigma = 0."""
-        return self._grid(karras_sigmas(steps, self.sigma_min, self.sigma_max, self.rho, shift))
+        return self._grid(karras_taus(steps, self.sigma_min, self.sigma_max, self.rho, shift))
 
     def logsnr_grid(self, steps: int) -> TimeGrid:
         """``steps`` levels evenly spaced in log sigma (the log-SNR is -2 ln sigma) from sigma_max to sigma_min."""
@@ -162,8 +152,12 @@ class EDM(ProcessDefaults, nn.Module):
         hi, lo = math.log(self.sigma_max), math.log(self.sigma_min)
         return self._grid([math.exp(hi + (lo - hi) * i / max(steps - 1, 1)) for i in range(steps)])
 
+    def karras_grid(self, steps: int, rho: float) -> TimeGrid:
+        """The family's own grid with exponent ``rho``."""
+        return self._grid(karras_taus(steps, self.sigma_min, self.sigma_max, rho))
+
     def likelihood_grid(self, steps: int) -> TimeGrid:
-        return self._grid(karras_sigmas(steps + 1, self.sigma_min, self.sigma_max, self.rho))
+        return self._grid(karras_taus(steps + 1, self.sigma_min, self.sigma_max, self.rho))
 
     def sampler(self, options: SamplerOptions, steps: int):
         raise ValueError(f"the edm family samples with {', '.join(EDM_SAMPLERS)}, not '{options.sampler}'")

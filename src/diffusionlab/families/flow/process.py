@@ -79,6 +79,10 @@ class RectifiedFlow(ProcessDefaults, nn.Module):
     def likelihood_grid(self, steps: int) -> TimeGrid:
         return self._grid(shifted_grid(steps + 1, 1.0, include_zero=True))
 
+    def karras_grid(self, steps: int, rho: float) -> TimeGrid:
+        raise ValueError("the flow's level sigma / alpha = t / (1 - t) is infinite at its start, t = 1, which a "
+                         "Karras grid cannot reach: set sample.grid: default (the shifted time grid) for a flow")
+
     def logsnr_grid(self, steps: int) -> TimeGrid:
         raise ValueError(f"the flow family samples with {', '.join(ODE_SAMPLERS)} only, not the DPM-Solvers")
 

@@ -33,7 +33,7 @@ from ...core.likelihood import (
     normal_kl,
     sum_flat,
 )
-from ...core.process import Denoiser, SamplerOptions, TimeGrid, VariancePreserving, logsnr_uniform_steps, shifted_grid
+from ...core.process import Denoiser, SamplerOptions, TimeGrid, VariancePreserving, karras_steps, logsnr_uniform_steps, shifted_grid
 from ...core.updates import OneStepSampler
 from ...distributed import Shard, all_gather_cat, global_rows
 from ...sampling.names import VP_SAMPLERS
@@ -210,12 +210,22 @@ class VDM(VariancePreserving, nn.Module):
     def likelihood_grid(self, steps: int) -> TimeGrid:
         return self._grid(shifted_grid(steps + 1, 1.0, include_zero=True))
 
-    def logsnr_grid(self, steps: int) -> TimeGrid:
-        """``steps`` times of a 10,001-point grid of [0, 1], from 1 to 0, uniform in the log-SNR -gamma(t)."""
+    def _fine_lambdas(self) -> tuple[np.ndarray, np.ndarray]:
+        """A 10,001-point grid of [0, 1] and lambda = log(alpha / sigma) = -gamma(t) / 2 there."""
         grid = np.linspace(0.0, 1.0, 10_001)
         with torch.no_grad():
             gammas = self.gamma(torch.tensor(grid, device=self.gamma.gamma_0.device)).double().cpu().numpy()
-        return self._grid([float(grid[i]) for i in logsnr_uniform_steps(-gammas / 2, steps)])
+        return grid, -gammas / 2
+
+    def logsnr_grid(self, steps: int) -> TimeGrid:
+        """``steps`` times of a 10,001-point grid of [0, 1], from 1 to 0, uniform in the log-SNR -gamma(t)."""
+        grid, lambdas = self._fine_lambdas()
+        return self._grid([float(grid[i]) for i in logsnr_uniform_steps(lambdas, steps)])
+
+    def karras_grid(self, steps: int, rho: float) -> TimeGrid:
+        """``steps`` times of the same fine grid, from 1 to 0, nearest to the Karras grid of sigma / alpha."""
+        grid, lambdas = self._fine_lambdas()
+        return self._grid([float(grid[i]) for i in karras_steps(lambdas, steps, rho)])
 
     def sampler(self, options: SamplerOptions, steps: int) -> OneStepSampler:
         """Ancestral sampling from the posterior on its schedule (eta = 1), or DDIM-style, from :mod:`.samplers`,
