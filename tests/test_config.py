@@ -7,7 +7,7 @@ import yaml
 from pydantic import ValidationError
 
 from diffusionlab.config.params import FAMILY_DEFAULT, RunConfig, load_params, parse_params
-from diffusionlab.config.sections import SampleConfig
+from diffusionlab.config.sampling import SampleConfig
 from diffusionlab.errors import ConfigError
 from diffusionlab.nn.unet import UNetConfig
 from diffusionlab.sampling.names import SamplerName

@@ -10,7 +10,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from imports import closure, is_code, rewritten  # noqa: E402
 
-from diffusionlab.config.sections import RestoreConfig  # noqa: E402
+from diffusionlab.config.sampling import RestoreConfig  # noqa: E402
 
 
 def test_every_stage_lists_exactly_the_code_it_runs():
@@ -38,6 +38,13 @@ def test_data_preparation_depends_on_no_sampler_process_or_evaluation_and_the_re
         samplers = [d for d in stages[stage]["deps"] if d.endswith("samplers.py") or (
             "/sampling/" in d and not d.endswith(("__init__.py", "names.py")))]
         assert not samplers, f"stage {stage} depends on sampling code {samplers}"
+
+
+def test_a_new_sampler_or_sampler_name_reruns_neither_the_feature_networks_nor_the_reference_statistics():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage in ("classifier", "reference"):
+        named = [d for d in stages[stage]["deps"] if "/sampling/" in d or "/families/" in d or "config/sampling" in d]
+        assert not named, f"stage {stage} depends on {named}"
 
 
 def test_every_param_a_stage_depends_on_is_in_params_yaml():

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from diffusionlab.config.params import parse_params
-from diffusionlab.config.sections import SampleConfig
+from diffusionlab.config.sampling import SampleConfig
 from diffusionlab.core.ode import ode_log_likelihood
 from diffusionlab.core.process import time_shift
 from diffusionlab.errors import ConfigError

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from diffusionlab.config.params import parse_params
-from diffusionlab.config.sections import SampleConfig
+from diffusionlab.config.sampling import SampleConfig
 from diffusionlab.errors import ConfigError
 from diffusionlab.nn.unet import UNet, UNetConfig
 from diffusionlab.runtime.training import Trainer, drop_labels

@@ -4,7 +4,7 @@ is known in closed form."""
 import pytest
 import torch
 
-from diffusionlab.config.sections import SampleConfig
+from diffusionlab.config.sampling import SampleConfig
 from diffusionlab.families.ddpm.process import GaussianDiffusion
 from diffusionlab.families.ddpm.schedules import cosine_betas, linear_betas
 from diffusionlab.sampling.base import sample

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionlab.config.sections import SampleConfig
+from diffusionlab.config.sampling import SampleConfig
 from diffusionlab.core.ode import ode_log_likelihood
 from diffusionlab.core.process import shifted_grid, time_shift
 from diffusionlab.families.ddpm.process import GaussianDiffusion

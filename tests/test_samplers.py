@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionlab.config.sections import SampleConfig
+from diffusionlab.config.sampling import SampleConfig
 from diffusionlab.core.process import logsnr_uniform_steps
 from diffusionlab.families.ddpm.process import GaussianDiffusion
 from diffusionlab.families.ddpm.samplers import DDIMSampler, DDPMSampler, respaced_betas

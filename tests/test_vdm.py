@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from diffusionlab.config.sections import SampleConfig
+from diffusionlab.config.sampling import SampleConfig
 from diffusionlab.core.likelihood import BIN_HALF_WIDTH
 from diffusionlab.families.vdm.gamma import make_gamma
 from diffusionlab.families.vdm.process import VDM, alpha_sigma

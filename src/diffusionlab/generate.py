@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .config.sections import SampleConfig
+from .config.sampling import SampleConfig
 from .device import resolve_device
 from .errors import EXPECTED_ERRORS, ConfigError, StageInputError
 from .io import atomic_dir

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config.sections import RestoreConfig
+from .config.sampling import RestoreConfig
 from .device import resolve_device
 from .errors import EXPECTED_ERRORS, ConfigError
 from .generate import check_new_folder, load_model

@@ -24,15 +24,8 @@ from ..nn.dit import DiTConfig
 from ..nn.networks import NetworkName
 from ..nn.unet import UNetConfig
 from ..validation import Count, Section, read_yaml, replace, validate
-from .sections import (
-    EvaluateConfig,
-    MlflowConfig,
-    PipelineConfig,
-    RestoreConfig,
-    SampleConfig,
-    TrainConfig,
-    apply_protocol,
-)
+from .sampling import RestoreConfig, SampleConfig
+from .sections import EvaluateConfig, MlflowConfig, PipelineConfig, TrainConfig, apply_protocol
 
 
 class DatasetConfig(Section):

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import model_validator
 
 from .. import paths
-from ..config.sections import EvaluateConfig, SampleConfig, TrainConfig, apply_protocol
+from ..config.sections import EvaluateConfig, SampleCounts, TrainConfig, apply_protocol
 from ..datasets import DataConfig, load_prepared
 from ..device import resolve_device
 from ..evaluation.features import resolve_backends
@@ -26,7 +26,7 @@ class ReferenceParams(View):
 
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
-    sample: SampleConfig = SampleConfig()
+    sample: SampleCounts = SampleCounts()
     evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="before")

@@ -7,7 +7,8 @@ import logging
 import pandas as pd
 
 from .. import paths
-from ..config.sections import EvaluateConfig, PipelineConfig, RestoreConfig
+from ..config.sampling import RestoreConfig
+from ..config.sections import EvaluateConfig, PipelineConfig
 from ..evaluation.report import (
     MONITOR_FILE,
     ModelResult,

@@ -23,7 +23,7 @@ import torch
 
 from .. import paths
 from ..config.params import Params, RunConfig
-from ..config.sections import RestoreConfig
+from ..config.sampling import RestoreConfig
 from ..datasets import load_prepared
 from ..device import device_name, resolve_device
 from ..errors import ConfigError, StageInputError

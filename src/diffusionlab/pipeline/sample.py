@@ -15,7 +15,7 @@ import torch
 from .. import paths
 from ..chunks import ChunkFolder, Meter, file_digest, map_chunks, prune, source_digest
 from ..config.params import FAMILY_DEFAULT, Params, RunConfig
-from ..config.sections import SampleConfig
+from ..config.sampling import SampleConfig
 from ..core.process import SamplerOptions
 from ..datasets import load_prepared
 from ..device import device_name, make_generator

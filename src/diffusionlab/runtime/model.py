@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config.params import RunConfig, network_problem
-from ..config.sections import SampleConfig
+from ..config.sampling import SampleConfig
 from ..core.process import Process
 from ..errors import ConfigError
 from ..nn.networks import Network

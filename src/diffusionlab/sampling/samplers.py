@@ -14,7 +14,6 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..core.process import Denoiser, Process, SamplerOptions, TimeGrid
