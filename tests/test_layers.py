@@ -23,7 +23,7 @@ LAYERS = [
     ("runtime, evaluation, figures", ["diffusionlab.runtime", "diffusionlab.evaluation", "diffusionlab.viz"]),
     ("stages and commands", ["diffusionlab.pipeline", "diffusionlab.generate", "diffusionlab.compare",
                              "diffusionlab.ui", "diffusionlab.model", "diffusionlab.monitor",
-                             "diffusionlab.restore", "diffusionlab.results"]),
+                             "diffusionlab.restore", "diffusionlab.results", "diffusionlab.phema"]),
 ]
 
 

@@ -26,6 +26,11 @@ def train(dataset: str, model: str) -> Path:
     return OUTPUTS / "train" / f"{dataset}-{model}"
 
 
+def phema(dataset: str, model: str) -> Path:
+    """The post-hoc EMA snapshots of a training run (``train.phema_widths``), one file per saved step."""
+    return train(dataset, model) / "phema"
+
+
 def latent_autoencoder(dataset: str, model: str) -> Path:
     """A latent model's autoencoder, beside the train stage's outputs but not one of them (as its resume.pt): the
     stage trains it first and re-uses it while the autoencoder's params, the training images and the package's code

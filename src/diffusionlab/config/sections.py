@@ -6,7 +6,7 @@ params, with the model blocks, :mod:`diffusionlab.config.params`."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -47,6 +47,12 @@ class TrainConfig(Section):
     """torch.compile the network."""
     channels_last: bool = True
     """channels-last memory format on CUDA."""
+    phema_widths: Tuple[Annotated[Float, Field(gt=0, lt=0.28)]] = ()
+    """Post-hoc EMA (Karras et al. 2024): the relative widths sigma_rel of the two (or more) power-function EMAs
+    tracked as training goes, saved every ``phema_every`` steps in the train stage's ``phema/`` folder, from which
+    ``python -m diffusionlab.phema`` rebuilds the EMA of any width; empty: none."""
+    phema_every: Count = 100
+    """Steps between post-hoc EMA snapshots (and the last step)."""
 
 
 class SampleCounts(BaseModel):

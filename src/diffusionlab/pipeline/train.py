@@ -19,7 +19,7 @@ from ..distributed import World, broadcast_object
 from ..errors import StageInputError
 from ..io import atomic_path, write_json
 from ..runtime.autoencoding import train_autoencoder
-from ..runtime.checkpoint import code_fingerprint, load_resume, save_checkpoint, save_resume
+from ..runtime.checkpoint import code_fingerprint, load_resume, save_checkpoint, save_phema_snapshot, save_resume
 from ..runtime.latent import LatentCodec, TrainedCodec, images_digest, reusable_codec, save_codec
 from ..runtime.model import DiffusionModel
 from ..runtime.tracking import Tracker, log_model, open_run
@@ -77,6 +77,11 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
     trainer = Trainer(run, images, device, world, labels=data.train_labels)
     resume = load_resume(out / RESUME_FILE, run, channels, device) if world.is_main else None
     resume = broadcast_object(resume)
+    if world.is_main:  # the stage's persistent out: the snapshots of this run alone (none unless tracked)
+        folder = paths.phema(dataset, model)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.pt") if resume is None else []:
+            stale.unlink()
     if resume is not None:
         trainer.load_state_dict(resume.trainer)
         log.info("resuming %s from step %d of %d (%s)", run.name, trainer.step, run.data.train_steps,
@@ -93,7 +98,8 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
             tracker.log_metric("resumed_from_step", trainer.step, step=trainer.step)
             tracker.set_tags({"resumed_from_step": trainer.step})
         result = trainer.run(on_log=training_logger(tracker, logged_through), on_checkpoint=lambda t: save_resume(
-            out / RESUME_FILE, run, channels, t.state_dict(), tracker.run_id))
+            out / RESUME_FILE, run, channels, t.state_dict(), tracker.run_id),
+            on_snapshot=lambda t: save_phema_snapshot(paths.phema(dataset, model), t.step, t.phema))
         publish(result, run, channels, world, tracker, autoencoder)
 
 

@@ -25,6 +25,7 @@ from ..core.process import Process
 from ..errors import StageInputError
 from ..io import atomic_path
 from ..nn.networks import Network
+from ..nn.phema import PowerEMA
 from .factory import build_network, build_process
 from .latent import LatentCodec
 
@@ -158,3 +159,21 @@ def load_resume(path: str | Path, cfg: RunConfig, channels: int, device: torch.d
         log.info("%s was written by another version of the code; training from scratch", path)
         return None
     return Resume(state["trainer"], state["mlflow_run_id"])
+
+
+def save_phema_snapshot(folder: str | Path, trainer_step: int, phema: PowerEMA) -> Path:
+    """The post-hoc EMAs of step ``trainer_step`` as ``<folder>/<step>.pt`` (written whole or not at all)."""
+    path = Path(folder) / f"{trainer_step:08d}.pt"
+    with atomic_path(path) as tmp:
+        torch.save({"step": trainer_step, **phema.state_dict(), "gammas": list(phema.gammas)}, tmp)
+    return path
+
+
+def load_phema_snapshots(folder: str | Path, device: torch.device | str = "cpu") -> list[dict]:
+    """Every snapshot of ``folder``, by step; refuses a folder with none."""
+    files = sorted(Path(folder).glob("*.pt"))
+    if not files:
+        raise StageInputError(f"{folder} holds no post-hoc EMA snapshot: train with train.phema_widths set "
+                              "(e.g. [0.05, 0.10])")
+    return [torch.load(f, map_location=device, weights_only=True) for f in files]
+

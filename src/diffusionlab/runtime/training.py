@@ -30,6 +30,7 @@ from ..device import make_generator
 from ..distributed import World, all_mean_, global_rows
 from ..errors import TrainingDiverged
 from ..nn.ema import make_ema
+from ..nn.phema import PowerEMA
 from ..nn.networks import Network
 from ..nn.unet import null_labels
 from ..tensors import BatchOrder, to_model_range
@@ -112,6 +113,7 @@ class Trainer:
         if world.rank:
             torch.manual_seed(tc.seed + world.rank)  # dropout masks differ between processes
         self.ema = make_ema(self.model, tc.ema_decay, tc.ema_warmup)
+        self.phema = PowerEMA(self.model, tc.phema_widths) if tc.phema_widths else None
         self.process_parameters = process_parameters(self.process)
         self.parameters = list(self.model.parameters()) + self.process_parameters
         self.optimizer = torch.optim.Adam(self.parameters, lr=tc.lr)
@@ -148,6 +150,7 @@ class Trainer:
             "window_n": self.window_n,
             "skipped": self.skipped,
             "seconds": self.seconds,
+            "phema": self.phema.state_dict() if self.phema else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -164,6 +167,8 @@ class Trainer:
         self.history = list(state["history"])
         self.window, self.window_n, self.skipped = dict(state["window"]), state["window_n"], state["skipped"]
         self.seconds = state["seconds"]
+        if self.phema is not None:
+            self.phema.load_state_dict(state["phema"])
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.train.bf16 and self.device.type == "cuda":
@@ -214,6 +219,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update_parameters(self.model)
+        if self.phema is not None:
+            self.phema.update(self.model, self.step)
         for key, value in [*zip(terms, means), ("grad_norm", grad_norm)]:
             self.window[key] = self.window.get(key, 0.0) + value.item()
         self.window_n += 1
@@ -233,11 +240,13 @@ class Trainer:
         on_log: Callable[[dict[str, float]], None] | None = None,
         on_checkpoint: Callable[[Trainer], None] | None = None,
         progress: bool = True,
+        on_snapshot: Callable[[Trainer], None] | None = None,
     ) -> TrainResult:
         """Train from the current step to ``train_steps``. Every ``train.log_every`` steps the window's
         mean of every loss term, the gradient norm, the learning rate, the images per second since the
         last log and the process's scalars go to the history and ``on_log``; every
-        ``train.checkpoint_every`` steps (and at the end) ``on_checkpoint`` receives the trainer."""
+        ``train.checkpoint_every`` steps (and at the end) ``on_checkpoint`` receives the trainer, and every
+        ``train.phema_every`` steps (and at the end) ``on_snapshot``, when post-hoc EMAs are tracked."""
         tc, total = self.cfg.train, self.cfg.data.train_steps
         start = time.perf_counter() - self.seconds
         self.model.train()
@@ -255,6 +264,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
                     if on_log:
                         on_log(row)
+            if on_snapshot and self.phema and (self.step % tc.phema_every == 0 or self.step == total):
+                on_snapshot(self)
             if on_checkpoint and (self.step % tc.checkpoint_every == 0 or self.step == total):
                 self.seconds = time.perf_counter() - start
                 on_checkpoint(self)
