@@ -58,6 +58,7 @@ def test_an_ema_of_another_width_is_rebuilt_from_two_tracked_ones_within_1e_3():
 def test_training_tracks_the_snapshots_resumes_them_after_a_kill_and_the_command_rebuilds_a_checkpoint(tmp_path):
     from diffusionlab import phema
     from diffusionlab.datasets import prepare_digits
+    from diffusionlab.pipeline.train import publish_phema
     from diffusionlab.runtime.checkpoint import (load_checkpoint, load_phema_snapshots, save_checkpoint,
                                                  save_phema_snapshot)
     from diffusionlab.runtime.training import Trainer
@@ -89,7 +90,10 @@ def test_training_tracks_the_snapshots_resumes_them_after_a_kill_and_the_command
             assert all(torch.equal(ax[k], ay[k]) for k in ax)
 
     save_checkpoint(tmp_path / "checkpoint.pt", cfg, 1, 12, result.model, result.ema, result.process)
-    full_dir.rename(tmp_path / "phema")  # the train stage's layout: checkpoint.pt beside phema/
+    (tmp_path / "phema").mkdir()
+    (tmp_path / "phema" / "00000099.pt").write_bytes(b"an earlier run's")
+    publish_phema(full_dir, tmp_path / "phema")  # the train stage's layout: checkpoint.pt beside phema/
+    assert sorted(f.name for f in (tmp_path / "phema").iterdir()) == sorted(f.name for f in full_dir.iterdir())
     phema.main([str(tmp_path), "--width", "0.075", "--out", str(tmp_path / "rebuilt.pt")])
     rebuilt = load_checkpoint(tmp_path / "rebuilt.pt")
     assert not all(torch.equal(p, q) for p, q in zip(rebuilt.ema.parameters(), result.ema.parameters()))

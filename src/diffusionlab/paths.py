@@ -27,8 +27,14 @@ def train(dataset: str, model: str) -> Path:
 
 
 def phema(dataset: str, model: str) -> Path:
-    """The post-hoc EMA snapshots of a training run (``train.phema_widths``), one file per saved step."""
+    """The post-hoc EMA snapshots of a finished training run (``train.phema_widths``), one file per saved step."""
     return train(dataset, model) / "phema"
+
+
+def phema_partial(dataset: str, model: str) -> Path:
+    """The snapshots of the run in progress, beside the train stage's outputs but not one of them (as its resume.pt),
+    so that an interrupted run keeps them; the stage copies them into :func:`phema` when training ends."""
+    return train(dataset, model) / "phema.partial"
 
 
 def latent_autoencoder(dataset: str, model: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,11 +78,6 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
     trainer = Trainer(run, images, device, world, labels=data.train_labels)
     resume = load_resume(out / RESUME_FILE, run, channels, device) if world.is_main else None
     resume = broadcast_object(resume)
-    if world.is_main:  # the stage's persistent out: the snapshots of this run alone (none unless tracked)
-        folder = paths.phema(dataset, model)
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("*.pt") if resume is None else []:
-            stale.unlink()
     if resume is not None:
         trainer.load_state_dict(resume.trainer)
         log.info("resuming %s from step %d of %d (%s)", run.name, trainer.step, run.data.train_steps,
@@ -92,6 +88,9 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
     with open_run(params.mlflow, run, device, device_name(device), resume_id=resume.mlflow_run_id if resume else None,
                   system_metrics=params.mlflow.system_metrics) as tracker:
         tracker.set_tags({"processes": world.size})
+        partial = paths.phema_partial(dataset, model)
+        for stale in partial.glob("*.pt") if resume is None else []:  # an earlier run's snapshots
+            stale.unlink()
         logged_through = 0
         if resume is not None:
             logged_through = last_logged_step(tracker)
@@ -99,7 +98,7 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
             tracker.set_tags({"resumed_from_step": trainer.step})
         result = trainer.run(on_log=training_logger(tracker, logged_through), on_checkpoint=lambda t: save_resume(
             out / RESUME_FILE, run, channels, t.state_dict(), tracker.run_id),
-            on_snapshot=lambda t: save_phema_snapshot(paths.phema(dataset, model), t.step, t.phema))
+            on_snapshot=lambda t: save_phema_snapshot(partial, t.step, t.phema))
         publish(result, run, channels, world, tracker, autoencoder)
 
 
@@ -127,6 +126,7 @@ def publish(result: TrainResult, run: RunConfig, channels: int, world: World, tr
     codec = autoencoder[0].codec if autoencoder else None
     save_checkpoint(out / "checkpoint.pt", run, channels, result.steps, result.model, result.ema, result.process,
                     codec)
+    publish_phema(paths.phema_partial(run.dataset, run.model_name), paths.phema(run.dataset, run.model_name))
     write_loss_csv(result.history, out / "loss.csv")
     loss_curve_figure(result.history, out / "loss.png", f"{run.name}: training loss")
     summary = {"final_loss": result.history[-1]["loss"], "train_seconds": round(result.seconds, 2),
@@ -150,6 +150,16 @@ def publish(result: TrainResult, run: RunConfig, channels: int, world: World, tr
     trained = DiffusionModel(run, channels, result.ema, result.process, result.steps, codec)
     info = tracker.call(log_model, trained, run)
     tracker.save_run_file(out, model_uri=info.model_uri if info else None)
+
+
+def publish_phema(partial: Path, folder: Path) -> None:
+    """Copy the run's post-hoc EMA snapshots from ``partial`` into the stage's out ``folder`` (empty when
+    ``train.phema_widths`` is), keeping ``partial`` for a re-run that resumes at the last step."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.pt"):
+        old.unlink()
+    for snapshot in sorted(partial.glob("*.pt")):
+        shutil.copy2(snapshot, folder / snapshot.name)
 
 
 def last_logged_step(tracker: Tracker) -> int:
