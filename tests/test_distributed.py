@@ -9,7 +9,7 @@ from project import copy_project
 
 from diffusionlab.distributed import Shard, World
 from diffusionlab.errors import ConfigError
-from diffusionlab.runtime.checkpoint import load_checkpoint
+from diffusionlab.runtime.checkpoint import load_checkpoint, load_phema_snapshots
 
 from processes import run
 
@@ -18,11 +18,11 @@ ONE_MODEL = {
     "pipeline": {"datasets": ["digits"], "models": ["vdm"]},
     "datasets": {"digits": {"train_steps": 8}},
     "models": {"vdm": {"family": "vdm", "gamma": "network", "timesteps": 50}},
-    "train": {"log_every": 4, "warmup_steps": 2, "device": "cpu"},
+    "train": {"log_every": 4, "warmup_steps": 2, "device": "cpu", "phema_widths": [0.05, 0.1], "phema_every": 4},
     "restore": {"models": []},
     "mlflow": {"system_metrics": False},
 }
-"""The tiny project's data and U-Net, with a vdm whose schedule is learned."""
+"""The tiny project's data and U-Net, with a vdm whose schedule is learned, and post-hoc EMAs."""
 
 
 def test_a_process_takes_its_rows_of_the_global_batch_and_a_batch_must_divide():
@@ -34,19 +34,26 @@ def test_a_process_takes_its_rows_of_the_global_batch_and_a_batch_must_divide():
 
 def test_two_gloo_processes_reach_the_weights_of_one_with_the_same_global_batch(tiny_project, tmp_path):
     """VDM exercises both paths: DistributedDataParallel for the network and an all-reduce for the
-    learned schedule's own parameters. Each trains in a copy of the tiny project, whose data is prepared."""
-    results = {}
+    learned schedule's own parameters; the post-hoc EMA snapshots the stage publishes agree too. Each trains in a
+    copy of the tiny project, whose data is prepared."""
+    results, snapshots = {}, {}
     for processes in (1, 2):
         dest = tmp_path / f"p{processes}"
         overrides = {**ONE_MODEL, "train": {**ONE_MODEL["train"], "nproc_per_node": processes}}
         env = copy_project(tiny_project[0], dest, overrides)
         run([sys.executable, "stages/train.py", "--dataset", "digits", "--model", "vdm"], dest, env)
         results[processes] = load_checkpoint(dest / "outputs/train/digits-vdm/checkpoint.pt")
+        snapshots[processes] = load_phema_snapshots(dest / "outputs/train/digits-vdm/phema")
     one, two = results[1], results[2]
     for key in ("model", "ema"):
         for (name, a), b in zip(getattr(one, key).state_dict().items(), getattr(two, key).state_dict().values()):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}.{name}: {m}")
     assert any(not torch.equal(a, b) for a, b in zip(one.model.parameters(), one.ema.parameters())), "it trained"
+    assert [s["step"] for s in snapshots[1]] == [s["step"] for s in snapshots[2]] == [4, 8]
+    for a, b in zip(snapshots[1], snapshots[2]):
+        for x, y in zip(a["averages"], b["averages"]):
+            for name in x:
+                torch.testing.assert_close(y[name], x[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"phema {name}: {m}")
     # Adam turns float noise in near-zero gradients into steps of size lr, so the schedule's weights
     # are compared through the function they define
     t = torch.linspace(0, 1, 101)

@@ -401,9 +401,9 @@ def test_the_paper_protocol_scores_one_streamed_draw_and_labels_what_it_is_compa
     net = build_network(run, 1, process).eval()
     ckpt = Checkpoint(run, 1, 0, net, net, process)
     held_out = np.zeros((4, 1, 16, 16), np.uint8)
-    inputs = Inputs(card, {(50, None): tmp_cwd / "samples.npy"}, floor, ckpt, held_out, np.full(120, -1), None,
+    inputs = Inputs(card, {(50, None, None): tmp_cwd / "samples.npy"}, floor, ckpt, held_out, np.full(120, -1), None,
                     held_out)
-    streamed = {(50, None, "inception"): extract(generated, inception, cfg, CPU, streamed=True)}
+    streamed = {((50, None, None), "inception"): extract(generated, inception, cfg, CPU, streamed=True)}
     metrics = score(run, [inception], inputs, CPU, streamed).metrics
     assert metrics["protocol"] == "paper" and metrics["comparable_with_published"] is False
     scores = metrics["inception"]

@@ -99,3 +99,67 @@ def test_training_tracks_the_snapshots_resumes_them_after_a_kill_and_the_command
     assert not all(torch.equal(p, q) for p, q in zip(rebuilt.ema.parameters(), result.ema.parameters()))
     with pytest.raises(SystemExit):
         phema.main([str(resumed_dir), "--width", "0.075", "--out", str(tmp_path / "x.pt")])  # no checkpoint there
+
+
+def test_the_sample_stage_draws_each_rebuilt_width_as_the_command_rebuilds_it_and_the_evaluation_judges_it(tmp_cwd):
+    from diffusionlab import paths, phema
+    from diffusionlab.datasets import prepare_digits
+    from diffusionlab.pipeline.sample import draw, ema_networks
+    from diffusionlab.runtime.checkpoint import load_checkpoint, save_checkpoint, save_phema_snapshot
+    from diffusionlab.runtime.training import Trainer
+    from diffusionlab.sampling.samplers import make_sampler
+    from diffusionlab.validation import replace
+    from test_training import CPU, run_config
+
+    cfg = run_config("ddpm", phema_widths=[0.05, 0.10], phema_every=3)
+    cfg = cfg.model_copy(update={"sample": replace(cfg.sample, steps=4, num_samples=3, draws=2, batch_size=6,
+                                                   sweep_steps=(), guidance_sweep=(), ema_widths=(0.075, 0.15))})
+    trainer = Trainer(cfg, prepare_digits(8, 300, 0).train_images[:64], CPU)
+    result = trainer.run(progress=False, on_snapshot=lambda t: save_phema_snapshot(
+        paths.phema("digits", "ddpm"), t.step, t.phema))
+    train_dir = paths.train("digits", "ddpm")
+    save_checkpoint(train_dir / "checkpoint.pt", cfg, 1, result.steps, result.model, result.ema, result.process)
+    ckpt = load_checkpoint(train_dir / "checkpoint.pt")
+    sampler = make_sampler(cfg.sample, ckpt.process, default_steps=cfg.model.timesteps)
+    samples = draw(cfg, ckpt, sampler, CPU, emas=ema_networks(cfg, ckpt))
+    assert sorted(samples.ema) == [0.075, 0.15]
+    main = samples.generated.images
+    assert all(x.shape == main.shape and not np.array_equal(x, main) for x in samples.ema.values())
+    phema.main([str(train_dir), "--width", "0.15", "--out", "rebuilt.pt"])
+    rebuilt = load_checkpoint("rebuilt.pt")
+    np.testing.assert_array_equal(draw(cfg, rebuilt, sampler, CPU).generated.images, samples.ema[0.15])
+
+
+def test_each_width_is_judged_against_the_default_ema_by_welchs_test_and_the_best_is_the_lowest_mean():
+    import pandas as pd
+    import scipy.stats
+
+    from diffusionlab.pipeline.evaluate import best_ema_width, ema_widths
+
+    fids = {None: [3.0, 3.4, 2.9], 0.05: [2.0, 2.2, 2.1], 0.1: [2.9, 3.3, 3.6]}
+    rows = pd.DataFrame([{"steps": 10, "guidance": None, "ema_width": w, "backend": "classifier", "draw": d, "fid": v}
+                         for w, values in fids.items() for d, v in enumerate(values)])
+    table = ema_widths(rows, 0.05)
+    for w in (0.05, 0.1):
+        row = table[table.ema_width == w].iloc[0]
+        expected = scipy.stats.ttest_ind(fids[w], fids[None], equal_var=False)
+        assert row.fid_vs_default == pytest.approx(np.mean(fids[w]) - np.mean(fids[None]))
+        assert row.fid_vs_default_p == pytest.approx(expected.pvalue, rel=1e-6)
+    best = best_ema_width(table, 0.05)["classifier"]
+    assert best["best_width"] == 0.05 and best["beyond_noise"] and best["default_fid"] == pytest.approx(np.mean(fids[None]))
+    assert best_ema_width(table, 1e-9)["classifier"]["beyond_noise"] is False
+    assert ema_widths(rows[rows.ema_width.isna()], 0.05).empty
+
+
+def test_widths_to_score_without_snapshots_are_refused_when_the_params_are_read():
+    import yaml
+
+    from diffusionlab.config.params import parse_params
+    from test_training import ROOT
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["sample"]["ema_widths"] = [0.1]
+    with pytest.raises(ValueError, match="train.phema_widths"):
+        parse_params(raw)
+    raw["train"]["phema_widths"] = [0.05, 0.1]
+    assert parse_params(raw).sample.ema_widths == (0.1,)

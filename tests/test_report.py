@@ -195,3 +195,24 @@ def test_the_report_leads_with_a_summary_of_one_row_per_model_and_task_with_the_
         "<h2>Results at each model")
     assert lines[1].startswith("- **digits, unconditional** (3 models): classifier: best c; at the floor: none")
     assert lines[0].split("** ")[1] in md and "<b>digits, conditional, w=1</b>" in page
+
+
+def test_the_ema_widths_table_marks_the_best_width_and_judges_each_against_the_default_ema(tmp_path):
+    from diffusionlab.evaluation.report import ema_table
+
+    result = model_result(tmp_path, "digits", "edm", 10.0, "red")
+    result.ema = pd.DataFrame([
+        {"ema_width": None, "backend": "classifier", "fid": 10.0, "fid_std": 0.2, "draws": 3},
+        {"ema_width": 0.05, "backend": "classifier", "fid": 9.0, "fid_std": 0.2, "draws": 3, "fid_vs_default": -1.0,
+         "fid_vs_default_p": 0.004},
+        {"ema_width": 0.15, "backend": "classifier", "fid": 10.1, "fid_std": 0.3, "draws": 3, "fid_vs_default": 0.1,
+         "fid_vs_default_p": 0.65}])
+    results = Results(floors={"digits": floor(0.5)}, models=[result])
+    table = ema_table(results, 0.05)
+    assert list(table.EMA) == ["default (train.ema_decay)", "sigma_rel 0.05", "sigma_rel 0.15"]
+    assert list(table["best width"]) == ["", "best", ""]
+    assert table["vs default EMA"].tolist() == ["", "-1, beyond noise (p=0.004)", "+0.1, within noise (p=0.65)"]
+    assert "Post-hoc EMA widths" in render_markdown(results, Path("outputs/report")) and "sigma_rel 0.15" in \
+        render_html(results)
+    assert "Post-hoc EMA widths" not in render_markdown(Results(floors={"digits": floor(0.5)}, models=[
+        model_result(tmp_path, "digits", "ddpm", 10.0, "red")]), Path("outputs/report"))

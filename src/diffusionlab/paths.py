@@ -53,6 +53,11 @@ def guidance_samples(dataset: str, model: str, w: float) -> Path:
     return sample(dataset, model) / "guidance" / f"w_{w:g}.npy"
 
 
+def ema_samples(dataset: str, model: str, width: float) -> Path:
+    """The samples drawn from the EMA of relative width ``width`` rebuilt by the sample stage (``sample.ema_widths``)."""
+    return sample(dataset, model) / "ema" / f"sigma_{width:g}.npy"
+
+
 def evaluate(dataset: str, model: str) -> Path:
     return OUTPUTS / "evaluate" / f"{dataset}-{model}"
 

@@ -20,8 +20,8 @@ import torch
 
 from .errors import EXPECTED_ERRORS, ConfigError
 from .io import atomic_path
-from .nn.phema import combine, reconstruction, sigma_rel_to_gamma
-from .runtime.checkpoint import load_phema_snapshots
+from .nn.phema import sigma_rel_to_gamma
+from .runtime.checkpoint import load_phema_snapshots, phema_weights
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,22 +37,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def rebuild(train_dir: Path, width: float, step: int | None = None) -> tuple[dict, dict[str, float]]:
     """(the run's checkpoint state with its EMA weights rebuilt at ``width``, a summary of the fit)."""
-    gamma = sigma_rel_to_gamma(width)
+    sigma_rel_to_gamma(width)  # a width out of range is refused before any file is read
     checkpoint = train_dir / "checkpoint.pt"
     if not checkpoint.is_file():
         raise ConfigError(f"{checkpoint} not found: train the model first (dvc repro)")
-    snapshots = load_phema_snapshots(train_dir / "phema")
-    last = snapshots[-1]["step"]
-    step = last if step is None else step
-    if not 1 <= step <= last:
-        raise ConfigError(f"--step {step} is outside the snapshots' steps 1..{last}")
-    profiles = [(s["step"], g) for s in snapshots for g in s["gammas"]]
-    states = [average for s in snapshots for average in s["averages"]]
-    x = reconstruction(profiles, step, gamma)
+    weights, summary = phema_weights(load_phema_snapshots(train_dir / "phema"), width, step)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state["ema"] = combine(states, x)
-    state["phema"] = {"width": width, "step": step, "snapshots": len(snapshots)}
-    return state, {"width": width, "step": step, "snapshots": len(snapshots), "largest_coefficient": float(abs(x).max())}
+    state["ema"] = weights
+    state["phema"] = {k: summary[k] for k in ("width", "step", "snapshots")}
+    return state, summary
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -160,6 +160,10 @@ class Params(Section):
                 raise ValueError(f"datasets.{name}.batch_size {self.datasets[name].batch_size} does not divide among "
                                  f"train.nproc_per_node = {nproc} processes; the batch size is global: make it a "
                                  f"multiple of {nproc}")
+        if s.ema_widths and not self.train.phema_widths:
+            raise ValueError(f"sample.ema_widths {list(s.ema_widths)} are rebuilt from post-hoc EMA snapshots, which "
+                             "training saves only with train.phema_widths set: set it (e.g. [0.05, 0.10]) and retrain, "
+                             "or empty sample.ema_widths")
         for name in [n for n in s.sampler_for if n not in self.models][:1]:
             raise ValueError(f"sample.sampler_for names '{name}' but params.yaml has no models.{name} block "
                              f"(defined: {', '.join(sorted(self.models)) or 'none'})")

@@ -66,6 +66,10 @@ class SampleConfig(SampleCounts):
     """Classes a class-conditional model is asked for, repeated in order; empty: every class in turn."""
     guidance_sweep: Tuple[Annotated[Float, Field(ge=0)]] = ()
     """Further guidance scales whose samples are scored too (class accuracy, FID and IS against w)."""
+    ema_widths: Tuple[Annotated[Float, Field(gt=0, lt=0.28)]] = ()
+    """Further EMA widths sigma_rel (Karras et al. 2024's post-hoc EMA, rebuilt from the train stage's ``phema/``
+    snapshots: set ``train.phema_widths``) whose samples at the main setting are scored too (FID against the width,
+    the best one against the default EMA with Welch's test)."""
     repaint_resample: int = Field(5, ge=1, le=100)
     """RePaint resamplings per step in the inpainting figure (1: plain replacement)."""
     slg_scale: Float = Field(0.0, ge=0)
@@ -87,6 +91,7 @@ class SampleConfig(SampleCounts):
         distinct("sample.step_list", self.step_list, "a step")
         distinct("sample.sweep_steps", self.sweep_steps, "a step count")
         distinct("sample.guidance_sweep", self.guidance_sweep, "a scale")
+        distinct("sample.ema_widths", self.ema_widths, "a width")
         distinct("sample.slg_layers", self.slg_layers, "a block")
         if self.slg_start >= self.slg_end:
             raise ValueError(f"sample.slg_start {self.slg_start:g} must be below sample.slg_end {self.slg_end:g}")

@@ -45,6 +45,9 @@ class ModelResult:
     grid_png: Path
     guidance: pd.DataFrame = field(default_factory=pd.DataFrame)
     """The evaluate stage's guidance.csv: one row per (guidance, backend); empty for an unconditional model."""
+    ema: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """The evaluate stage's ema.csv: the default EMA and each rebuilt width per backend; empty without
+    ``sample.ema_widths``."""
     monitor: pd.DataFrame | None = None
     """The monitor's monitor.csv (:data:`MONITOR_COLUMNS`) when it scored the training; None otherwise."""
     restoration: pd.DataFrame | None = None
@@ -177,6 +180,32 @@ def _draws(row: dict) -> str:
     if row.get("spread") == "bootstrap":
         return f"1 × {int(row['num_generated'])} ({int(row['resamples'])} bootstrap resamples)"
     return f"{int(row['draws'])} × {int(row['num_generated'])}"
+
+
+EMA_NOTE = ("Post-hoc EMA (Karras et al. 2024): each width sigma_rel is rebuilt after training from the snapshots of "
+            "train.phema_widths and sampled at the model's sampling setting; 'vs default EMA' is its FID against the "
+            "EMA that training kept (train.ema_decay), by Welch's t-test over the draws.")
+
+
+def ema_table(results: Results, level: float) -> pd.DataFrame:
+    """One row per model, backend and EMA (the default, then each rebuilt width): FID ± std, the verdict against the
+    default EMA, and which rebuilt width is best (lowest mean FID)."""
+    rows = []
+    for r in results.models:
+        if r.ema.empty:
+            continue
+        for backend, group in r.ema.groupby("backend", sort=False):
+            rebuilt = group[group.ema_width.notna()]
+            best = rebuilt.fid.idxmin() if len(rebuilt) else None
+            for i, row in group.sort_values("ema_width", na_position="first").iterrows():
+                default = pd.isna(row["ema_width"])
+                rows.append({"dataset": r.dataset, "model": r.model, "features": backend,
+                             "EMA": "default (train.ema_decay)" if default else f"sigma_rel {row['ema_width']:g}",
+                             "FID": mean_std(row["fid"], row.get("fid_std")),
+                             "vs default EMA": "" if default else _verdict(row["fid_vs_default"],
+                                                                          row["fid_vs_default_p"], level),
+                             "best width": "best" if i == best else ""})
+    return pd.DataFrame(rows)
 
 
 def main_table(results: Results) -> pd.DataFrame:
@@ -450,6 +479,9 @@ def render_html(results: Results) -> str:
         guided = guidance_figure(results, dataset)
         if guided is not None:
             parts.append(_img(guided, f"{dataset} FID and class accuracy against guidance"))
+    widths = ema_table(results, level)
+    if len(widths):
+        parts += ["<h2>Post-hoc EMA widths</h2>", f"<p>{html.escape(EMA_NOTE)}</p>", _table_html(widths)]
     if results.autoencoders:
         parts += ["<h2>Latent autoencoders</h2>", f"<p>{html.escape(AUTOENCODER_NOTE)}</p>",
                   _table_html(autoencoder_table(results))]
@@ -506,6 +538,9 @@ def render_markdown(results: Results, grid_root: Path) -> str:
         lines.append("")
     lines += ["## Results at each model's sampling steps", "", note(results), "", _table_markdown(shown(judged, level)),
               ""]
+    widths = ema_table(results, level)
+    if len(widths):
+        lines += ["## Post-hoc EMA widths", "", EMA_NOTE, "", _table_markdown(widths), ""]
     if results.autoencoders:
         lines += ["## Latent autoencoders", "", AUTOENCODER_NOTE, "", _table_markdown(autoencoder_table(results)), ""]
     restored = [r for r in results.models if r.restoration is not None]

@@ -44,19 +44,25 @@ log = logging.getLogger(__name__)
 SWEEP_COLUMNS = ["steps", "backend", "draws"] + [f"{k}{s}" for k in SCORES for s in ("", "_std")]
 GUIDANCE_COLUMNS = ["guidance", "backend", "draws", "class_accuracy", "class_accuracy_std"] + [
     f"{k}{s}" for k in SCORES for s in ("", "_std")]
+EMA_COLUMNS = ["ema_width", "backend", "draws"] + [f"{k}{s}" for k in SCORES for s in ("", "_std")] + [
+    "fid_vs_default", "fid_vs_default_p"]
+Setting = tuple[int, "float | None", "float | None"]
+"""An evaluated set of images: (steps, guidance scale or None, rebuilt EMA width or None for the default EMA)."""
 
 
 @dataclass
 class Evaluation:
     """Every score of one model: per draw (``draws``), summarised at its sampling setting (``metrics``), against
-    the steps (``sweep``) and the guidance scale (``guidance``)."""
+    the steps (``sweep``), the guidance scale (``guidance``) and the rebuilt EMA's width (``ema``)."""
 
     metrics: dict
     """What metrics.json holds: the summary per backend beside the floor, class accuracy and bits/dim."""
     draws: pd.DataFrame
-    """One row per (steps, guidance, backend, draw) with every score."""
+    """One row per (steps, guidance, EMA width, backend, draw) with every score."""
     sweep: pd.DataFrame
     guidance: pd.DataFrame
+    ema: pd.DataFrame
+    """Per backend, the default EMA (``ema_width`` empty) and each rebuilt width, each against the default."""
     backends: list[Backend]
     card: dict
     """The sample stage's sample.json."""
@@ -76,11 +82,11 @@ def task(card: dict, guidance: float | None = None) -> str:
 @dataclass
 class Inputs:
     """What the evaluation reads, loaded and checked before any work: the sample stage's card and the files of
-    each (steps, guidance) setting it drew, the floor, the checkpoint, held-out images, the classes asked for
+    each (steps, guidance, EMA width) setting it drew, the floor, the checkpoint, held-out images, the classes asked for
     and (conditional models) the classifier that checks them."""
 
     card: dict
-    settings: dict[tuple[int, float | None], Path]
+    settings: dict[Setting, Path]
     floor: dict
     ckpt: Checkpoint
     nll_images: np.ndarray
@@ -130,18 +136,19 @@ def announce(run: RunConfig, backends: list[Backend], inputs: Inputs, world: Wor
 
 
 def extract_all(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch.device,
-                world: World = World()) -> dict[tuple[int, float | None, str], Features] | None:
-    """The features of every setting's images under every backend, keyed (steps, guidance, backend), shared among
-    the processes of ``world``: on rank 0 (None elsewhere)."""
+                world: World = World()) -> dict[tuple[Setting, str], Features] | None:
+    """The features of every setting's images under every backend, keyed (setting, backend), shared among the
+    processes of ``world``: on rank 0 (None elsewhere)."""
     arrays = {setting: np.load(path, mmap_mode="r") for setting, path in inputs.settings.items()}
-    work = {f"{steps}-{w}-{b.name}": (len(images), 0, 1) for (steps, w), images in arrays.items() for b in backends}
+    name = {setting: "-".join(map(str, setting)) for setting in arrays}
+    work = {f"{name[st]}-{b.name}": (len(images), 0, 1) for st, images in arrays.items() for b in backends}
     meter = Meter(f"{run.name} features", work, world)
     out = {}
-    for (steps, w), images in arrays.items():
+    for setting, images in arrays.items():
         for backend in backends:
-            with meter.progress(f"{steps}-{w}-{backend.name}") as on_chunk:
-                out[(steps, w, backend.name)] = extract(images, backend, run.evaluate, device, world, on_chunk,
-                                                        streamed=run.evaluate.protocol == "paper")
+            with meter.progress(f"{name[setting]}-{backend.name}") as on_chunk:
+                out[(setting, backend.name)] = extract(images, backend, run.evaluate, device, world, on_chunk,
+                                                       streamed=run.evaluate.protocol == "paper")
     return out if world.is_main else None
 
 
@@ -157,9 +164,11 @@ def load_inputs(run: RunConfig, backends: list[Backend], device: torch.device) -
     card = read_json(sample_dir / "sample.json")
     main_steps = card["steps"]
     main_w = card["guidance"] if card["class_conditional"] else None
-    settings = {(main_steps, main_w): sample_dir / "samples.npy"}
-    settings.update({(n, main_w): sample_dir / "sweep" / f"steps_{n}.npy" for n in card["sweep_steps"]})
-    settings.update({(main_steps, w): paths.guidance_samples(dataset, model, w) for w in card["guidance_sweep"]})
+    settings = {(main_steps, main_w, None): sample_dir / "samples.npy"}
+    settings.update({(n, main_w, None): sample_dir / "sweep" / f"steps_{n}.npy" for n in card["sweep_steps"]})
+    settings.update({(main_steps, w, None): paths.guidance_samples(dataset, model, w) for w in card["guidance_sweep"]})
+    settings.update({(main_steps, main_w, width): paths.ema_samples(dataset, model, width)
+                     for width in card.get("ema_widths", [])})
     ckpt = load_checkpoint(paths.train(dataset, model) / "checkpoint.pt", device)
     held_out = load_prepared(paths.prepared(dataset)).test_images
     nll_images = held_out if e.nll_images == 0 else held_out[: e.nll_images]
@@ -169,10 +178,11 @@ def load_inputs(run: RunConfig, backends: list[Backend], device: torch.device) -
 
 
 def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch.device,
-          features: dict[tuple[int, float | None, str], Features] | None = None) -> Evaluation:
+          features: dict[tuple[Setting, str], Features] | None = None) -> Evaluation:
     """Score each of the sample stage's draws with every feature backend against the cached reference features
     (``features``: those :func:`extract_all` returns, extracted here when None):
-    at the sampling steps, at each sweep step count and (class-conditional models) at each guidance scale;
+    at the sampling steps, at each sweep step count, (class-conditional models) at each guidance scale and from
+    each rebuilt EMA width;
     summarise them as mean and standard deviation next to the real-data floor, with Welch's test against it;
     and bound the held-out negative log-likelihood in bits/dim (the family's bound and the ODE's)."""
     dataset, e = run.dataset, run.evaluate
@@ -194,20 +204,22 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
     rows = []
     references = {b.name: load_reference(reference_file(dataset, b.name)) for b in backends}
     features = features if features is not None else extract_all(run, backends, inputs, device)
-    for (steps, w), path in settings.items():
+    for (steps, w, width), path in settings.items():
         images = np.load(path)
         hits = ([accuracy(classifier, images[i], labels[i], device) for i in split_draws(len(images), draws)]
                 if classifier is not None and steps == main_steps else None)
         for backend in backends:
             reference = references[backend.name]
             reference.check(images)
-            per_draw = score_draws(features[(steps, w, backend.name)], draws, reference, e,
+            per_draw = score_draws(features[((steps, w, width), backend.name)], draws, reference, e,
                                    with_inf=steps == main_steps)
             for d, scores in enumerate(per_draw):
-                rows.append({"steps": steps, "guidance": w, "backend": backend.name, "draw": d, **scores,
+                rows.append({"steps": steps, "guidance": w, "ema_width": width, "backend": backend.name, "draw": d,
+                             **scores,
                              **({"class_accuracy": hits[d]} if hits else {})})
     table = pd.DataFrame(rows)
-    main = table[(table.steps == main_steps) & (_same_w(table.guidance, main_w))]
+    default_ema = table[table.ema_width.isna()]
+    main = default_ema[(default_ema.steps == main_steps) & (_same_w(default_ema.guidance, main_w))]
     for backend in backends:
         summary = summarize(_records(main[main.backend == backend.name]))
         real = floor[backend.name]
@@ -224,9 +236,12 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
             metrics["class_accuracy_std"] = float(per_draw.std(ddof=1))
     if main_w is not None:
         metrics["guidance"] = main_w
-    sweep = _summaries(table[_same_w(table.guidance, main_w)], ["steps", "backend"])
-    guidance = (_summaries(table[table.steps == main_steps], ["guidance", "backend"]) if main_w is not None
-                else pd.DataFrame(columns=GUIDANCE_COLUMNS))
+    sweep = _summaries(default_ema[_same_w(default_ema.guidance, main_w)], ["steps", "backend"])
+    guidance = (_summaries(default_ema[default_ema.steps == main_steps], ["guidance", "backend"])
+                if main_w is not None else pd.DataFrame(columns=GUIDANCE_COLUMNS))
+    ema = ema_widths(table[(table.steps == main_steps) & _same_w(table.guidance, main_w)], e.significance)
+    if len(ema) and e.fid:
+        metrics["ema"] = best_ema_width(ema, e.significance)
     if main_w is not None:
         metrics["unconditional"] = _unconditional(guidance)
     if ckpt.codec is not None:
@@ -234,14 +249,45 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
         metrics["likelihood"] = "not computed: a latent model's likelihood is of its latents, not of the images"
         metrics["autoencoder"] = autoencoder_scores(ckpt.codec, inputs.held_out, backends, references, card, e,
                                                     device)
-        return Evaluation(metrics, table, sweep, guidance, backends, card, floor)
+        return Evaluation(metrics, table, sweep, guidance, ema, backends, card, floor)
     metrics.update(bits_per_dim(ckpt.process, ckpt.ema, nll_images, e.nll_t_draws, e.batch_size, device, e.seed))
     metrics.update(nll_images=int(len(nll_images)), nll_t_draws=e.nll_t_draws)
     if e.ode_images:
         metrics.update(ode_bits_per_dim_of(ckpt.process, ckpt.ema, nll_images[: e.ode_images], e.ode_steps,
                                            e.ode_probes, e.batch_size, device, e.seed))
         metrics.update(ode_images=min(e.ode_images, len(nll_images)), ode_steps=e.ode_steps)
-    return Evaluation(metrics, table, sweep, guidance, backends, card, floor)
+    return Evaluation(metrics, table, sweep, guidance, ema, backends, card, floor)
+
+
+def ema_widths(rows: pd.DataFrame, level: float) -> pd.DataFrame:
+    """The main setting's scores from the default EMA (``ema_width`` empty) and from each rebuilt width, per
+    backend, each rebuilt width's FID against the default EMA's with Welch's test (empty without rebuilt widths)."""
+    if rows.ema_width.isna().all():
+        return pd.DataFrame(columns=EMA_COLUMNS)
+    table = _summaries(rows, ["ema_width", "backend"])
+    for i, row in table.iterrows():
+        default = table[table.ema_width.isna() & (table.backend == row["backend"])].iloc[0]
+        a, b = spread_of(row.to_dict(), "fid"), spread_of(default.to_dict(), "fid")
+        if pd.notna(row["ema_width"]) and a is not None and b is not None:
+            diff = welch(a, b, level)
+            table.loc[i, ["fid_vs_default", "fid_vs_default_p"]] = diff.change, diff.p
+    return table
+
+
+def best_ema_width(table: pd.DataFrame, level: float) -> dict:
+    """Per backend, the rebuilt EMA width of the lowest mean FID, its FID against the default EMA's, and whether the
+    difference is beyond the noise (Welch's test at ``evaluate.significance``: ``p`` below it)."""
+    out = {}
+    for backend, rows in table[table.ema_width.notna()].groupby("backend"):
+        best = rows.loc[rows.fid.idxmin()]
+        default = table[table.ema_width.isna() & (table.backend == backend)].iloc[0]
+        out[backend] = {"best_width": float(best["ema_width"]), "fid": float(best["fid"]),
+                        "fid_std": float(best["fid_std"]), "default_fid": float(default["fid"]),
+                        "default_fid_std": float(default["fid_std"]),
+                        "fid_vs_default": float(best["fid_vs_default"]),
+                        "fid_vs_default_p": float(best["fid_vs_default_p"]),
+                        "beyond_noise": bool(best["fid_vs_default_p"] < level)}
+    return out
 
 
 def autoencoder_scores(codec: LatentCodec, held_out: np.ndarray, backends: list[Backend], references: dict,
@@ -264,7 +310,7 @@ def autoencoder_scores(codec: LatentCodec, held_out: np.ndarray, backends: list[
 
 
 def publish(evaluation: Evaluation, params: Params, run: RunConfig, tracker: Tracker) -> None:
-    """Write draws.csv, sweep.csv, guidance.csv, fid_vs_steps.csv and metrics.json; log the scores to the
+    """Write draws.csv, sweep.csv, guidance.csv, ema.csv, fid_vs_steps.csv and metrics.json; log the scores to the
     stage's MLflow run; register the model with its FID (``mlflow.register_best``)."""
     metrics, backends, card, floor = evaluation.metrics, evaluation.backends, evaluation.card, evaluation.floor
     e, out = run.evaluate, paths.evaluate(run.dataset, run.model_name)
@@ -291,6 +337,11 @@ def publish(evaluation: Evaluation, params: Params, run: RunConfig, tracker: Tra
         sweep[[c for c in SWEEP_COLUMNS if c in sweep]].to_csv(tmp, index=False)
     with atomic_path(out / "guidance.csv") as tmp:
         evaluation.guidance[[c for c in GUIDANCE_COLUMNS if c in evaluation.guidance]].to_csv(tmp, index=False)
+    with atomic_path(out / "ema.csv") as tmp:
+        evaluation.ema[[c for c in EMA_COLUMNS if c in evaluation.ema]].to_csv(tmp, index=False)
+    if e.fid:
+        for row in evaluation.ema[evaluation.ema.ema_width.notna()].to_dict("records"):
+            tracker.log_metric(f"{row['backend']}.fid_vs_ema_width", row["fid"], step=round(1000 * row["ema_width"]))
     primary = sweep[sweep.backend == backends[0].name]
     with atomic_path(out / "fid_vs_steps.csv") as tmp:
         primary[[c for c in ("steps", "fid", "fid_std") if c in primary]].to_csv(tmp, index=False)
@@ -307,7 +358,7 @@ def publish(evaluation: Evaluation, params: Params, run: RunConfig, tracker: Tra
 
 
 def report(evaluation: Evaluation, run: RunConfig) -> None:
-    """Log each backend's FID beside the floor, and the likelihoods."""
+    """Log each backend's FID beside the floor, the best rebuilt EMA width, and the likelihoods."""
     metrics, card, floor = evaluation.metrics, evaluation.card, evaluation.floor
     for backend in evaluation.backends:
         m = metrics[backend.name]
@@ -315,6 +366,11 @@ def report(evaluation: Evaluation, run: RunConfig) -> None:
                  run.name, backend.name, card["draws"], card["num_samples"], floor["num_reference"],
                  m.get("fid", np.nan), m.get("fid_std", np.nan), m.get("fid_floor", np.nan),
                  m.get("fid_floor_std", np.nan))
+    for backend, best in metrics.get("ema", {}).items():
+        log.info("%s (%s features): the best rebuilt EMA, width %g: FID %.3f ± %.3f against the default EMA's "
+                 "%.3f ± %.3f (p = %.2g: %s)", run.name, backend, best["best_width"], best["fid"], best["fid_std"],
+                 best["default_fid"], best["default_fid_std"], best["fid_vs_default_p"],
+                 "beyond the noise" if best["beyond_noise"] else "within the noise")
     for key, what in (("bpd", "NLL bound"), ("bpd_ode", "NLL through the ODE")):
         if key in metrics:
             log.info("%s: %s %.3f ± %.3f bits/dim", run.name, what, metrics[key], metrics[f"{key}_stderr"])

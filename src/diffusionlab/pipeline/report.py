@@ -53,6 +53,7 @@ def collect(params: ReportParams) -> Results:
                 loss=pd.read_csv(paths.train(dataset, model) / "loss.csv"),
                 grid_png=paths.sample(dataset, model) / "grid.png",
                 guidance=pd.read_csv(evaluated / "guidance.csv"),
+                ema=pd.read_csv(evaluated / "ema.csv"),
                 monitor=pd.read_csv(monitor) if monitor.is_file() else None,
                 restoration=pd.concat([pd.read_csv(p / "summary.csv") for p in restored.values()], ignore_index=True)
                 if restored else None,

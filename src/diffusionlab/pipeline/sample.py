@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ from ..distributed import World
 from ..families import samplers as _own_samplers  # noqa: F401  (the samplers the processes build)
 from ..io import atomic_dir, save_npy, write_json
 from ..runtime.autoencoding import reconstruct
-from ..runtime.checkpoint import Checkpoint, load_checkpoint
+from ..runtime.checkpoint import Checkpoint, load_checkpoint, load_phema_snapshots, phema_weights
 from ..runtime.tracking import Tracker, open_run
 from ..sampling.base import Sampler
 from ..sampling.generation import Generated, draw_images, trajectory_of
@@ -50,7 +51,7 @@ PARTIAL = "partial"
 
 @dataclass
 class Setting:
-    """One set of images the stage draws: the main setting, a sweep step count or a guidance scale."""
+    """One set of images the stage draws: the main setting, a sweep step count, a guidance scale or an EMA width."""
 
     name: str
     model: ConditionalModel
@@ -79,6 +80,8 @@ class Samples:
     steps: int
     sweep: dict[int, np.ndarray] = field(default_factory=dict)
     guidance: dict[float, np.ndarray] = field(default_factory=dict)
+    ema: dict[float, np.ndarray] = field(default_factory=dict)
+    """The main setting's images from the EMA of each width of ``sample.ema_widths``."""
     seconds: dict[int, float] = field(default_factory=dict)
     """Sampling time of the images of each step count drawn by this run (resumed chunks excluded)."""
     drawn: dict[int, int] = field(default_factory=dict)
@@ -86,19 +89,35 @@ class Samples:
     processes: int = 1
 
 
-def settings(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, identity: dict) -> list[Setting]:
+def ema_networks(run: RunConfig, ckpt: Checkpoint) -> dict[float, torch.nn.Module]:
+    """The checkpoint's network with the weights of the EMA of each width of ``sample.ema_widths``, rebuilt from
+    the train stage's post-hoc EMA snapshots (:func:`phema_weights`)."""
+    widths = run.sample.ema_widths
+    snapshots = load_phema_snapshots(paths.phema(run.dataset, run.model_name)) if widths else []
+    out = {}
+    for width in widths:
+        net = copy.deepcopy(ckpt.ema)
+        net.load_state_dict(phema_weights(snapshots, width)[0])
+        out[width] = net.eval()
+    return out
+
+
+def settings(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, identity: dict,
+             emas: dict[float, torch.nn.Module] | None = None) -> list[Setting]:
     """The main setting (``sample.sampler`` at ``sample.steps``, guided at ``sample.guidance``), each of
-    ``sample.sweep_steps`` and, for a class-conditional model, each of ``sample.guidance_sweep``; ``identity``
-    (the checkpoint's and the code's digests) joins every key."""
+    ``sample.sweep_steps``, for a class-conditional model each of ``sample.guidance_sweep``, and the main setting
+    from each rebuilt EMA of ``emas`` (:func:`ema_networks`); ``identity`` (the checkpoint's and the code's digests)
+    joins every key."""
     s = run.sample
     num_classes = ckpt.ema.num_classes
     size = ckpt.config.model_size
     common = {**identity, "shape": [ckpt.channels, size, size], "seed": s.seed, "num_samples": s.num_samples,
               "draws": s.draws, "classes": list(s.classes), "batch_size": s.batch_size}
 
-    def setting(name: str, options: SampleConfig, built: Sampler, w: float) -> Setting:
+    def setting(name: str, options: SampleConfig, built: Sampler, w: float,
+                network: torch.nn.Module | None = None) -> Setting:
         slg = SkipLayerGuidance.of(options)
-        net = ConditionalModel(ckpt.ema, ckpt.process, ckpt.channels, w, slg, ckpt.decode())
+        net = ConditionalModel(network or ckpt.ema, ckpt.process, ckpt.channels, w, slg, ckpt.decode())
         key = {**common, "setting": name, "options": asdict(SamplerOptions.of(options)), "steps": built.steps,
                "guidance": w if num_classes else None, **({"skip_layer_guidance": asdict(slg)} if slg else {})}
         return Setting(name, net, built, key)
@@ -111,14 +130,17 @@ def settings(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, identity: dict)
         log.info("%s is unconditional: sample.guidance_sweep does not apply", run.name)
     for w in sorted(set(s.guidance_sweep) - {s.guidance}) if num_classes else []:
         out.append(setting(f"guidance_{w:g}", s, sampler, w))
+    for width, network in (emas or {}).items():
+        out.append(setting(f"ema_{width:g}", s, sampler, s.guidance, network))
     return out
 
 
 def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.device, world: World = World(),
-         partial: Path | None = None) -> Samples | None:
+         partial: Path | None = None, emas: dict[float, torch.nn.Module] | None = None) -> Samples | None:
     """Draw ``sample.draws`` independent draws of ``sample.num_samples`` samples (one after another) from the EMA
-    weights with ``sampler`` (``sample.sampler`` at ``sample.steps``), at each of ``sample.sweep_steps`` and, for a
-    class-conditional model, at each of ``sample.guidance_sweep`` (:func:`settings`).
+    weights with ``sampler`` (``sample.sampler`` at ``sample.steps``), at each of ``sample.sweep_steps``, for a
+    class-conditional model at each of ``sample.guidance_sweep``, and from each rebuilt EMA of ``emas``
+    (:func:`settings`).
 
     Every process of ``world`` draws its share of each setting's batches; rank 0 gathers them and returns the
     samples (the others None). With ``partial`` each finished batch is saved there first, and a run after a kill
@@ -131,7 +153,7 @@ def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.devic
     shape = (ckpt.channels, size, size)  # a latent model draws latents, decoded into images batch by batch
     identity = {"checkpoint": file_digest(paths.train(run.dataset, run.model_name) / "checkpoint.pt")
                 if partial is not None else None, "code": source_digest(), "device": device.type}
-    plan = settings(run, ckpt, sampler, identity)
+    plan = settings(run, ckpt, sampler, identity, emas)
     folders = [ChunkFolder(partial, st.key) if partial is not None else None for st in plan]
     if world.is_main and partial is not None:
         prune(partial, [f for f in folders if f is not None])
@@ -159,10 +181,13 @@ def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.devic
     samples = Samples(main.model, Generated(images["main"], trajectory), labels, sampler.steps,
                       seconds={sampler.steps: seconds["main"]}, drawn={sampler.steps: meter.drawn["main"]},
                       processes=world.size)
+    widths = {f"ema_{width:g}": width for width in emas or {}}
     for st in plan[1:]:
         if st.name.startswith("steps_"):
             samples.sweep[st.sampler.steps] = images[st.name]
             samples.seconds[st.sampler.steps], samples.drawn[st.sampler.steps] = seconds[st.name], meter.drawn[st.name]
+        elif st.name in widths:
+            samples.ema[widths[st.name]] = images[st.name]
         else:
             samples.guidance[st.model.w] = images[st.name]
     return samples
@@ -194,11 +219,12 @@ def _sample(params: Params, run: RunConfig, world: World, device: torch.device) 
     ckpt = load_checkpoint(paths.train(dataset, model) / "checkpoint.pt", device)
     held_out = load_prepared(paths.prepared(dataset))
     sampler = make_sampler(run.sample, ckpt.process, default_steps=ckpt.config.model.timesteps)
+    emas = ema_networks(run, ckpt)
     if not world.is_main:
-        draw(run, ckpt, sampler, device, world, out / PARTIAL)
+        draw(run, ckpt, sampler, device, world, out / PARTIAL, emas)
         return
     with open_run(params.mlflow, run, device, device_name(device), previous=paths.train(dataset, model)) as tracker:
-        samples = draw(run, ckpt, sampler, device, world, out / PARTIAL)
+        samples = draw(run, ckpt, sampler, device, world, out / PARTIAL, emas)
         publish(samples, run, ckpt, held_out.test_images, held_out.test_labels, device, tracker,
                 params.sampler_of(model)[1])
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
@@ -217,6 +243,9 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
     with atomic_dir(out / "guidance") as guidance_dir:
         for w, drawn in samples.guidance.items():
             save_npy(guidance_dir / paths.guidance_samples(run.dataset, run.model_name, w).name, drawn)
+    with atomic_dir(out / "ema") as ema_dir:
+        for width, drawn in samples.ema.items():
+            save_npy(ema_dir / paths.ema_samples(run.dataset, run.model_name, width).name, drawn)
     save_npy(out / "samples.npy", generated.images)
     save_npy(out / "labels.npy", np.full(total, -1, dtype=np.int64) if samples.labels is None else samples.labels)
     num_classes = ckpt.ema.num_classes
@@ -235,7 +264,7 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
         "images_per_second": round(rates[steps], 2) if steps in rates else None, "processes": samples.processes,
         "sweep_steps": sorted(samples.sweep),
         "class_conditional": bool(num_classes), "guidance": s.guidance if num_classes else None,
-        "guidance_sweep": sorted(samples.guidance),
+        "guidance_sweep": sorted(samples.guidance), "ema_widths": sorted(samples.ema),
     })
     tracker.log_metrics({"sample_seconds": seconds[steps], **(
         {"sample_images_per_second": rates[steps]} if steps in rates else {})})

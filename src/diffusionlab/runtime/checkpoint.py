@@ -22,10 +22,10 @@ from torch import nn
 
 from ..config.params import RunConfig
 from ..core.process import Process
-from ..errors import StageInputError
+from ..errors import ConfigError, StageInputError
 from ..io import atomic_path
 from ..nn.networks import Network
-from ..nn.phema import PowerEMA
+from ..nn.phema import PowerEMA, combine, reconstruction, sigma_rel_to_gamma
 from .factory import build_network, build_process
 from .latent import LatentCodec
 
@@ -176,4 +176,19 @@ def load_phema_snapshots(folder: str | Path, device: torch.device | str = "cpu")
         raise StageInputError(f"{folder} holds no post-hoc EMA snapshot: train with train.phema_widths set "
                               "(e.g. [0.05, 0.10])")
     return [torch.load(f, map_location=device, weights_only=True) for f in files]
+
+
+def phema_weights(snapshots: list[dict], width: float, step: int | None = None) -> tuple[dict[str, torch.Tensor],
+                                                                                         dict]:
+    """The weights of the EMA of relative width ``width`` ending at ``step`` (default: the last snapshot's), the
+    least-squares combination of ``snapshots`` (:func:`load_phema_snapshots`), and a summary of the fit."""
+    last = snapshots[-1]["step"]
+    step = last if step is None else step
+    if not 1 <= step <= last:
+        raise ConfigError(f"the EMA's step {step} is outside the snapshots' steps 1..{last}")
+    profiles = [(s["step"], g) for s in snapshots for g in s["gammas"]]
+    states = [average for s in snapshots for average in s["averages"]]
+    x = reconstruction(profiles, step, sigma_rel_to_gamma(width))
+    return combine(states, x), {"width": width, "step": step, "snapshots": len(snapshots),
+                                "largest_coefficient": float(abs(x).max())}
 
