@@ -1,9 +1,10 @@
 """Sampling benchmark on the models the pipeline trained (run `make run` first). Not a test: it
 measures and writes benchmarks/results/samplers.{json,md}, in three parts:
 
-    grid      images/s and FID for each sampler and step count, per model: `sample.draws` draws of
-              `sample.num_samples` images, FID mean ± std over the draws under every offline
-              backend of `evaluate.features`, and Welch's test against the model's best setting
+    grid      images/s and FID for each sampler, step count and spacing of the steps (`--spacings`, the
+              values of sample.grid), per model: `sample.draws` draws of `sample.num_samples` images, FID
+              mean ± std over the draws under every offline backend of `evaluate.features`, Welch's test
+              against the model's best setting and, for the Karras grid, against the default spacing
     batch     images/s against the sampling batch size, each size in a fresh process with its peak
               memory: the batch size that maximises throughput
     quality   ancestral DDPM on all 1000 steps against DPM-Solver++(2M) and SDE-DPM-Solver++(2M)
@@ -14,6 +15,7 @@ so it is comparable with the pipeline's own numbers (the quality part uses the f
 under torch.inference_mode, batched (one tensor per batch, no per-image loop).
 
     python benchmarks/samplers.py --parts grid --models ddpm --steps 10 20 50
+    python benchmarks/samplers.py --parts grid --models ddpm vdm --samplers dpmpp_2m --steps 10 --spacings default karras
 """
 
 from __future__ import annotations
@@ -72,9 +74,10 @@ class Setup:
         s = self.run.sample
         return requested_labels(n, s.classes, self.ckpt.ema.num_classes) if self.ckpt.ema.num_classes else None
 
-    def sample(self, sampler: str, steps: int, n: int, batch_size: int, seed: int) -> tuple[np.ndarray, float]:
-        """``n`` images and the seconds they took."""
-        cfg = replace(self.run.sample, sampler=sampler, steps=steps, step_list=(), shift=self.shift)
+    def sample(self, sampler: str, steps: int, n: int, batch_size: int, seed: int,
+               spacing: str = "default") -> tuple[np.ndarray, float]:
+        """``n`` images and the seconds they took, the steps spaced by ``spacing`` (``sample.grid``)."""
+        cfg = replace(self.run.sample, sampler=sampler, steps=steps, step_list=(), shift=self.shift, grid=spacing)
         built = make_sampler(cfg, self.ckpt.process, steps)
         size = self.ckpt.config.data.image_size
         sync(self.device)
@@ -124,11 +127,12 @@ def grid(args, models: list[str]) -> list[dict]:
         n, bs, draws = m.run.sample.num_samples, m.run.sample.batch_size, m.run.sample.draws
         level = m.run.evaluate.significance
         first = len(rows)
-        for name in (n for n in args.samplers if n in type(m.run.model).SAMPLERS):
-            for steps in args.steps:
-                images, seconds = m.sample(name, steps, n * draws, bs, m.run.sample.seed)
+        for name, steps, spacing in ((n, k, g) for n in args.samplers if n in type(m.run.model).SAMPLERS
+                                     for k in args.steps for g in args.spacings if spaceable(m.run, n, g)):
+                images, seconds = m.sample(name, steps, n * draws, bs, m.run.sample.seed, spacing)
                 fids = m.fid_draws(images, draws)
-                row = {"model": model, "sampler": name, "steps": steps, "batch_size": bs, "draws": draws,
+                row = {"model": model, "sampler": name, "steps": steps, "spacing": spacing, "batch_size": bs,
+                       "draws": draws,
                        "network_evaluations": m.evaluations(steps, name), "images_per_second": n * draws / seconds,
                        **peak_memory(m.device)}
                 for backend, values in fids.items():
@@ -136,7 +140,7 @@ def grid(args, models: list[str]) -> list[dict]:
                     row.update({f"{backend}_fid": spread.mean, f"{backend}_fid_std": spread.std,
                                 f"{backend}_fids": values})
                 rows.append(row)
-                print(f"grid {model} {name} {steps}: {row['images_per_second']:.1f} images/s, FID " + ", ".join(
+                print(f"grid {model} {name} {steps} {spacing}: {row['images_per_second']:.1f} images/s, FID " + ", ".join(
                     f"{b} {row[f'{b}_fid']:.2f} ± {row[f'{b}_fid_std']:.2f}" for b in fids), flush=True)
         for backend in m.backends:
             mine = rows[first:]
@@ -144,8 +148,23 @@ def grid(args, models: list[str]) -> list[dict]:
             for r in mine:
                 d = welch(Spread.of(r[f"{backend}_fids"]), Spread.of(best[f"{backend}_fids"]), level)
                 r[f"{backend}_vs_best"] = ("best" if r is best else
-                                           f"{d.change:+.2f} ({'beyond' if d.beyond_noise else 'within'} noise)")
+                                           f"{d.change:+.2f} ({verdict(d)})")
+                default = [o for o in mine if (o["sampler"], o["steps"], o["spacing"]) == (r["sampler"], r["steps"],
+                                                                                          "default")]
+                if r["spacing"] != "default" and default:
+                    d = welch(Spread.of(r[f"{backend}_fids"]), Spread.of(default[0][f"{backend}_fids"]), level)
+                    r[f"{backend}_vs_default"] = f"{d.change:+.2f} (p = {d.p:.2g}, {verdict(d)})"
     return rows
+
+
+def verdict(d) -> str:
+    return f"{'beyond' if d.beyond_noise else 'within'} noise"
+
+
+def spaceable(run: RunConfig, sampler: str, spacing: str) -> bool:
+    """Whether ``sample.grid: spacing`` applies to ``sampler`` on the run's model (karras: not for ddpm, ddim or a
+    flow)."""
+    return spacing == "default" or (sampler not in ("ddpm", "ddim") and run.model.family != "flow")
 
 
 def one_batch_size(spec: dict) -> dict:
@@ -199,8 +218,9 @@ def quality(args, models: list[str]) -> list[dict]:
 
 def grid_columns(backends: list[str]) -> list[tuple[str, str, str]]:
     per_backend = [column for b in backends for column in (
-        (f"FID ({b})", f"{b}_fid", ".2f"), ("± std", f"{b}_fid_std", ".2f"), ("vs best of the model", f"{b}_vs_best", ""))]
-    return [("model", "model", ""), ("sampler", "sampler", ""), ("steps", "steps", "d"),
+        (f"FID ({b})", f"{b}_fid", ".2f"), ("± std", f"{b}_fid_std", ".2f"), ("vs best of the model", f"{b}_vs_best", ""),
+        ("vs default spacing", f"{b}_vs_default", ""))]
+    return [("model", "model", ""), ("sampler", "sampler", ""), ("steps", "steps", "d"), ("spacing", "spacing", ""),
             ("network evaluations", "network_evaluations", "d"), ("images/s", "images_per_second", ".1f"),
             ("draws", "draws", "d"), *per_backend, ("peak RSS MiB so far", "peak_rss_mib", ",.0f"),
             ("peak GPU MiB so far", "peak_gpu_mib", ",.0f")]
@@ -221,6 +241,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=None, help="default: pipeline.models")
     parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     parser.add_argument("--steps", nargs="+", type=int, default=[10, 20, 50])
+    parser.add_argument("--spacings", nargs="+", choices=["default", "karras"], default=["default"],
+                        help="the spacings of the grid part's steps (sample.grid; karras: not for ddpm, ddim, a flow)")
     parser.add_argument("--shift", type=float, default=None, help="time shift of euler and heun (default: sample.shift)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
                         help="default: 1 to 2048 (8192 on CUDA), for the first model")

@@ -216,3 +216,17 @@ def test_the_ema_widths_table_marks_the_best_width_and_judges_each_against_the_d
         render_html(results)
     assert "Post-hoc EMA widths" not in render_markdown(Results(floors={"digits": floor(0.5)}, models=[
         model_result(tmp_path, "digits", "ddpm", 10.0, "red")]), Path("outputs/report"))
+
+
+def test_every_step_count_shows_its_network_evaluations_per_image(tmp_path):
+    from diffusionlab.evaluation.report import steps_table
+
+    heun = model_result(tmp_path, "digits", "edm", 10.0, "red")
+    heun.metrics["sampler"] = "heun"
+    guided = model_result(tmp_path, "digits", "ddpm", 10.0, "blue", conditional=True)
+    guided.metrics["guidance"] = 3.0
+    table = steps_table(Results(floors={"digits": floor(0.5)}, models=[heun, guided]))
+    shown = {(m, n): e for m, n, e in zip(table.model, table.steps, table["network evaluations"]) if m != FLOOR_MODEL}
+    assert shown == {("edm", 10): 19, ("edm", 25): 49, ("edm", 50): 99, ("ddpm", 10): 20, ("ddpm", 25): 50,
+                     ("ddpm", 50): 100}
+    assert table[table.model == FLOOR_MODEL]["network evaluations"].isna().all()

@@ -159,6 +159,8 @@ def shown(table: pd.DataFrame, level: float, with_verdicts: bool = True) -> pd.D
     out = pd.DataFrame({"dataset": table.dataset, "model": table.model, "family": table.family,
                         "task": table.task, "sampler": table.sampler, "steps": table.steps.astype("Int64"),
                         "features": table.backend})
+    if "evaluations" in table:
+        out.insert(6, "network evaluations", table.evaluations.astype("Int64"))
     for key, heading in SCORE_HEADINGS.items():
         if key in table and table[key].notna().any():
             out[heading] = [mean_std(m, s) for m, s in zip(table[key], table[f"{key}_std"])]
@@ -281,14 +283,17 @@ def summary_note(level: float) -> str:
 
 
 def results_table(results: Results) -> pd.DataFrame:
-    """Every (dataset, model, sampler, steps, backend) row with the numbers behind the verdicts: results.csv."""
+    """Every (dataset, model, sampler, steps, backend) row with the numbers behind the verdicts (and the network
+    evaluations per image of its steps): results.csv."""
     rows = []
     for dataset, floor in results.floors.items():
         rows += _floor_rows(dataset, floor)
         for r in (m for m in results.models if m.dataset == dataset):
             for record in r.sweep.to_dict("records"):
                 rows.append(_row(dataset, r.model, r.family, r.metrics.get("task", ""), r.metrics["sampler"],
-                                 record["steps"], record["backend"], record, bpd=r.metrics.get("bpd"),
+                                 record["steps"], record["backend"], record, evaluations=network_evaluations(
+                                     int(record["steps"]), r.metrics.get("guidance"), r.metrics["sampler"]),
+                                 bpd=r.metrics.get("bpd"),
                                  bpd_ode=r.metrics.get("bpd_ode"),
                                  num_generated=r.metrics.get("num_generated")))
     table = pd.DataFrame(rows)
