@@ -177,6 +177,7 @@ def ddpm_process():
 
 
 @pytest.mark.parametrize("solver,steps,extra", [("ddrm", 50, {}), ("ddnm", 50, {}), ("pigdm", 50, {"eta": 1.0}),
+                                                ("pigdm", 50, {"eta": 1.0, "pigdm_form": "score"}),
                                                 ("dps", 200, {"eta": 1.0, "zeta": 0.3})])
 @pytest.mark.parametrize("op_name", ["sr2", "box", "random"])
 def test_each_solver_restores_towards_the_exact_posterior_mean_better_than_the_pseudo_inverse(solver, steps, extra,
@@ -196,7 +197,8 @@ def test_noiseless_ddrm_and_ddnm_keep_the_measurement_exactly(solver, op_name):
     assert op.consistency(out, y).max() < 1e-9
 
 
-@pytest.mark.parametrize("solver,extra", [("ddrm", {}), ("ddnm", {}), ("pigdm", {"eta": 1.0})])
+@pytest.mark.parametrize("solver,extra", [("ddrm", {}), ("ddnm", {}), ("pigdm", {"eta": 1.0}),
+                                          ("pigdm", {"eta": 1.0, "pigdm_form": "score"})])
 @pytest.mark.parametrize("op_name", ["sr2", "blur"])
 def test_with_measurement_noise_the_solvers_move_towards_the_posterior_mean(solver, extra, op_name):
     """sigma_y = 0.2: the posterior mean no longer passes through y (and the blur, invertible on these tiny
@@ -215,6 +217,18 @@ def test_the_solvers_drive_every_process_through_its_marginals(family, solver):
                "edm": lambda: EDM(sigma_data=0.5)}[family]().double()
     out, exact, pinv, _, _ = restore_gaussian(process, solver, "box", 0.0, 50, **({"eta": 1.0} if solver == "pigdm" else {}))
     assert (out.mean(0) - exact).norm() < 0.5 * (pinv - exact).norm()
+
+
+@pytest.mark.parametrize("op_name", ["sr2", "box", "blur"])
+def test_pigdm_as_its_paper_writes_it_pulls_towards_a_noisy_measurement_at_every_step_the_score_form_does_not(op_name):
+    """Algorithm 1's correction alpha_s alpha_t r_t^2 g keeps its order as sigma_t falls, where the score's weight
+    sigma_t^2 / alpha_t vanishes: at sigma_y = 0.2 the paper's form keeps pulling A x towards y over the last steps,
+    below the measurement's noise (0.12-0.17 per value), while the score form stays at it (0.20-0.26)."""
+    residual = {}
+    for form in ("paper", "score"):
+        out, _, _, op, y = restore_gaussian(ddpm_process(), "pigdm", op_name, 0.2, 50, eta=1.0, pigdm_form=form)
+        residual[form] = op.consistency(out, y).mean().item()
+    assert residual["paper"] < 0.8 * residual["score"] and residual["score"] > 0.18, residual
 
 
 @pytest.mark.parametrize("name", BASELINES)

@@ -69,7 +69,7 @@ def task_operator(task: str, shape: tuple[int, int, int], r: RestoreConfig, devi
 def solver_options(solver: str, r: RestoreConfig, steps: int | None = None) -> SolverOptions:
     eta = r.eta if solver in ("ddrm", "ddnm") else r.ddim_eta
     return SolverOptions(solver=solver, steps=steps or r.steps_of(solver), eta=eta, eta_b=r.eta_b, zeta=r.dps_step,
-                         resample=r.repaint_resample, clip_denoised=r.clip_denoised)
+                         resample=r.repaint_resample, clip_denoised=r.clip_denoised, pigdm_form=r.pigdm_form)
 
 
 def methods_for(task: str, r: RestoreConfig) -> list[tuple[str, str]]:

@@ -16,8 +16,10 @@ gives, nu_i = sigma_y / s_i their noise, and c = V^T x_0_hat, e = V^T eps_hat, z
   gamma_i^2 = sig_s^2 - (lambda_i nu_i)^2, so the measurement's noise is never added twice.
 - ``pigdm`` (Song et al. 2023, eq. 7): the score of p(y | x_t) ~ N(A x_0_hat, r_t^2 A A^T + sigma_y^2 I),
   g = J^T A^T (r_t^2 A A^T + sigma_y^2 I)^-1 (y - A x_0_hat) with J = d x_0_hat / d x_t (one backward pass) and
-  r_t^2 = sig_t^2 / (1 + sig_t^2), added to the model's score in a DDIM step: x_0_hat += sigma_t^2 / alpha_t g
-  (Tweedie's formula), eps_hat -= sigma_t g.
+  r_t^2 = sig_t^2 / (1 + sig_t^2). The paper's Algorithm 1 (``pigdm_form: paper``) adds r_t^2 g to the DDIM step
+  of x / alpha: x_s += alpha_s alpha_t r_t^2 g, a correction of the same order at every step (noiseless, r_t^2 g =
+  J^T A^+ (y - A x_0_hat)). ``pigdm_form: score`` adds g to the model's score instead: x_0_hat += sigma_t^2 /
+  alpha_t g (Tweedie's formula), eps_hat -= sigma_t g, whose weight vanishes as sigma_t does.
 - ``dps`` (Chung et al. 2023, Algorithm 1): a DDIM step (eta = 1: ancestral), then x_s -= zeta grad_{x_t}
   ||y - A x_0_hat(x_t)|| per image (the step size zeta / ||y - A x_0_hat|| on the squared norm).
 - ``repaint`` (Lugmayr et al. 2022): :func:`diffusionlab.sampling.inverse.inpaint`, for masks only.
@@ -61,6 +63,8 @@ class SolverOptions:
     zeta: float = 1.0
     resample: int = 5
     clip_denoised: bool = True
+    pigdm_form: str = "paper"
+    """``paper``: PiGDM's correction alpha_s alpha_t r_t^2 g after the DDIM step; ``score``: g added to the score."""
 
 
 @dataclass
@@ -121,9 +125,7 @@ def _guidance(options: SolverOptions, problem: Problem, x0: Tensor, x: Tensor, a
     """The gradient a gradient solver adds, with respect to x_t: PiGDM's score g, or DPS's grad ||y - A x_0_hat||."""
     op, y = problem.operator, problem.y
     if options.solver == "pigdm":
-        sig2 = (sigma / alpha) ** 2 if alpha > 0 else math.inf
-        r2 = sig2 / (1 + sig2) if math.isfinite(sig2) else 1.0
-        s = op.singulars
+        r2, s = pigdm_r2(alpha, sigma), op.singulars
         weight = torch.where(op.measured, s / (r2 * s**2 + problem.sigma_y**2).clamp(min=1e-30), 0.0)
         v = op.V(weight * op.Ut(y - op.A(x0)))
         return torch.autograd.grad(x0, x, v.detach())[0]
@@ -131,6 +133,15 @@ def _guidance(options: SolverOptions, problem: Problem, x0: Tensor, x: Tensor, a
         norm = (y - op.A(x0)).flatten(1).norm(dim=1)
         return torch.autograd.grad(norm.sum(), x)[0]
     raise ValueError(f"{options.solver!r} is not a gradient solver: pigdm or dps")
+
+
+def pigdm_r2(alpha: float, sigma: float) -> float:
+    """PiGDM's r_t^2 = sig_t^2 / (1 + sig_t^2), sig_t = sigma_t / alpha_t: the variance it gives x_0 given x_t (of
+    data of unit variance); 1 where alpha_t = 0."""
+    if alpha <= 0:
+        return 1.0
+    sig2 = (sigma / alpha) ** 2
+    return sig2 / (1 + sig2)
 
 
 def repaint_sampler(process: Process, steps: int, clip_denoised: bool = True) -> Sampler:
@@ -167,7 +178,7 @@ def solve(model: Denoiser, process: Process, options: SolverOptions, problem: Pr
                 grad = _guidance(options, problem, x0, x_in, *at_t)
             x0 = x0.detach()
             eps = eps_from(x, x0, *at_t)
-            if options.solver == "pigdm" and at_t[0] > 0:
+            if options.solver == "pigdm" and options.pigdm_form == "score" and at_t[0] > 0:
                 x0 = x0 + at_t[1] ** 2 / at_t[0] * grad
                 eps = eps - at_t[1] * grad
             if options.clip_denoised:
@@ -175,6 +186,8 @@ def solve(model: Denoiser, process: Process, options: SolverOptions, problem: Pr
                 eps = eps_from(x, x0, *at_t)
             with torch.no_grad():
                 x = ddim_update(x0, eps, at_t, at_s, options.eta, generators)
+            if options.solver == "pigdm" and options.pigdm_form == "paper":
+                x = x + at_s[0] * at_t[0] * pigdm_r2(*at_t) * grad
             if options.solver == "dps":
                 x = x - options.zeta * grad
             continue
