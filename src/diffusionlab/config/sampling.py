@@ -138,9 +138,10 @@ class RestoreConfig(Section):
     """pigdm and dps: DDIM's eta of their steps (1: ancestral)."""
     dps_step: Float = Field(1.0, gt=0)
     """DPS's step size zeta on grad ||y - A x0_hat||."""
-    pigdm_form: Literal["paper", "score"] = "paper"
-    """pigdm's guidance: ``paper`` (its Algorithm 1: alpha_s alpha_t r_t^2 g added after each DDIM step, of the same
-    order at every step) or ``score`` (g added to the model's score in the DDIM step, vanishing at low noise)."""
+    pigdm_form: Literal["paper", "score"] = "score"
+    """pigdm's guidance: ``score`` (g added to the model's score in the DDIM step, vanishing at low noise; better on
+    the digits models, docs/restoration.md) or ``paper`` (its Algorithm 1: alpha_s alpha_t r_t^2 g added after each
+    DDIM step, of the same order at every step)."""
     repaint_resample: int = Field(2, ge=1, le=100)
     blur_width: Float = Field(1.0, gt=0)
     """Standard deviation of the Gaussian blur in pixels (kernel truncated at 3 widths)."""

@@ -63,8 +63,8 @@ class SolverOptions:
     zeta: float = 1.0
     resample: int = 5
     clip_denoised: bool = True
-    pigdm_form: str = "paper"
-    """``paper``: PiGDM's correction alpha_s alpha_t r_t^2 g after the DDIM step; ``score``: g added to the score."""
+    pigdm_form: str = "score"
+    """``score``: PiGDM's g added to the score; ``paper``: its correction alpha_s alpha_t r_t^2 g after the DDIM step."""
 
 
 @dataclass
