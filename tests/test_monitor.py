@@ -176,6 +176,7 @@ def write_outputs(root: Path, monitor: str | None) -> None:
              "outputs/evaluate/digits-ddpm/metrics.json": json.dumps({"family": "ddpm"}),
              "outputs/evaluate/digits-ddpm/sweep.csv": "steps,backend\n",
              "outputs/evaluate/digits-ddpm/guidance.csv": "guidance,backend\n",
+             "outputs/evaluate/digits-ddpm/ema.csv": "ema_width,backend\n",
              "outputs/train/digits-ddpm/loss.csv": "step,loss\n10,0.5\n20,0.3\n30,0.2\n"}
     if monitor is not None:
         files["outputs/train/digits-ddpm/monitor.csv"] = monitor
