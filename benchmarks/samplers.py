@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from diffusionlab import paths
-from diffusionlab.config.params import RunConfig, load_params
+from diffusionlab.config.params import RunConfig, grid_problem, load_params
 from diffusionlab.device import resolve_device
 from diffusionlab.evaluation.features import NETWORK_BACKENDS, Backend, network_backend
 from diffusionlab.evaluation.metrics import (
@@ -128,20 +128,20 @@ def grid(args, models: list[str]) -> list[dict]:
         level = m.run.evaluate.significance
         first = len(rows)
         for name, steps, spacing in ((n, k, g) for n in args.samplers if n in type(m.run.model).SAMPLERS
-                                     for k in args.steps for g in args.spacings if spaceable(m.run, n, g)):
-                images, seconds = m.sample(name, steps, n * draws, bs, m.run.sample.seed, spacing)
-                fids = m.fid_draws(images, draws)
-                row = {"model": model, "sampler": name, "steps": steps, "spacing": spacing, "batch_size": bs,
-                       "draws": draws,
-                       "network_evaluations": m.evaluations(steps, name), "images_per_second": n * draws / seconds,
-                       **peak_memory(m.device)}
-                for backend, values in fids.items():
-                    spread = Spread.of(values)
-                    row.update({f"{backend}_fid": spread.mean, f"{backend}_fid_std": spread.std,
-                                f"{backend}_fids": values})
-                rows.append(row)
-                print(f"grid {model} {name} {steps} {spacing}: {row['images_per_second']:.1f} images/s, FID " + ", ".join(
-                    f"{b} {row[f'{b}_fid']:.2f} ± {row[f'{b}_fid_std']:.2f}" for b in fids), flush=True)
+                                     for k in args.steps for g in args.spacings
+                                     if grid_problem(g, n, m.run.model.family) is None):
+            images, seconds = m.sample(name, steps, n * draws, bs, m.run.sample.seed, spacing)
+            fids = m.fid_draws(images, draws)
+            row = {"model": model, "sampler": name, "steps": steps, "spacing": spacing, "batch_size": bs,
+                   "draws": draws, "network_evaluations": m.evaluations(steps, name),
+                   "images_per_second": n * draws / seconds, **peak_memory(m.device)}
+            for backend, values in fids.items():
+                spread = Spread.of(values)
+                row.update({f"{backend}_fid": spread.mean, f"{backend}_fid_std": spread.std,
+                            f"{backend}_fids": values})
+            rows.append(row)
+            print(f"grid {model} {name} {steps} {spacing}: {row['images_per_second']:.1f} images/s, FID " + ", ".join(
+                f"{b} {row[f'{b}_fid']:.2f} ± {row[f'{b}_fid_std']:.2f}" for b in fids), flush=True)
         for backend in m.backends:
             mine = rows[first:]
             best = min(mine, key=lambda r: r[f"{backend}_fid"])
@@ -159,12 +159,6 @@ def grid(args, models: list[str]) -> list[dict]:
 
 def verdict(d) -> str:
     return f"{'beyond' if d.beyond_noise else 'within'} noise"
-
-
-def spaceable(run: RunConfig, sampler: str, spacing: str) -> bool:
-    """Whether ``sample.grid: spacing`` applies to ``sampler`` on the run's model (karras: not for ddpm, ddim or a
-    flow)."""
-    return spacing == "default" or (sampler not in ("ddpm", "ddim") and run.model.family != "flow")
 
 
 def one_batch_size(spec: dict) -> dict:

@@ -168,6 +168,20 @@ def test_sweep_steps_are_checked_against_every_discrete_model(raw):
         parse_params(raw)
 
 
+def test_the_karras_grid_is_refused_for_the_evenly_spaced_samplers_and_for_a_flow(raw):
+    raw["sample"]["grid"] = "karras"
+    with pytest.raises(ConfigError, match="sample.grid: karras applies to euler, heun and the DPM-Solvers, but "
+                                          "sample.sampler is 'ddpm'"):
+        parse_params(raw)
+    raw["sample"]["sampler"] = "dpmpp_2m"
+    raw["pipeline"]["models"] = ["ddpm", "flow"]
+    raw["sample"]["sampler_for"] = {"flow": "euler"}
+    with pytest.raises(ConfigError, match="cannot place models.flow's levels"):
+        parse_params(raw)
+    raw["pipeline"]["models"] = ["ddpm"]
+    assert parse_params(raw).sample.grid == "karras"
+
+
 def test_feature_backends_must_be_known_unique_and_present(raw):
     for features, message in ((["clasifier"], "must be one of 'classifier', 'resnet', 'inception'"),
                               ([], "evaluate.features is empty"),

@@ -180,13 +180,9 @@ class Params(Section):
                 raise ValueError(f"sample.classes asks for classes {list(s.classes)}, but models.{name} is "
                                  "unconditional: set class_conditional: true in its block (and retrain), or empty "
                                  "sample.classes")
-            if s.grid == "karras" and sampler in ("ddpm", "ddim"):
-                raise ValueError(f"sample.grid: karras applies to euler, heun and the DPM-Solvers, but {key} is "
-                                 f"'{sampler}', which takes evenly spaced steps or sample.step_list: set sample.grid: "
-                                 "default, or another sampler")
-            if s.grid == "karras" and model.family == "flow":
-                raise ValueError(f"sample.grid: karras cannot place models.{name}'s levels: a flow's sigma / alpha is "
-                                 "infinite at t = 1; set sample.grid: default, or leave the flow out")
+            problem = grid_problem(s.grid, sampler, model.family, key, name)
+            if problem:
+                raise ValueError(problem)
             if s.churn > 0 and sampler == "heun" and model.family != "edm":
                 raise ValueError(f"sample.churn {s.churn:g} raises the noise level between grid levels, which only an "
                                  f"edm model is evaluated at, but models.{name} is family '{model.family}': set "
@@ -309,6 +305,20 @@ def network_problem(s: SampleConfig, data: DatasetConfig, network: NetworkName |
     if late:
         return (f"sample.slg_layers holds {late}, but the transformer has blocks 0..{data.dit.depth - 1} "
                 "(dit.depth)")
+    return None
+
+
+def grid_problem(grid: str, sampler: str, family: str, key: str = "sample.sampler", name: str = "the model") -> str | None:
+    """What makes ``sample.grid`` unusable for ``sampler`` (named by ``key``) on models.``name`` of ``family``, if
+    anything: the Karras grid is for euler, heun and the DPM-Solvers, on every family but the flow."""
+    if grid != "karras":
+        return None
+    if sampler in ("ddpm", "ddim"):
+        return (f"sample.grid: karras applies to euler, heun and the DPM-Solvers, but {key} is '{sampler}', which "
+                "takes evenly spaced steps or sample.step_list: set sample.grid: default, or another sampler")
+    if family == "flow":
+        return (f"sample.grid: karras cannot place models.{name}'s levels: a flow's sigma / alpha is infinite at "
+                "t = 1; set sample.grid: default, or leave the flow out")
     return None
 
 

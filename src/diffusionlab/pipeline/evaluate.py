@@ -46,7 +46,7 @@ GUIDANCE_COLUMNS = ["guidance", "backend", "draws", "class_accuracy", "class_acc
     f"{k}{s}" for k in SCORES for s in ("", "_std")]
 EMA_COLUMNS = ["ema_width", "backend", "draws"] + [f"{k}{s}" for k in SCORES for s in ("", "_std")] + [
     "fid_vs_default", "fid_vs_default_p"]
-Setting = tuple[int, "float | None", "float | None"]
+Setting = tuple[int, float | None, float | None]
 """An evaluated set of images: (steps, guidance scale or None, rebuilt EMA width or None for the default EMA)."""
 
 
