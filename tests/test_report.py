@@ -207,6 +207,7 @@ def test_the_ema_widths_table_marks_the_best_width_and_judges_each_against_the_d
          "fid_vs_default_p": 0.004},
         {"ema_width": 0.15, "backend": "classifier", "fid": 10.1, "fid_std": 0.3, "draws": 3, "fid_vs_default": 0.1,
          "fid_vs_default_p": 0.65}])
+    result.metrics["ema"] = {"classifier": {"best_width": 0.05}}
     results = Results(floors={"digits": floor(0.5)}, models=[result])
     table = ema_table(results, 0.05)
     assert list(table.EMA) == ["default (train.ema_decay)", "sigma_rel 0.05", "sigma_rel 0.15"]

@@ -191,22 +191,21 @@ EMA_NOTE = ("Post-hoc EMA (Karras et al. 2024): each width sigma_rel is rebuilt 
 
 def ema_table(results: Results, level: float) -> pd.DataFrame:
     """One row per model, backend and EMA (the default, then each rebuilt width): FID ± std, the verdict against the
-    default EMA, and which rebuilt width is best (lowest mean FID)."""
+    default EMA, and which rebuilt width is best (the evaluate stage's ``ema`` in metrics.json)."""
     rows = []
     for r in results.models:
         if r.ema.empty:
             continue
         for backend, group in r.ema.groupby("backend", sort=False):
-            rebuilt = group[group.ema_width.notna()]
-            best = rebuilt.fid.idxmin() if len(rebuilt) else None
-            for i, row in group.sort_values("ema_width", na_position="first").iterrows():
+            best = r.metrics.get("ema", {}).get(backend, {}).get("best_width")
+            for _, row in group.sort_values("ema_width", na_position="first").iterrows():
                 default = pd.isna(row["ema_width"])
                 rows.append({"dataset": r.dataset, "model": r.model, "features": backend,
                              "EMA": "default (train.ema_decay)" if default else f"sigma_rel {row['ema_width']:g}",
                              "FID": mean_std(row["fid"], row.get("fid_std")),
                              "vs default EMA": "" if default else _verdict(row["fid_vs_default"],
                                                                           row["fid_vs_default_p"], level),
-                             "best width": "best" if i == best else ""})
+                             "best width": "best" if row["ema_width"] == best else ""})
     return pd.DataFrame(rows)
 
 
