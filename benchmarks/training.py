@@ -17,7 +17,6 @@ count and FLOPs per image) and the dataset's batch size from params.yaml:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusionlab.config.params import NUM_CLASSES, load_params
-from diffusionlab.device import device_name, resolve_device
+from diffusionlab.device import device_name, native_bf16, resolve_device
 from diffusionlab.runtime.training import Trainer
 from diffusionlab.validation import replace
 
@@ -79,10 +78,8 @@ def measure(spec: dict) -> dict:
          else torch.randint(0, run.model.timesteps, (b,), device=device))
     y = torch.as_tensor(labels[:b], device=device) if run.model.class_conditional else None
 
-    bf16 = train.bf16 and device.type == "cuda"
-
     def forward_backward() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        with trainer.autocasting():
             out = net(x, t, y) if y is not None else net(x, t)
         out.float().square().mean().backward()
 
@@ -125,7 +122,8 @@ def main() -> None:
                              "transformer")
     parser.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
-                        help="default: fp32 and bf16 on CUDA, fp32 on the CPU (bf16 autocast is CUDA-only)")
+                        help="default: fp32, and bf16 where the device computes in it natively (CUDA, a CPU with AVX-512 BF16 "
+                             "or AMX)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the dataset's train batch size")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2)
@@ -134,7 +132,7 @@ def main() -> None:
         return
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    precisions = args.precisions or (["fp32", "bf16"] if cuda else ["fp32"])
+    precisions = args.precisions or (["fp32", "bf16"] if native_bf16(device) else ["fp32"])
     datasets = args.datasets or (["digits", "mnist", "cifar10"] if cuda else ["digits", "mnist"])
     rows = []
     for dataset in datasets:

@@ -37,8 +37,9 @@ TINY = {
                "flow_latent": {"family": "flow", "timesteps": 10, "network": "dit",
                                "autoencoder": {"steps": 30, "base_channels": 8, "latent_channels": 2,
                                                "batch_size": 16}}},
-    "train": {"log_every": 10, "warmup_steps": 5},
-    "sample": {"steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16, "strip_samples": 4,
+    # fp32 on every CPU (auto is bf16 on some): the tests compare processes, resumes and batch sizes exactly
+    "train": {"log_every": 10, "warmup_steps": 5, "bf16": False},
+    "sample": {"bf16": False, "steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16, "strip_samples": 4,
                "strip_frames": 5, "sweep_steps": [5, 20], "guidance_sweep": [0.0, 2.0], "repaint_resample": 2,
                "draws": 2, "sampler_for": {"flow": "heun", "flow_latent": "euler"}},
     "classifier": {"steps": 40, "width": 8, "feature_dim": 8},

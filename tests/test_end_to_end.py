@@ -145,6 +145,7 @@ def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(tiny_
     assert {"mse", "vb"} <= set(vlb["metrics"]) and vlb["params"]["model.importance_sampling"] == "True"
     assert r["loss_steps"] == 3
     assert r["tags"]["device"] == "cpu" and r["tags"]["sampler"] == "ddpm"
+    assert r["tags"]["train_precision"] == r["tags"]["sample_precision"] == "fp32"  # bf16: false in the tiny params
     assert {"checkpoint", "loss.csv", "loss.png", "params", "samples/grid.png", "samples/denoising.png",
             "samples/denoising.gif", "samples/forward.png", "samples/reverse.png", "samples/inpainting.png",
             "samples/round_trip.png"} <= set(r["artifacts"])

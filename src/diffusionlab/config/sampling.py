@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from ..sampling.names import INPAINTING_TASKS, MULTISTEP_SAMPLERS, RestorationSolver, RestorationTask, SamplerName
 from ..validation import Count, Float, Section, Tuple, distinct
-from .sections import SampleCounts
+from .sections import Bf16Choice, SampleCounts
 
 
 class SampleConfig(SampleCounts):
@@ -51,6 +51,9 @@ class SampleConfig(SampleCounts):
     """Images per network batch of each process; the images do not depend on it (one seed per image)."""
     nproc_per_node: int = Field(1, ge=1, le=1024)
     """Processes (torchrun) on this machine that share the images; the images do not depend on it."""
+    bf16: Bf16Choice = "auto"
+    """bf16 autocast of the network's evaluations (:data:`~diffusionlab.config.sections.Bf16Choice`); the sampler's
+    arithmetic stays fp32. sample.json (``precision``) and the run (tag ``sample_precision``) record what it used."""
     grid_size: Count = 64
     strip_samples: Count = 8
     strip_frames: int = Field(10, ge=2)

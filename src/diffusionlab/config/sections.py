@@ -17,6 +17,9 @@ FeatureBackend = Literal["classifier", "resnet", "inception"]
 FeatureNetwork = Literal["classifier", "resnet"]
 """The feature networks trained on each dataset (offline backends); each has its block in params.yaml."""
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+Bf16Choice = bool | Literal["auto"]
+"""bf16 autocast: ``auto`` where the device computes in bf16 natively (a CUDA device; a CPU with AVX-512 BF16 or
+AMX), ``true`` everywhere (a CPU without them emulates it, slower than fp32), ``false`` nowhere."""
 Protocol = Literal["draws", "paper"]
 
 
@@ -41,8 +44,9 @@ class TrainConfig(Section):
     device: DeviceChoice = "auto"
     nproc_per_node: int = Field(1, ge=1, le=1024)
     """Data-parallel processes (torchrun) on this machine; the global batch stays datasets.<name>.batch_size."""
-    bf16: bool = True
-    """bf16 autocast on CUDA; CPU always trains in fp32."""
+    bf16: Bf16Choice = "auto"
+    """bf16 autocast of the forward pass (:data:`Bf16Choice`); the loss, the gradients, the optimizer and the
+    EMAs stay fp32. The run records what it used (tag ``train_precision``)."""
     compile: bool = False
     """torch.compile the network."""
     channels_last: bool = True

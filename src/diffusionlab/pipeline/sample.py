@@ -19,7 +19,7 @@ from ..config.params import FAMILY_DEFAULT, Params, RunConfig
 from ..config.sampling import SampleConfig
 from ..core.process import SamplerOptions
 from ..datasets import load_prepared
-from ..device import device_name, make_generator
+from ..device import autocast_dtype, device_name, make_generator, precision_name
 from ..distributed import World
 from ..families import samplers as _own_samplers  # noqa: F401  (the samplers the processes build)
 from ..io import atomic_dir, save_npy, write_json
@@ -103,11 +103,11 @@ def ema_networks(run: RunConfig, ckpt: Checkpoint) -> dict[float, torch.nn.Modul
 
 
 def settings(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, identity: dict,
-             emas: dict[float, torch.nn.Module] | None = None) -> list[Setting]:
+             emas: dict[float, torch.nn.Module] | None = None, autocast: torch.dtype | None = None) -> list[Setting]:
     """The main setting (``sample.sampler`` at ``sample.steps``, guided at ``sample.guidance``), each of
     ``sample.sweep_steps``, for a class-conditional model each of ``sample.guidance_sweep``, and the main setting
-    from each rebuilt EMA of ``emas`` (:func:`ema_networks`); ``identity`` (the checkpoint's and the code's digests)
-    joins every key."""
+    from each rebuilt EMA of ``emas`` (:func:`ema_networks`), each evaluating its network under ``autocast``
+    (None: fp32); ``identity`` (the checkpoint's and the code's digests, the precision) joins every key."""
     s = run.sample
     num_classes = ckpt.ema.num_classes
     size = ckpt.config.model_size
@@ -117,7 +117,7 @@ def settings(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, identity: dict,
     def setting(name: str, options: SampleConfig, built: Sampler, w: float,
                 network: torch.nn.Module | None = None) -> Setting:
         slg = SkipLayerGuidance.of(options)
-        net = ConditionalModel(network or ckpt.ema, ckpt.process, ckpt.channels, w, slg, ckpt.decode())
+        net = ConditionalModel(network or ckpt.ema, ckpt.process, ckpt.channels, w, slg, ckpt.decode(), autocast)
         key = {**common, "setting": name, "options": asdict(SamplerOptions.of(options)), "steps": built.steps,
                "guidance": w if num_classes else None, **({"skip_layer_guidance": asdict(slg)} if slg else {})}
         return Setting(name, net, built, key)
@@ -151,17 +151,19 @@ def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.devic
     labels = np.tile(requested_labels(s.num_samples, s.classes, num_classes), s.draws) if num_classes else None
     size = ckpt.config.model_size
     shape = (ckpt.channels, size, size)  # a latent model draws latents, decoded into images batch by batch
+    autocast = autocast_dtype(s.bf16, device)
     identity = {"checkpoint": file_digest(paths.train(run.dataset, run.model_name) / "checkpoint.pt")
-                if partial is not None else None, "code": source_digest(), "device": device.type}
-    plan = settings(run, ckpt, sampler, identity, emas)
+                if partial is not None else None, "code": source_digest(), "device": device.type,
+                "precision": precision_name(autocast)}
+    plan = settings(run, ckpt, sampler, identity, emas, autocast)
     folders = [ChunkFolder(partial, st.key) if partial is not None else None for st in plan]
     if world.is_main and partial is not None:
         prune(partial, [f for f in folders if f is not None])
     resumed = [min(len(f.done()) * s.batch_size, total) if f else 0 for f in folders]
     meter = Meter(run.name, {st.name: (total, r, st.evaluations) for st, r in zip(plan, resumed)}, world)
     if world.is_main:
-        log.info("%s: %d setting(s) of %d images on %d process(es)%s: %s network evaluations to make", run.name,
-                 len(plan), total, world.size, f", {sum(resumed)} images from finished batches" if any(resumed)
+        log.info("%s: %d setting(s) of %d images on %d process(es) in %s%s: %s network evaluations to make",
+                 run.name, len(plan), total, world.size, identity["precision"], f", {sum(resumed)} images from finished batches" if any(resumed)
                  else "", f"{meter.left():,}")
     images, seconds = {}, {}
     for st, folder in zip(plan, folders):
@@ -256,6 +258,7 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
         save_strip(generated.trajectory.x_t, figures / "denoising.png", rows=s.strip_samples)
         draw_figures(ckpt, samples.model, s, images, labels, generated, figures, device)
     steps, seconds = samples.steps, samples.seconds
+    precision = precision_name(samples.model.autocast)
     rates = {n: samples.drawn[n] / sec for n, sec in seconds.items() if samples.drawn.get(n) and sec > 0}
     write_json(out / "sample.json", {
         "num_samples": s.num_samples, "draws": s.draws, "sampler": s.sampler, "sampler_from": sampler_from,
@@ -264,13 +267,14 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
         "images_per_second": round(rates[steps], 2) if steps in rates else None, "processes": samples.processes,
         "sweep_steps": sorted(samples.sweep),
         "class_conditional": bool(num_classes), "guidance": s.guidance if num_classes else None,
-        "guidance_sweep": sorted(samples.guidance), "ema_widths": sorted(samples.ema),
+        "guidance_sweep": sorted(samples.guidance), "ema_widths": sorted(samples.ema), "precision": precision,
     })
     tracker.log_metrics({"sample_seconds": seconds[steps], **(
         {"sample_images_per_second": rates[steps]} if steps in rates else {})})
     for n, rate in sorted(rates.items()):
         tracker.log_metric("sample_images_per_second_vs_steps", rate, step=n)
-    tracker.set_tags({"sampler": s.sampler, "sampler_from": sampler_from, "sampling_steps": steps})
+    tracker.set_tags({"sampler": s.sampler, "sampler_from": sampler_from, "sampling_steps": steps,
+                      "sample_precision": precision})
     tracker.log_artifact(out / "grid.png", artifact_path="samples")
     tracker.log_artifacts(out / "figures", artifact_path="samples")
     tracker.save_run_file(out)

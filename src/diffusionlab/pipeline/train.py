@@ -15,7 +15,7 @@ import torch
 from .. import paths
 from ..config.params import Params, RunConfig
 from ..datasets import load_prepared
-from ..device import device_name
+from ..device import device_name, precision_name
 from ..distributed import World, broadcast_object
 from ..errors import StageInputError
 from ..io import atomic_path, write_json
@@ -87,7 +87,7 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
         return
     with open_run(params.mlflow, run, device, device_name(device), resume_id=resume.mlflow_run_id if resume else None,
                   system_metrics=params.mlflow.system_metrics) as tracker:
-        tracker.set_tags({"processes": world.size})
+        tracker.set_tags({"processes": world.size, "train_precision": precision_name(trainer.autocast)})
         partial = paths.phema_partial(dataset, model)
         for stale in partial.glob("*.pt") if resume is None else []:  # an earlier run's snapshots
             stale.unlink()
@@ -131,7 +131,7 @@ def publish(result: TrainResult, run: RunConfig, channels: int, world: World, tr
     loss_curve_figure(result.history, out / "loss.png", f"{run.name}: training loss")
     summary = {"final_loss": result.history[-1]["loss"], "train_seconds": round(result.seconds, 2),
                "images_per_second": round(result.images_per_second, 1), "steps": result.steps,
-               "nonfinite_skips": result.skipped, "processes": world.size,
+               "nonfinite_skips": result.skipped, "processes": world.size, "precision": result.precision,
                **result.process.scalars()}
     if autoencoder is not None:
         trained, reused = autoencoder

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..config.params import RunConfig
 from ..core.process import Process
-from ..device import make_generator
+from ..device import autocast_dtype, make_generator, precision_name
 from ..distributed import World, all_mean_, global_rows
 from ..errors import TrainingDiverged
 from ..nn.ema import make_ema
@@ -51,6 +51,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     skipped: int = 0
     """Batches skipped for a non-finite loss or gradient (``train.skip_nonfinite``)."""
+    precision: str = "fp32"
+    """The forward pass's arithmetic: bf16 (autocast) or fp32."""
 
     @property
     def images_per_second(self) -> float:
@@ -97,6 +99,8 @@ class Trainer:
                  labels: np.ndarray | None = None):
         tc, dc = cfg.train, cfg.data
         self.cfg, self.device, self.world = cfg, device, world
+        self.autocast = autocast_dtype(tc.bf16, device)
+        """The forward pass's autocast dtype (None: fp32), :func:`~diffusionlab.device.autocast_dtype`."""
         if cfg.model.class_conditional and labels is None:
             raise ValueError(f"{cfg.name} is class-conditional: pass the training labels")
         self.labels = torch.from_numpy(labels).to(device) if cfg.model.class_conditional else None
@@ -170,10 +174,11 @@ class Trainer:
         if self.phema is not None:
             self.phema.load_state_dict(state["phema"])
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.train.bf16 and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def autocasting(self) -> contextlib.AbstractContextManager:
+        """The forward pass's precision: autocast to :attr:`autocast`, or nothing (fp32)."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
 
     def _nonfinite(self, what: str, value: float) -> None:
         """Stop at once, or skip the batch when ``train.skip_nonfinite`` allows it."""
@@ -201,7 +206,7 @@ class Trainer:
         if self.labels is not None:
             y = drop_labels(self.labels[batch], self.cfg.model.label_dropout, num_classes(self.cfg), self.noise_gen)
             model = functools.partial(self.forward_model, y=y[rows])
-        with self._autocast():
+        with self.autocasting():
             terms = self.process.losses_for_batch(model, x0, self.noise_gen, self.shard)
         loss = terms["loss"].float().mean()
         means = torch.stack([v.detach().float().mean() for v in terms.values()])
@@ -274,7 +279,7 @@ class Trainer:
         self.model.eval()
         self.ema.module.eval()
         return TrainResult(self.model, self.ema.module, self.process, total, self.cfg.data.batch_size, self.seconds,
-                           self.history, self.skipped)
+                           self.history, self.skipped, precision_name(self.autocast))
 
 
 def train(cfg: RunConfig, images: np.ndarray, device: torch.device,

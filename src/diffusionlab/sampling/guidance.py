@@ -96,7 +96,7 @@ class SkipLayerGuidance:
         return (progress > self.start) & (progress < self.end)
 
 
-def skip_layer_guided(net: Network, guided: Denoiser, labels: Tensor | None, slg: SkipLayerGuidance,
+def skip_layer_guided(net: Callable[..., Tensor], guided: Denoiser, labels: Tensor | None, slg: SkipLayerGuidance,
                       process: Process, channels: int, reuse: bool = False) -> Denoiser:
     """The process-time denoiser of the network function ``guided`` (x_t, t) -> output with skip-layer
     guidance added to its first ``channels`` channels where :meth:`SkipLayerGuidance.active` holds.
@@ -131,13 +131,29 @@ class ConditionalModel:
     transformer, skip-layer guidance; for a latent model, with the decoder of its latents."""
 
     def __init__(self, net: Network, process: Process, channels: int, w: float = 1.0,
-                 slg: SkipLayerGuidance | None = None, decode: Callable[[Tensor], Tensor] | None = None):
+                 slg: SkipLayerGuidance | None = None, decode: Callable[[Tensor], Tensor] | None = None,
+                 autocast: torch.dtype | None = None):
         if slg is not None and not isinstance(net, DiT):
             raise ConfigError("skip-layer guidance skips transformer blocks, but this model is a U-Net; set "
                               "sample.slg_scale: 0, or train it with network: dit")
         self.net, self.process, self.channels, self.w, self.slg = net, process, channels, w, slg
         self.decode = decode
         """A latent model's decoder: what the sampler ends with, mapped to images in [-1, 1] (None: pixels)."""
+        self.autocast = autocast
+        """The dtype the network evaluates in under autocast (None: fp32); its outputs are fp32 either way, so that
+        guidance and the sampler's steps are fp32 arithmetic."""
+
+    def _network(self) -> Callable[..., Tensor]:
+        if self.autocast is None:
+            return self.net
+        dtype = self.autocast
+
+        def forward(x: Tensor, t: Tensor, labels: Tensor | None = None, **kwargs: Any) -> Tensor:
+            with torch.autocast(x.device.type, dtype=dtype):
+                out = self.net(x, t, labels, **kwargs)
+            return out.float()
+
+        return forward
 
     @property
     def num_classes(self) -> int:
@@ -148,10 +164,10 @@ class ConditionalModel:
         if labels is not None and not self.num_classes:
             raise ConfigError("classes were requested from an unconditional model; train it with "
                               "class_conditional: true in its models block, or ask for no class")
-        guided = self.net if labels is None else \
-            guided_network(self.net, labels, self.w, self.num_classes, self.channels)
+        net = self._network()
+        guided = net if labels is None else guided_network(net, labels, self.w, self.num_classes, self.channels)
         if self.slg is None:
             return self.process.denoiser(guided)
         asked = labels if labels is None or self.w != 0 else null_labels(labels, self.num_classes)
-        return skip_layer_guided(self.net, guided, asked, self.slg, self.process, self.channels,
+        return skip_layer_guided(net, guided, asked, self.slg, self.process, self.channels,
                                  reuse=labels is None or self.w in (0, 1))
