@@ -1,11 +1,12 @@
 # Two commands do everything on a fresh machine with Python 3.11+, git and make:
 #   make run    set up, then run the pipeline (dvc repro) on params.yaml
 #   make test   set up, then run the test suite
-# Set-up compiles every module to bytecode once, so that no stage compiles its imports again, also where
-# PYTHONDONTWRITEBYTECODE keeps Python from writing what it compiles.
+# Python keeps the bytecode of what it imports (in .venv/ and the project's __pycache__/ folders), also where
+# the environment sets PYTHONDONTWRITEBYTECODE: the first stage compiles torch and MLflow, no later one again.
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 MLFLOW_PORT ?= 5000
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: setup run test ui bench clean
 
@@ -13,8 +14,7 @@ setup:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
 		$(PYTHON) -m pip install --quiet --user uv || \
 		$(PYTHON) -m pip install --quiet --user --break-system-packages uv
-	$(UV) sync --locked --compile-bytecode
-	.venv/bin/python -m compileall -q src stages >/dev/null
+	$(UV) sync --locked
 
 # make run also writes outputs/run.json (commit, date, machine, time of dvc repro) for python -m diffusionlab.results
 run: setup
