@@ -49,8 +49,9 @@ class TrainConfig(Section):
     EMAs stay fp32. The run records what it used (tag ``train_precision``)."""
     compile: bool = False
     """torch.compile the network."""
-    channels_last: bool = True
-    """channels-last memory format on CUDA."""
+    channels_last: bool | Literal["auto"] = "auto"
+    """The network's weights in channels-last memory format: ``auto`` on CUDA, ``true`` everywhere, ``false``
+    nowhere (on the CPUs measured it is slower under bf16 autocast: docs/benchmarks.md)."""
     phema_widths: Tuple[Annotated[Float, Field(gt=0, lt=0.28)]] = ()
     """Post-hoc EMA (Karras et al. 2024): the relative widths sigma_rel of the two (or more) power-function EMAs
     tracked as training goes, saved every ``phema_every`` steps in the train stage's ``phema/`` folder, from which

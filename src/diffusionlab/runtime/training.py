@@ -112,7 +112,7 @@ class Trainer:
         self.process = build_process(cfg, device)
         self.process.fit_data(self.data)
         self.model = build_network(cfg, images.shape[1], self.process).to(device)
-        if tc.channels_last and device.type == "cuda":
+        if tc.channels_last is True or (tc.channels_last == "auto" and device.type == "cuda"):
             self.model = self.model.to(memory_format=torch.channels_last)
         if world.rank:
             torch.manual_seed(tc.seed + world.rank)  # dropout masks differ between processes
