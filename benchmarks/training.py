@@ -122,8 +122,8 @@ def main() -> None:
                              "transformer")
     parser.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
-                        help="default: fp32, and bf16 where the device computes in it natively (CUDA, a CPU with AVX-512 BF16 "
-                             "or AMX)")
+                        help="default: fp32, and bf16 where the device computes in it natively (CUDA, a CPU with "
+                             "AVX-512 BF16 or AMX)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the dataset's train batch size")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2)

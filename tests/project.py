@@ -39,9 +39,9 @@ TINY = {
                                                "batch_size": 16}}},
     # fp32 on every CPU (auto is bf16 on some): the tests compare processes, resumes and batch sizes exactly
     "train": {"log_every": 10, "warmup_steps": 5, "bf16": False},
-    "sample": {"bf16": False, "steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16, "strip_samples": 4,
-               "strip_frames": 5, "sweep_steps": [5, 20], "guidance_sweep": [0.0, 2.0], "repaint_resample": 2,
-               "draws": 2, "sampler_for": {"flow": "heun", "flow_latent": "euler"}},
+    "sample": {"bf16": False, "steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16,
+               "strip_samples": 4, "strip_frames": 5, "sweep_steps": [5, 20], "guidance_sweep": [0.0, 2.0],
+               "repaint_resample": 2, "draws": 2, "sampler_for": {"flow": "heun", "flow_latent": "euler"}},
     "classifier": {"steps": 40, "width": 8, "feature_dim": 8},
     "resnet": {"steps": 40, "width": 8, "feature_dim": 8},
     "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2,

@@ -6,20 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionlab.datasets import prepare_digits
 from diffusionlab.runtime.checkpoint import load_checkpoint, save_checkpoint
 from diffusionlab.runtime.training import Trainer
 from diffusionlab.sampling.generation import draw_images
 from diffusionlab.sampling.guidance import ConditionalModel
 from diffusionlab.sampling.samplers import make_sampler
-from test_training import run_config
+from test_training import images, run_config  # noqa: F401  (images: the digits fixture)
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def images():
-    return prepare_digits(8, 300, 0).train_images[:64]
 
 
 def drawn(net, process, cfg):

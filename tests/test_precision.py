@@ -11,7 +11,7 @@ from diffusionlab.sampling.generation import draw_images
 from diffusionlab.sampling.guidance import ConditionalModel
 from diffusionlab.sampling.samplers import make_sampler
 from diffusionlab.runtime.training import Trainer
-from test_training import run_config
+from test_training import images, run_config  # noqa: F401  (images: the digits fixture)
 
 CPU = torch.device("cpu")
 
@@ -36,10 +36,7 @@ def conv_output_dtypes(net: torch.nn.Module) -> list[torch.dtype]:
 
 
 @pytest.mark.parametrize("bf16, dtype", [(True, torch.bfloat16), (False, torch.float32)])
-def test_training_runs_its_forward_pass_in_the_precision_asked_and_keeps_the_weights_fp32(bf16, dtype):
-    from diffusionlab.datasets import prepare_digits
-
-    images = prepare_digits(8, 300, 0).train_images[:64]
+def test_training_runs_its_forward_pass_in_the_precision_asked_and_keeps_the_weights_fp32(bf16, dtype, images):
     trainer = Trainer(run_config("vlb", bf16=bf16), images, CPU)
     seen = conv_output_dtypes(trainer.model)
     before = [p.detach().clone() for p in trainer.model.parameters()]
@@ -51,10 +48,7 @@ def test_training_runs_its_forward_pass_in_the_precision_asked_and_keeps_the_wei
     assert any(not torch.equal(a, b) for a, b in zip(before, result.model.parameters()))
 
 
-def test_sampling_under_autocast_evaluates_the_network_in_bf16_and_steps_in_fp32():
-    from diffusionlab.datasets import prepare_digits
-
-    images = prepare_digits(8, 300, 0).train_images[:64]
+def test_sampling_under_autocast_evaluates_the_network_in_bf16_and_steps_in_fp32(images):
     cfg = run_config("ddpm", bf16=False)
     trainer = Trainer(cfg, images, CPU)
     trainer.run(progress=False)

@@ -308,7 +308,8 @@ def network_problem(s: SampleConfig, data: DatasetConfig, network: NetworkName |
     return None
 
 
-def grid_problem(grid: str, sampler: str, family: str, key: str = "sample.sampler", name: str = "the model") -> str | None:
+def grid_problem(grid: str, sampler: str, family: str, key: str = "sample.sampler",
+                 name: str = "the model") -> str | None:
     """What makes ``sample.grid`` unusable for ``sampler`` (named by ``key``) on models.``name`` of ``family``, if
     anything: the Karras grid is for euler, heun and the DPM-Solvers, on every family but the flow."""
     if grid != "karras":

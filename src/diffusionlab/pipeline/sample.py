@@ -163,8 +163,8 @@ def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.devic
     meter = Meter(run.name, {st.name: (total, r, st.evaluations) for st, r in zip(plan, resumed)}, world)
     if world.is_main:
         log.info("%s: %d setting(s) of %d images on %d process(es) in %s%s: %s network evaluations to make",
-                 run.name, len(plan), total, world.size, identity["precision"], f", {sum(resumed)} images from finished batches" if any(resumed)
-                 else "", f"{meter.left():,}")
+                 run.name, len(plan), total, world.size, identity["precision"],
+                 f", {sum(resumed)} images from finished batches" if any(resumed) else "", f"{meter.left():,}")
     images, seconds = {}, {}
     for st, folder in zip(plan, folders):
         def compute(rows: slice, st: Setting = st) -> np.ndarray:
