@@ -68,7 +68,7 @@ def test_report_compares_every_model_with_the_floor_in_markdown_and_self_contain
         assert all(h in text for h in ("FID vs best", "FID vs floor", "FID_inf", "IS_inf", "draws × images", " ± "))
         assert "unconditional (w=0)" in text and "conditional, w=1" in text and "2 × 40" in text
         assert "t-test over the draws" in text and "resnet" in text
-    assert md.index("## Summary") < md.index("vs best (resnet)") < md.index("## digits: samples") < md.index(
+    assert md.index("## Summary") < md.index("vs best (resnet)") < md.index("## digits (budget default): samples") < md.index(
         "FID vs best")  # the summary leads, then the grids, then the full table
     # loss, FID-steps and guidance figures, three grids, a restoration figure per task of the one restoring model
     assert page.count("data:image/png;base64,") == 3 + 3 + 2

@@ -190,8 +190,8 @@ def test_the_report_leads_with_a_summary_of_one_row_per_model_and_task_with_the_
     lines = summary_lines(judged, 0.05)
     assert lines[0].startswith("- **digits, conditional, w=1** (2 models): classifier: best a; within its noise: b")
     md, page = render_markdown(results, tmp_path), render_html(results)
-    assert md.index("## Summary") < md.index("## digits: samples") < md.index("## Results at each model")
-    assert page.index("<h2>Summary</h2>") < page.index("<h2>digits: samples</h2>") < page.index(
+    assert md.index("## Summary") < md.index("## digits (budget default): samples") < md.index("## Results at each model")
+    assert page.index("<h2>Summary</h2>") < page.index("<h2>digits (budget default): samples</h2>") < page.index(
         "<h2>Results at each model")
     assert lines[1].startswith("- **digits, unconditional** (3 models): classifier: best c; at the floor: none")
     assert lines[0].split("** ")[1] in md and "<b>digits, conditional, w=1</b>" in page

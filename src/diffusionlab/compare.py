@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from . import paths
-from .config.sections import EvaluateConfig, MlflowConfig
+from .config.sections import DEFAULT_BUDGET, EvaluateConfig, MlflowConfig
 from .errors import EXPECTED_ERRORS, StageInputError
 from .evaluation.significance import LOWER_IS_BETTER, SCORES, Spread, spread_of, welch
 from .validation import View, read_yaml, validate
@@ -44,6 +44,8 @@ class Side:
 
     label: str
     scores: dict[tuple[str, str], dict[str, Spread]]
+    budgets: dict[str, str] = field(default_factory=dict)
+    """Per model (``<dataset>-<model>``, an MLflow run's name), the budget of its dataset block it ran at."""
 
 
 def _spreads(summary: dict, draws: int | None) -> dict[str, Spread]:
@@ -75,7 +77,7 @@ def dvc_side(rev: str) -> Side:
     except (DvcException, SCMError) as err:
         raise StageInputError(f"'{rev}' is neither a DVC experiment nor a Git revision here ({err}); list the "
                               "experiments with: dvc exp show, or give an MLflow run as mlflow:<run id>") from None
-    scores = {}
+    scores, budgets = {}, {}
     for dataset in pipeline["datasets"]:
         for model in pipeline["models"]:
             target = (paths.evaluate(dataset, model) / "metrics.json").as_posix()
@@ -83,11 +85,12 @@ def dvc_side(rev: str) -> Side:
                 metrics = dvc.api.metrics_show(target, rev=at)
             except DvcException:
                 continue
+            budgets[f"{dataset}-{model}"] = metrics.get("budget", DEFAULT_BUDGET)
             for backend, spreads in from_metrics(metrics).items():
                 scores[(f"{dataset}-{model}", backend)] = spreads
     if not scores:
         raise StageInputError(f"'{rev}' holds no evaluated model; run the pipeline there first (dvc exp run)")
-    return Side(rev, scores)
+    return Side(rev, scores, budgets)
 
 
 def mlflow_side(run_id: str) -> Side:
@@ -116,30 +119,43 @@ def mlflow_side(run_id: str) -> Side:
     scores = {(name, b): s for b, summary in backends.items() if (s := _spreads(summary, None))}
     if not scores:
         raise StageInputError(f"MLflow run {run_id} ({name}) holds no evaluated scores; run its evaluate stage")
-    return Side(f"mlflow:{run_id}", scores)
+    return Side(f"mlflow:{run_id}", scores, {name: run.data.tags.get("budget", DEFAULT_BUDGET)})
 
 
 def load_side(spec: str) -> Side:
     return mlflow_side(spec.removeprefix("mlflow:")) if spec.startswith("mlflow:") else dvc_side(spec)
 
 
-def compare(baseline: Side, candidate: Side, level: float) -> pd.DataFrame:
+def compare(baseline: Side, candidate: Side, level: float, mixed_budgets: bool = False) -> pd.DataFrame:
     """One row per (model, backend, score) both sides hold: candidate minus baseline, Welch's p and the verdict.
-    Two MLflow runs of different models are compared with each other."""
+    Two MLflow runs of different models are compared with each other. Models that ran at different budgets
+    (``datasets.<name>.budget``) are refused unless ``mixed_budgets``; then each row names both budgets."""
     pairs = [(k, k) for k in baseline.scores if k in candidate.scores]
     if not pairs and len(baseline.scores) and all(label.startswith("mlflow:") for label in (baseline.label, candidate.label)):
         pairs = [(a, b) for a in baseline.scores for b in candidate.scores if a[1] == b[1]]
     if not pairs:
         raise StageInputError(f"{baseline.label} and {candidate.label} have no (model, features) in common")
+    budget_of = {(side.label, key[0]): side.budgets.get(key[0], DEFAULT_BUDGET) for side, keys in
+                 ((baseline, [a for a, _ in pairs]), (candidate, [b for _, b in pairs])) for key in keys}
+    mixed = sorted({(a[0], budget_of[baseline.label, a[0]], b[0], budget_of[candidate.label, b[0]]) for a, b in pairs
+                    if budget_of[baseline.label, a[0]] != budget_of[candidate.label, b[0]]})
+    if mixed and not mixed_budgets:
+        a, ba, b, bb = mixed[0]
+        raise StageInputError(f"{a} ran at budget '{ba}' in {baseline.label} but {b} at budget '{bb}' in "
+                              f"{candidate.label}: their scores differ by the models' size and training as well as "
+                              "by the change; compare runs of one budget (datasets.<name>.budget), or pass "
+                              "--mixed-budgets to see them side by side anyway")
     rows = []
     for a_key, b_key in pairs:
         a, b = baseline.scores[a_key], candidate.scores[b_key]
+        ba, bb = budget_of[baseline.label, a_key[0]], budget_of[candidate.label, b_key[0]]
         for score in (s for s in COMPARED if s in a and s in b):
             d = welch(b[score], a[score], level)
             better = d.change < 0 if LOWER_IS_BETTER[score] else d.change > 0
             verdict = ("better" if better else "worse") + ", beyond noise" if d.beyond_noise else "within noise"
             model = a_key[0] if a_key[0] == b_key[0] else f"{a_key[0]} vs {b_key[0]}"
-            rows.append({"model": model, "features": a_key[1], "score": score,
+            rows.append({"model": model, **({"budget": f"{ba} vs {bb}"} if mixed else {}),
+                         "features": a_key[1], "score": score,
                          "baseline": f"{a[score].mean:.4g} ± {a[score].std:.2g}",
                          "candidate": f"{b[score].mean:.4g} ± {b[score].std:.2g}",
                          "change": d.change, "p": d.p, "verdict": verdict})
@@ -153,10 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--level", type=float, default=None,
                         help="significance level of the test (default: evaluate.significance in params.yaml)")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of a Markdown table")
+    parser.add_argument("--mixed-budgets", action="store_true",
+                        help="compare models that ran at different budgets (datasets.<name>.budget) anyway")
     args = parser.parse_args(argv)
     try:
         level = args.level if args.level is not None else load_params().evaluate.significance
-        table = compare(load_side(args.baseline), load_side(args.candidate), level)
+        table = compare(load_side(args.baseline), load_side(args.candidate), level, args.mixed_budgets)
     except EXPECTED_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -25,9 +25,12 @@ from .validation import Float, Section
 log = logging.getLogger(__name__)
 MIRROR_ENV = "DIFFUSIONLAB_DATA_MIRROR"
 OFFLINE_DATASET = "digits"
-DatasetName = Literal["digits", "mnist", "cifar10"]
+DatasetName = Literal["digits", "mnist", "mnist_t10k", "cifar10"]
 DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
-NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10}
+NUM_CLASSES = {"digits": 10, "mnist": 10, "mnist_t10k": 10, "cifar10": 10}
+STANDIN = "mnist_t10k"
+"""MNIST's 10,000-image test split alone, split in two by class: a stand-in for MNIST where its training images
+cannot be had (:func:`prepare_mnist_t10k`)."""
 ImageSize = Annotated[int, Field(ge=4, le=512)]
 """The side of the square images a dataset is prepared at (``datasets.<name>.image_size``)."""
 
@@ -39,6 +42,8 @@ class DataConfig(Section):
     """Folder or URL holding the original archive files; ``DIFFUSIONLAB_DATA_MIRROR`` overrides it."""
     download_timeout: Float = Field(10.0, gt=0)
     digits_test_size: int = Field(297, ge=10, le=897)
+    t10k_test_size: int = Field(2000, ge=10, le=5000)
+    """Images of MNIST's test split that ``mnist_t10k`` holds out (stratified); the others train."""
     split_seed: int = Field(0, ge=0)
 
 
@@ -154,12 +159,17 @@ def _check_integrity(path: Path, md5: str) -> bool:
 
 
 def _dataset_class(name: str, mirror: str | None) -> type:
-    """torchvision's class for the dataset (MNIST or CIFAR10), re-pointed at a mirror."""
-    base = getattr(_torchvision_datasets(), {"mnist": "MNIST", "cifar10": "CIFAR10"}[name])
-    if mirror is None:
+    """torchvision's class for the dataset (MNIST or CIFAR10), re-pointed at a mirror; for the stand-in, MNIST
+    with only its test split's files and their checksums."""
+    base = getattr(_torchvision_datasets(), {"mnist": "MNIST", STANDIN: "MNIST", "cifar10": "CIFAR10"}[name])
+    attrs: dict = {}
+    if name == STANDIN:
+        attrs["resources"] = [(f, md5) for f, md5 in base.resources if f.startswith("t10k-")]
+    if mirror is None and not attrs:
         return base
-    url = _mirror_base(mirror)
-    attrs = {"mirrors": [url]} if _is_mnist(base) else {"url": url + base.filename}
+    if mirror is not None:
+        url = _mirror_base(mirror)
+        attrs |= {"mirrors": [url]} if _is_mnist(base) else {"url": url + base.filename}
     # Same class name: torchvision derives MNIST's folder layout from it.
     return type(base.__name__, (base,), {**attrs, "__module__": __name__})
 
@@ -218,7 +228,7 @@ def download(name: str, raw_root: str | Path, mirror: str | None, timeout: float
             # torchvision cannot stream file:// URLs; with the verified archives in place it only extracts them.
             _copy_from_folder(cls, Path(mirror).expanduser(), _archive_folder(cls, tmp))
         with socket_timeout(timeout):
-            cls(root=str(tmp), train=True, download=True)
+            cls(root=str(tmp), train=name != STANDIN, download=True)  # the stand-in has no train files
     except (RuntimeError, OSError, urllib.error.URLError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         files = ", ".join(f for f, _ in _resources(cls))
@@ -245,6 +255,27 @@ def prepare_mnist(raw_root: str | Path, mirror: str | None, timeout: float, imag
     return PreparedDataset(card, x_tr, y_tr, x_te, y_te)
 
 
+def prepare_mnist_t10k(raw_root: str | Path, mirror: str | None, timeout: float, image_size: int, test_size: int,
+                       seed: int) -> PreparedDataset:
+    """MNIST's test split (its two original files, verified by torchvision's checksums) split by a seeded draw
+    stratified by class into ``10,000 - test_size`` training and ``test_size`` held-out images. The file is ordered
+    (its first 5,000 images from NIST's training writers, its last 5,000 from its test writers): a sequential cut
+    would put a shift between the two halves."""
+    from sklearn.model_selection import train_test_split
+
+    cls, root = download(STANDIN, raw_root, mirror, timeout)
+    ds = cls(root=str(root), train=False, download=False)
+    images, labels = resize_uint8(ds.data.numpy()[:, None], image_size), ds.targets.numpy().astype(np.int64)
+    if test_size >= len(labels):
+        raise DatasetUnavailable(f"data.t10k_test_size {test_size} holds out every one of the {len(labels)} images "
+                                 f"of {root}; hold out fewer")
+    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=test_size, random_state=seed, stratify=labels)
+    source = (f"stand-in for MNIST: its test split (t10k, {len(labels):,} images) split {len(y_tr):,} train / "
+              f"{len(y_te):,} held out, stratified by class, seed {seed}; not MNIST's training split")
+    card = _card(STANDIN, source, x_tr, x_te, [str(i) for i in range(10)])
+    return PreparedDataset(card, x_tr, y_tr, x_te, y_te)
+
+
 def prepare_cifar10(raw_root: str | Path, mirror: str | None, timeout: float, image_size: int) -> PreparedDataset:
     cls, root = download("cifar10", raw_root, mirror, timeout)
     splits = {}
@@ -258,12 +289,14 @@ def prepare_cifar10(raw_root: str | Path, mirror: str | None, timeout: float, im
 
 
 def prepare(name: str, image_size: int, raw_root: str | Path, mirror: str | None, timeout: float,
-            digits_test_size: int, split_seed: int) -> PreparedDataset:
+            digits_test_size: int, split_seed: int, t10k_test_size: int = 2000) -> PreparedDataset:
     """Build the prepared form of a dataset by name."""
     if name == "digits":
         return prepare_digits(image_size, digits_test_size, split_seed)
     if name == "mnist":
         return prepare_mnist(raw_root, mirror, timeout, image_size)
+    if name == STANDIN:
+        return prepare_mnist_t10k(raw_root, mirror, timeout, image_size, t10k_test_size, split_seed)
     if name == "cifar10":
         return prepare_cifar10(raw_root, mirror, timeout, image_size)
-    raise ValueError(f"unknown dataset '{name}'; known: digits, mnist, cifar10")
+    raise ValueError(f"unknown dataset '{name}'; known: {', '.join(DATASET_NAMES)}")

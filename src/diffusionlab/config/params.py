@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -25,12 +25,23 @@ from ..nn.networks import NetworkName
 from ..nn.unet import UNetConfig
 from ..validation import Count, Section, read_yaml, replace, validate
 from .sampling import RestoreConfig, SampleConfig
-from .sections import EvaluateConfig, MlflowConfig, PipelineConfig, TrainConfig, apply_protocol
+from .sections import DEFAULT_BUDGET, EvaluateConfig, MlflowConfig, PipelineConfig, TrainConfig, apply_protocol
+
+
+BudgetName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")]
+FIXED_BY_BUDGET = ("image_size", "budget", "budgets")
+"""Keys a budget block cannot set: it sizes the models and their training, not the data (every budget trains and
+scores on the same prepared images, so their runs are comparable with the same real-data floor)."""
 
 
 class DatasetConfig(Section):
-    """A ``datasets.<name>`` block: the image size the data is prepared at, and how models train on it."""
+    """A ``datasets.<name>`` block: the image size the data is prepared at, and how models train on it.
 
+    ``budget`` names the size it runs at: ``default`` (the block as written) or one of its ``budgets`` blocks,
+    whose keys replace the block's (nested ones key by key) before anything runs (:func:`apply_budgets`). The
+    resolved block keeps the name, which the runs record."""
+
+    budget: BudgetName = DEFAULT_BUDGET
     image_size: ImageSize
     train_steps: Count
     batch_size: Count
@@ -141,8 +152,8 @@ class Params(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _protocol(cls, raw: Any) -> Any:
-        return apply_protocol(raw)
+    def _presets(cls, raw: Any) -> Any:
+        return apply_budgets(apply_protocol(raw))
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Params:
@@ -258,6 +269,54 @@ class Params(Section):
     def latent_models(self) -> list[str]:
         """The models of ``pipeline.models`` that train on the autoencoder's latents."""
         return [m for m in self.pipeline.models if self.models[m].latent]
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the keys of ``over``, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def apply_budgets(raw: Any) -> Any:
+    """Raw params with every dataset block at its ``budget``: the block's ``budgets.<budget>`` merged over it and
+    ``budgets`` removed. Every budget block is checked (merged over the block, as a dataset block), the one in use
+    or not, so that a typo in one is found before a run that selects it."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("datasets"), dict):
+        return raw
+    return {**raw, "datasets": {name: resolve_budget(name, block) if isinstance(block, dict) else block
+                                for name, block in raw["datasets"].items()}}
+
+
+def resolve_budget(name: str, block: dict[str, Any]) -> dict[str, Any]:
+    """``datasets.<name>`` (raw) at its budget; raises :class:`ConfigError` naming the key of a bad budget."""
+    budgets = block.get("budgets") or {}
+    base = {k: v for k, v in block.items() if k != "budgets"}
+    where = f"datasets.{name}.budgets"
+    if not isinstance(budgets, dict):
+        raise ConfigError(f"{where} must be a mapping of budget names to blocks of keys, got {budgets!r}")
+    for budget, over in budgets.items():
+        if budget == DEFAULT_BUDGET:
+            raise ConfigError(f"{where}.{DEFAULT_BUDGET}: the default budget is the block itself; give the budget "
+                              "another name")
+        if not isinstance(over, dict):
+            raise ConfigError(f"{where}.{budget} must be a mapping of the block's keys to values, got {over!r}")
+        for key in [k for k in over if k in FIXED_BY_BUDGET][:1]:
+            raise ConfigError(f"{where}.{budget}.{key}: a budget sizes the models and their training, not the data; "
+                              f"set datasets.{name}.{key} itself")
+        try:
+            validate(DatasetConfig, deep_merge(base, over) | {"budget": budget})
+        except ConfigError as err:
+            raise ConfigError(f"{where}.{budget} (over datasets.{name}): {err}") from None
+    chosen = base.get("budget", DEFAULT_BUDGET)
+    if chosen == DEFAULT_BUDGET or not isinstance(chosen, str):
+        return base
+    if chosen not in budgets:
+        known = ", ".join([DEFAULT_BUDGET, *budgets])
+        raise ConfigError(f"datasets.{name}.budget is '{chosen}', but datasets.{name} has no budgets.{chosen} "
+                          f"block; its budgets: {known}")
+    return deep_merge(base, budgets[chosen])
 
 
 def latent_data(data: DatasetConfig, ae: AutoencoderConfig, key: str = "autoencoder") -> tuple[DatasetConfig, str | None]:

@@ -23,6 +23,11 @@ AMX), ``true`` everywhere (a CPU without them emulates it, slower than fp32), ``
 Protocol = Literal["draws", "paper"]
 
 
+DEFAULT_BUDGET = "default"
+"""The budget of a dataset block as written; any other is one of its ``budgets`` blocks applied over it
+(:func:`diffusionlab.config.params.apply_budgets`)."""
+
+
 class PipelineConfig(Section):
     datasets: Tuple[DatasetName] = ("digits",)
     models: Tuple[str] = ("ddpm",)

@@ -426,6 +426,16 @@ def _table_html(table: pd.DataFrame) -> str:
     return _blank_missing(table).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
 
 
+def budgets_of(results: Results, dataset: str) -> list[str]:
+    """The budgets the dataset's models ran at (``datasets.<name>.budget``, from their evaluate stages)."""
+    return sorted({r.metrics.get("budget", "default") for r in results.models if r.dataset == dataset})
+
+
+def dataset_heading(results: Results, dataset: str) -> str:
+    """The dataset's name and the budget its models ran at: ``mnist_t10k (budget cpu)``."""
+    return f"{dataset} (budget {', '.join(budgets_of(results, dataset)) or 'default'})"
+
+
 def note(results: Results) -> str:
     return (f"Every score is the mean ± standard deviation over independent draws of the generated images (the "
             f"draws × images column). 'FID vs best' and 'FID vs floor' give the difference from the best model of "
@@ -467,7 +477,7 @@ def render_html(results: Results) -> str:
     parts += [f"<li>{_html_line(line)}</li>" for line in summary_lines(judged, level)]
     parts += ["</ul>", _table_html(summary_table(judged, level)), f"<p>{html.escape(summary_note(level))}</p>"]
     for dataset in results.floors:
-        parts.append(f"<h2>{html.escape(dataset)}: samples</h2>")
+        parts.append(f"<h2>{html.escape(dataset_heading(results, dataset))}: samples</h2>")
         parts.append('<div class="grids">')
         for r in results.models:
             if r.dataset == dataset:
@@ -477,7 +487,7 @@ def render_html(results: Results) -> str:
     parts += ["<h2>Results at each model's sampling steps</h2>", f"<p>{html.escape(note(results))}</p>",
               _table_html(shown(judged, level))]
     for dataset in results.floors:
-        parts.append(f"<h2>{html.escape(dataset)}: training and sampling</h2>")
+        parts.append(f"<h2>{html.escape(dataset_heading(results, dataset))}: training and sampling</h2>")
         parts.append(_img(loss_figure(results, dataset), f"{dataset} training loss"))
         parts.append(_img(fid_steps_figure(results, dataset), f"{dataset} FID against sampling steps"))
         guided = guidance_figure(results, dataset)
@@ -534,7 +544,7 @@ def render_markdown(results: Results, grid_root: Path) -> str:
     lines = ["# diffusionlab report", "", "## Summary", "", *summary_lines(judged, level), "",
              _table_markdown(summary_table(judged, level)), "", summary_note(level), ""]
     for dataset in results.floors:
-        lines += [f"## {dataset}: samples", ""]
+        lines += [f"## {dataset_heading(results, dataset)}: samples", ""]
         for r in results.models:
             if r.dataset == dataset:
                 rel = Path(*[".."] * len(grid_root.parts)) / r.grid_png

@@ -191,7 +191,8 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
     draws, main_steps = card["draws"], card["steps"]
     main_w = card["guidance"] if card["class_conditional"] else None
 
-    metrics: dict = {"family": run.model.family, "sampler": card["sampler"], "steps": main_steps,
+    metrics: dict = {"family": run.model.family, "budget": run.data.budget, "sampler": card["sampler"],
+                     "steps": main_steps,
                      "task": task(card), "draws": draws, "num_generated": card["num_samples"],
                      "num_reference": floor["num_reference"], "num_held_out": floor["num_held_out"],
                      "protocol": e.protocol}

@@ -31,7 +31,8 @@ def prepare_stage(params: PrepareParams, dataset: str) -> None:
         raise ConfigError(f"unknown dataset '{dataset}': params.yaml defines {sorted(params.datasets)}")
     d = params.data
     image_size = params.datasets[dataset].image_size
-    prepared = prepare(dataset, image_size, paths.RAW, d.mirror, d.download_timeout, d.digits_test_size, d.split_seed)
+    prepared = prepare(dataset, image_size, paths.RAW, d.mirror, d.download_timeout, d.digits_test_size, d.split_seed,
+                       d.t10k_test_size)
     save_prepared(prepared, paths.prepared(dataset))
     card = prepared.card
     log.info("prepared %s: %d train / %d test images of %dx%dx%d", dataset, card.train_size, card.test_size,

@@ -252,6 +252,7 @@ def git_tags() -> dict[str, str]:
 def run_tags(run: RunConfig, device: torch.device, device_label: str) -> dict[str, str]:
     return {
         "dataset": run.dataset,
+        "budget": run.data.budget,
         "model": run.model_name,
         "model_family": run.model.family,
         "sampler": run.sample.sampler,
