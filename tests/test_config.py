@@ -103,6 +103,42 @@ def test_a_model_block_s_train_steps_overrides_the_dataset_s_for_that_model_only
         parse_params(raw)
 
 
+def test_one_key_selects_a_datasets_budget_merged_key_by_key_over_its_block_and_the_run_records_it(raw):
+    written = parse_params(raw)
+    assert written.datasets["mnist"].budget == "default"
+    assert written.datasets["mnist"].unet.base_channels == raw["datasets"]["mnist"]["unet"]["base_channels"]
+    raw["datasets"]["mnist"]["budget"] = "cpu"
+    cpu, block = parse_params(raw), raw["datasets"]["mnist"]["budgets"]["cpu"]
+    data = cpu.run("mnist", "ddpm").data
+    assert data.budget == "cpu" and data.train_steps == block["train_steps"] != written.datasets["mnist"].train_steps
+    assert data.unet.base_channels == block["unet"]["base_channels"]
+    assert data.unet.channel_mult == written.datasets["mnist"].unet.channel_mult  # not in the budget: the block's
+    assert cpu.datasets["cifar10"] == written.datasets["cifar10"] and cpu.datasets["digits"] == written.datasets["digits"]
+    run = cpu.run("mnist", "ddpm")
+    assert RunConfig.from_dict(run.to_dict()) == run  # a checkpoint's resolved config reads back as it was
+
+
+def test_a_budget_that_is_not_defined_is_refused_naming_the_ones_that_are(raw):
+    raw["datasets"]["mnist"]["budget"] = "gpu"
+    with pytest.raises(ConfigError, match=r"datasets\.mnist\.budget is 'gpu', but datasets\.mnist has no "
+                                          r"budgets\.gpu block; its budgets: default, cpu"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"unet": {"base_channels": 0}}, r"datasets\.cifar10\.budgets\.cpu \(over datasets\.cifar10\): "
+                                     r"unet\.base_channels must be >= 8"),
+    ({"image_size": 16}, r"datasets\.cifar10\.budgets\.cpu\.image_size: a budget sizes the models and their "
+                         r"training, not the data"),
+    ({"train_step": 5}, r"datasets\.cifar10\.budgets\.cpu \(over datasets\.cifar10\): unknown key train_step"),
+])
+def test_a_budget_block_is_checked_whether_or_not_it_is_selected(raw, change, message):
+    raw["datasets"]["cifar10"]["budgets"]["cpu"].update(change)
+    assert raw["datasets"]["cifar10"]["budget"] == "default"
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)
+
+
 def test_pipeline_must_name_defined_blocks(raw):
     raw["pipeline"]["models"] = ["ddpm", "ddpm_cosine"]
     with pytest.raises(ConfigError, match=r"no models\.ddpm_cosine block"):

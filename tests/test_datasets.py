@@ -155,6 +155,60 @@ def test_environment_variable_overrides_the_mirror_param(tmp_path, mnist_mirror,
     assert len(data.train_images) == 12
 
 
+@pytest.fixture
+def t10k_mirror(tmp_path, monkeypatch):
+    """A mirror holding only MNIST's two test-split files (labels ordered by class, as a sequential cut would
+    show), with torchvision's checksums for them replaced by theirs and its training files' left as they are."""
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    labels = np.repeat(np.arange(10), 6).astype(np.uint8)
+    mirror = tmp_path / "t10k"
+    mirror.mkdir()
+    for name, array in (("t10k-images-idx3-ubyte.gz", images), ("t10k-labels-idx1-ubyte.gz", labels)):
+        (mirror / name).write_bytes(gzip.compress(idx_bytes(array)))
+    sums = {f.name: md5(f) for f in mirror.iterdir()}
+    monkeypatch.setattr(MNIST, "resources", [(f, sums.get(f, m)) for f, m in MNIST.resources])
+    return mirror, images, labels
+
+
+def _standin(tmp_path, mirror, test_size=10, seed=0):
+    return prepare("mnist_t10k", 28, tmp_path / "raw", str(mirror), 5.0, digits_test_size=297, split_seed=seed,
+                   t10k_test_size=test_size)
+
+
+def test_the_mnist_stand_in_splits_the_test_files_by_a_seeded_draw_stratified_by_class(tmp_path, t10k_mirror):
+    mirror, images, labels = t10k_mirror
+    data = _standin(tmp_path, mirror)
+    assert data.card.name == "mnist_t10k" and "stand-in" in data.card.source and "not MNIST's training" in data.card.source
+    assert (data.card.train_size, data.card.test_size) == (50, 10)
+    assert sorted(data.test_labels.tolist()) == list(range(10)), "one held-out image per class: stratified"
+    index = {images[i].tobytes(): i for i in range(len(images))}
+    for split_images, split_labels in ((data.train_images, data.train_labels), (data.test_images, data.test_labels)):
+        rows = [index[x[0].tobytes()] for x in split_images]
+        assert np.array_equal(labels[rows], split_labels), "each image keeps its label"
+    together = [index[x[0].tobytes()] for x in np.concatenate([data.train_images, data.test_images])]
+    assert sorted(together) == list(range(60)), "every test-split image is in exactly one of the two"
+    again, other = _standin(tmp_path / "again", mirror), _standin(tmp_path / "other", mirror, seed=1)
+    assert np.array_equal(again.test_images, data.test_images)
+    assert not np.array_equal(other.test_images, data.test_images)
+
+
+def test_the_stand_in_still_refuses_a_test_file_that_fails_torchvisions_checksum(tmp_path, t10k_mirror, monkeypatch):
+    mirror, _, _ = t10k_mirror
+    monkeypatch.setattr(MNIST, "resources", [(f, "0" * 32 if f.startswith("t10k-images") else m)
+                                             for f, m in MNIST.resources])
+    with pytest.raises(DatasetUnavailable, match=r"t10k-images-idx3-ubyte\.gz fails its checksum"):
+        _standin(tmp_path, mirror)
+    assert list((tmp_path / "raw").iterdir()) == []
+    with pytest.raises(DatasetUnavailable, match=r"train-images-idx3-ubyte\.gz is missing"):
+        prepare("mnist", 28, tmp_path / "raw", str(mirror), 5.0, digits_test_size=297, split_seed=0)
+
+
+def test_a_stand_in_that_would_hold_out_every_image_is_refused(tmp_path, t10k_mirror):
+    with pytest.raises(DatasetUnavailable, match="data.t10k_test_size 60 holds out every one of the 60 images"):
+        _standin(tmp_path, t10k_mirror[0], test_size=60)
+
+
 def test_cifar10_is_read_from_its_pickled_batches(tmp_path, cifar_mirror):
     mirror, batches = cifar_mirror
     data = _prepare("cifar10", tmp_path, mirror, image_size=32)

@@ -2,6 +2,7 @@
 DVC and MLflow; the tests that change the project work on copies of it."""
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -233,6 +234,23 @@ def test_changing_one_models_params_invalidates_only_that_models_stages(tiny_pro
         params["models"]["vlb"]["timesteps"] = 50
         write_params(dest, params)
     assert changed == {"train@digits-vlb"}  # downstream stages follow once its outputs change
+
+
+def test_a_budget_change_reruns_the_training_of_that_dataset_and_not_its_data_or_feature_networks(tiny_project):
+    dest, env, _ = tiny_project
+    original = read_params(dest)
+    params = copy.deepcopy(original)
+    params["datasets"]["digits"]["budgets"] = {"smaller": {"train_steps": 3, "unet": {"base_channels": 8}}}
+    write_params(dest, params)
+    try:
+        unselected = set(json.loads(shell("dvc status --json", dest, env).stdout or "{}"))
+        params["datasets"]["digits"]["budget"] = "smaller"
+        write_params(dest, params)
+        selected = set(json.loads(shell("dvc status --json", dest, env).stdout or "{}"))
+    finally:
+        write_params(dest, original)
+    trains = {s for s in STAGES if s.startswith("train@digits-")}
+    assert trains and selected == trains == unselected  # downstream stages follow once the checkpoints change
 
 
 def test_every_stage_ran_only_modules_its_dvc_deps_list(tiny_project):

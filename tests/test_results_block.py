@@ -77,3 +77,30 @@ def test_time_records_the_command_its_wall_time_and_the_machine_only_when_it_suc
     (project / results.RUN_FILE).unlink()
     assert results.main(["time", "--", sys.executable, "-c", "raise SystemExit(3)"]) == 3
     assert not (project / results.RUN_FILE).exists()
+
+
+def test_a_named_run_has_its_own_record_figure_and_block_with_each_models_accuracy_likelihood_and_time(project):
+    assert results.main([]) == 0
+    default_block = (project / "docs" / "results.md").read_text()
+    for i, model in enumerate(("flow", "flow_dit", "vdm", "vdm_latent")):
+        for stage, content in (("train", {"train_seconds": 100.0 + i, "images_per_second": 400.0}),
+                               ("sample", {"sample_seconds": 30.0}),
+                               ("evaluate", {"budget": "cpu", "class_accuracy": 0.9, "class_accuracy_std": 0.01,
+                                             "bpd": 1.5, "bpd_stderr": 0.02, "bpd_ode": 1.2, "bpd_ode_stderr": 0.03})):
+            folder = project / "outputs" / stage / f"digits-{model}"
+            name = {"train": "train.json", "sample": "sample.json", "evaluate": "metrics.json"}[stage]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(json.dumps(content))
+    start, end = results.markers("tiny-cpu")
+    page = project / "docs" / "results.md"
+    page.write_text(page.read_text() + f"\n{start}\nold\n{end}\n")
+    assert results.main(["--name", "tiny-cpu"]) == 0
+    block = results.current_block(page.read_text(), page, "tiny-cpu")
+    assert "`python -m diffusionlab.results --name tiny-cpu`" in block
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines() if "| vdm " in line]
+    assert rows[-1] == ["digits", "vdm", "cpu", "0.9 ± 0.01", "1.500 ± 0.02", "1.200 ± 0.03", "102", "400", "30"]
+    assert results.current_block(page.read_text(), page) == results.current_block(default_block, page)
+    assert (project / results.figure_path("tiny-cpu")).read_bytes().startswith(b"\x89PNG")
+    assert results.recorded_runs(project) == ["default", "tiny-cpu"] and results.main(["check"]) == 0
+    page.write_text(page.read_text().replace("0.9 ± 0.01", "0.95 ± 0.01", 1))
+    assert results.stale(project) == ["docs/results.md (tiny-cpu)"]

@@ -11,6 +11,7 @@ from scipy import stats
 
 from diffusionlab.compare import Side, compare, from_metrics
 from diffusionlab.config.sections import EvaluateConfig
+from diffusionlab.errors import StageInputError
 from diffusionlab.evaluation.metrics import (
     BOOTSTRAP_RESAMPLES,
     Features,
@@ -165,3 +166,16 @@ def test_compare_prints_each_scores_change_spread_and_verdict():
     assert table.loc["isc", "verdict"] == "within noise" and table.loc["isc", "p"] == 1.0
     worse = Side("w", {("digits-ddpm", "classifier"): from_metrics(metrics(9.0, 0.2))["classifier"]})
     assert compare(base, worse, 0.05).set_index("score").loc["fid", "verdict"] == "worse, beyond noise"
+
+
+def test_compare_refuses_models_of_different_budgets_unless_asked_and_then_names_both():
+    base = Side("base", {("mnist-ddpm", b): s for b, s in from_metrics(metrics(5.0, 0.2)).items()},
+                {"mnist-ddpm": "default"})
+    cpu = Side("cpu", {("mnist-ddpm", b): s for b, s in from_metrics(metrics(9.0, 0.2)).items()},
+               {"mnist-ddpm": "cpu"})
+    with pytest.raises(StageInputError, match=r"mnist-ddpm ran at budget 'default' in base but mnist-ddpm at budget "
+                                              r"'cpu' in cpu: .*--mixed-budgets"):
+        compare(base, cpu, 0.05)
+    table = compare(base, cpu, 0.05, mixed_budgets=True)
+    assert set(table.budget) == {"default vs cpu"} and table.set_index("score").loc["fid", "change"] == 4.0
+    assert "budget" not in compare(base, base, 0.05).columns

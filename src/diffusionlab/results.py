@@ -7,7 +7,13 @@ them is typed by hand or goes stale.
     python -m diffusionlab.results check   # the blocks agree with the record (the test suite runs this)
 
 The block is the summary that leads the report (:func:`diffusionlab.evaluation.report.summary_table`), read
-from ``outputs/report/results.csv``, stamped with the commit, date, machine and time of the run.
+from ``outputs/report/results.csv``, stamped with the commit, date, machine and time of the run. A run other
+than the default one is recorded under a name (``--name mnist-cpu``): docs/data/<name>-run.json, the figure
+docs/figures/<name>-run.png and the block between ``<!-- results:<name>:start -->`` and its end marker in
+docs/results.md, with a second table of each model's class accuracy, bits/dim and time:
+
+    python -m diffusionlab.results time -- dvc exp run -S datasets.mnist_t10k.budget=cpu ...
+    python -m diffusionlab.results --name mnist-cpu
 """
 
 from __future__ import annotations
@@ -39,6 +45,32 @@ BLOCK_FILES = (Path("README.md"), Path("docs/results.md"))
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
 COMMAND = "python -m diffusionlab.results"
+DEFAULT_RUN = "default"
+
+
+def record_path(name: str = DEFAULT_RUN) -> Path:
+    return RECORD if name == DEFAULT_RUN else RECORD.with_name(f"{name}-run.json")
+
+
+def figure_path(name: str = DEFAULT_RUN) -> Path:
+    return FIGURE if name == DEFAULT_RUN else FIGURE.with_name(f"{name}-run.png")
+
+
+def markers(name: str = DEFAULT_RUN) -> tuple[str, str]:
+    return (START, END) if name == DEFAULT_RUN else (f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->")
+
+
+def block_files(name: str = DEFAULT_RUN) -> tuple[Path, ...]:
+    """The files holding the run's block: the README and the results page for the default run, the results page
+    for a named one."""
+    return BLOCK_FILES if name == DEFAULT_RUN else (Path("docs/results.md"),)
+
+
+def recorded_runs(root: Path = Path(".")) -> list[str]:
+    """The names of the runs recorded in ``root``'s docs/data, the default one first."""
+    named = sorted(p.name.removesuffix("-run.json") for p in (root / RECORD.parent).glob("*-run.json")
+                   if p.name != RECORD.name)
+    return [DEFAULT_RUN, *named]
 
 
 class ResultsParams(View):
@@ -83,8 +115,31 @@ def timed(command: list[str], out: Path = RUN_FILE, root: Path = Path(".")) -> i
     return code
 
 
-def collect(root: Path = Path(".")) -> dict:
-    """The record of the run in ``root``: its stamp (``outputs/run.json``) and its report's summary."""
+def model_details(root: Path, datasets: list[str], models: list[str]) -> list[dict]:
+    """Per (dataset, model): its budget, class accuracy at the sampling guidance, bits/dim (the bound and through
+    the ODE), training time and images/s, and the main sampling run's time, from the stages' outputs."""
+    rows = []
+    for dataset in datasets:
+        for model in models:
+            train = read_json(root / paths.train(dataset, model) / "train.json")
+            sample = read_json(root / paths.sample(dataset, model) / "sample.json")
+            metrics = read_json(root / paths.evaluate(dataset, model) / "metrics.json")
+            row = {"dataset": dataset, "model": model, "budget": metrics.get("budget", "default")}
+            if "class_accuracy" in metrics:
+                row["class accuracy"] = mean_std(metrics["class_accuracy"], metrics.get("class_accuracy_std"))
+            for key, label in (("bpd", "bits/dim (bound)"), ("bpd_ode", "bits/dim (ODE)")):
+                if key in metrics:
+                    row[label] = f"{metrics[key]:.3f} ± {metrics[f'{key}_stderr']:.2g}"
+            row["train s"] = f"{train['train_seconds']:.0f}"
+            row["train images/s"] = f"{train['images_per_second']:.0f}"
+            row["sample s"] = f"{sample['sample_seconds']:.0f}"
+            rows.append(row)
+    return rows
+
+
+def collect(root: Path = Path("."), details: bool = False) -> dict:
+    """The record of the run in ``root``: its stamp (``outputs/run.json``) and its report's summary (with
+    ``details``, also :func:`model_details`)."""
     params = validate(ResultsParams, read_yaml(root / "params.yaml"))
     stamp, csv = root / RUN_FILE, root / paths.report() / "results.csv"
     for needed, how in ((stamp, "make run writes it (it times dvc repro)"), (csv, "run: dvc repro report")):
@@ -98,9 +153,11 @@ def collect(root: Path = Path(".")) -> dict:
     for r in table[table.model == FLOOR_MODEL].itertuples():
         floors.setdefault(r.dataset, {})[r.backend] = mean_std(r.fid, r.fid_std)
     summary = summary_table(table, level)
-    return {**read_json(stamp), "level": level, "datasets": list(params.pipeline.datasets),
-            "models": list(params.pipeline.models), "lines": summary_lines(table, level),
-            "summary": summary.astype(object).where(summary.notna(), "").to_dict("records"), "floors": floors}
+    datasets, models = list(params.pipeline.datasets), list(params.pipeline.models)
+    return {**read_json(stamp), "level": level, "datasets": datasets, "models": models,
+            "lines": summary_lines(table, level),
+            "summary": summary.astype(object).where(summary.notna(), "").to_dict("records"), "floors": floors,
+            **({"details": model_details(root, datasets, models)} if details else {})}
 
 
 def _duration(seconds: float) -> str:
@@ -108,14 +165,19 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
-def render_block(record: dict) -> str:
-    """The Markdown block between :data:`START` and :data:`END`, markers included."""
+def render_block(record: dict, name: str = DEFAULT_RUN) -> str:
+    """The Markdown block between the run's markers (:func:`markers`), markers included."""
     table = pd.DataFrame(record["summary"])
     floors = "; ".join(f"{dataset}: " + ", ".join(f"{b} {v}" for b, v in by.items())
                        for dataset, by in record["floors"].items())
+    start, end = markers(name)
+    how = f"{COMMAND}" if name == DEFAULT_RUN else f"{COMMAND} --name {name}"
+    made = "(`make run`) on params.yaml" if name == DEFAULT_RUN else "on params.yaml with those changes"
+    details = [] if "details" not in record else ["", pd.DataFrame(record["details"]).to_markdown(index=False), "",
+                                                  DETAILS_NOTE]
     return "\n".join([
-        START,
-        f"*Generated by `{COMMAND}` from the outputs of `{record['command']}` (`make run`) on params.yaml at "
+        start,
+        f"*Generated by `{how}` from the outputs of `{record['command']}` {made} at "
         f"commit `{record['commit']}`, {record['date']}, on {record['machine']}; it took "
         f"{_duration(record['seconds'])}. Do not edit by hand.*",
         "",
@@ -124,21 +186,29 @@ def render_block(record: dict) -> str:
         table.to_markdown(index=False),
         "",
         f"Real-data floor (FID of the held-out images): {floors}. {summary_note(record['level'])}",
-        END,
+        *details,
+        end,
     ])
 
 
-def current_block(text: str, where: Path) -> str:
-    """The block of ``text``, markers included."""
-    start, end = text.find(START), text.find(END)
+DETAILS_NOTE = ("Class accuracy: the classifier backend's class of each image generated for a class, mean ± std over "
+                "the draws. Bits/dim: the bound and the probability-flow ODE's likelihood of held-out images, ± their "
+                "standard error. Train s and images/s: the training loop (train.json); sample s: the main sampling "
+                "run of every draw (sample.json).")
+
+
+def current_block(text: str, where: Path, name: str = DEFAULT_RUN) -> str:
+    """The run's block of ``text``, markers included."""
+    first, last = markers(name)
+    start, end = text.find(first), text.find(last)
     if start < 0 or end < start:
-        raise StageInputError(f"{where} has no results block: add the lines {START} and {END} where it goes")
-    return text[start:end + len(END)]
+        raise StageInputError(f"{where} has no results block: add the lines {first} and {last} where it goes")
+    return text[start:end + len(last)]
 
 
-def replace_block(text: str, block: str, where: Path) -> str:
-    """``text`` with its block between the markers replaced by ``block``."""
-    return text.replace(current_block(text, where), block, 1)
+def replace_block(text: str, block: str, where: Path, name: str = DEFAULT_RUN) -> str:
+    """``text`` with the run's block between its markers replaced by ``block``."""
+    return text.replace(current_block(text, where, name), block, 1)
 
 
 def figure(record: dict, root: Path, out: Path) -> None:
@@ -163,28 +233,33 @@ def figure(record: dict, root: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def write(root: Path = Path(".")) -> None:
-    """Record the run in ``root``, draw its figure, and rewrite every block from the record."""
-    record = collect(root)
-    for name in BLOCK_FILES:
-        current_block((root / name).read_text(), name)  # every file has its block before anything is written
-    (root / RECORD).parent.mkdir(parents=True, exist_ok=True)
-    (root / FIGURE).parent.mkdir(parents=True, exist_ok=True)
-    write_json(root / RECORD, record)
-    figure(record, root, root / FIGURE)
-    for name in BLOCK_FILES:
-        path = root / name
+def write(root: Path = Path("."), name: str = DEFAULT_RUN) -> None:
+    """Record the run in ``root`` as ``name``, draw its figure, and rewrite its blocks from the record."""
+    record = collect(root, details=name != DEFAULT_RUN)
+    files, out, fig = block_files(name), record_path(name), figure_path(name)
+    for file in files:
+        current_block((root / file).read_text(), file, name)  # every file has its block before anything is written
+    (root / out).parent.mkdir(parents=True, exist_ok=True)
+    (root / fig).parent.mkdir(parents=True, exist_ok=True)
+    write_json(root / out, record)
+    figure(record, root, root / fig)
+    for file in files:
+        path = root / file
         with atomic_path(path) as tmp:
-            tmp.write_text(replace_block(path.read_text(), render_block(record), name))
-    print(f"wrote {RECORD}, {FIGURE} and the blocks of {', '.join(map(str, BLOCK_FILES))}")
+            tmp.write_text(replace_block(path.read_text(), render_block(record, name), file, name))
+    print(f"wrote {out}, {fig} and the blocks of {', '.join(map(str, files))}")
 
 
 def stale(root: Path = Path(".")) -> list[str]:
-    """The files whose block differs from the one rendered from the record."""
+    """The files whose block of a recorded run differs from the one rendered from its record."""
     if not (root / RECORD).is_file():
         raise StageInputError(f"{RECORD} not found: run {COMMAND} after make run")
-    block = render_block(read_json(root / RECORD))
-    return [str(name) for name in BLOCK_FILES if current_block((root / name).read_text(), name) != block]
+    differ = []
+    for name in recorded_runs(root):
+        block = render_block(read_json(root / record_path(name)), name)
+        differ += [f"{file} ({name})" if name != DEFAULT_RUN else str(file) for file in block_files(name)
+                   if current_block((root / file).read_text(), file, name) != block]
+    return differ
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", nargs="?", choices=["write", "check", "time"], default="write",
                         help="write (default): record the run and write the blocks; check: the blocks agree with "
                              "the record; time -- COMMAND: run COMMAND and write outputs/run.json")
+    parser.add_argument("--name", default=DEFAULT_RUN,
+                        help="write: record the run under this name (docs/data/<name>-run.json, its block in "
+                             "docs/results.md) instead of as the default run")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="with time: the command to run")
     args = parser.parse_args(argv)
     try:
@@ -203,11 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "check":
             differ = stale()
             if differ:
-                print(f"the results block of {', '.join(differ)} differs from {RECORD}: run {COMMAND} after make "
-                      "run, or restore the block", file=sys.stderr)
+                print(f"the results block of {', '.join(differ)} differs from its record in {RECORD.parent}: run "
+                      f"{COMMAND} [--name NAME] after the run, or restore the block", file=sys.stderr)
                 return 1
             return 0
-        write()
+        write(name=args.name)
         return 0
     except EXPECTED_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
