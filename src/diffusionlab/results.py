@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import paths
-from .config.sections import EvaluateConfig, PipelineConfig
+from .config.sections import DEFAULT_BUDGET, EvaluateConfig, PipelineConfig
 from .device import cpu_name
 from .errors import EXPECTED_ERRORS, StageInputError
 from .evaluation.report import FLOOR_MODEL, mean_std, summary_lines, summary_note, summary_table
@@ -124,7 +124,7 @@ def model_details(root: Path, datasets: list[str], models: list[str]) -> list[di
             train = read_json(root / paths.train(dataset, model) / "train.json")
             sample = read_json(root / paths.sample(dataset, model) / "sample.json")
             metrics = read_json(root / paths.evaluate(dataset, model) / "metrics.json")
-            row = {"dataset": dataset, "model": model, "budget": metrics.get("budget", "default")}
+            row = {"dataset": dataset, "model": model, "budget": metrics.get("budget", DEFAULT_BUDGET)}
             if "class_accuracy" in metrics:
                 row["class accuracy"] = mean_std(metrics["class_accuracy"], metrics.get("class_accuracy_std"))
             for key, label in (("bpd", "bits/dim (bound)"), ("bpd_ode", "bits/dim (ODE)")):

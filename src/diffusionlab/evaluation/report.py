@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import pandas as pd  # noqa: E402
 
+from ..config.sections import DEFAULT_BUDGET  # noqa: E402
 from ..sampling.names import network_evaluations  # noqa: E402
 from . import restoration  # noqa: E402
 from .significance import LOWER_IS_BETTER, spread_of, welch  # noqa: E402
@@ -428,12 +429,12 @@ def _table_html(table: pd.DataFrame) -> str:
 
 def budgets_of(results: Results, dataset: str) -> list[str]:
     """The budgets the dataset's models ran at (``datasets.<name>.budget``, from their evaluate stages)."""
-    return sorted({r.metrics.get("budget", "default") for r in results.models if r.dataset == dataset})
+    return sorted({r.metrics.get("budget", DEFAULT_BUDGET) for r in results.models if r.dataset == dataset})
 
 
 def dataset_heading(results: Results, dataset: str) -> str:
     """The dataset's name and the budget its models ran at: ``mnist_t10k (budget cpu)``."""
-    return f"{dataset} (budget {', '.join(budgets_of(results, dataset)) or 'default'})"
+    return f"{dataset} (budget {', '.join(budgets_of(results, dataset)) or DEFAULT_BUDGET})"
 
 
 def note(results: Results) -> str:
