@@ -91,7 +91,8 @@ def cifar_mirror(tmp_path, monkeypatch):
 
 
 def _prepare(name, tmp_path, mirror, image_size=28, timeout=5.0):
-    return prepare(name, image_size, tmp_path / "raw", str(mirror), timeout, digits_test_size=297, split_seed=0)
+    return prepare(name, image_size, tmp_path / "raw", str(mirror), timeout, digits_test_size=297, split_seed=0,
+                   t10k_test_size=2000)
 
 
 def test_mnist_is_read_from_a_mirror_folder_with_checksums(tmp_path, mnist_mirror):
@@ -201,7 +202,8 @@ def test_the_stand_in_still_refuses_a_test_file_that_fails_torchvisions_checksum
         _standin(tmp_path, mirror)
     assert list((tmp_path / "raw").iterdir()) == []
     with pytest.raises(DatasetUnavailable, match=r"train-images-idx3-ubyte\.gz is missing"):
-        prepare("mnist", 28, tmp_path / "raw", str(mirror), 5.0, digits_test_size=297, split_seed=0)
+        prepare("mnist", 28, tmp_path / "raw", str(mirror), 5.0, digits_test_size=297, split_seed=0,
+                t10k_test_size=2000)
 
 
 def test_a_stand_in_that_would_hold_out_every_image_is_refused(tmp_path, t10k_mirror):

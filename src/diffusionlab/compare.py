@@ -135,20 +135,21 @@ def compare(baseline: Side, candidate: Side, level: float, mixed_budgets: bool =
         pairs = [(a, b) for a in baseline.scores for b in candidate.scores if a[1] == b[1]]
     if not pairs:
         raise StageInputError(f"{baseline.label} and {candidate.label} have no (model, features) in common")
-    budget_of = {(side.label, key[0]): side.budgets.get(key[0], DEFAULT_BUDGET) for side, keys in
-                 ((baseline, [a for a, _ in pairs]), (candidate, [b for _, b in pairs])) for key in keys}
-    mixed = sorted({(a[0], budget_of[baseline.label, a[0]], b[0], budget_of[candidate.label, b[0]]) for a, b in pairs
-                    if budget_of[baseline.label, a[0]] != budget_of[candidate.label, b[0]]})
+
+    def budget(side: Side, key: tuple[str, str]) -> str:
+        return side.budgets.get(key[0], DEFAULT_BUDGET)
+
+    mixed = [(a, b) for a, b in pairs if budget(baseline, a) != budget(candidate, b)]
     if mixed and not mixed_budgets:
-        a, ba, b, bb = mixed[0]
-        raise StageInputError(f"{a} ran at budget '{ba}' in {baseline.label} but {b} at budget '{bb}' in "
-                              f"{candidate.label}: their scores differ by the models' size and training as well as "
+        a, b = mixed[0]
+        raise StageInputError(f"{a[0]} ran at budget '{budget(baseline, a)}' in {baseline.label} but {b[0]} at budget "
+                              f"'{budget(candidate, b)}' in {candidate.label}: their scores differ by the models' size and training as well as "
                               "by the change; compare runs of one budget (datasets.<name>.budget), or pass "
                               "--mixed-budgets to see them side by side anyway")
     rows = []
     for a_key, b_key in pairs:
         a, b = baseline.scores[a_key], candidate.scores[b_key]
-        ba, bb = budget_of[baseline.label, a_key[0]], budget_of[candidate.label, b_key[0]]
+        ba, bb = budget(baseline, a_key), budget(candidate, b_key)
         for score in (s for s in COMPARED if s in a and s in b):
             d = welch(b[score], a[score], level)
             better = d.change < 0 if LOWER_IS_BETTER[score] else d.change > 0

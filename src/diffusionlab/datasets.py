@@ -165,13 +165,11 @@ def _dataset_class(name: str, mirror: str | None) -> type:
     attrs: dict = {}
     if name == STANDIN:
         attrs["resources"] = [(f, md5) for f, md5 in base.resources if f.startswith("t10k-")]
-    if mirror is None and not attrs:
-        return base
     if mirror is not None:
         url = _mirror_base(mirror)
         attrs |= {"mirrors": [url]} if _is_mnist(base) else {"url": url + base.filename}
     # Same class name: torchvision derives MNIST's folder layout from it.
-    return type(base.__name__, (base,), {**attrs, "__module__": __name__})
+    return type(base.__name__, (base,), {**attrs, "__module__": __name__}) if attrs else base
 
 
 def _archive_folder(cls: type, root: Path) -> Path:
@@ -289,7 +287,7 @@ def prepare_cifar10(raw_root: str | Path, mirror: str | None, timeout: float, im
 
 
 def prepare(name: str, image_size: int, raw_root: str | Path, mirror: str | None, timeout: float,
-            digits_test_size: int, split_seed: int, t10k_test_size: int = 2000) -> PreparedDataset:
+            digits_test_size: int, split_seed: int, t10k_test_size: int) -> PreparedDataset:
     """Build the prepared form of a dataset by name."""
     if name == "digits":
         return prepare_digits(image_size, digits_test_size, split_seed)
