@@ -2,9 +2,9 @@
 
 import gzip
 import hashlib
-import io
 import pickle
 import struct
+import sys
 import tarfile
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from torchvision.datasets import CIFAR10, MNIST
 
 from diffusionlab.datasets import (
     MIRROR_ENV,
+    DataConfig,
     DatasetUnavailable,
     load_prepared,
     prepare,
@@ -21,6 +22,10 @@ from diffusionlab.datasets import (
     save_prepared,
 )
 from diffusionlab.io import atomic_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from cifar10_archive import synthetic_images, write_archive  # noqa: E402
 
 
 def md5(path: Path) -> str:
@@ -51,21 +56,12 @@ def mnist_mirror(tmp_path, monkeypatch):
 
 
 def cifar_tarball(folder: Path, rng) -> tuple[Path, dict]:
-    batches = {}
-    inner = io.BytesIO()
-    with tarfile.open(fileobj=inner, mode="w:gz") as tar:
-        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-        for name in names:
-            batch = {"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, 3).tolist()}
-            batches[name] = batch
-        batches["batches.meta"] = {"label_names": list(CIFAR10_CLASSES)}
-        for name, content in batches.items():
-            payload = pickle.dumps(content)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    path = folder / CIFAR10.filename
-    path.write_bytes(inner.getvalue())
+    """A CIFAR-10 archive of 3 images per batch, written as the original is laid out (five training batches)."""
+    labels = rng.integers(0, 10, 18)
+    images = rng.integers(0, 256, (18, 3, 32, 32), dtype=np.uint8)
+    path = write_archive(folder, (images[:15], labels[:15]), (images[15:], labels[15:]), CIFAR10_CLASSES)
+    with tarfile.open(path) as tar:
+        batches = {Path(m.name).name: pickle.load(tar.extractfile(m)) for m in tar.getmembers()}
     return path, batches
 
 
@@ -90,9 +86,9 @@ def cifar_mirror(tmp_path, monkeypatch):
     return mirror, batches
 
 
-def _prepare(name, tmp_path, mirror, image_size=28, timeout=5.0):
-    return prepare(name, image_size, tmp_path / "raw", str(mirror), timeout, digits_test_size=297, split_seed=0,
-                   t10k_test_size=2000)
+def _prepare(name, tmp_path, mirror, image_size=28, timeout=5.0, **data):
+    return prepare(name, image_size, tmp_path / "raw",
+                   DataConfig(mirror=None if mirror is None else str(mirror), download_timeout=timeout, **data))
 
 
 def test_mnist_is_read_from_a_mirror_folder_with_checksums(tmp_path, mnist_mirror):
@@ -173,8 +169,7 @@ def t10k_mirror(tmp_path, monkeypatch):
 
 
 def _standin(tmp_path, mirror, test_size=10, seed=0):
-    return prepare("mnist_t10k", 28, tmp_path / "raw", str(mirror), 5.0, digits_test_size=297, split_seed=seed,
-                   t10k_test_size=test_size)
+    return _prepare("mnist_t10k", tmp_path, mirror, split_seed=seed, t10k_test_size=test_size)
 
 
 def test_the_mnist_stand_in_splits_the_test_files_by_a_seeded_draw_stratified_by_class(tmp_path, t10k_mirror):
@@ -202,8 +197,7 @@ def test_the_stand_in_still_refuses_a_test_file_that_fails_torchvisions_checksum
         _standin(tmp_path, mirror)
     assert list((tmp_path / "raw").iterdir()) == []
     with pytest.raises(DatasetUnavailable, match=r"train-images-idx3-ubyte\.gz is missing"):
-        prepare("mnist", 28, tmp_path / "raw", str(mirror), 5.0, digits_test_size=297, split_seed=0,
-                t10k_test_size=2000)
+        _prepare("mnist", tmp_path, mirror)
 
 
 def test_a_stand_in_that_would_hold_out_every_image_is_refused(tmp_path, t10k_mirror):
@@ -251,3 +245,71 @@ def test_a_failed_write_keeps_the_previous_prepared_form(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == before
     assert load_prepared(target).card.test_size == 100
     assert [p.name for p in tmp_path.iterdir()] == ["digits"]
+
+
+@pytest.fixture
+def synthetic_cifar(tmp_path):
+    """A synthetic archive in CIFAR-10's format with its own MD5SUMS, torchvision's checksums left as they are."""
+    rng = np.random.default_rng(3)
+    labels = np.arange(30) % 10
+    images = synthetic_images(labels, rng)
+    mirror = tmp_path / "synthetic"
+    write_archive(mirror, (images[:20], labels[:20]), (images[20:], labels[20:]))
+    return mirror, images, labels
+
+
+def test_own_files_in_cifar10s_format_are_checked_against_the_mirrors_md5sums(tmp_path, synthetic_cifar):
+    mirror, images, labels = synthetic_cifar
+    data = _prepare("cifar10", tmp_path, mirror, image_size=32, checksums="mirror")
+    assert np.array_equal(data.train_images, images[:20]) and np.array_equal(data.test_labels, labels[20:])
+    assert data.card.class_names == list(CIFAR10_CLASSES)
+    assert "files of your own" in data.card.source and "not torchvision's checksums" in data.card.source
+    assert len(np.unique(images.reshape(30, 3, -1).mean(-1).round(-1), axis=0)) > 1, "classes differ in colour"
+
+
+def test_own_files_are_refused_under_torchvisions_checksums_and_when_they_fail_their_own(tmp_path, synthetic_cifar):
+    mirror, _, _ = synthetic_cifar
+    with pytest.raises(DatasetUnavailable, match=r"cifar-10-python\.tar\.gz fails its checksum"):
+        _prepare("cifar10", tmp_path, mirror, image_size=32)
+    archive = mirror / "cifar-10-python.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:-100])
+    with pytest.raises(DatasetUnavailable, match=r"cifar-10-python\.tar\.gz fails its checksum"):
+        _prepare("cifar10", tmp_path, mirror, image_size=32, checksums="mirror")
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+@pytest.mark.parametrize("md5sums, message", [
+    (None, r"MD5SUMS does not exist; write it with md5sum FILES > MD5SUMS"),
+    ("", r"MD5SUMS states no checksum for cifar-10-python\.tar\.gz; add its line"),
+    ("c0ffee  cifar-10-python.tar.gz\n", r"MD5SUMS:1 is not '<md5>  <file>'"),
+])
+def test_a_missing_or_incomplete_md5sums_is_refused_naming_the_fix(tmp_path, synthetic_cifar, md5sums, message):
+    mirror, _, _ = synthetic_cifar
+    if md5sums is None:
+        (mirror / "MD5SUMS").unlink()
+    else:
+        (mirror / "MD5SUMS").write_text(md5sums)
+    with pytest.raises(DatasetUnavailable, match=message):
+        _prepare("cifar10", tmp_path, mirror, image_size=32, checksums="mirror")
+
+
+def test_the_mirrors_own_checksums_need_a_mirror_folder(tmp_path):
+    for mirror in (None, "http://127.0.0.1:9/"):
+        with pytest.raises(DatasetUnavailable, match="point data.mirror at the folder holding your files"):
+            _prepare("cifar10", tmp_path, mirror, image_size=32, checksums="mirror")
+
+
+def test_own_mnist_files_are_read_with_md5sums_in_binary_mode_notation(tmp_path):
+    rng = np.random.default_rng(4)
+    mirror = tmp_path / "own"
+    mirror.mkdir()
+    arrays = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
+              "train-labels-idx1-ubyte.gz": rng.integers(0, 10, 4, dtype=np.uint8),
+              "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (2, 28, 28), dtype=np.uint8),
+              "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, 2, dtype=np.uint8)}
+    for name, array in arrays.items():
+        (mirror / name).write_bytes(gzip.compress(idx_bytes(array)))
+    (mirror / "MD5SUMS").write_text("".join(f"{md5(mirror / n)} *{n}\n" for n in arrays))
+    data = _prepare("mnist", tmp_path, mirror, checksums="mirror")
+    assert np.array_equal(data.test_images[:, 0], arrays["t10k-images-idx3-ubyte.gz"])
+    assert data.card.source.startswith("files of your own in the format of MNIST")

@@ -31,6 +31,8 @@ NUM_CLASSES = {"digits": 10, "mnist": 10, "mnist_t10k": 10, "cifar10": 10}
 STANDIN = "mnist_t10k"
 """MNIST's 10,000-image test split alone, split in two by class: a stand-in for MNIST where its training images
 cannot be had (:func:`prepare_mnist_t10k`)."""
+CHECKSUMS_FILE = "MD5SUMS"
+Checksums = Literal["torchvision", "mirror"]
 ImageSize = Annotated[int, Field(ge=4, le=512)]
 """The side of the square images a dataset is prepared at (``datasets.<name>.image_size``)."""
 
@@ -40,6 +42,9 @@ class DataConfig(Section):
 
     mirror: str | None = None
     """Folder or URL holding the original archive files; ``DIFFUSIONLAB_DATA_MIRROR`` overrides it."""
+    checksums: Checksums = "torchvision"
+    """Whose checksums the archives must match: torchvision's (the original files), or ``mirror``: the mirror
+    folder's own ``MD5SUMS`` (md5sum's format), for files of your own in the original format."""
     download_timeout: Float = Field(10.0, gt=0)
     digits_test_size: int = Field(297, ge=10, le=897)
     t10k_test_size: int = Field(2000, ge=10, le=5000)
@@ -158,18 +163,67 @@ def _check_integrity(path: Path, md5: str) -> bool:
     return _torchvision_datasets().utils.check_integrity(str(path), md5)
 
 
-def _dataset_class(name: str, mirror: str | None) -> type:
+def read_checksums(mirror: str | None) -> dict[str, str]:
+    """The md5 of each file named in a mirror folder's ``MD5SUMS`` (md5sum's format: ``<md5>  <file>``, or
+    ``<md5> *<file>`` for binary mode)."""
+    if mirror is None or _is_url(mirror):
+        raise DatasetUnavailable(
+            f"data.checksums: mirror reads the checksums from a mirror folder's {CHECKSUMS_FILE}, and data.mirror is "
+            f"{'not set' if mirror is None else 'a URL'}; point data.mirror at the folder holding your files and "
+            f"their {CHECKSUMS_FILE} (md5sum FILES > {CHECKSUMS_FILE}), or set data.checksums: torchvision")
+    path = Path(mirror).expanduser() / CHECKSUMS_FILE
+    if not path.is_file():
+        raise DatasetUnavailable(f"data.checksums: mirror, and {path} does not exist; write it with md5sum FILES > "
+                                 f"{CHECKSUMS_FILE} in {path.parent}, or set data.checksums: torchvision")
+    sums = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split(maxsplit=1)
+        if not fields:
+            continue
+        if len(fields) != 2 or len(fields[0]) != 32 or any(c not in "0123456789abcdef" for c in fields[0].lower()):
+            raise DatasetUnavailable(f"{path}:{number} is not '<md5>  <file>' (md5sum's format): {line!r}")
+        sums[Path(fields[1].strip().lstrip("*")).name] = fields[0].lower()
+    return sums
+
+
+def _own_md5(sums: dict[str, str], filename: str, mirror: str) -> str:
+    if filename not in sums:
+        raise DatasetUnavailable(f"{Path(mirror).expanduser() / CHECKSUMS_FILE} states no checksum for {filename}; "
+                                 f"add its line (md5sum {filename} >> {CHECKSUMS_FILE})")
+    return sums[filename]
+
+
+def _dataset_class(name: str, data: DataConfig) -> type:
     """torchvision's class for the dataset (MNIST or CIFAR10), re-pointed at a mirror; for the stand-in, MNIST
-    with only its test split's files and their checksums."""
+    with only its test split's files; with ``data.checksums: mirror``, checked against the mirror's own sums.
+
+    CIFAR-10's archive holds pickled batches that torchvision checks again once extracted; with the mirror's own
+    sums, the archive's checksum alone vouches for them."""
     base = getattr(_torchvision_datasets(), {"mnist": "MNIST", STANDIN: "MNIST", "cifar10": "CIFAR10"}[name])
     attrs: dict = {}
     if name == STANDIN:
         attrs["resources"] = [(f, md5) for f, md5 in base.resources if f.startswith("t10k-")]
-    if mirror is not None:
-        url = _mirror_base(mirror)
+    if data.mirror is not None:
+        url = _mirror_base(data.mirror)
         attrs |= {"mirrors": [url]} if _is_mnist(base) else {"url": url + base.filename}
+    if data.checksums == "mirror":
+        sums = read_checksums(data.mirror)
+        if _is_mnist(base):
+            attrs["resources"] = [(f, _own_md5(sums, f, data.mirror)) for f, _ in attrs.get("resources", base.resources)]
+        else:
+            attrs |= {"tgz_md5": _own_md5(sums, base.filename, data.mirror),
+                      "train_list": [[f, None] for f, _ in base.train_list],
+                      "test_list": [[f, None] for f, _ in base.test_list], "meta": {**base.meta, "md5": None}}
     # Same class name: torchvision derives MNIST's folder layout from it.
     return type(base.__name__, (base,), {**attrs, "__module__": __name__}) if attrs else base
+
+
+def _source(original: str, data: DataConfig) -> str:
+    """The card's source: the original dataset, or files of the user's own in its format."""
+    if data.checksums == "torchvision":
+        return original
+    return (f"files of your own in the format of {original}, from {data.mirror}, checked against its "
+            f"{CHECKSUMS_FILE}, not torchvision's checksums of the originals")
 
 
 def _archive_folder(cls: type, root: Path) -> Path:
@@ -202,15 +256,16 @@ def _copy_from_folder(cls: type, folder: Path, dest: Path) -> None:
             raise DatasetUnavailable(f"{source} fails its checksum (expected md5 {md5}): the file is corrupt or truncated")
 
 
-def download(name: str, raw_root: str | Path, mirror: str | None, timeout: float) -> tuple[type, Path]:
+def download(name: str, raw_root: str | Path, data: DataConfig) -> tuple[type, Path]:
     """Download a torchvision dataset into ``raw_root/name``, verified by its checksums.
 
     The files are fetched into a temporary folder and moved into place only when every
     checksum matched, so an interrupted or corrupt download is never taken as complete. Files
     already in place are checked again each time; corrupt ones are downloaded again.
     """
-    mirror = os.environ.get(MIRROR_ENV) or mirror
-    cls = _dataset_class(name, mirror)
+    mirror = os.environ.get(MIRROR_ENV) or data.mirror
+    data = data.model_copy(update={"mirror": mirror})
+    cls = _dataset_class(name, data)
     final = Path(raw_root) / name
     if (final / ".complete").is_file():
         corrupt = [f for f, md5 in _resources(cls) if not _check_integrity(_archive_folder(cls, final) / f, md5)]
@@ -225,7 +280,7 @@ def download(name: str, raw_root: str | Path, mirror: str | None, timeout: float
         if mirror is not None and not _is_url(mirror):
             # torchvision cannot stream file:// URLs; with the verified archives in place it only extracts them.
             _copy_from_folder(cls, Path(mirror).expanduser(), _archive_folder(cls, tmp))
-        with socket_timeout(timeout):
+        with socket_timeout(data.download_timeout):
             cls(root=str(tmp), train=name != STANDIN, download=True)  # the stand-in has no train files
     except (RuntimeError, OSError, urllib.error.URLError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -242,59 +297,58 @@ def download(name: str, raw_root: str | Path, mirror: str | None, timeout: float
     return cls, final
 
 
-def prepare_mnist(raw_root: str | Path, mirror: str | None, timeout: float, image_size: int) -> PreparedDataset:
-    cls, root = download("mnist", raw_root, mirror, timeout)
+def prepare_mnist(raw_root: str | Path, data: DataConfig, image_size: int) -> PreparedDataset:
+    cls, root = download("mnist", raw_root, data)
     splits = {}
     for split in SPLITS:
         ds = cls(root=str(root), train=split == "train", download=False)
         splits[split] = (resize_uint8(ds.data.numpy()[:, None], image_size), ds.targets.numpy())
     (x_tr, y_tr), (x_te, y_te) = splits["train"], splits["test"]
-    card = _card("mnist", "MNIST (LeCun, Cortes and Burges), torchvision", x_tr, x_te, [str(i) for i in range(10)])
-    return PreparedDataset(card, x_tr, y_tr, x_te, y_te)
+    source = _source("MNIST (LeCun, Cortes and Burges), torchvision", data)
+    return PreparedDataset(_card("mnist", source, x_tr, x_te, [str(i) for i in range(10)]), x_tr, y_tr, x_te, y_te)
 
 
-def prepare_mnist_t10k(raw_root: str | Path, mirror: str | None, timeout: float, image_size: int, test_size: int,
-                       seed: int) -> PreparedDataset:
+def prepare_mnist_t10k(raw_root: str | Path, data: DataConfig, image_size: int) -> PreparedDataset:
     """MNIST's test split (its two original files, verified by torchvision's checksums) split by a seeded draw
-    stratified by class into ``10,000 - test_size`` training and ``test_size`` held-out images. The file is ordered
-    (its first 5,000 images from NIST's training writers, its last 5,000 from its test writers): a sequential cut
-    would put a shift between the two halves."""
+    stratified by class into ``10,000 - data.t10k_test_size`` training and ``data.t10k_test_size`` held-out
+    images. The file is ordered (its first 5,000 images from NIST's training writers, its last 5,000 from its test
+    writers): a sequential cut would put a shift between the two halves."""
     from sklearn.model_selection import train_test_split
 
-    cls, root = download(STANDIN, raw_root, mirror, timeout)
+    cls, root = download(STANDIN, raw_root, data)
     ds = cls(root=str(root), train=False, download=False)
     images, labels = resize_uint8(ds.data.numpy()[:, None], image_size), ds.targets.numpy().astype(np.int64)
+    test_size, seed = data.t10k_test_size, data.split_seed
     if test_size >= len(labels):
         raise DatasetUnavailable(f"data.t10k_test_size {test_size} holds out every one of the {len(labels)} images "
                                  f"of {root}; hold out fewer")
     x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=test_size, random_state=seed, stratify=labels)
-    source = (f"stand-in for MNIST: its test split (t10k, {len(labels):,} images) split {len(y_tr):,} train / "
-              f"{len(y_te):,} held out, stratified by class, seed {seed}; not MNIST's training split")
+    source = _source(f"stand-in for MNIST: its test split (t10k, {len(labels):,} images) split {len(y_tr):,} train "
+                     f"/ {len(y_te):,} held out, stratified by class, seed {seed}; not MNIST's training split", data)
     card = _card(STANDIN, source, x_tr, x_te, [str(i) for i in range(10)])
     return PreparedDataset(card, x_tr, y_tr, x_te, y_te)
 
 
-def prepare_cifar10(raw_root: str | Path, mirror: str | None, timeout: float, image_size: int) -> PreparedDataset:
-    cls, root = download("cifar10", raw_root, mirror, timeout)
+def prepare_cifar10(raw_root: str | Path, data: DataConfig, image_size: int) -> PreparedDataset:
+    cls, root = download("cifar10", raw_root, data)
     splits = {}
     for split in SPLITS:
         ds = cls(root=str(root), train=split == "train", download=False)
         images = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # NHWC -> NCHW
         splits[split] = (resize_uint8(images, image_size), np.asarray(ds.targets))
     (x_tr, y_tr), (x_te, y_te) = splits["train"], splits["test"]
-    card = _card("cifar10", "CIFAR-10 (Krizhevsky 2009), torchvision", x_tr, x_te, list(ds.classes))
+    card = _card("cifar10", _source("CIFAR-10 (Krizhevsky 2009), torchvision", data), x_tr, x_te, list(ds.classes))
     return PreparedDataset(card, x_tr, y_tr, x_te, y_te)
 
 
-def prepare(name: str, image_size: int, raw_root: str | Path, mirror: str | None, timeout: float,
-            digits_test_size: int, split_seed: int, t10k_test_size: int) -> PreparedDataset:
-    """Build the prepared form of a dataset by name."""
+def prepare(name: str, image_size: int, raw_root: str | Path, data: DataConfig) -> PreparedDataset:
+    """Build the prepared form of a dataset by name, with the ``data`` section's sources and splits."""
     if name == "digits":
-        return prepare_digits(image_size, digits_test_size, split_seed)
+        return prepare_digits(image_size, data.digits_test_size, data.split_seed)
     if name == "mnist":
-        return prepare_mnist(raw_root, mirror, timeout, image_size)
+        return prepare_mnist(raw_root, data, image_size)
     if name == STANDIN:
-        return prepare_mnist_t10k(raw_root, mirror, timeout, image_size, t10k_test_size, split_seed)
+        return prepare_mnist_t10k(raw_root, data, image_size)
     if name == "cifar10":
-        return prepare_cifar10(raw_root, mirror, timeout, image_size)
+        return prepare_cifar10(raw_root, data, image_size)
     raise ValueError(f"unknown dataset '{name}'; known: {', '.join(DATASET_NAMES)}")

@@ -29,10 +29,7 @@ def prepare_stage(params: PrepareParams, dataset: str) -> None:
     """Download (or load) a dataset and write its prepared form."""
     if dataset not in params.datasets:
         raise ConfigError(f"unknown dataset '{dataset}': params.yaml defines {sorted(params.datasets)}")
-    d = params.data
-    image_size = params.datasets[dataset].image_size
-    prepared = prepare(dataset, image_size, paths.RAW, d.mirror, d.download_timeout, d.digits_test_size, d.split_seed,
-                       d.t10k_test_size)
+    prepared = prepare(dataset, params.datasets[dataset].image_size, paths.RAW, params.data)
     save_prepared(prepared, paths.prepared(dataset))
     card = prepared.card
     log.info("prepared %s: %d train / %d test images of %dx%dx%d", dataset, card.train_size, card.test_size,
