@@ -1,5 +1,7 @@
 """Stage entry points: bad input stops a stage at once with a message, not a traceback."""
 
+import re
+import resource
 from pathlib import Path
 
 import pytest
@@ -69,11 +71,15 @@ def test_unknown_dataset_is_refused(tmp_cwd, capsys):
     assert "unknown dataset 'imagenet'" in capsys.readouterr().err
 
 
-def test_prepare_stage_writes_the_prepared_form(tmp_cwd):
+def test_prepare_stage_writes_the_prepared_form_and_says_its_time_and_peak_memory(tmp_cwd, capsys):
     write_params(tmp_cwd)
     run_stage(prepare_stage, with_model=False, argv=["--dataset", "digits"])
+    err = capsys.readouterr().err
     card = yaml.safe_load((tmp_cwd / "data/prepared/digits/card.json").read_text())
     assert (card["train_size"], card["test_size"], card["image_size"], card["channels"]) == (1497, 300, 16, 1)
+    line = re.search(r"prepare@digits finished in [0-9.]+ s \(peak memory (\d+) MiB\)", err)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert line and 10 < int(line[1]) <= own + 1, f"the peak of this process ({own:.0f} MiB): {err}"
 
 
 @pytest.mark.parametrize("broken, where", [

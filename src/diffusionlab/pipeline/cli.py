@@ -56,9 +56,19 @@ def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | No
     timeline.mark("work_end")
     timeline.write(name)
     if "WORLD_SIZE" not in os.environ:  # under torchrun, the command that started it says it
-        log.info("%s finished in %.1f s", name, time.perf_counter() - start)
+        log.info("%s finished in %.1f s (peak memory %s)", name, time.perf_counter() - start, peak_memory())
     if os.environ.get(MODULES_LOG):
         record_modules(Path(os.environ[MODULES_LOG]), name)
+
+
+def peak_memory() -> str:
+    """This process's peak resident memory, as the kernel counts it (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return "not measured"
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+    return f"{kib / 1024:.0f} MiB"
 
 
 MODULES_LOG = "DIFFUSIONLAB_MODULES_LOG"
