@@ -380,3 +380,19 @@ def test_the_paper_protocol_sets_its_preset_and_one_draw_needs_it(raw):
     raw["sample"]["draws"] = 1
     with pytest.raises(ConfigError, match="sample.draws is 1.*evaluate.protocol: paper"):
         parse_params(raw)
+
+
+@pytest.mark.parametrize("block, recipe", [
+    ({"family": "ddpm"}, "eps, linear schedule, L_simple, fixed_small variance"),
+    ({"family": "vlb", "loss": "vlb", "importance_sampling": True, "class_conditional": True, "label_dropout": 0.2},
+     "eps, linear schedule, learned variance, L_vlb, t importance-sampled; label dropout 0.2"),
+    ({"family": "vdm", "prediction": "v", "gamma": "fixed", "weighting": "edm"},
+     "v, fixed gamma, EDM weighting, t ~ U(0, 1)"),
+    ({"family": "edm", "sigma_data": 0.5, "autoencoder": {}},
+     "EDM preconditioning (sigma_data 0.5), ln sigma ~ N(-1.2, 1.2^2), EDM weighting; on latents"),
+    ({"family": "flow", "time_sampling": "uniform"}, "velocity, rectified flow, t ~ U(0, 1)"),
+])
+def test_every_family_says_what_its_models_are_trained_with(block, recipe):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["models"]["probe"] = block
+    assert parse_params(raw).models["probe"].recipe == recipe

@@ -98,7 +98,11 @@ def test_a_named_run_has_its_own_record_figure_and_block_with_each_models_accura
     block = results.current_block(page.read_text(), page, "tiny-cpu")
     assert "`python -m diffusionlab.results --name tiny-cpu`" in block
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines() if "| vdm " in line]
-    assert rows[-1] == ["digits", "vdm", "cpu", "0.9 ± 0.01", "1.500 ± 0.02", "1.200 ± 0.03", "102", "400", "30"]
+    recipe = "eps, fixed gamma, sigmoid weighting (bias 2), adaptive log-SNR; label dropout 0.3"
+    assert rows[-1] == ["digits", "vdm", "cpu", recipe, "0.9 ± 0.01", "1.500 ± 0.02", "1.200 ± 0.03", "102", "400",
+                        "30"], "the vdm block of the tiny project's params.yaml and its outputs"
+    flow = [line for line in block.splitlines() if "| flow_dit " in line][-1]
+    assert "velocity, rectified flow, logit-normal t (0, 1)" in flow
     assert results.current_block(page.read_text(), page) == results.current_block(default_block, page)
     assert (project / results.figure_path("tiny-cpu")).read_bytes().startswith(b"\x89PNG")
     assert results.recorded_runs(project) == ["default", "tiny-cpu"] and results.main(["check"]) == 0

@@ -27,12 +27,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from pydantic import Field
 
 from . import paths
 from .config.sections import DEFAULT_BUDGET, EvaluateConfig, PipelineConfig
 from .device import cpu_name
 from .errors import EXPECTED_ERRORS, StageInputError
 from .evaluation.report import FLOOR_MODEL, mean_std, summary_lines, summary_note, summary_table
+from .families.params import ModelParams
 from .io import atomic_path, read_json, write_json
 from .validation import View, read_yaml, validate
 
@@ -78,6 +80,7 @@ class ResultsParams(View):
 
     pipeline: PipelineConfig = PipelineConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    models: dict[str, ModelParams] = Field(default_factory=dict)
 
 
 def git_commit(root: Path) -> str:
@@ -115,16 +118,18 @@ def timed(command: list[str], out: Path = RUN_FILE, root: Path = Path(".")) -> i
     return code
 
 
-def model_details(root: Path, datasets: list[str], models: list[str]) -> list[dict]:
-    """Per (dataset, model): its budget, class accuracy at the sampling guidance, bits/dim (the bound and through
-    the ODE), training time and images/s, and the main sampling run's time, from the stages' outputs."""
+def model_details(root: Path, datasets: list[str], models: dict[str, ModelParams]) -> list[dict]:
+    """Per (dataset, model): its budget and recipe (what it is trained with), class accuracy at the sampling
+    guidance, bits/dim (the bound and through the ODE), training time and images/s, and the main sampling run's
+    time, from the stages' outputs."""
     rows = []
     for dataset in datasets:
         for model in models:
             train = read_json(root / paths.train(dataset, model) / "train.json")
             sample = read_json(root / paths.sample(dataset, model) / "sample.json")
             metrics = read_json(root / paths.evaluate(dataset, model) / "metrics.json")
-            row = {"dataset": dataset, "model": model, "budget": metrics.get("budget", DEFAULT_BUDGET)}
+            row = {"dataset": dataset, "model": model, "budget": metrics.get("budget", DEFAULT_BUDGET),
+                   "recipe": models[model].recipe}
             if "class_accuracy" in metrics:
                 row["class accuracy"] = mean_std(metrics["class_accuracy"], metrics.get("class_accuracy_std"))
             for key, label in (("bpd", "bits/dim (bound)"), ("bpd_ode", "bits/dim (ODE)")):
@@ -157,7 +162,7 @@ def collect(root: Path = Path("."), details: bool = False) -> dict:
     return {**read_json(stamp), "level": level, "datasets": datasets, "models": models,
             "lines": summary_lines(table, level),
             "summary": summary.astype(object).where(summary.notna(), "").to_dict("records"), "floors": floors,
-            **({"details": model_details(root, datasets, models)} if details else {})}
+            **({"details": model_details(root, datasets, {m: params.models[m] for m in models})} if details else {})}
 
 
 def _duration(seconds: float) -> str:
@@ -191,7 +196,7 @@ def render_block(record: dict, name: str = DEFAULT_RUN) -> str:
     ])
 
 
-DETAILS_NOTE = ("Class accuracy: the classifier backend's class of each image generated for a class, mean ± std over "
+DETAILS_NOTE = ("Recipe: the model's parameterisation, noise levels and loss (its params block). Class accuracy: the classifier backend's class of each image generated for a class, mean ± std over "
                 "the draws. Bits/dim: the bound and the probability-flow ODE's likelihood of held-out images, ± their "
                 "standard error. Train s and images/s: the training loop (train.json); sample s: the main sampling "
                 "run of every draw (sample.json).")

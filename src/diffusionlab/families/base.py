@@ -45,5 +45,20 @@ class FamilyParams(Section):
         return self.DISCRETE
 
     @property
+    def recipe(self) -> str:
+        """What the model is trained with, in a few words: the family's own :meth:`objective`, then its
+        conditioning and, for a latent model, the autoencoder."""
+        parts = [self.objective()]
+        if self.class_conditional:
+            parts.append(f"label dropout {self.label_dropout:g}")
+        if self.latent:
+            parts.append("on latents")
+        return "; ".join(parts)
+
+    def objective(self) -> str:
+        """The family's parameterisation, noise levels and loss, in the papers' words."""
+        raise NotImplementedError(f"family '{self.family}' does not describe its objective")
+
+    @property
     def latent(self) -> bool:
         return self.autoencoder is not None

@@ -33,3 +33,6 @@ class DDPMParams(DiscreteParams):
     variance: Literal["fixed_small", "fixed_large"] = "fixed_small"
     """The reverse variance: the posterior's beta~_t (``fixed_small``) or beta_t (``fixed_large``)."""
     loss: Literal["simple"] = "simple"
+
+    def objective(self) -> str:
+        return f"eps, {self.schedule} schedule, L_simple, {self.variance} variance"

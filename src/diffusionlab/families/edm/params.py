@@ -31,6 +31,11 @@ class EDMParams(FamilyParams):
 
     SAMPLERS: ClassVar[tuple[str, ...]] = EDM_SAMPLERS
 
+    def objective(self) -> str:
+        sigma_data = "measured" if self.sigma_data is None else f"{self.sigma_data:g}"
+        return (f"EDM preconditioning (sigma_data {sigma_data}), ln sigma ~ N({self.p_mean:g}, {self.p_std:g}^2), "
+                f"EDM weighting")
+
     @model_validator(mode="after")
     def _levels_are_ordered(self) -> EDMParams:
         if not self.sigma_min < self.sigma_max:

@@ -21,3 +21,8 @@ class FlowParams(FamilyParams):
     """s of the logit-normal t = sigmoid(m + s n)."""
 
     SAMPLERS: ClassVar[tuple[str, ...]] = ODE_SAMPLERS
+
+    def objective(self) -> str:
+        times = (f"logit-normal t ({self.logit_mean:g}, {self.logit_std:g})" if self.time_sampling == "logit_normal"
+                 else "t ~ U(0, 1)")
+        return f"velocity, rectified flow, {times}"

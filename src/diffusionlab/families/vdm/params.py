@@ -30,6 +30,12 @@ class VDMParams(FamilyParams):
 
     SAMPLERS: ClassVar[tuple[str, ...]] = VP_SAMPLERS
 
+    def objective(self) -> str:
+        weighting = {"elbo": "the ELBO", "sigmoid": f"sigmoid weighting (bias {self.sigmoid_bias:g})",
+                     "v": "v weighting", "edm": "EDM weighting"}[self.weighting]
+        levels = "adaptive log-SNR" if self.noise_sampling == "adaptive" else "t ~ U(0, 1)"
+        return f"{self.prediction}, {self.gamma} gamma, {weighting}, {levels}"
+
     @model_validator(mode="after")
     def _schedule_fits_the_objective(self) -> VDMParams:
         if not self.gamma_min < self.gamma_max:

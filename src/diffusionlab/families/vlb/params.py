@@ -24,3 +24,8 @@ class VLBParams(DiscreteParams):
         if self.importance_sampling and self.loss != "vlb":
             raise ValueError("importance_sampling draws t for the pure bound: it needs family 'vlb' with loss 'vlb'")
         return self
+
+    def objective(self) -> str:
+        loss = (f"L_simple + {self.vlb_weight:g} L_vlb" if self.loss == "hybrid"
+                else "L_vlb" + (", t importance-sampled" if self.importance_sampling else ""))
+        return f"eps, {self.schedule} schedule, learned variance, {loss}"
