@@ -214,3 +214,11 @@ def _hint(root: type[BaseModel], loc: tuple, members: dict[str, type[BaseModel]]
     near = near or difflib.get_close_matches(key, here, n=1) or difflib.get_close_matches(key, _keys(root), n=1)
     names = [k[len(prefix):] for k in here if "." not in k[len(prefix):]]
     return f"did you mean {near[0]}?" if near else f"valid keys here: {', '.join(names)}"
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the keys of ``over``, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

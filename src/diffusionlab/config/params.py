@@ -23,7 +23,7 @@ from ..nn.classifier import RESNET, ClassifierConfig
 from ..nn.dit import DiTConfig
 from ..nn.networks import NetworkName
 from ..nn.unet import UNetConfig
-from ..validation import Count, Section, read_yaml, replace, validate
+from ..validation import Count, Section, deep_merge, read_yaml, replace, validate
 from .sampling import RestoreConfig, SampleConfig
 from .sections import DEFAULT_BUDGET, EvaluateConfig, MlflowConfig, PipelineConfig, TrainConfig, apply_protocol
 
@@ -269,14 +269,6 @@ class Params(Section):
     def latent_models(self) -> list[str]:
         """The models of ``pipeline.models`` that train on the autoencoder's latents."""
         return [m for m in self.pipeline.models if self.models[m].latent]
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with the keys of ``over``, nested mappings merged key by key."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def apply_budgets(raw: Any) -> Any:

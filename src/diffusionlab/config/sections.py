@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..datasets import DatasetName
-from ..validation import Count, Float, Section, Tuple, distinct
+from ..validation import Count, Float, Section, Tuple, deep_merge, distinct
 
 FeatureBackend = Literal["classifier", "resnet", "inception"]
 FeatureNetwork = Literal["classifier", "resnet"]
@@ -94,10 +94,7 @@ def apply_protocol(raw: object) -> object:
     if not isinstance(raw, dict) or not isinstance(raw.get("evaluate"), dict) or \
             raw["evaluate"].get("protocol") != "paper":
         return raw
-    out = dict(raw)
-    for section, values in PAPER_PROTOCOL.items():
-        out[section] = {**(out.get(section) or {}), **values}
-    return out
+    return deep_merge(raw, PAPER_PROTOCOL)
 
 
 class EvaluateConfig(Section):
