@@ -384,6 +384,8 @@ def test_the_paper_protocol_sets_its_preset_and_one_draw_needs_it(raw):
 
 @pytest.mark.parametrize("block, recipe", [
     ({"family": "ddpm"}, "eps, linear schedule, L_simple, fixed_small variance"),
+    ({"family": "ddpm", "loss": "min_snr", "min_snr_gamma": 3},
+     "eps, linear schedule, min-SNR-3 weighted L_simple, fixed_small variance"),
     ({"family": "vlb", "loss": "vlb", "importance_sampling": True, "class_conditional": True, "label_dropout": 0.2},
      "eps, linear schedule, learned variance, L_vlb, t importance-sampled; label dropout 0.2"),
     ({"family": "vdm", "prediction": "v", "gamma": "fixed", "weighting": "edm"},

@@ -78,6 +78,34 @@ def test_simple_loss_on_known_inputs(diffusion):
     assert set(off_by_two) == {"loss", "mse"}
 
 
+@pytest.mark.parametrize("gamma", [1.0, 5.0])
+def test_the_min_snr_loss_weighs_each_step_by_min_snr_gamma_over_snr(diffusion, gamma):
+    """Hang et al. 2023: with SNR_t = alpha_bar_t / (1 - alpha_bar_t), the eps loss at step t weighs
+    min(SNR_t, gamma) / SNR_t: gamma / SNR_t where SNR_t > gamma (little noise), 1 elsewhere."""
+    weighted = GaussianDiffusion(diffusion.float64["betas"], loss="min_snr", dtype=torch.float64, min_snr_gamma=gamma)
+    abar = np.cumprod(1 - diffusion.float64["betas"])
+    snr = abar / (1 - abar)
+    t = torch.tensor([0, 50, int(np.argmin(np.abs(snr - gamma))), 500, 999])
+    x0 = torch.zeros(len(t), 1, 2, 2, dtype=torch.float64)
+    noise = torch.ones_like(x0)
+    terms = weighted.training_losses(lambda x, t: noise + 2.0, x0, t, noise)
+    expected = torch.as_tensor(np.where(snr[t] > gamma, gamma / snr[t], 1.0)) * 4.0
+    assert torch.allclose(terms["loss"], expected, rtol=1e-12)
+    assert torch.equal(terms["mse"], torch.full((5,), 4.0, dtype=torch.float64)), "mse stays L_simple"
+    assert terms["loss"][0] < 4.0 * 1e-2 and terms["loss"][-1] == 4.0, "the first step is down-weighted, the last not"
+    with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
+        GaussianDiffusion(diffusion.float64["betas"], loss="min_snr", min_snr_gamma=0.0)
+
+
+def test_a_ddpm_block_with_the_min_snr_loss_builds_its_process_with_its_gamma():
+    from diffusionlab.families.ddpm.params import DDPMParams
+    from diffusionlab.families.ddpm.process import build
+
+    process = build(DDPMParams(loss="min_snr", min_snr_gamma=3.0))
+    assert (process.loss, process.min_snr_gamma) == ("min_snr", 3.0)
+    assert build(DDPMParams()).loss == "simple"
+
+
 def test_invalid_betas_are_rejected():
     with pytest.raises(ValueError, match="betas"):
         GaussianDiffusion(np.array([0.1, 1.5]))

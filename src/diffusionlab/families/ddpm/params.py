@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from ...sampling.names import VP_SAMPLERS
+from ...validation import Float
 from ..base import FamilyParams
 
 LINEAR_MIN_TIMESTEPS = 21
@@ -32,7 +33,12 @@ class DDPMParams(DiscreteParams):
     family: Literal["ddpm"] = "ddpm"
     variance: Literal["fixed_small", "fixed_large"] = "fixed_small"
     """The reverse variance: the posterior's beta~_t (``fixed_small``) or beta_t (``fixed_large``)."""
-    loss: Literal["simple"] = "simple"
+    loss: Literal["simple", "min_snr"] = "simple"
+    """``simple``: L_simple (Ho et al. 2020, eq. 14). ``min_snr``: L_simple weighted by min(SNR_t, gamma) / SNR_t
+    (Hang et al. 2023), which lowers the weight of the steps of little noise and speeds up convergence."""
+    min_snr_gamma: Float = Field(5.0, gt=0)
+    """gamma of ``loss: min_snr`` (the paper's default: 5)."""
 
     def objective(self) -> str:
-        return f"eps, {self.schedule} schedule, L_simple, {self.variance} variance"
+        loss = "L_simple" if self.loss == "simple" else f"min-SNR-{self.min_snr_gamma:g} weighted L_simple"
+        return f"eps, {self.schedule} schedule, {loss}, {self.variance} variance"

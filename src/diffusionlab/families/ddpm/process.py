@@ -24,7 +24,7 @@ from .schedules import make_betas
 from .timestep_sampling import UniformSampler
 
 VarianceType = Literal["fixed_small", "fixed_large", "learned_range"]
-LossType = Literal["simple", "hybrid", "vlb"]
+LossType = Literal["simple", "min_snr", "hybrid", "vlb"]
 
 
 def extract(values: Tensor, t: Tensor, ndim: int) -> Tensor:
@@ -40,8 +40,9 @@ class GaussianDiffusion(VariancePreserving):
     ``variance`` is the reverse-process variance: ``fixed_small`` (the posterior variance beta~_t),
     ``fixed_large`` (beta_t), or ``learned_range`` (the network also outputs v and the log variance is
     ((v + 1) / 2) log beta_t + (1 - (v + 1) / 2) log beta~_t, Nichol & Dhariwal eq. 15).
-    ``loss`` is ``simple`` (L_simple), ``hybrid`` (L_simple + vlb_weight * L_vlb with the mean's
-    gradient stopped inside L_vlb) or ``vlb`` (L_vlb alone).
+    ``loss`` is ``simple`` (L_simple), ``min_snr`` (L_simple weighted by min(SNR_t, gamma) / SNR_t, Hang et
+    al. 2023), ``hybrid`` (L_simple + vlb_weight * L_vlb with the mean's gradient stopped inside L_vlb) or
+    ``vlb`` (L_vlb alone).
     """
 
     def __init__(
@@ -52,14 +53,17 @@ class GaussianDiffusion(VariancePreserving):
         vlb_weight: float = 0.001,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        min_snr_gamma: float = 5.0,
     ):
         if variance not in ("fixed_small", "fixed_large", "learned_range"):
             raise ValueError(f"unknown variance type '{variance}'")
-        if loss not in ("simple", "hybrid", "vlb"):
+        if loss not in ("simple", "min_snr", "hybrid", "vlb"):
             raise ValueError(f"unknown loss type '{loss}'")
+        if not min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
         if loss == "hybrid" and variance != "learned_range":
             raise ValueError("the hybrid loss trains a learned variance: use variance 'learned_range'")
-        self.variance, self.loss, self.vlb_weight = variance, loss, vlb_weight
+        self.variance, self.loss, self.vlb_weight, self.min_snr_gamma = variance, loss, vlb_weight, min_snr_gamma
         self.timestep_sampler = UniformSampler(len(betas))
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
@@ -86,6 +90,9 @@ class GaussianDiffusion(VariancePreserving):
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
             "log_betas": np.log(betas),
             "fixed_large_log_variance": np.log(np.append(first, betas[1:])),
+            # SNR_t = alpha_bar_t / (1 - alpha_bar_t); eps-prediction's min-SNR weight (Hang et al. 2023, eq. 11)
+            "min_snr_weight": np.minimum(alphas_cumprod / (1.0 - alphas_cumprod), min_snr_gamma)
+            * (1.0 - alphas_cumprod) / alphas_cumprod,
         }
         self.float64 = arrays
         for name, value in arrays.items():
@@ -185,13 +192,15 @@ class GaussianDiffusion(VariancePreserving):
         ``hybrid``: mse + vlb_weight * T * vb with the mean frozen inside vb (Nichol & Dhariwal sec. 3.1),
         so lambda = 0.001 weighs the bound L_vlb = sum_t L_t, of which T * vb is the one-sample estimate.
         ``vlb``: T * vb, an unbiased estimate of L_vlb when t is uniform (reweighted otherwise).
+        ``min_snr``: mse * min(SNR_t, gamma) / SNR_t: the steps of little noise, whose SNR is above gamma, weigh
+        gamma / SNR_t, the noisier ones 1 (Hang et al. 2023: the eps-prediction form of min-SNR-gamma).
         """
         x_t = self.q_sample(x_start, t, noise)
         output = model(x_t, t)
         eps, v = self.split_output(output)
         terms = {"mse": mean_flat(at_least_fp32(noise - eps) ** 2)}
-        if self.loss == "simple":
-            terms["loss"] = terms["mse"]
+        if self.loss in ("simple", "min_snr"):
+            terms["loss"] = terms["mse"] * (self.min_snr_weight[t] if self.loss == "min_snr" else 1.0)
             return terms
         frozen = output if self.loss == "vlb" else torch.cat([eps.detach(), v], dim=1)
         terms["vb"] = self.vb_terms_bpd(at_least_fp32(frozen), at_least_fp32(x_start), at_least_fp32(x_t), t)
@@ -308,10 +317,11 @@ class GaussianDiffusion(VariancePreserving):
 
 
 def build_diffusion(m: DiscreteParams, variance: VarianceType, loss: LossType, vlb_weight: float = 0.001,
-                    device: torch.device | str = "cpu") -> GaussianDiffusion:
+                    device: torch.device | str = "cpu", min_snr_gamma: float = 5.0) -> GaussianDiffusion:
     """The discrete-time process of a ``ddpm`` or ``vlb`` block: T steps of its beta schedule."""
-    return GaussianDiffusion(make_betas(m.schedule, m.timesteps), variance, loss, vlb_weight, device=device)
+    return GaussianDiffusion(make_betas(m.schedule, m.timesteps), variance, loss, vlb_weight, device=device,
+                             min_snr_gamma=min_snr_gamma)
 
 
 def build(m: DDPMParams, device: torch.device | str = "cpu") -> GaussianDiffusion:
-    return build_diffusion(m, m.variance, m.loss, device=device)
+    return build_diffusion(m, m.variance, m.loss, device=device, min_snr_gamma=m.min_snr_gamma)
