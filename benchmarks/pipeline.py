@@ -36,9 +36,10 @@ import torch
 
 from common import RESULTS, ROOT, machine, markdown_table, write_results
 
+from diffusionlab.pipeline.cli import FINISHED_LINE  # noqa: E402  (common puts src/ on the path)
+
 RUNNING = re.compile(r"Running stage '([^']+)'")
 SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
-FINISHED = re.compile(r"diffusionlab: (\S+) finished in ([0-9.]+) s")
 COMMAND = re.compile(r"^> python ")
 IMPORT = re.compile(r"^import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)")
 
@@ -81,7 +82,7 @@ def timed_run(command: list[str], cwd: Path, log: Path, venv: Path | None = None
                 last = now
             elif current and COMMAND.match(line):
                 importing = True
-            elif (f := FINISHED.search(line)) and f.group(1) in stages:
+            elif (f := FINISHED_LINE.search(line)) and f.group(1) in stages:
                 stages[f.group(1)]["work_seconds"] = float(f.group(2))
                 importing = False
         proc.wait()

@@ -68,15 +68,32 @@ def test_a_missing_run_record_or_block_is_a_clear_error_that_changes_nothing(pro
     assert not (project / results.RECORD).exists()
 
 
-def test_time_records_the_command_its_wall_time_and_the_machine_only_when_it_succeeds(project):
+STAGE_LINES = ("2026-12-07 14:25:27,744 diffusionlab: prepare@digits finished in 12.0 s (peak memory 998 MiB)\n"
+               "\rtrain: 50%\rtrain: 100%\n2026-12-07 14:30:20,292 diffusionlab: train@digits-vdm finished in 288.6 s "
+               "(peak memory 1462 MiB)\n")
+
+
+def test_time_records_the_command_its_wall_time_the_machine_and_its_output_only_when_it_succeeds(project, capfd):
     (project / results.RUN_FILE).unlink()
-    assert results.main(["time", "--", sys.executable, "-c", "import time; time.sleep(0.2)"]) == 0
+    script = f"import sys, time; time.sleep(0.2); sys.stderr.write({STAGE_LINES!r})"
+    assert results.main(["time", "--", sys.executable, "-c", script]) == 0
     run = json.loads((project / results.RUN_FILE).read_text())
     assert 0.2 <= run["seconds"] < 30 and run["machine"].startswith(results.cpu_name())
-    assert run["command"].endswith("-c import time; time.sleep(0.2)") and run["date"][:2] == "20"
+    assert run["command"].endswith("-c " + script) and run["date"][:2] == "20"
+    assert (project / results.RUN_LOG).read_bytes() == STAGE_LINES.encode(), "stdout and stderr kept byte for byte"
+    assert STAGE_LINES in capfd.readouterr().out, "and passed through"
     (project / results.RUN_FILE).unlink()
-    assert results.main(["time", "--", sys.executable, "-c", "raise SystemExit(3)"]) == 3
+    assert results.main(["time", "--", sys.executable, "-c", "print('why'); raise SystemExit(3)"]) == 3
     assert not (project / results.RUN_FILE).exists()
+    assert (project / "outputs" / "run.log.partial").read_text() == "why\n"
+    assert (project / results.RUN_LOG).read_bytes() == STAGE_LINES.encode(), "the last successful run's output stays"
+
+
+def test_the_stage_lines_of_a_runs_output_give_each_stages_time_and_peak_memory():
+    assert results.stage_times(STAGE_LINES + "diffusionlab: report finished in 0.5 s\n") == [
+        {"stage": "prepare@digits", "seconds": 12.0, "peak MiB": 998},
+        {"stage": "train@digits-vdm", "seconds": 288.6, "peak MiB": 1462},
+        {"stage": "report", "seconds": 0.5, "peak MiB": None}]
 
 
 def test_a_named_run_has_its_own_record_figure_and_block_with_each_models_accuracy_likelihood_and_time(project):
@@ -91,6 +108,7 @@ def test_a_named_run_has_its_own_record_figure_and_block_with_each_models_accura
             name = {"train": "train.json", "sample": "sample.json", "evaluate": "metrics.json"}[stage]
             folder.mkdir(parents=True, exist_ok=True)
             (folder / name).write_text(json.dumps(content))
+    (project / results.RUN_LOG).write_text(STAGE_LINES)
     start, end = results.markers("tiny-cpu")
     page = project / "docs" / "results.md"
     page.write_text(page.read_text() + f"\n{start}\nold\n{end}\n")
@@ -101,6 +119,7 @@ def test_a_named_run_has_its_own_record_figure_and_block_with_each_models_accura
     recipe = "eps, fixed gamma, sigmoid weighting (bias 2), adaptive log-SNR; label dropout 0.3"
     assert rows[-1] == ["digits", "vdm", "cpu", recipe, "0.9 ± 0.01", "1.500 ± 0.02", "1.200 ± 0.03", "102", "400",
                         "30"], "the vdm block of the tiny project's params.yaml and its outputs"
+    assert "| train@digits-vdm |       289 |       1462 |" in block, block
     flow = [line for line in block.splitlines() if "| flow_dit " in line][-1]
     assert "velocity, rectified flow, logit-normal t (0, 1)" in flow
     assert results.current_block(page.read_text(), page) == results.current_block(default_block, page)

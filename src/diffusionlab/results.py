@@ -10,7 +10,8 @@ The block is the summary that leads the report (:func:`diffusionlab.evaluation.r
 from ``outputs/report/results.csv``, stamped with the commit, date, machine and time of the run. A run other
 than the default one is recorded under a name (``--name mnist-cpu``): docs/data/<name>-run.json, the figure
 docs/figures/<name>-run.png and the block between ``<!-- results:<name>:start -->`` and its end marker in
-docs/results.md, with a second table of each model's class accuracy, bits/dim and time:
+docs/results.md, with a table of each model's recipe, class accuracy, bits/dim and time, and one of each stage's
+time and peak memory (from the output ``time`` keeps in ``outputs/run.log``):
 
     python -m diffusionlab.results time -- dvc exp run -S datasets.mnist_t10k.budget=cpu ...
     python -m diffusionlab.results --name mnist-cpu
@@ -36,10 +37,13 @@ from .errors import EXPECTED_ERRORS, StageInputError
 from .evaluation.report import FLOOR_MODEL, mean_std, summary_lines, summary_note, summary_table
 from .families.params import ModelParams
 from .io import atomic_path, read_json, write_json
+from .pipeline.cli import FINISHED_LINE
 from .validation import View, read_yaml, validate
 
 RUN_FILE = paths.OUTPUTS / "run.json"
 """Written by ``make run``: the commit, date, machine and wall time of its ``dvc repro``."""
+RUN_LOG = paths.OUTPUTS / "run.log"
+"""The output of the timed command, beside its record: where a named record reads each stage's time and memory."""
 RECORD = Path("docs/data/default-run.json")
 """What the blocks are rendered from: the summary of the run's report and the run's stamp."""
 FIGURE = Path("docs/figures/default-run.png")
@@ -108,14 +112,31 @@ def machine() -> str:
 
 
 def timed(command: list[str], out: Path = RUN_FILE, root: Path = Path(".")) -> int:
-    """Run ``command`` and, when it succeeds, write its wall time with the commit, date and machine to ``out``."""
+    """Run ``command`` with its output passed through and kept and, when it succeeds, write its wall time with
+    the commit, date and machine to ``out`` and its output beside it (:data:`RUN_LOG`); a failed command's output
+    stays in ``run.log.partial``."""
+    log_path = out.with_name(RUN_LOG.name)
+    partial = log_path.with_name(log_path.name + ".partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    code = subprocess.call(command)
-    if code == 0:
-        write_json(out, {"command": " ".join(command), "seconds": round(time.monotonic() - start, 1),
-                         "commit": git_commit(root), "date": datetime.date.today().isoformat(),
-                         "machine": machine()})
-    return code
+    with partial.open("wb") as log, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        while chunk := proc.stdout.read1(1 << 16):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            log.write(chunk)
+    if proc.returncode != 0:
+        return proc.returncode
+    os.replace(partial, log_path)
+    write_json(out, {"command": " ".join(command), "seconds": round(time.monotonic() - start, 1),
+                     "commit": git_commit(root), "date": datetime.date.today().isoformat(), "machine": machine()})
+    return 0
+
+
+def stage_times(log: str) -> list[dict]:
+    """Each stage's closing line in a run's output (:data:`~diffusionlab.pipeline.cli.FINISHED_LINE`): its name,
+    seconds and peak memory, in the order they ran."""
+    return [{"stage": m[1], "seconds": float(m[2]), "peak MiB": int(m[3]) if m[3] else None}
+            for m in FINISHED_LINE.finditer(log)]
 
 
 def model_details(root: Path, datasets: list[str], models: dict[str, ModelParams]) -> list[dict]:
@@ -162,7 +183,9 @@ def collect(root: Path = Path("."), details: bool = False) -> dict:
     return {**read_json(stamp), "level": level, "datasets": datasets, "models": models,
             "lines": summary_lines(table, level),
             "summary": summary.astype(object).where(summary.notna(), "").to_dict("records"), "floors": floors,
-            **({"details": model_details(root, datasets, {m: params.models[m] for m in models})} if details else {})}
+            **({"details": model_details(root, datasets, {m: params.models[m] for m in models})} if details else {}),
+            **({"stages": stage_times((root / RUN_LOG).read_text(errors="replace"))}
+               if details and (root / RUN_LOG).is_file() else {})}
 
 
 def _duration(seconds: float) -> str:
@@ -180,6 +203,10 @@ def render_block(record: dict, name: str = DEFAULT_RUN) -> str:
     made = "(`make run`) on params.yaml" if name == DEFAULT_RUN else "on params.yaml with those changes"
     details = [] if "details" not in record else ["", pd.DataFrame(record["details"]).to_markdown(index=False), "",
                                                   DETAILS_NOTE]
+    if record.get("stages"):
+        stages = pd.DataFrame(record["stages"]).astype(object)
+        stages["seconds"] = stages["seconds"].map(lambda v: f"{v:.0f}")
+        details += ["", stages.where(stages.notna(), "").to_markdown(index=False), "", STAGES_NOTE]
     return "\n".join([
         start,
         f"*Generated by `{how}` from the outputs of `{record['command']}` {made} at "
@@ -200,6 +227,11 @@ DETAILS_NOTE = ("Recipe: the model's parameterisation, noise levels and loss (it
                 "the draws. Bits/dim: the bound and the probability-flow ODE's likelihood of held-out images, ± their "
                 "standard error. Train s and images/s: the training loop (train.json); sample s: the main sampling "
                 "run of every draw (sample.json).")
+
+
+STAGES_NOTE = ("Each stage that ran, in order: its own time (from its start to its closing line, without the "
+               "interpreter's start and DVC's bookkeeping, which the total above includes) and its process's peak "
+               "resident memory. Stages restored from DVC's cache are not listed.")
 
 
 def current_block(text: str, where: Path, name: str = DEFAULT_RUN) -> str:

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 import typing
@@ -56,9 +57,15 @@ def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | No
     timeline.mark("work_end")
     timeline.write(name)
     if "WORLD_SIZE" not in os.environ:  # under torchrun, the command that started it says it
-        log.info("%s finished in %.1f s (peak memory %s)", name, time.perf_counter() - start, peak_memory())
+        log.info(FINISHED_FORMAT, name, time.perf_counter() - start, peak_memory())
     if os.environ.get(MODULES_LOG):
         record_modules(Path(os.environ[MODULES_LOG]), name)
+
+
+FINISHED_FORMAT = "%s finished in %.1f s (peak memory %s)"
+FINISHED_LINE = re.compile(r"diffusionlab: (\S+) finished in ([0-9.]+) s(?: \(peak memory (\d+) MiB\))?")
+"""A stage's closing line (:data:`FINISHED_FORMAT` under the ``diffusionlab`` logger): its name, seconds and, where
+measured, peak memory in MiB."""
 
 
 def peak_memory() -> str:
