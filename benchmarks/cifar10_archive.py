@@ -12,6 +12,7 @@ but no score measured on them means anything for CIFAR-10.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import io
 import pickle
@@ -26,22 +27,26 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 TRAIN_BATCHES = 5
 
 
-def synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """uint8 [N, 3, 32, 32]: per class a colour and a grain (noise drawn at 4 << (class % 3) pixels and
+def class_colours(rng: np.random.Generator) -> np.ndarray:
+    """[10, 3, 1, 1]: the mean colour of each class, drawn once for both splits."""
+    return rng.uniform(40, 215, (len(CLASSES), 3, 1, 1))
+
+
+def synthetic_images(labels: np.ndarray, colours: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [N, 3, 32, 32]: per class its colour and a grain (noise drawn at 4 << (class % 3) pixels and
     upsampled), plus per-pixel noise."""
-    hues = rng.uniform(40, 215, (len(CLASSES), 3, 1, 1))
     images = np.empty((len(labels), 3, 32, 32), np.uint8)
     for c in range(len(CLASSES)):
         rows = np.flatnonzero(labels == c)
         cells = 4 << (c % 3)
         field = rng.normal(0, 40, (len(rows), 3, cells, cells)).repeat(32 // cells, 2).repeat(32 // cells, 3)
-        pixels = hues[c] + field + rng.normal(0, 10, field.shape)
+        pixels = colours[c] + field + rng.normal(0, 10, field.shape)
         images[rows] = np.clip(pixels, 0, 255).astype(np.uint8)
     return images
 
 
 def _pickled(content: dict) -> bytes:
-    return pickle.dumps(content, protocol=2)
+    return pickle.dumps(content, protocol=4)  # bytes as bytes, as the original's Python 2 pickles hold them
 
 
 def write_archive(folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
@@ -58,7 +63,8 @@ def write_archive(folder: Path, train: tuple[np.ndarray, np.ndarray], test: tupl
     members["batches.meta"] = {"label_names": list(class_names), "num_cases_per_batch": len(train[1]) // TRAIN_BATCHES,
                                "num_vis": 3072}
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    # mtime 0 in the gzip header: the same images give the same archive and MD5SUMS
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for name, content in members.items():
             payload = _pickled(content)
             info = tarfile.TarInfo(f"{FOLDER}/{name}")
@@ -85,11 +91,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
+    colours = class_colours(rng)
     splits = []
     for n in (args.train, args.test):
         labels = np.arange(n) % len(CLASSES)
         rng.shuffle(labels)
-        splits.append((synthetic_images(labels, rng), labels))
+        splits.append((synthetic_images(labels, colours, rng), labels))
     path = write_archive(args.folder, *splits)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) and {args.folder / 'MD5SUMS'}")
 

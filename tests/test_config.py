@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from diffusionlab.config.params import FAMILY_DEFAULT, RunConfig, load_params, parse_params
 from diffusionlab.config.sampling import SampleConfig
 from diffusionlab.errors import ConfigError
+from diffusionlab.families.params import PARAMS as FAMILY_PARAMS
 from diffusionlab.nn.unet import UNetConfig
 from diffusionlab.sampling.names import SamplerName
 from diffusionlab.validation import flatten
@@ -382,7 +383,7 @@ def test_the_paper_protocol_sets_its_preset_and_one_draw_needs_it(raw):
         parse_params(raw)
 
 
-@pytest.mark.parametrize("block, recipe", [
+RECIPES = [
     ({"family": "ddpm"}, "eps, linear schedule, L_simple, fixed_small variance"),
     ({"family": "ddpm", "loss": "min_snr", "min_snr_gamma": 3},
      "eps, linear schedule, min-SNR-3 weighted L_simple, fixed_small variance"),
@@ -393,8 +394,12 @@ def test_the_paper_protocol_sets_its_preset_and_one_draw_needs_it(raw):
     ({"family": "edm", "sigma_data": 0.5, "autoencoder": {}},
      "EDM preconditioning (sigma_data 0.5), ln sigma ~ N(-1.2, 1.2^2), EDM weighting; on latents"),
     ({"family": "flow", "time_sampling": "uniform"}, "velocity, rectified flow, t ~ U(0, 1)"),
-])
+]
+
+
+@pytest.mark.parametrize("block, recipe", RECIPES)
 def test_every_family_says_what_its_models_are_trained_with(block, recipe):
+    assert {b["family"] for b, _ in RECIPES} == set(FAMILY_PARAMS), "a recipe for every family"
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["models"]["probe"] = block
     assert parse_params(raw).models["probe"].recipe == recipe

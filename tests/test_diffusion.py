@@ -91,10 +91,13 @@ def test_the_min_snr_loss_weighs_each_step_by_min_snr_gamma_over_snr(diffusion, 
     terms = weighted.training_losses(lambda x, t: noise + 2.0, x0, t, noise)
     expected = torch.as_tensor(np.where(snr[t] > gamma, gamma / snr[t], 1.0)) * 4.0
     assert torch.allclose(terms["loss"], expected, rtol=1e-12)
+    assert torch.equal(terms["loss"][snr[t] <= gamma], torch.full((int((snr[t] <= gamma).sum()),), 4.0,
+                                                                   dtype=torch.float64)), "weight exactly 1 there"
     assert torch.equal(terms["mse"], torch.full((5,), 4.0, dtype=torch.float64)), "mse stays L_simple"
     assert terms["loss"][0] < 4.0 * 1e-2 and terms["loss"][-1] == 4.0, "the first step is down-weighted, the last not"
-    with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
-        GaussianDiffusion(diffusion.float64["betas"], loss="min_snr", min_snr_gamma=0.0)
+    for gamma in (0.0, None):
+        with pytest.raises(ValueError, match="the min_snr loss needs a positive min_snr_gamma"):
+            GaussianDiffusion(diffusion.float64["betas"], loss="min_snr", min_snr_gamma=gamma)
 
 
 def test_a_ddpm_block_with_the_min_snr_loss_builds_its_process_with_its_gamma():
@@ -109,3 +112,11 @@ def test_a_ddpm_block_with_the_min_snr_loss_builds_its_process_with_its_gamma():
 def test_invalid_betas_are_rejected():
     with pytest.raises(ValueError, match="betas"):
         GaussianDiffusion(np.array([0.1, 1.5]))
+
+
+def test_a_min_snr_model_samples_on_fewer_steps_than_it_was_trained_on():
+    from diffusionlab.families.ddpm.samplers import DDPMSampler
+
+    weighted = GaussianDiffusion(linear_betas(1000), loss="min_snr", min_snr_gamma=5.0)
+    sampler = DDPMSampler(weighted, 10)
+    assert sampler.respaced.num_timesteps == 10 and sampler.respaced.min_snr_gamma == 5.0

@@ -94,6 +94,9 @@ def test_the_stage_lines_of_a_runs_output_give_each_stages_time_and_peak_memory(
         {"stage": "prepare@digits", "seconds": 12.0, "peak MiB": 998},
         {"stage": "train@digits-vdm", "seconds": 288.6, "peak MiB": 1462},
         {"stage": "report", "seconds": 0.5, "peak MiB": None}]
+    gpu = "diffusionlab: train@cifar10-ddpm finished in 61.0 s (peak memory 3100 MiB, GPU 20480 MiB)\n"
+    assert results.stage_times(STAGE_LINES + gpu)[-1] == {"stage": "train@cifar10-ddpm", "seconds": 61.0,
+                                                          "peak MiB": 3100, "peak GPU MiB": 20480}
 
 
 def test_a_named_run_has_its_own_record_figure_and_block_with_each_models_accuracy_likelihood_and_time(project):

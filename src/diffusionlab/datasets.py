@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import urllib.error
 from dataclasses import asdict, dataclass
@@ -32,6 +33,8 @@ STANDIN = "mnist_t10k"
 """MNIST's 10,000-image test split alone, split in two by class: a stand-in for MNIST where its training images
 cannot be had (:func:`prepare_mnist_t10k`)."""
 CHECKSUMS_FILE = "MD5SUMS"
+MD5SUM_LINE = re.compile(r"([0-9a-fA-F]{32}) [ *](.+)")
+"""A line of md5sum's output: the md5, a space, then a space (text mode) or ``*`` (binary mode) and the file."""
 Checksums = Literal["torchvision", "mirror"]
 ImageSize = Annotated[int, Field(ge=4, le=512)]
 """The side of the square images a dataset is prepared at (``datasets.<name>.image_size``)."""
@@ -175,14 +178,18 @@ def read_checksums(mirror: str | None) -> dict[str, str]:
     if not path.is_file():
         raise DatasetUnavailable(f"data.checksums: mirror, and {path} does not exist; write it with md5sum FILES > "
                                  f"{CHECKSUMS_FILE} in {path.parent}, or set data.checksums: torchvision")
-    sums = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        fields = line.split(maxsplit=1)
-        if not fields:
+    sums: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
             continue
-        if len(fields) != 2 or len(fields[0]) != 32 or any(c not in "0123456789abcdef" for c in fields[0].lower()):
+        found = MD5SUM_LINE.fullmatch(line.strip())
+        if found is None:
             raise DatasetUnavailable(f"{path}:{number} is not '<md5>  <file>' (md5sum's format): {line!r}")
-        sums[Path(fields[1].strip().lstrip("*")).name] = fields[0].lower()
+        md5, name = found[1].lower(), Path(found[2]).name
+        if sums.get(name, md5) != md5:
+            raise DatasetUnavailable(f"{path} states two checksums for {name} ({sums[name]} and {md5}, line "
+                                     f"{number}); keep the one of the file in {path.parent}")
+        sums[name] = md5
     return sums
 
 
@@ -209,7 +216,8 @@ def _dataset_class(name: str, data: DataConfig) -> type:
     if data.checksums == "mirror":
         sums = read_checksums(data.mirror)
         if _is_mnist(base):
-            attrs["resources"] = [(f, _own_md5(sums, f, data.mirror)) for f, _ in attrs.get("resources", base.resources)]
+            wanted = attrs.get("resources", base.resources)
+            attrs["resources"] = [(f, _own_md5(sums, f, data.mirror)) for f, _ in wanted]
         else:
             attrs |= {"tgz_md5": _own_md5(sums, base.filename, data.mirror),
                       "train_list": [[f, None] for f, _ in base.train_list],
@@ -245,7 +253,8 @@ def _urls(cls: type) -> list[str]:
 
 
 def _copy_from_folder(cls: type, folder: Path, dest: Path) -> None:
-    """Copy the original archives from a mirror folder and verify them with torchvision's checksums."""
+    """Copy the archives from a mirror folder and verify them with the class's checksums (torchvision's, or the
+    mirror's own)."""
     dest.mkdir(parents=True, exist_ok=True)
     for filename, md5 in _resources(cls):
         source = folder / filename
@@ -253,26 +262,29 @@ def _copy_from_folder(cls: type, folder: Path, dest: Path) -> None:
             raise DatasetUnavailable(f"{source} is missing")
         shutil.copyfile(source, dest / filename)
         if not _check_integrity(dest / filename, md5):
-            raise DatasetUnavailable(f"{source} fails its checksum (expected md5 {md5}): the file is corrupt or truncated")
+            raise DatasetUnavailable(f"{source} fails its checksum (expected md5 {md5}): the file is corrupt or "
+                                     f"truncated, or not the original (files of your own: data.checksums: mirror "
+                                     f"and their {CHECKSUMS_FILE})")
 
 
 def download(name: str, raw_root: str | Path, data: DataConfig) -> tuple[type, Path]:
-    """Download a torchvision dataset into ``raw_root/name``, verified by its checksums.
+    """Download a torchvision dataset into ``raw_root/name`` (``raw_root/<name>-own`` for files of the user's own,
+    ``data.checksums: mirror``), verified by its checksums.
 
     The files are fetched into a temporary folder and moved into place only when every
     checksum matched, so an interrupted or corrupt download is never taken as complete. Files
     already in place are checked again each time; corrupt ones are downloaded again.
     """
-    mirror = os.environ.get(MIRROR_ENV) or data.mirror
-    data = data.model_copy(update={"mirror": mirror})
+    mirror = data.mirror
     cls = _dataset_class(name, data)
-    final = Path(raw_root) / name
+    folder = name if data.checksums == "torchvision" else f"{name}-own"  # never replaces verified originals
+    final = Path(raw_root) / folder
     if (final / ".complete").is_file():
         corrupt = [f for f, md5 in _resources(cls) if not _check_integrity(_archive_folder(cls, final) / f, md5)]
         if not corrupt:
             return cls, final
         log.warning("%s: %s fail their checksums (corrupt or truncated); downloading again", name, ", ".join(corrupt))
-    tmp = Path(raw_root) / f".{name}.download"
+    tmp = Path(raw_root) / f".{folder}.download"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tried = _urls(cls)
@@ -309,7 +321,7 @@ def prepare_mnist(raw_root: str | Path, data: DataConfig, image_size: int) -> Pr
 
 
 def prepare_mnist_t10k(raw_root: str | Path, data: DataConfig, image_size: int) -> PreparedDataset:
-    """MNIST's test split (its two original files, verified by torchvision's checksums) split by a seeded draw
+    """MNIST's test split (its two original files, verified by their checksums) split by a seeded draw
     stratified by class into ``10,000 - data.t10k_test_size`` training and ``data.t10k_test_size`` held-out
     images. The file is ordered (its first 5,000 images from NIST's training writers, its last 5,000 from its test
     writers): a sequential cut would put a shift between the two halves."""
@@ -342,7 +354,9 @@ def prepare_cifar10(raw_root: str | Path, data: DataConfig, image_size: int) -> 
 
 
 def prepare(name: str, image_size: int, raw_root: str | Path, data: DataConfig) -> PreparedDataset:
-    """Build the prepared form of a dataset by name, with the ``data`` section's sources and splits."""
+    """Build the prepared form of a dataset by name, with the ``data`` section's sources and splits
+    (``DIFFUSIONLAB_DATA_MIRROR``, when set, in place of ``data.mirror``)."""
+    data = data.model_copy(update={"mirror": os.environ.get(MIRROR_ENV) or data.mirror})
     if name == "digits":
         return prepare_digits(image_size, data.digits_test_size, data.split_seed)
     if name == "mnist":

@@ -119,7 +119,9 @@ def timed(command: list[str], out: Path = RUN_FILE, root: Path = Path(".")) -> i
     partial = log_path.with_name(log_path.name + ".partial")
     partial.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    with partial.open("wb") as log, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the stages' lines in the order they were written
+    with partial.open("wb") as log, \
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as proc:
         while chunk := proc.stdout.read1(1 << 16):
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
@@ -135,8 +137,12 @@ def timed(command: list[str], out: Path = RUN_FILE, root: Path = Path(".")) -> i
 def stage_times(log: str) -> list[dict]:
     """Each stage's closing line in a run's output (:data:`~diffusionlab.pipeline.cli.FINISHED_LINE`): its name,
     seconds and peak memory, in the order they ran."""
-    return [{"stage": m[1], "seconds": float(m[2]), "peak MiB": int(m[3]) if m[3] else None}
-            for m in FINISHED_LINE.finditer(log)]
+    rows = [{"stage": m[1], "seconds": float(m[2]), "peak MiB": int(m[3]) if m[3] else None,
+             "peak GPU MiB": int(m[4]) if m[4] else None} for m in FINISHED_LINE.finditer(log)]
+    if not any(row["peak GPU MiB"] for row in rows):
+        for row in rows:
+            del row["peak GPU MiB"]
+    return rows
 
 
 def model_details(root: Path, datasets: list[str], models: dict[str, ModelParams]) -> list[dict]:
@@ -180,12 +186,14 @@ def collect(root: Path = Path("."), details: bool = False) -> dict:
         floors.setdefault(r.dataset, {})[r.backend] = mean_std(r.fid, r.fid_std)
     summary = summary_table(table, level)
     datasets, models = list(params.pipeline.datasets), list(params.pipeline.models)
-    return {**read_json(stamp), "level": level, "datasets": datasets, "models": models,
-            "lines": summary_lines(table, level),
-            "summary": summary.astype(object).where(summary.notna(), "").to_dict("records"), "floors": floors,
-            **({"details": model_details(root, datasets, {m: params.models[m] for m in models})} if details else {}),
-            **({"stages": stage_times((root / RUN_LOG).read_text(errors="replace"))}
-               if details and (root / RUN_LOG).is_file() else {})}
+    record = {**read_json(stamp), "level": level, "datasets": datasets, "models": models,
+              "lines": summary_lines(table, level),
+              "summary": summary.astype(object).where(summary.notna(), "").to_dict("records"), "floors": floors}
+    if details:
+        record["details"] = model_details(root, datasets, {m: params.models[m] for m in models})
+        if (root / RUN_LOG).is_file():
+            record["stages"] = stage_times((root / RUN_LOG).read_text(encoding="utf-8", errors="replace"))
+    return record
 
 
 def _duration(seconds: float) -> str:
@@ -223,8 +231,9 @@ def render_block(record: dict, name: str = DEFAULT_RUN) -> str:
     ])
 
 
-DETAILS_NOTE = ("Recipe: the model's parameterisation, noise levels and loss (its params block). Class accuracy: the classifier backend's class of each image generated for a class, mean ± std over "
-                "the draws. Bits/dim: the bound and the probability-flow ODE's likelihood of held-out images, ± their "
+DETAILS_NOTE = ("Recipe: the model's parameterisation, noise levels and loss (its params block). Class accuracy: the "
+                "classifier backend's class of each image generated for a class, mean ± std over the draws. "
+                "Bits/dim: the bound and the probability-flow ODE's likelihood of held-out images, ± their "
                 "standard error. Train s and images/s: the training loop (train.json); sample s: the main sampling "
                 "run of every draw (sample.json).")
 
@@ -303,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", nargs="?", choices=["write", "check", "time"], default="write",
                         help="write (default): record the run and write the blocks; check: the blocks agree with "
-                             "the record; time -- COMMAND: run COMMAND and write outputs/run.json")
+                             "the record; time -- COMMAND: run COMMAND and write outputs/run.json and its "
+                             "output, outputs/run.log")
     parser.add_argument("--name", default=DEFAULT_RUN,
                         help="write: record the run under this name (docs/data/<name>-run.json, its block in "
                              "docs/results.md) instead of as the default run")

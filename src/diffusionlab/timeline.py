@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,16 @@ from pathlib import Path
 TIMINGS = "DIFFUSIONLAB_TIMINGS"
 _marks: dict[str, float] = {}
 _spans: dict[str, float] = {}
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory in MiB as the kernel counts it (``ru_maxrss``: KiB on Linux, bytes on
+    macOS); None where there is no ``resource`` module (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def mark(name: str) -> None:

@@ -6,6 +6,7 @@ union of them, discriminated by ``family``, is :data:`diffusionlab.families.para
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import ClassVar
 
 from pydantic import Field
@@ -55,9 +56,9 @@ class FamilyParams(Section):
             parts.append("on latents")
         return "; ".join(parts)
 
+    @abstractmethod
     def objective(self) -> str:
-        """The family's parameterisation, noise levels and loss, in the papers' words."""
-        raise NotImplementedError(f"family '{self.family}' does not describe its objective")
+        """The family's parameterisation, noise levels and loss, in the papers' words (every family says it)."""
 
     @property
     def latent(self) -> bool:

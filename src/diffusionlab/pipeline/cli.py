@@ -18,6 +18,23 @@ from ..errors import EXPECTED_ERRORS
 from ..validation import read_yaml, validate
 
 
+FINISHED_FORMAT = "%s finished in %.1f s (peak memory %s)"
+FINISHED_LINE = re.compile(r"diffusionlab: (\S+) finished in ([0-9.]+) s"
+                           r"(?: \(peak memory (\d+) MiB(?:, GPU (\d+) MiB)?\))?")
+"""A stage's closing line (:data:`FINISHED_FORMAT` under the ``diffusionlab`` logger): its name, seconds and, where
+measured, its process's peak resident memory and the peak memory torch allocated on the GPU, in MiB."""
+
+
+def peak_memory() -> str:
+    """This process's peak resident memory and, once it has used CUDA, the peak memory torch allocated there."""
+    rss = timeline.peak_rss_mib()
+    text = "not measured" if rss is None else f"{rss:.0f} MiB"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        text += f", GPU {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+    return text
+
+
 def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | None = None,
               with_dataset: bool = True, with_task: bool = False) -> None:
     """Parse ``--dataset`` (and ``--model``, ``--task``), load params.yaml and run
@@ -60,22 +77,6 @@ def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | No
         log.info(FINISHED_FORMAT, name, time.perf_counter() - start, peak_memory())
     if os.environ.get(MODULES_LOG):
         record_modules(Path(os.environ[MODULES_LOG]), name)
-
-
-FINISHED_FORMAT = "%s finished in %.1f s (peak memory %s)"
-FINISHED_LINE = re.compile(r"diffusionlab: (\S+) finished in ([0-9.]+) s(?: \(peak memory (\d+) MiB\))?")
-"""A stage's closing line (:data:`FINISHED_FORMAT` under the ``diffusionlab`` logger): its name, seconds and, where
-measured, peak memory in MiB."""
-
-
-def peak_memory() -> str:
-    """This process's peak resident memory, as the kernel counts it (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return "not measured"
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
-    return f"{kib / 1024:.0f} MiB"
 
 
 MODULES_LOG = "DIFFUSIONLAB_MODULES_LOG"

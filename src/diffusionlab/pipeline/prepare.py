@@ -32,5 +32,5 @@ def prepare_stage(params: PrepareParams, dataset: str) -> None:
     prepared = prepare(dataset, params.datasets[dataset].image_size, paths.RAW, params.data)
     save_prepared(prepared, paths.prepared(dataset))
     card = prepared.card
-    log.info("prepared %s: %d train / %d test images of %dx%dx%d", dataset, card.train_size, card.test_size,
-             card.channels, card.image_size, card.image_size)
+    log.info("prepared %s: %d train / %d test images of %dx%dx%d; source: %s", dataset, card.train_size,
+             card.test_size, card.channels, card.image_size, card.image_size, card.source)

@@ -53,14 +53,14 @@ class GaussianDiffusion(VariancePreserving):
         vlb_weight: float = 0.001,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-        min_snr_gamma: float = 5.0,
+        min_snr_gamma: float | None = None,
     ):
         if variance not in ("fixed_small", "fixed_large", "learned_range"):
             raise ValueError(f"unknown variance type '{variance}'")
         if loss not in ("simple", "min_snr", "hybrid", "vlb"):
             raise ValueError(f"unknown loss type '{loss}'")
-        if not min_snr_gamma > 0:
-            raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
+        if loss == "min_snr" and not (min_snr_gamma is not None and min_snr_gamma > 0):
+            raise ValueError(f"the min_snr loss needs a positive min_snr_gamma, got {min_snr_gamma}")
         if loss == "hybrid" and variance != "learned_range":
             raise ValueError("the hybrid loss trains a learned variance: use variance 'learned_range'")
         self.variance, self.loss, self.vlb_weight, self.min_snr_gamma = variance, loss, vlb_weight, min_snr_gamma
@@ -90,10 +90,9 @@ class GaussianDiffusion(VariancePreserving):
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
             "log_betas": np.log(betas),
             "fixed_large_log_variance": np.log(np.append(first, betas[1:])),
-            # SNR_t = alpha_bar_t / (1 - alpha_bar_t); eps-prediction's min-SNR weight (Hang et al. 2023, eq. 11)
-            "min_snr_weight": np.minimum(alphas_cumprod / (1.0 - alphas_cumprod), min_snr_gamma)
-            * (1.0 - alphas_cumprod) / alphas_cumprod,
         }
+        if loss == "min_snr":  # min(SNR_t, gamma) / SNR_t with SNR_t = alpha_bar_t / (1 - alpha_bar_t)
+            arrays["min_snr_weight"] = np.minimum(1.0, min_snr_gamma * (1.0 - alphas_cumprod) / alphas_cumprod)
         self.float64 = arrays
         for name, value in arrays.items():
             setattr(self, name, torch.as_tensor(value, dtype=dtype, device=device))
@@ -317,7 +316,7 @@ class GaussianDiffusion(VariancePreserving):
 
 
 def build_diffusion(m: DiscreteParams, variance: VarianceType, loss: LossType, vlb_weight: float = 0.001,
-                    device: torch.device | str = "cpu", min_snr_gamma: float = 5.0) -> GaussianDiffusion:
+                    device: torch.device | str = "cpu", min_snr_gamma: float | None = None) -> GaussianDiffusion:
     """The discrete-time process of a ``ddpm`` or ``vlb`` block: T steps of its beta schedule."""
     return GaussianDiffusion(make_betas(m.schedule, m.timesteps), variance, loss, vlb_weight, device=device,
                              min_snr_gamma=min_snr_gamma)

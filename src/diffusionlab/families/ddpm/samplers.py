@@ -43,7 +43,8 @@ class DDPMSampler(OneStepSampler):
         else:
             d = diffusion
             self.respaced = type(d)(respaced_betas(d.float64["alphas_cumprod"], kept), d.variance, d.loss,
-                                    d.vlb_weight, device=d.betas.device, dtype=d.betas.dtype)
+                                    d.vlb_weight, device=d.betas.device, dtype=d.betas.dtype,
+                                    min_snr_gamma=d.min_snr_gamma)
         """The process on the visited steps alone, whose step j is the j-th visited step from the data."""
 
     def update(self, output: Tensor, i: int, x: Tensor, generator: Any) -> tuple[Tensor, Tensor]:
