@@ -275,7 +275,6 @@ def download(name: str, raw_root: str | Path, data: DataConfig) -> tuple[type, P
     checksum matched, so an interrupted or corrupt download is never taken as complete. Files
     already in place are checked again each time; corrupt ones are downloaded again.
     """
-    mirror = data.mirror
     cls = _dataset_class(name, data)
     folder = name if data.checksums == "torchvision" else f"{name}-own"  # never replaces verified originals
     final = Path(raw_root) / folder
@@ -289,9 +288,9 @@ def download(name: str, raw_root: str | Path, data: DataConfig) -> tuple[type, P
     tmp.mkdir(parents=True)
     tried = _urls(cls)
     try:
-        if mirror is not None and not _is_url(mirror):
+        if data.mirror is not None and not _is_url(data.mirror):
             # torchvision cannot stream file:// URLs; with the verified archives in place it only extracts them.
-            _copy_from_folder(cls, Path(mirror).expanduser(), _archive_folder(cls, tmp))
+            _copy_from_folder(cls, Path(data.mirror).expanduser(), _archive_folder(cls, tmp))
         with socket_timeout(data.download_timeout):
             cls(root=str(tmp), train=name != STANDIN, download=True)  # the stand-in has no train files
     except (RuntimeError, OSError, urllib.error.URLError) as err:

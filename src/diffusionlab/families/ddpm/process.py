@@ -8,7 +8,7 @@ call, so model families and samplers can be added without touching this file.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -55,9 +55,9 @@ class GaussianDiffusion(VariancePreserving):
         dtype: torch.dtype = torch.float32,
         min_snr_gamma: float | None = None,
     ):
-        if variance not in ("fixed_small", "fixed_large", "learned_range"):
+        if variance not in get_args(VarianceType):
             raise ValueError(f"unknown variance type '{variance}'")
-        if loss not in ("simple", "min_snr", "hybrid", "vlb"):
+        if loss not in get_args(LossType):
             raise ValueError(f"unknown loss type '{loss}'")
         if loss == "min_snr" and not (min_snr_gamma is not None and min_snr_gamma > 0):
             raise ValueError(f"the min_snr loss needs a positive min_snr_gamma, got {min_snr_gamma}")
