@@ -32,25 +32,35 @@ def test_a_process_takes_its_rows_of_the_global_batch_and_a_batch_must_divide():
         World(0, 4).shard(30)
 
 
-def test_two_gloo_processes_reach_the_weights_of_one_with_the_same_global_batch(tiny_project, tmp_path):
+def train_copy(tiny_project, dest, processes: int, compile: bool = False):
+    """The checkpoint and post-hoc EMA snapshots of the vdm trained by ``processes`` Gloo processes in a copy of
+    the tiny project, whose data is prepared."""
+    train = {**ONE_MODEL["train"], "nproc_per_node": processes, "compile": compile}
+    env = copy_project(tiny_project[0], dest, {**ONE_MODEL, "train": train})
+    run([sys.executable, "stages/train.py", "--dataset", "digits", "--model", "vdm"], dest, env)
+    return (load_checkpoint(dest / "outputs/train/digits-vdm/checkpoint.pt"),
+            load_phema_snapshots(dest / "outputs/train/digits-vdm/phema"))
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_project, tmp_path_factory):
+    return train_copy(tiny_project, tmp_path_factory.mktemp("p1") / "project", 1)
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_two_gloo_processes_reach_the_weights_of_one_with_the_same_global_batch(compile, one_process, tiny_project,
+                                                                                tmp_path):
     """VDM exercises both paths: DistributedDataParallel for the network and an all-reduce for the
-    learned schedule's own parameters; the post-hoc EMA snapshots the stage publishes agree too. Each trains in a
-    copy of the tiny project, whose data is prepared."""
-    results, snapshots = {}, {}
-    for processes in (1, 2):
-        dest = tmp_path / f"p{processes}"
-        overrides = {**ONE_MODEL, "train": {**ONE_MODEL["train"], "nproc_per_node": processes}}
-        env = copy_project(tiny_project[0], dest, overrides)
-        run([sys.executable, "stages/train.py", "--dataset", "digits", "--model", "vdm"], dest, env)
-        results[processes] = load_checkpoint(dest / "outputs/train/digits-vdm/checkpoint.pt")
-        snapshots[processes] = load_phema_snapshots(dest / "outputs/train/digits-vdm/phema")
-    one, two = results[1], results[2]
+    learned schedule's own parameters; the post-hoc EMA snapshots the stage publishes agree too. Compiled, the two
+    processes train torch.compile of the DistributedDataParallel module (inductor's C++ backend), which splits the
+    graph at DDP's gradient buckets, against one eager process."""
+    (one, one_snapshots), (two, two_snapshots) = one_process, train_copy(tiny_project, tmp_path / "p2", 2, compile)
     for key in ("model", "ema"):
         for (name, a), b in zip(getattr(one, key).state_dict().items(), getattr(two, key).state_dict().values()):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}.{name}: {m}")
     assert any(not torch.equal(a, b) for a, b in zip(one.model.parameters(), one.ema.parameters())), "it trained"
-    assert [s["step"] for s in snapshots[1]] == [s["step"] for s in snapshots[2]] == [4, 8]
-    for a, b in zip(snapshots[1], snapshots[2]):
+    assert [s["step"] for s in one_snapshots] == [s["step"] for s in two_snapshots] == [4, 8]
+    for a, b in zip(one_snapshots, two_snapshots):
         for x, y in zip(a["averages"], b["averages"]):
             for name in x:
                 torch.testing.assert_close(y[name], x[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"phema {name}: {m}")
