@@ -12,6 +12,7 @@ import torch
 import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
 import yaml
+from torch_fidelity.metric_prc import prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
 from torchvision.transforms.v2 import functional as TF
@@ -21,6 +22,7 @@ from diffusionlab.config.params import parse_params
 from diffusionlab.config.sections import EvaluateConfig
 from diffusionlab.datasets import prepare_digits, save_prepared
 from diffusionlab.errors import StageInputError, WeightsUnavailable
+from diffusionlab.evaluation import metrics
 from diffusionlab.evaluation.features import (
     CLASSIFIER_EXTRACTOR,
     ClassifierFeatureExtractor,
@@ -35,6 +37,7 @@ from diffusionlab.evaluation.metrics import (
     draw_scores,
     extract,
     load_reference,
+    precision_recall,
     save_reference,
 )
 from diffusionlab.nn.classifier import (
@@ -155,7 +158,8 @@ class Plain(torch.utils.data.Dataset):
 def test_every_metric_equals_torch_fidelitys_own_through_the_reference_cache(backend, tmp_path):
     """The project extracts features once and reads the reference from its cache, never its own formula."""
     generated, reference = images(10), images(11, n=150, shift=20)
-    save_reference(tmp_path / "ref.pt", extract(reference, backend, ALL, CPU), reference.shape[1:])
+    save_reference(tmp_path / "ref.pt", Reference.of(extract(reference, backend, ALL, CPU).features,
+                                                     reference.shape[1:]))
     read = draw_scores(extract(generated, backend, ALL, CPU), load_reference(tmp_path / "ref.pt"), ALL, with_inf=False)
     own = torch_fidelity.calculate_metrics(
         input1=Plain(generated), input2=Plain(reference),
@@ -169,9 +173,30 @@ def test_every_metric_equals_torch_fidelitys_own_through_the_reference_cache(bac
     assert (read["precision"], read["recall"]) == (own["precision"], own["recall"])
 
 
+def test_precision_and_recall_from_cached_radii_in_several_blocks_equal_torch_fidelitys(monkeypatch, tmp_path):
+    """The reference's k-NN radii, computed once a block of rows at a time, saved and read back: they are each row's
+    k-th smallest distance to the others, and give torch-fidelity's precision and recall."""
+    monkeypatch.setattr(metrics, "DISTANCE_BLOCK_ROWS", 7)
+    g = torch.Generator().manual_seed(0)
+    real, generated = torch.randn(90, 16, generator=g), 1.3 * torch.randn(40, 16, generator=g) + 0.4
+    reference = Reference.of(real, (1, 4, 4))
+    reference.knn_radii(3)
+    save_reference(tmp_path / "ref.pt", reference)
+    loaded = load_reference(tmp_path / "ref.pt")
+    assert set(loaded.radii) == {3}
+    torch.testing.assert_close(loaded.radii[3], torch.cdist(real, real).sort(dim=1).values[:, 3])
+    own = prc_features_to_metric(generated, real, prc_neighborhood=3, save_cpu_ram=True, verbose=False)
+    got = precision_recall(generated, loaded, 3)
+    assert got == (own["precision"], own["recall"]) and 0 < got[0] < 1 and 0 < got[1] < 1
+    assert precision_recall(real, loaded, 3) == (1.0, 1.0)  # every row lies in its own ball
+    assert precision_recall(real + 100, loaded, 3) == (0.0, 0.0)
+    with pytest.raises(StageInputError, match="prc_neighborhood = 3 need more than 3 images"):
+        precision_recall(generated[:3], loaded, 3)
+
+
 def test_reading_the_cache_never_rewrites_it_and_a_missing_cache_names_the_stage(backend, tmp_path):
     path = tmp_path / "cache" / "classifier.pt"
-    save_reference(path, extract(images(13), backend, ALL, CPU), (1, 8, 8))
+    save_reference(path, Reference.of(extract(images(13), backend, ALL, CPU).features, (1, 8, 8)))
     before = path.stat().st_mtime_ns
     load_reference(path)
     assert path.stat().st_mtime_ns == before
@@ -390,7 +415,8 @@ def test_the_paper_protocol_scores_one_streamed_draw_and_labels_what_it_is_compa
     run = run.model_copy(update={"evaluate": cfg})
     inception = Backend("inception", backend.extractor, backend.weights_path, rgb=False)  # the classifier's layers
     real, generated = images(1, n=240), images(2, shift=30)
-    save_reference(reference_file("digits", "inception"), extract(real, inception, cfg, CPU), real.shape[1:])
+    save_reference(reference_file("digits", "inception"), Reference.of(extract(real, inception, cfg, CPU).features,
+                                                                       real.shape[1:]))
     reference = load_reference(reference_file("digits", "inception"))
     floor = {"num_reference": 240, "num_held_out": 120,
              "inception": floor_scores(extract(images(3), inception, cfg, CPU), 120, 1, reference, cfg)}

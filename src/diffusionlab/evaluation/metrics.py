@@ -4,7 +4,9 @@ Features are extracted once per image set with torch-fidelity's feature extracto
 metric is computed from them with torch-fidelity's own feature-level functions: so each draw, each
 subset of the FID_inf fit and each bootstrap resample costs no further network pass. The reference
 side (the real training images) is extracted once per dataset and backend by the ``reference``
-stage and read from its cache by every model's evaluation.
+stage and read from its cache by every model's evaluation, with the radii of its k-nearest-neighbour
+balls: precision and recall are torch-fidelity's, computed here only so that those radii (N^2 distances
+among N reference images) are computed once per dataset rather than once per draw.
 
 Scores of a model are the mean over ``sample.draws`` independent draws of ``sample.num_samples``
 images each, with the standard deviation over the draws (:mod:`diffusionlab.evaluation.significance`).
@@ -13,7 +15,7 @@ images each, with the standard deviation over the draws (:mod:`diffusionlab.eval
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,6 @@ from torch import Tensor
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, isc_features_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
-from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
@@ -39,6 +40,9 @@ from .significance import Spread, summarize
 BOOTSTRAP_RESAMPLES = 20
 """Resamples that estimate the spread of the real-data floor when the held-out split has too few images for
 two disjoint draws."""
+
+DISTANCE_BLOCK_ROWS = 1024
+"""Rows of one block of pairwise feature distances in precision/recall: 200 MB against 50,000 reference images."""
 
 
 class StreamingStatistics:
@@ -97,15 +101,25 @@ class Features:
 
 @dataclass(frozen=True)
 class Reference:
-    """The real training images' features under one backend, their FID statistics and the images' shape."""
+    """The real training images' features under one backend, their FID statistics and the images' shape, and the
+    radii of their k-nearest-neighbour balls by k (computed when first asked for, or read from the cache)."""
 
     features: Tensor
     stats: dict
     image_shape: tuple[int, ...] | None = None
+    radii: dict[int, Tensor] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def of(cls, features: Tensor, image_shape: tuple[int, ...] | None = None) -> Reference:
-        return cls(features, fid_features_to_statistics(features), None if image_shape is None else tuple(image_shape))
+    def of(cls, features: Tensor, image_shape: tuple[int, ...] | None = None,
+           radii: dict[int, Tensor] | None = None) -> Reference:
+        return cls(features, fid_features_to_statistics(features), None if image_shape is None else tuple(image_shape),
+                   dict(radii or {}))
+
+    def knn_radii(self, k: int) -> Tensor:
+        """Each reference row's distance to its k-th nearest other row."""
+        if k not in self.radii:
+            self.radii[k] = knn_radii(self.features, k)
+        return self.radii[k]
 
     def check(self, images: np.ndarray) -> None:
         """Generated images must have the reference images' [C, H, W]."""
@@ -113,6 +127,30 @@ class Reference:
             raise StageInputError(f"generated images {tuple(images.shape[1:])} and the reference images "
                                   f"{self.image_shape} differ in shape; re-run the reference and sample stages "
                                   "(dvc repro)")
+
+
+def knn_radii(features: Tensor, k: int) -> Tensor:
+    """The distance of each row of ``features`` to its k-th nearest other row (each row is its own nearest, at 0),
+    a block of rows at a time."""
+    if len(features) <= k:
+        raise StageInputError(f"precision and recall with evaluate.prc_neighborhood = {k} need more than {k} "
+                              f"images on each side, got {len(features)}")
+    return torch.cat([torch.cdist(block, features).kthvalue(k + 1, dim=1).values
+                      for block in features.split(DISTANCE_BLOCK_ROWS)])
+
+
+def in_some_ball(points: Tensor, centres: Tensor, radii: Tensor) -> Tensor:
+    """Whether each row of ``points`` lies within ``radii`` of at least one row of ``centres``."""
+    return torch.cat([(torch.cdist(block, centres) <= radii).any(dim=1) for block in points.split(DISTANCE_BLOCK_ROWS)])
+
+
+def precision_recall(generated: Tensor, reference: Reference, k: int) -> tuple[float, float]:
+    """Kynkäänniemi et al. 2019 as torch-fidelity's ``prc_features_to_metric`` computes them: precision, the share
+    of generated rows inside the union of the reference rows' k-NN balls; recall, the share of reference rows
+    inside the union of the generated rows' balls."""
+    precision = in_some_ball(generated, reference.features, reference.knn_radii(k)).float().mean()
+    recall = in_some_ball(reference.features, generated, knn_radii(generated, k)).float().mean()
+    return float(precision), float(recall)
 
 
 def extract(images: np.ndarray, backend: Backend, cfg: EvaluateConfig, device: torch.device, world: World = World(),
@@ -159,16 +197,18 @@ def reference_file(dataset: str, backend: str, root: Path | None = None) -> Path
     return (root or paths.reference(dataset) / "cache") / f"{backend}.pt"
 
 
-def save_reference(path: Path, features: Features, image_shape: tuple[int, ...]) -> None:
+def save_reference(path: Path, reference: Reference) -> None:
+    """The reference's features, image shape and whatever k-NN radii it has computed."""
     with atomic_path(path) as tmp:
-        torch.save({"features": features.features, "image_shape": list(image_shape)}, tmp)
+        torch.save({"features": reference.features, "image_shape": list(reference.image_shape),
+                    "radii": reference.radii}, tmp)
 
 
 def load_reference(path: Path) -> Reference:
     if not path.is_file():
         raise StageInputError(f"reference features {path} not found; run: dvc repro reference")
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    return Reference.of(saved["features"], saved["image_shape"])
+    return Reference.of(saved["features"], saved["image_shape"], saved.get("radii"))
 
 
 def fid(features: Tensor | dict[str, np.ndarray], reference: Reference) -> float:
@@ -238,9 +278,7 @@ def draw_scores(gen: Features, reference: Reference, cfg: EvaluateConfig, with_i
                                                   kid_subset_size=size, rng_seed=cfg.seed,
                                                   verbose=False)[KEY_METRIC_KID_MEAN])
     if cfg.prc:
-        prc = prc_features_to_metric(gen.features, reference.features, prc_neighborhood=cfg.prc_neighborhood,
-                                     save_cpu_ram=True, verbose=False)
-        out.update(precision=float(prc[KEY_METRIC_PRECISION]), recall=float(prc[KEY_METRIC_RECALL]))
+        out["precision"], out["recall"] = precision_recall(gen.features, reference, cfg.prc_neighborhood)
     return out
 
 

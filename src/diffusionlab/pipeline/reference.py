@@ -54,10 +54,11 @@ def reference_stage(params: ReferenceParams, dataset: str) -> None:
     floor: dict = {"num_held_out": int(min(len(held_out), s.num_samples)), "num_reference": int(len(train))}
     with atomic_dir(paths.reference(dataset) / "cache") as tmp:
         for backend in backends:
-            features = extract(train, backend, e, device)
-            save_reference(reference_file(dataset, backend.name, root=tmp), features, train.shape[1:])
-            scores = floor_scores(extract(held_out, backend, e, device), s.num_samples, s.draws,
-                                  Reference.of(features.features), e)
+            reference = Reference.of(extract(train, backend, e, device).features, train.shape[1:])
+            if e.prc:
+                reference.knn_radii(e.prc_neighborhood)  # once here, not in every draw of every evaluation
+            save_reference(reference_file(dataset, backend.name, root=tmp), reference)
+            scores = floor_scores(extract(held_out, backend, e, device), s.num_samples, s.draws, reference, e)
             floor[backend.name] = scores
             log.info("%s floor (%s features, %d held-out vs %d train, spread from %s): FID %.4g ± %.2g", dataset,
                      backend.name, floor["num_held_out"], len(train), scores["spread"], scores.get("fid", np.nan),
