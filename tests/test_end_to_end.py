@@ -142,6 +142,7 @@ def test_one_mlflow_run_per_combination_holds_params_metrics_and_artifacts(tiny_
     vdm = next(r for r in runs if r["name"] == "digits-vdm")
     assert {"gamma_0", "gamma_1", "prior", "diffusion", "weighted", "elbo", "reconstruction", "bpd"} <= set(vdm["metrics"])
     assert vdm["params"]["model.weighting"] == "sigmoid" and vdm["params"]["model.prediction"] == "v"
+    assert vdm["tags"]["recipe"].startswith("v, ") and vdm["tags"]["recipe"] != r["tags"]["recipe"]
     vlb = next(r for r in runs if r["name"] == "digits-vlb")
     assert {"mse", "vb"} <= set(vlb["metrics"]) and vlb["params"]["model.importance_sampling"] == "True"
     assert r["loss_steps"] == 3
@@ -453,6 +454,7 @@ def test_optional_tracking_trains_untracked_with_one_warning(tiny_project, tmp_p
     assert proc.stderr.count("unreachable") == 1 and "running untracked" in proc.stderr
     out = folder / "outputs/train/digits-ddpm"
     assert {"checkpoint.pt", "loss.csv", "loss.png", "train.json"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "train.json").read_text())["recipe"].startswith("eps, linear schedule")
     assert json.loads((out / "mlflow_run.json").read_text())["run_id"] is None
 
 

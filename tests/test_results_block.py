@@ -102,8 +102,10 @@ def test_the_stage_lines_of_a_runs_output_give_each_stages_time_and_peak_memory(
 def test_a_named_run_has_its_own_record_figure_and_block_with_each_models_accuracy_likelihood_and_time(project):
     assert results.main([]) == 0
     default_block = (project / "docs" / "results.md").read_text()
-    for i, model in enumerate(("flow", "flow_dit", "vdm", "vdm_latent")):
-        for stage, content in (("train", {"train_seconds": 100.0 + i, "images_per_second": 400.0}),
+    recipes = {model: f"recipe of {model}" for model in ("flow", "flow_dit", "vdm", "vdm_latent")}
+    for i, model in enumerate(recipes):
+        for stage, content in (("train", {"train_seconds": 100.0 + i, "images_per_second": 400.0,
+                                          "recipe": recipes[model]}),
                                ("sample", {"sample_seconds": 30.0}),
                                ("evaluate", {"budget": "cpu", "class_accuracy": 0.9, "class_accuracy_std": 0.01,
                                              "bpd": 1.5, "bpd_stderr": 0.02, "bpd_ode": 1.2, "bpd_ode_stderr": 0.03})):
@@ -119,12 +121,10 @@ def test_a_named_run_has_its_own_record_figure_and_block_with_each_models_accura
     block = results.current_block(page.read_text(), page, "tiny-cpu")
     assert "`python -m diffusionlab.results --name tiny-cpu`" in block
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines() if "| vdm " in line]
-    recipe = "eps, fixed gamma, sigmoid weighting (bias 2), adaptive log-SNR; label dropout 0.3"
-    assert rows[-1] == ["digits", "vdm", "cpu", recipe, "0.9 ± 0.01", "1.500 ± 0.02", "1.200 ± 0.03", "102", "400",
-                        "30"], "the vdm block of the tiny project's params.yaml and its outputs"
+    assert rows[-1] == ["digits", "vdm", "cpu", "recipe of vdm", "0.9 ± 0.01", "1.500 ± 0.02", "1.200 ± 0.03", "102",
+                        "400", "30"], "the outputs of the tiny project's vdm: the recipe it was trained with"
     assert "| train@digits-vdm |       289 |       1462 |" in block, block
-    flow = [line for line in block.splitlines() if "| flow_dit " in line][-1]
-    assert "velocity, rectified flow, logit-normal t (0, 1)" in flow
+    assert "| recipe of flow_dit " in [line for line in block.splitlines() if "| flow_dit " in line][-1]
     assert results.current_block(page.read_text(), page) == results.current_block(default_block, page)
     assert (project / results.figure_path("tiny-cpu")).read_bytes().startswith(b"\x89PNG")
     assert results.recorded_runs(project) == ["default", "tiny-cpu"] and results.main(["check"]) == 0

@@ -28,14 +28,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from pydantic import Field
 
 from . import paths
 from .config.sections import DEFAULT_BUDGET, EvaluateConfig, PipelineConfig
 from .device import cpu_name
 from .errors import EXPECTED_ERRORS, StageInputError
 from .evaluation.report import FLOOR_MODEL, mean_std, summary_lines, summary_note, summary_table
-from .families.params import ModelParams
 from .io import atomic_path, read_json, write_json
 from .pipeline.cli import FINISHED_LINE
 from .validation import View, read_yaml, validate
@@ -84,7 +82,6 @@ class ResultsParams(View):
 
     pipeline: PipelineConfig = PipelineConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
-    models: dict[str, ModelParams] = Field(default_factory=dict)
 
 
 def git_commit(root: Path) -> str:
@@ -145,8 +142,8 @@ def stage_times(log: str) -> list[dict]:
     return rows
 
 
-def model_details(root: Path, datasets: list[str], models: dict[str, ModelParams]) -> list[dict]:
-    """Per (dataset, model): its budget and recipe (what it is trained with), class accuracy at the sampling
+def model_details(root: Path, datasets: list[str], models: list[str]) -> list[dict]:
+    """Per (dataset, model): its budget and recipe (what it was trained with), class accuracy at the sampling
     guidance, bits/dim (the bound and through the ODE), training time and images/s, and the main sampling run's
     time, from the stages' outputs."""
     rows = []
@@ -156,7 +153,7 @@ def model_details(root: Path, datasets: list[str], models: dict[str, ModelParams
             sample = read_json(root / paths.sample(dataset, model) / "sample.json")
             metrics = read_json(root / paths.evaluate(dataset, model) / "metrics.json")
             row = {"dataset": dataset, "model": model, "budget": metrics.get("budget", DEFAULT_BUDGET),
-                   "recipe": models[model].recipe}
+                   "recipe": train["recipe"]}
             if "class_accuracy" in metrics:
                 row["class accuracy"] = mean_std(metrics["class_accuracy"], metrics.get("class_accuracy_std"))
             for key, label in (("bpd", "bits/dim (bound)"), ("bpd_ode", "bits/dim (ODE)")):
@@ -190,7 +187,7 @@ def collect(root: Path = Path("."), details: bool = False) -> dict:
               "lines": summary_lines(table, level),
               "summary": summary.astype(object).where(summary.notna(), "").to_dict("records"), "floors": floors}
     if details:
-        record["details"] = model_details(root, datasets, {m: params.models[m] for m in models})
+        record["details"] = model_details(root, datasets, models)
         if (root / RUN_LOG).is_file():
             record["stages"] = stage_times((root / RUN_LOG).read_text(encoding="utf-8", errors="replace"))
     return record

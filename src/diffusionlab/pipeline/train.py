@@ -132,7 +132,7 @@ def publish(result: TrainResult, run: RunConfig, channels: int, world: World, tr
     summary = {"final_loss": result.history[-1]["loss"], "train_seconds": round(result.seconds, 2),
                "images_per_second": round(result.images_per_second, 1), "steps": result.steps,
                "nonfinite_skips": result.skipped, "processes": world.size, "precision": result.precision,
-               "budget": run.data.budget,
+               "budget": run.data.budget, "recipe": run.model.recipe,
                **result.process.scalars()}
     if autoencoder is not None:
         trained, reused = autoencoder

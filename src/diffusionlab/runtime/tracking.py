@@ -255,6 +255,7 @@ def run_tags(run: RunConfig, device: torch.device, device_label: str) -> dict[st
         "budget": run.data.budget,
         "model": run.model_name,
         "model_family": run.model.family,
+        "recipe": run.model.recipe,
         "sampler": run.sample.sampler,
         "device": device.type,
         "device_name": device_label,
