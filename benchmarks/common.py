@@ -20,7 +20,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "src"))
 
 from diffusionlab.device import cpu_name  # noqa: E402
-from diffusionlab.timeline import peak_rss_mib  # noqa: E402
+from diffusionlab.timeline import peak_gpu_mib, peak_rss_mib  # noqa: E402
 
 
 def machine(device: torch.device) -> dict:
@@ -54,10 +54,8 @@ def sync(device: torch.device) -> None:
 
 def peak_memory(device: torch.device) -> dict:
     """Peak resident memory of this process and, on CUDA, the peak memory torch allocated, in MiB."""
-    out = {"peak_rss_mib": peak_rss_mib()}
-    if device.type == "cuda":
-        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
+    gpu = peak_gpu_mib() if device.type == "cuda" else None
+    return {"peak_rss_mib": peak_rss_mib(), **({} if gpu is None else {"peak_gpu_mib": gpu})}
 
 
 def isolated(script: str, spec: dict) -> dict | None:

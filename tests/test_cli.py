@@ -3,9 +3,10 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from diffusionlab.pipeline.cli import FINISHED_LINE, run_stage
+from diffusionlab.pipeline.cli import FINISHED_FORMAT, FINISHED_LINE, peak_memory, run_stage
 from diffusionlab.pipeline.prepare import prepare_stage
 from diffusionlab.pipeline.train import train_stage
 from diffusionlab.timeline import peak_rss_mib
@@ -78,8 +79,16 @@ def test_prepare_stage_writes_the_prepared_form_and_says_its_time_and_peak_memor
     assert (card["train_size"], card["test_size"], card["image_size"], card["channels"]) == (1497, 300, 16, 1)
     line = FINISHED_LINE.search(err)
     own = peak_rss_mib()
-    assert line and line[1] == "prepare@digits" and float(line[2]) > 0, err
+    assert line and line[1] == "prepare@digits" and float(line[2]) >= 0, err
     assert own is None or 10 < int(line[3]) <= own + 1, f"the peak of this process ({own:.0f} MiB): {err}"
+    assert line[4] is None, "no GPU peak where CUDA never ran"
+
+
+def test_the_closing_line_adds_the_gpu_peak_once_cuda_ran(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**30)
+    line = FINISHED_LINE.search("diffusionlab: " + FINISHED_FORMAT % ("train@cifar10-ddpm", 61.0, peak_memory()))
+    assert line and line[4] == "3072", line
 
 
 @pytest.mark.parametrize("broken, where", [

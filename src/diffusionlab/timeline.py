@@ -27,6 +27,15 @@ def peak_rss_mib() -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def peak_gpu_mib() -> float | None:
+    """The peak memory torch allocated on the current CUDA device, in MiB; None until this process has used CUDA
+    (or without torch imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
 def mark(name: str) -> None:
     """The first moment (seconds since the epoch) this process reaches ``name``."""
     _marks.setdefault(name, time.time())

@@ -27,12 +27,9 @@ measured, its process's peak resident memory and the peak memory torch allocated
 
 def peak_memory() -> str:
     """This process's peak resident memory and, once it has used CUDA, the peak memory torch allocated there."""
-    rss = timeline.peak_rss_mib()
+    rss, gpu = timeline.peak_rss_mib(), timeline.peak_gpu_mib()
     text = "not measured" if rss is None else f"{rss:.0f} MiB"
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        text += f", GPU {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
-    return text
+    return text if gpu is None else f"{text}, GPU {gpu:.0f} MiB"
 
 
 def run_stage(stage: Callable[..., None], with_model: bool, argv: list[str] | None = None,
