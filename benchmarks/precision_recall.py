@@ -67,7 +67,8 @@ def main() -> None:
     write_results(args.out, "precision_recall", machine(torch.device("cpu")),
                   "One precision/recall call against the reference, with torch-fidelity's function (the reference's "
                   "k-NN radii computed in the call) and with the radii cached by the reference stage; 'radii once' "
-                  "is what the reference stage spends on them. Random features, each row in a fresh process.",
+                  "is what the reference stage spends on them (the 'cached radii' row's peak memory includes computing "
+                  "them). Random features, each row in a fresh process.",
                   {"Precision and recall": markdown_table(rows, COLUMNS)}, {"results": rows})
 
 

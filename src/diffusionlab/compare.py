@@ -144,8 +144,8 @@ def compare(baseline: Side, candidate: Side, level: float, mixed_budgets: bool =
         a, b = mixed[0]
         raise StageInputError(f"{a[0]} ran at budget '{budget(baseline, a)}' in {baseline.label} but {b[0]} at "
                               f"budget '{budget(candidate, b)}' in {candidate.label}: their scores differ by the "
-                              "models' size and training as well as by the change; compare runs of one budget (datasets.<name>.budget), or pass "
-                              "--mixed-budgets to see them side by side anyway")
+                              "models' size and training as well as by the change; compare runs of one budget "
+                              "(datasets.<name>.budget), or pass --mixed-budgets to see them side by side anyway")
     rows = []
     for a_key, b_key in pairs:
         a, b = baseline.scores[a_key], candidate.scores[b_key]
