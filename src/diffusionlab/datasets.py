@@ -19,6 +19,7 @@ from typing import Annotated, Literal, get_args
 import numpy as np
 from pydantic import Field
 
+from .captions import Captions, save_captions
 from .errors import DatasetUnavailable
 from .io import atomic_dir, read_json, save_npy, socket_timeout, write_json
 from .validation import Float, Section
@@ -53,6 +54,9 @@ class DataConfig(Section):
     t10k_test_size: int = Field(2000, ge=10, le=5000)
     """Images of MNIST's test split that ``mnist_t10k`` holds out (stratified); the others train."""
     split_seed: int = Field(0, ge=0)
+    captions: str | None = None
+    """A file of your own captions, one line per image (the training split, then the test split), in place of the
+    ones written from each image's label and measured attributes (:mod:`diffusionlab.captions`)."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +83,11 @@ class PreparedDataset:
 SPLITS = ("train", "test")
 
 
-def save_prepared(dataset: PreparedDataset, out_dir: str | Path) -> None:
-    """Write the prepared form; the folder appears only once every file is written."""
+def save_prepared(dataset: PreparedDataset, out_dir: str | Path, captions: Captions | None = None) -> None:
+    """Write the prepared form (with its captions); the folder appears only once every file is written."""
     with atomic_dir(out_dir) as tmp:
+        if captions is not None:
+            save_captions(captions, tmp)
         for split in SPLITS:
             save_npy(tmp / f"{split}_images.npy", np.ascontiguousarray(getattr(dataset, f"{split}_images")))
             save_npy(tmp / f"{split}_labels.npy", getattr(dataset, f"{split}_labels").astype(np.int64))

@@ -1,0 +1,73 @@
+"""Captions and the attributes they are written from, on drawn images of known thickness, slant and colour."""
+
+import numpy as np
+import pytest
+
+from diffusionlab.captions import (colour_attributes, colour_name, gray_attributes, load_captions, save_captions,
+                                   slant, thickness, write_captions)
+from diffusionlab.errors import ConfigError
+
+
+def bar(width: int, length: int = 20, shear: float = 0.0, size: int = 32) -> np.ndarray:
+    """A vertical bar [1, 1, size, size] of ``width`` pixels and ``length`` rows, each row shifted right by
+    ``shear`` per row upwards."""
+    image = np.zeros((size, size), np.uint8)
+    top = (size - length) // 2
+    for row in range(top, top + length):
+        left = int(round(size / 2 - width / 2 + shear * (top + length / 2 - row)))
+        image[row, left:left + width] = 255
+    return image[None, None]
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5])
+def test_the_thickness_of_an_upright_bar_is_its_width(width):
+    assert thickness(bar(width)).item() == pytest.approx(width)
+
+
+def test_thicker_strokes_measure_thicker_whatever_their_slant():
+    widths = [thickness(bar(w, shear=0.3)).item() for w in (1, 2, 3, 4)]
+    assert widths == sorted(widths) and widths[-1] > 2 * widths[0]
+
+
+@pytest.mark.parametrize("shear", [-0.4, 0.0, 0.25, 0.5])
+def test_the_slant_of_a_sheared_bar_is_its_shear(shear):
+    assert slant(bar(3, shear=shear)).item() == pytest.approx(shear, abs=0.03)
+
+
+def test_size_and_centre_of_a_bar():
+    _, _, size, x, y = gray_attributes(bar(4, length=16))[0]
+    assert size == pytest.approx(0.5) and x == pytest.approx(0.5, abs=0.02) and y == pytest.approx(0.5, abs=0.02)
+
+
+def test_colour_brightness_hue_and_saturation_of_flat_images():
+    red = np.zeros((1, 3, 8, 8), np.uint8)
+    red[:, 0] = 255
+    gray = np.full((1, 3, 8, 8), 128, np.uint8)
+    (brightness, hue, sat), (gray_brightness, _, gray_sat) = colour_attributes(np.concatenate([red, gray]))
+    assert brightness == pytest.approx(0.299) and hue == pytest.approx(0.0) and sat == pytest.approx(1.0)
+    assert gray_brightness == pytest.approx(128 / 255) and gray_sat == 0.0
+    assert [colour_name(h, 1.0) for h in (10, 110, 235, 355)] == ["red", "green", "blue", "red"]
+    assert colour_name(120, 0.1) == "gray"
+
+
+def test_captions_word_the_terciles_and_keep_the_numbers(tmp_path):
+    images = np.concatenate([bar(w, shear=s) for w in (1, 2, 4) for s in (-0.4, 0.0, 0.4)])
+    labels = np.arange(9) % 10
+    captions = write_captions(images, labels, images[:2], labels[:2], [str(i) for i in range(10)])
+    assert captions.train[0][0] == "a 0" and captions.train[8][0] == "an 8"
+    assert captions.train[0][1] == "a thin left-slanted 0" and captions.train[8][1] == "a thick right-slanted 8"
+    assert captions.train_attributes.shape == (9, 5)
+    save_captions(captions, tmp_path)
+    loaded = load_captions(tmp_path)
+    assert loaded.train == captions.train and np.array_equal(loaded.test_attributes, captions.test_attributes)
+
+
+def test_own_captions_take_the_place_of_the_written_ones_and_must_match_the_images(tmp_path):
+    images, labels = np.concatenate([bar(2), bar(3)]), np.array([0, 1])
+    own = tmp_path / "captions.txt"
+    own.write_text("first\nsecond\nthird\n")
+    captions = write_captions(images, labels, images[:1], labels[:1], ["0", "1"], own)
+    assert captions.train == [["first"], ["second"]] and captions.test == [["third"]]
+    own.write_text("only one\n")
+    with pytest.raises(ConfigError, match="has 1 lines but the dataset has 3 images"):
+        write_captions(images, labels, images[:1], labels[:1], ["0", "1"], own)
