@@ -69,7 +69,7 @@ def test_adaln_zero_makes_every_block_the_identity_and_the_output_zero_at_initia
     net = dit()
     x, t, y = torch.randn(4, 1, 8, 8), torch.randint(0, 50, (4,)), torch.tensor([0, 1, 2, 3])
     tokens = torch.randn(4, 16, 16)
-    c = net.conditioning(t, y, 4, CPU)
+    c = net.conditioning(t, y)
     for block in net.blocks:
         assert torch.equal(block(tokens, c), tokens)
     assert torch.equal(net(x, t, y), torch.zeros(4, 2, 8, 8))
@@ -97,9 +97,9 @@ def test_class_conditional_and_null_label_paths_and_guidance_at_w_0_and_1_are_ex
         cond, uncond = net(x, t, y), net(x, t, torch.full_like(y, 3))
         assert not torch.allclose(cond, uncond)
         assert torch.equal(net(x, t), uncond)  # no label is the null label
-        assert torch.equal(guided_network(net, y, 0.0, 3, 1)(x, t), uncond)
-        assert torch.equal(guided_network(net, y, 1.0, 3, 1)(x, t), cond)
-        guided = guided_network(net, y, 2.5, 3, 1)(x, t)
+        assert torch.equal(guided_network(net, y, torch.full_like(y, 3), 0.0, 1)(x, t), uncond)
+        assert torch.equal(guided_network(net, y, torch.full_like(y, 3), 1.0, 1)(x, t), cond)
+        guided = guided_network(net, y, torch.full_like(y, 3), 2.5, 1)(x, t)
     assert torch.allclose(guided[:, :1], uncond[:, :1] + 2.5 * (cond[:, :1] - uncond[:, :1]), atol=1e-5)
     with pytest.raises(ValueError, match="class_conditional: true"):
         dit(num_classes=0)(x, t, y)

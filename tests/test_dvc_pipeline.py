@@ -31,7 +31,7 @@ def test_the_deps_generator_leaves_dvc_yaml_as_it_is():
 def test_data_preparation_depends_on_no_sampler_process_or_evaluation_and_the_report_on_no_process():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     prepare = [d for d in stages["prepare"]["deps"] if d.startswith("src/")]
-    assert len(prepare) <= 10, prepare
+    assert len(prepare) <= 11, prepare  # the data, its captions and the foundation they stand on
     assert not [d for d in prepare if any(k in d for k in ("sampling/", "families/", "core/", "evaluation/", "nn/"))]
     assert not [d for d in stages["report"]["deps"] if d.endswith("process.py") or "/families/" in d]
     for stage in ("prepare", "classifier", "reference", "train", "evaluate", "report"):

@@ -11,7 +11,7 @@ from diffusionlab.config.params import parse_params
 from diffusionlab.config.sampling import SampleConfig
 from diffusionlab.errors import ConfigError
 from diffusionlab.nn.unet import UNet, UNetConfig
-from diffusionlab.runtime.training import Trainer, drop_labels
+from diffusionlab.runtime.training import Trainer, drop_condition
 from diffusionlab.sampling.generation import generate
 from diffusionlab.sampling.guidance import ConditionalModel, guide, guided_network, requested_labels
 from diffusionlab.sampling.samplers import make_sampler
@@ -44,9 +44,9 @@ def test_guided_network_evaluates_the_formula_on_the_real_network(net):
     with torch.no_grad():
         cond, uncond = net(x, t, y), net(x, t, torch.full_like(y, 3))
         assert not torch.allclose(cond, uncond)
-        assert torch.equal(guided_network(net, y, 0.0, 3, 1)(x, t), uncond)
-        assert torch.equal(guided_network(net, y, 1.0, 3, 1)(x, t), cond)
-        guided = guided_network(net, y, 2.5, 3, 1)(x, t)
+        assert torch.equal(guided_network(net, y, torch.full_like(y, 3), 0.0, 1)(x, t), uncond)
+        assert torch.equal(guided_network(net, y, torch.full_like(y, 3), 1.0, 1)(x, t), cond)
+        guided = guided_network(net, y, torch.full_like(y, 3), 2.5, 1)(x, t)
     assert torch.allclose(guided[:, :1], uncond[:, :1] + 2.5 * (cond[:, :1] - uncond[:, :1]), atol=1e-5)
     assert torch.allclose(guided[:, 1:], cond[:, 1:], atol=1e-6)
     assert torch.equal(net(x, t), uncond)  # no label is the null label
@@ -60,11 +60,11 @@ def test_an_unconditional_network_refuses_labels():
 
 def test_label_dropout_replaces_labels_by_the_null_label_at_its_rate():
     labels = torch.arange(10).repeat(2000)
-    dropped = drop_labels(labels, 0.1, 10, torch.Generator().manual_seed(0))
+    dropped = drop_condition(labels, torch.full_like(labels, 10), 0.1, torch.Generator().manual_seed(0))
     null = dropped == 10
     assert null.float().mean().item() == pytest.approx(0.1, abs=0.01)
     assert torch.equal(dropped[~null], labels[~null])
-    assert torch.equal(drop_labels(labels, 0.0, 10, None), labels)
+    assert torch.equal(drop_condition(labels, torch.full_like(labels, 10), 0.0, None), labels)
 
 
 def test_requested_labels_cycle_through_the_classes_and_reject_unknown_ones():

@@ -13,6 +13,16 @@ def prepared(dataset: str) -> Path:
     return PREPARED / dataset
 
 
+def text_encoder(dataset: str) -> Path:
+    """The text_encoder@<dataset> stage's folder: ``encoder/`` (when a model needs one) and ``models/<model>.json``."""
+    return OUTPUTS / "text_encoder" / dataset
+
+
+def text_marker(dataset: str, model: str) -> Path:
+    """Which text encoder ``model`` is trained with: a dep of its stages that changes only when that does."""
+    return text_encoder(dataset) / "models" / f"{model}.json"
+
+
 def classifier(dataset: str) -> Path:
     return OUTPUTS / "classifier" / dataset
 

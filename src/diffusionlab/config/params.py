@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..families.params import PARAMS, ModelParams
 from ..nn.autoencoder import AutoencoderConfig
 from ..nn.classifier import RESNET, ClassifierConfig
+from ..nn.clip import TextEncoderConfig
 from ..nn.dit import DiTConfig
 from ..nn.networks import NetworkName
 from ..nn.unet import UNetConfig
@@ -95,6 +96,14 @@ class RunConfig(Section):
     train: TrainConfig
     sample: SampleConfig
     evaluate: EvaluateConfig
+    text_encoder: TextEncoderConfig | None = None
+    """The text encoder of a text-conditioned model (``text_encoder``); None for any other."""
+
+    @property
+    def text_shape(self) -> tuple[int, int] | None:
+        """(1 + L, D) of the condition a text-conditioned network takes; None for any other."""
+        te = self.text_encoder
+        return (1 + te.context_length, te.width) if te is not None else None
 
     @property
     def autoencoder(self) -> AutoencoderConfig | None:
@@ -149,6 +158,7 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     restore: RestoreConfig = RestoreConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    text_encoder: TextEncoderConfig = TextEncoderConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -187,6 +197,9 @@ class Params(Section):
             if s.step_list and sampler not in ("ddpm", "ddim"):
                 raise ValueError(f"sample.step_list applies to the ddpm and ddim samplers, but {key} is "
                                  f"'{sampler}': empty sample.step_list")
+            if s.classes and model.text_conditional:
+                raise ValueError(f"sample.classes asks for classes {list(s.classes)}, but models.{name} is "
+                                 "text-conditioned: give it prompts (sample.prompts), or empty sample.classes")
             if s.classes and not model.class_conditional:
                 raise ValueError(f"sample.classes asks for classes {list(s.classes)}, but models.{name} is "
                                  "unconditional: set class_conditional: true in its block (and retrain), or empty "
@@ -252,8 +265,13 @@ class Params(Section):
         data, steps = self.datasets[dataset], self.models[model].train_steps
         if steps is not None:
             data = data.model_copy(update={"train_steps": steps})
+        text = self.text_encoder if self.models[model].text_conditional else None
         return RunConfig(dataset=dataset, model_name=model, data=data, model=self.models[model],
-                         train=self.train, sample=sample, evaluate=self.evaluate)
+                         train=self.train, sample=sample, evaluate=self.evaluate, text_encoder=text)
+
+    def text_models(self) -> list[str]:
+        """The models of ``pipeline.models`` conditioned on captions."""
+        return [m for m in self.pipeline.models if self.models[m].text_conditional]
 
     def sampler_of(self, model: str) -> tuple[str, str]:
         """The sampler that draws from ``models.<model>`` and the key it comes from: ``sample.sampler_for.<model>``
@@ -351,7 +369,7 @@ def network_problem(s: SampleConfig, data: DatasetConfig, network: NetworkName |
         return None
     problem = data.dit_problem()
     if problem:
-        return f"the transformer (network: dit) cannot take its images: {problem}"
+        return f"the transformer (network: {network}) cannot take its images: {problem}"
     late = [i for i in s.slg_layers if i >= data.dit.depth] if s.skips_layers else []
     if late:
         return (f"sample.slg_layers holds {late}, but the transformer has blocks 0..{data.dit.depth - 1} "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..nn.autoencoder import AutoencoderConfig
 from ..nn.networks import NetworkName
@@ -24,10 +24,15 @@ class FamilyParams(Section):
     """Discrete-time families: T. Continuous-time ones: the sampling steps when ``sample.steps`` is null."""
     class_conditional: bool = False
     """Train on the dataset's labels, for class-conditional sampling and classifier-free guidance."""
+    text_conditional: bool = False
+    """Train on the dataset's captions (through the text encoder, ``text_encoder``), for prompts and classifier-free
+    guidance against the empty prompt."""
     label_dropout: Float = Field(0.1, ge=0.0, lt=1.0)
-    """Rate at which a conditional model's label is replaced by the null label in training (guidance needs > 0)."""
+    """Rate at which a conditional model's label (or caption) is replaced by the null label (the empty prompt) in
+    training (guidance needs > 0)."""
     network: NetworkName | None = None
-    """The backbone: ``unet`` or ``dit`` (a transformer); null takes the dataset's ``network``."""
+    """The backbone: ``unet``, ``dit`` (a transformer) or ``mmdit`` (SD3's joint-attention transformer, text models
+    only); null takes the dataset's ``network``."""
     train_steps: int | None = Field(None, ge=1)
     """Training steps instead of the dataset's ``train_steps`` (e.g. two backbones at equal training time)."""
     autoencoder: AutoencoderConfig | None = None
@@ -52,9 +57,21 @@ class FamilyParams(Section):
         parts = [self.objective()]
         if self.class_conditional:
             parts.append(f"label dropout {self.label_dropout:g}")
+        if self.text_conditional:
+            parts.append(f"captions, text dropout {self.label_dropout:g}")
         if self.latent:
             parts.append("on latents")
         return "; ".join(parts)
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> FamilyParams:
+        if self.class_conditional and self.text_conditional:
+            raise ValueError("class_conditional and text_conditional are both true: a model is conditioned on its "
+                             "class or on its caption (whose words name the class); set one of them to false")
+        if self.network == "mmdit" and not self.text_conditional:
+            raise ValueError("network: mmdit attends to a prompt's tokens: set text_conditional: true, or use "
+                             "network: dit")
+        return self
 
     @abstractmethod
     def objective(self) -> str:

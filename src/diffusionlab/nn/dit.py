@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..validation import Float, Section
+from .conditioning import Conditioning
 from .unet import timestep_embedding
 
 
@@ -104,6 +105,10 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada_ln[1].weight)
         nn.init.zeros_(self.ada_ln[1].bias)
 
+    def dense_layers(self) -> tuple[nn.Linear, ...]:
+        """The layers initialised Xavier-uniform (the adaLN regression stays zero)."""
+        return self.attn.qkv, self.attn.proj, self.mlp[0], self.mlp[2]
+
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.ada_ln(c).chunk(6, dim=1)
         x = x + gate_a[:, None] * self.attn(modulate(self.norm1(x), shift_a, scale_a))
@@ -128,35 +133,37 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-class DiT(nn.Module):
+class DiT(Conditioning):
     """Diffusion Transformer with adaLN-Zero conditioning.
 
     ``out_channels`` defaults to ``in_channels`` (a wider output holds a learned variance). With
     ``num_classes`` > 0 the network is class-conditional: a learned embedding of y (0..num_classes-1, or the
-    null label ``num_classes`` for classifier-free guidance) is added to the time embedding.
+    null label ``num_classes`` for classifier-free guidance) is added to the time embedding. With ``text_shape``
+    (1 + L, D) it is text-conditioned on the pooled vector of y [B, 1 + L, D] alone, projected and added to the
+    time embedding (the MMDiT, :mod:`diffusionlab.nn.mmdit`, also attends to the token states).
     """
 
     def __init__(self, cfg: DiTConfig, image_size: int, in_channels: int, out_channels: int | None = None,
-                 num_classes: int = 0):
+                 num_classes: int = 0, text_shape: tuple[int, int] | None = None):
         super().__init__()
         p, d = cfg.patch_size, cfg.hidden_size
         if image_size % p:
             raise ValueError(f"dit.patch_size {p} does not divide the image size {image_size}")
         self.patch_size, self.image_size, self.hidden_size = p, image_size, d
         self.out_channels = out_channels or in_channels
-        self.num_classes = num_classes
+        self.init_conditioning(d, num_classes, text_shape)
+        self.pooled_emb = nn.Linear(self.text_width, d) if self.text_shape else None
         self.depth = cfg.depth
         self.embed = nn.Linear(p * p * in_channels, d)
         grid = image_size // p
         self.register_buffer("pos_embed", sincos_2d(d, grid, grid)[None], persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
-        self.label_emb = nn.Embedding(num_classes + 1, d) if num_classes else None
-        self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.blocks = self.make_blocks(cfg)
         self.final = FinalLayer(d, p * p * self.out_channels)
         nn.init.xavier_uniform_(self.embed.weight)
         nn.init.zeros_(self.embed.bias)
         for block in self.blocks:
-            for layer in (block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2]):
+            for layer in block.dense_layers():
                 nn.init.xavier_uniform_(layer.weight)
                 nn.init.zeros_(layer.bias)
         for layer in (self.time_mlp[0], self.time_mlp[2]):
@@ -164,25 +171,31 @@ class DiT(nn.Module):
         if self.label_emb is not None:
             nn.init.normal_(self.label_emb.weight, std=0.02)
 
-    def conditioning(self, t: Tensor, y: Tensor | None, batch: int, device: torch.device) -> Tensor:
-        """c [B, D]: the embedded time plus, for a class-conditional network, the embedded label."""
+    def make_blocks(self, cfg: DiTConfig) -> nn.ModuleList:
+        return nn.ModuleList(DiTBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+
+    def conditioning(self, t: Tensor, y: Tensor | None) -> Tensor:
+        """c [B, D]: the embedded time plus the embedded label or pooled prompt vector, y already checked by
+        :meth:`~diffusionlab.nn.conditioning.Conditioning.condition_or_null`."""
         c = self.time_mlp(timestep_embedding(t, self.hidden_size).to(self.embed.weight.dtype))
         if self.label_emb is not None:
-            if y is None:
-                y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
             c = c + self.label_emb(y)
-        elif y is not None:
-            raise ValueError("labels given to an unconditional network; train it with class_conditional: true")
+        if self.pooled_emb is not None:
+            c = c + self.pooled_emb(y[:, 0])
         return c
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, skip_layers: Collection[int] = ()) -> Tensor:
-        """x_t [B, C, H, W], t [B], labels y [B] (None: the null label) -> [B, C', H, W]. The blocks whose
-        indices are in ``skip_layers`` are left out (their residual branches dropped)."""
-        b, _, h, w = x.shape
+    def check_skip_layers(self, skip_layers: Collection[int]) -> None:
         bad = [i for i in skip_layers if not 0 <= i < self.depth]
         if bad:
             raise ValueError(f"skip_layers {bad} are not blocks of this transformer (0..{self.depth - 1})")
-        c = self.conditioning(t, y, b, x.device)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, skip_layers: Collection[int] = ()) -> Tensor:
+        """x_t [B, C, H, W], t [B], the condition y (labels [B] or a prompt's [B, 1 + L, D]; None: the null one)
+        -> [B, C', H, W]. The blocks whose indices are in ``skip_layers`` are left out (their residual branches
+        dropped)."""
+        b, _, h, w = x.shape
+        self.check_skip_layers(skip_layers)
+        c = self.conditioning(t, self.condition_or_null(y, b, x.device))
         tokens = self.embed(patchify(x, self.patch_size)) + self.pos_embed.to(x.dtype)
         for i, block in enumerate(self.blocks):
             if i not in skip_layers:

@@ -9,9 +9,7 @@ from ..config.params import RunConfig
 from ..core.process import Process
 from ..datasets import NUM_CLASSES
 from ..families.registry import build_process as build_family_process
-from ..nn.dit import DiT
-from ..nn.networks import Network
-from ..nn.unet import UNet
+from ..nn.networks import BACKBONES, Network
 
 
 def build_process(cfg: RunConfig, device: torch.device | str = "cpu") -> Process:
@@ -25,10 +23,13 @@ def num_classes(cfg: RunConfig) -> int:
 
 
 def build_network(cfg: RunConfig, channels: int, process: Process) -> Network:
-    """The run's backbone (``network``: the U-Net or the transformer), with the output channels its family needs."""
-    kind, config = (DiT, cfg.data.dit) if cfg.network == "dit" else (UNet, cfg.unet)
-    return kind(config, image_size=cfg.model_size, in_channels=channels,
-                out_channels=process.out_channels(channels), num_classes=num_classes(cfg))
+    """The run's backbone (``network``: the U-Net or a transformer), with the output channels its family needs and
+    its condition: the dataset's classes, a prompt's (``text_shape``; the empty prompt's null condition set by
+    training or loaded from the checkpoint), or none."""
+    config = cfg.unet if cfg.network == "unet" else cfg.data.dit
+    return BACKBONES[cfg.network](config, image_size=cfg.model_size, in_channels=channels,
+                                  out_channels=process.out_channels(channels), num_classes=num_classes(cfg),
+                                  text_shape=cfg.text_shape)
 
 
 def process_parameters(process: Process) -> list[nn.Parameter]:

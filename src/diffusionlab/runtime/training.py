@@ -32,8 +32,8 @@ from ..errors import TrainingDiverged
 from ..nn.ema import make_ema
 from ..nn.phema import PowerEMA
 from ..nn.networks import Network
-from ..nn.unet import null_labels
 from ..tensors import BatchOrder, to_model_range
+from .text_encoding import TextEncoder
 from .factory import build_network, build_process, num_classes, process_parameters
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,17 @@ class TrainResult:
         return self.steps * self.batch_size / max(self.seconds, 1e-9)
 
 
-def drop_labels(labels: Tensor, rate: float, num_classes: int, generator: torch.Generator | None) -> Tensor:
-    """Labels with each replaced by the null label with probability ``rate`` (training for guidance)."""
-    drop = torch.rand(labels.shape, device=labels.device, generator=generator) < rate
-    return torch.where(drop, null_labels(labels, num_classes), labels)
+def drop_condition(y: Tensor, null: Tensor, rate: float, generator: torch.Generator | None) -> Tensor:
+    """The condition y (labels [B] or prompts [B, 1 + L, D]) with each row replaced by its ``null`` (the null label,
+    the empty prompt) with probability ``rate``: training for classifier-free guidance."""
+    drop = torch.rand(len(y), device=y.device, generator=generator) < rate
+    return torch.where(drop.reshape(-1, *[1] * (y.dim() - 1)), null, y)
+
+
+def caption_ids(text: TextEncoder, captions: list[list[str]]) -> Tensor:
+    """[N, P, L] token ids of every image's P phrasings (an image with fewer repeats its own in turn)."""
+    phrasings = max(len(p) for p in captions)
+    return torch.from_numpy(np.stack([text.tokenizer([p[i % len(p)] for i in range(phrasings)]) for p in captions]))
 
 
 def rng_states() -> dict[str, Any]:
@@ -96,14 +103,20 @@ class Trainer:
     """
 
     def __init__(self, cfg: RunConfig, images: np.ndarray, device: torch.device, world: World = World(),
-                 labels: np.ndarray | None = None):
+                 labels: np.ndarray | None = None, text: TextEncoder | None = None,
+                 captions: list[list[str]] | None = None):
         tc, dc = cfg.train, cfg.data
         self.cfg, self.device, self.world = cfg, device, world
         self.autocast = autocast_dtype(tc.bf16, device)
         """The forward pass's autocast dtype (None: fp32), :func:`~diffusionlab.device.autocast_dtype`."""
         if cfg.model.class_conditional and labels is None:
             raise ValueError(f"{cfg.name} is class-conditional: pass the training labels")
+        if cfg.model.text_conditional and (text is None or captions is None):
+            raise ValueError(f"{cfg.name} is text-conditioned: pass the text encoder and the training captions")
         self.labels = torch.from_numpy(labels).to(device) if cfg.model.class_conditional else None
+        self.text = text if cfg.model.text_conditional else None
+        self.caption_ids = caption_ids(text, captions).to(device) if self.text is not None else None
+        """[N, P, L]: the token ids of every phrasing of every training image's caption."""
         self.shard = world.shard(dc.batch_size)
         torch.manual_seed(tc.seed)
         random.seed(tc.seed)
@@ -112,6 +125,8 @@ class Trainer:
         self.process = build_process(cfg, device)
         self.process.fit_data(self.data)
         self.model = build_network(cfg, images.shape[1], self.process).to(device)
+        if self.text is not None:
+            self.model.set_null_text(self.text.condition([""])[0])
         if tc.channels_last is True or (tc.channels_last == "auto" and device.type == "cuda"):
             self.model = self.model.to(memory_format=torch.channels_last)
         if world.rank:
@@ -192,6 +207,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         log.warning("step %d: %s is %s; batch skipped (%d so far)", self.step, what, value, self.skipped)
 
+    def condition(self, batch: Tensor, n: int) -> Tensor | None:
+        """The global batch's condition, each row dropped (to the null one) at ``label_dropout``: its labels [n],
+        or a random phrasing of each caption through the frozen text encoder [n, 1 + L, D]; None: unconditional."""
+        if self.labels is not None:
+            y = self.labels[batch]
+        elif self.caption_ids is not None:
+            ids = self.caption_ids[batch]
+            which = torch.randint(ids.shape[1], (n,), device=self.device, generator=self.noise_gen)
+            y = self.text.condition_of_ids(ids[torch.arange(n, device=self.device), which])
+        else:
+            return None
+        return drop_condition(y, self.model.null_condition(y), self.cfg.model.label_dropout, self.noise_gen)
+
     def train_step(self) -> None:
         tc = self.cfg.train
         self.step += 1
@@ -203,8 +231,8 @@ class Trainer:
             flip = (torch.rand(n, device=self.device, generator=self.noise_gen) < 0.5)[rows]
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         model = self.forward_model
-        if self.labels is not None:
-            y = drop_labels(self.labels[batch], self.cfg.model.label_dropout, num_classes(self.cfg), self.noise_gen)
+        y = self.condition(batch, n)
+        if y is not None:
             model = functools.partial(self.forward_model, y=y[rows])
         with self.autocasting():
             terms = self.process.losses_for_batch(model, x0, self.noise_gen, self.shard)

@@ -26,10 +26,9 @@ from ..core.process import Denoiser, Process
 from ..errors import ConfigError
 from ..nn.dit import DiT
 from ..nn.networks import Network
-from ..nn.unet import null_labels
 
 LabelledDenoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
-"""A network mapping (x_t, t, labels or None) to its output."""
+"""A network mapping (x_t, t, condition or None) to its output: labels [B] or a prompt's [B, 1 + L, D]."""
 
 
 def guide(conditional: Tensor, unconditional: Tensor, w: float, channels: int) -> Tensor:
@@ -40,10 +39,10 @@ def guide(conditional: Tensor, unconditional: Tensor, w: float, channels: int) -
     return torch.cat([eps, conditional[:, channels:]], dim=1)
 
 
-def guided_network(net: LabelledDenoiser, labels: Tensor, w: float, num_classes: int, channels: int) -> Denoiser:
-    """The network as a function of (x_t, t) for the batch's ``labels`` [B], guided with scale ``w``.
+def guided_network(net: LabelledDenoiser, labels: Tensor, null: Tensor, w: float, channels: int) -> Denoiser:
+    """The network as a function of (x_t, t) for the batch's condition ``labels`` (labels [B] or prompts
+    [B, 1 + L, D]), guided with scale ``w`` against ``null`` (the null labels or the empty prompt, same shape).
     w = 1 and w = 0 take one network evaluation; any other w takes both, in one batch of 2B."""
-    null = null_labels(labels, num_classes)
     if w == 1:
         return lambda x, t: net(x, t, labels)
     if w == 0:
@@ -159,15 +158,23 @@ class ConditionalModel:
     def num_classes(self) -> int:
         return self.net.num_classes
 
+    @property
+    def text_conditional(self) -> bool:
+        return bool(self.net.text_shape)
+
     def denoiser(self, labels: Tensor | None = None) -> Denoiser:
-        """The model as (x_t, t) -> output: unconditional when ``labels`` is None, else guided towards them."""
-        if labels is not None and not self.num_classes:
+        """The model as (x_t, t) -> output: unconditional when ``labels`` is None, else guided towards them
+        (class labels [B], or for a text-conditioned model the prompts' condition [B, 1 + L, D])."""
+        if labels is not None and not self.net.conditional:
             raise ConfigError("classes were requested from an unconditional model; train it with "
                               "class_conditional: true in its models block, or ask for no class")
+        if labels is not None:
+            self.net.condition_or_null(labels, len(labels), labels.device)  # the right kind, before any step
         net = self._network()
-        guided = net if labels is None else guided_network(net, labels, self.w, self.num_classes, self.channels)
+        null = None if labels is None else self.net.null_condition(labels)
+        guided = net if labels is None else guided_network(net, labels, null, self.w, self.channels)
         if self.slg is None:
             return self.process.denoiser(guided)
-        asked = labels if labels is None or self.w != 0 else null_labels(labels, self.num_classes)
+        asked = labels if labels is None or self.w != 0 else null
         return skip_layer_guided(net, guided, asked, self.slg, self.process, self.channels,
                                  reuse=labels is None or self.w in (0, 1))

@@ -1,0 +1,128 @@
+"""The text encoder of text-conditioned models: a tokenizer trained on a dataset's training captions and a small
+CLIP trained contrastively on its (image, caption) pairs (Adam, a random phrasing of each image's caption per
+step). Saved as one folder: ``tokenizer.json`` and ``clip.pt`` (weights, params, the digest of what it was trained
+on)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import StageInputError
+from ..nn.clip import CLIP, TextEncoderConfig
+from ..tensors import BatchOrder, to_model_range
+from ..text import PromptTokenizer
+
+log = logging.getLogger(__name__)
+TOKENIZER_FILE, WEIGHTS_FILE = "tokenizer.json", "clip.pt"
+
+
+@dataclass
+class TextEncoder:
+    """A tokenizer and its CLIP: prompts -> the condition [B, 1 + L, D] of a text-conditioned network."""
+
+    tokenizer: PromptTokenizer
+    clip: CLIP
+    config: TextEncoderConfig
+    digest: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def width(self) -> int:
+        return self.config.width
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.logit_scale.device
+
+    def ids(self, prompts: list[str]) -> Tensor:
+        return torch.from_numpy(self.tokenizer(prompts)).to(self.device)
+
+    @torch.no_grad()
+    def condition(self, prompts: list[str]) -> Tensor:
+        """[B, 1 + L, D] of ``prompts``: the pooled vector, then the token states (no gradient)."""
+        return self.clip.text.condition(self.ids(prompts))
+
+    @torch.no_grad()
+    def condition_of_ids(self, ids: Tensor) -> Tensor:
+        return self.clip.text.condition(ids)
+
+    @torch.no_grad()
+    def score(self, images: Tensor, prompts: list[str]) -> Tensor:
+        """CLIP score [B] of images [B, C, H, W] in [-1, 1] against their prompts."""
+        return self.clip.score(images.to(self.device), self.ids(prompts))
+
+
+def encoder_digest(cfg: TextEncoderConfig, captions: list[list[str]], images: np.ndarray) -> str:
+    """What a text encoder is trained on, as a short hash: its params, the captions and the images."""
+    h = hashlib.sha256(json.dumps(cfg.model_dump(), sort_keys=True).encode())
+    h.update(json.dumps(captions).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    return h.hexdigest()[:16]
+
+
+def train_text_encoder(cfg: TextEncoderConfig, images: np.ndarray, captions: list[list[str]],
+                       device: torch.device | str = "cpu", log_every: int = 100) -> TextEncoder:
+    """Train the tokenizer on every phrasing of ``captions`` [N][P] and the CLIP on uint8 images [N, C, H, W]."""
+    if len(captions) != len(images):
+        raise ValueError(f"{len(captions)} captions for {len(images)} images")
+    torch.manual_seed(cfg.seed)
+    tokenizer = PromptTokenizer.train((s for phrasings in captions for s in phrasings), cfg.context_length)
+    clip = CLIP(tokenizer.vocab_size, images.shape[1], cfg, tokenizer.pad_id, tokenizer.eos_id).to(device)
+    phrasings = max(len(p) for p in captions)
+    ids = torch.from_numpy(np.stack([tokenizer([p[i % len(p)] for i in range(phrasings)]) for p in captions]))
+    data, ids = torch.from_numpy(images).to(device), ids.to(device)
+    optimizer = torch.optim.Adam(clip.parameters(), lr=cfg.lr)
+    order = BatchOrder(len(data), min(cfg.batch_size, len(data)), torch.Generator().manual_seed(cfg.seed))
+    pick = torch.Generator().manual_seed(cfg.seed + 1)
+    history, window, start = [], 0.0, time.perf_counter()
+    clip.train()
+    for step in range(1, cfg.steps + 1):
+        batch = next(order)
+        which = torch.randint(phrasings, (len(batch),), generator=pick)
+        loss = clip.loss(to_model_range(data[batch.to(device)]), ids[batch.to(device), which.to(device)])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window += loss.item()
+        if step % log_every == 0 or step == cfg.steps:
+            history.append({"step": step, "loss": window / (log_every if step % log_every == 0 else step % log_every)})
+            window = 0.0
+    seconds = time.perf_counter() - start
+    log.info("text encoder: vocabulary of %d, %d steps in %.1f s, final loss %.3g", tokenizer.vocab_size,
+             cfg.steps, seconds, history[-1]["loss"])
+    return TextEncoder(tokenizer, clip.eval(), cfg, encoder_digest(cfg, captions, images), history, seconds)
+
+
+def save_text_encoder(encoder: TextEncoder, folder: str | Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder.tokenizer.save(folder / TOKENIZER_FILE)
+    torch.save({"weights": encoder.clip.state_dict(), "config": encoder.config.model_dump(),
+                "vocab_size": encoder.tokenizer.vocab_size, "image_channels": encoder.clip.image.body[0].in_channels,
+                "digest": encoder.digest, "history": encoder.history, "seconds": encoder.seconds},
+               folder / WEIGHTS_FILE)
+
+
+def load_text_encoder(folder: str | Path, device: torch.device | str = "cpu") -> TextEncoder:
+    """The text encoder saved in ``folder`` by :func:`save_text_encoder`."""
+    folder = Path(folder)
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise StageInputError(f"{folder} holds no text encoder; a text-conditioned model needs one: "
+                              "dvc repro text_encoder@<dataset>")
+    state = torch.load(folder / WEIGHTS_FILE, map_location=device, weights_only=True)
+    cfg = TextEncoderConfig.model_validate(state["config"])
+    tokenizer = PromptTokenizer.load(folder / TOKENIZER_FILE, cfg.context_length)
+    clip = CLIP(state["vocab_size"], state["image_channels"], cfg, tokenizer.pad_id, tokenizer.eos_id)
+    clip.load_state_dict(state["weights"])
+    return TextEncoder(tokenizer, clip.to(device).eval(), cfg, state["digest"], state["history"],
+                       float(state["seconds"]))
