@@ -1,5 +1,7 @@
 """The generate command: images and a grid from a checkpoint file or an MLflow URI, with clear errors."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,50 @@ def test_generate_loads_the_checkpoint_from_an_mlflow_run(unconditional, tmp_pat
           "-o", str(tmp_path / "out"), "--tracking-uri", uri])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000000.png", "000001.png", "000002.png",
                                                                   "grid.png"]
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    """A text-conditioned checkpoint: an untrained network and a tiny text encoder trained for a few steps."""
+    from diffusionlab.runtime.text_encoding import train_text_encoder
+
+    raw = params_raw(text_conditional=True)
+    raw["text_encoder"] = {"context_length": 6, "width": 8, "depth": 1, "num_heads": 2, "image_channels": 8,
+                           "embed_dim": 8, "steps": 2, "batch_size": 4}
+    cfg = parse_params(raw).run("digits", "ddpm")
+    images = np.random.default_rng(0).integers(0, 256, (8, 1, 8, 8), dtype=np.uint8)
+    encoder = train_text_encoder(cfg.text_encoder, images, [["a 7", "a thick 7"], ["a 1"]] * 4,
+                                 prompts=["a 1", "a 7"])
+    process = build_process(cfg)
+    torch.manual_seed(0)
+    net = build_network(cfg, 1, process)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    net.set_null_text(encoder.condition([""])[0])
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
+    save_checkpoint(path, cfg, 1, 0, net, net, process, text=encoder)
+    return path
+
+
+def test_generate_draws_prompts_names_files_by_prompt_and_lists_them(text_model, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a 1\n\n")
+    main([str(text_model), "-n", "4", "--prompt", "a thick 7", "--prompts-file", str(prompts), "--steps", "3",
+          "--guidance", "2", "-o", str(tmp_path / "out")])
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["000000_prompt0.png", "000001_prompt1.png", "000002_prompt0.png", "000003_prompt1.png",
+                     "grid.png", "prompts.txt"]
+    assert (tmp_path / "out" / "prompts.txt").read_text() == "0\ta thick 7\n1\ta 1\n"
+    main([str(text_model), "-n", "2", "--steps", "2", "-o", str(tmp_path / "classes")])  # each class's prompt
+    assert (tmp_path / "classes" / "prompts.txt").read_text() == "0\ta 1\n1\ta 7\n"
+
+
+def test_a_prompt_to_a_class_model_and_a_class_to_a_text_model_are_one_line_before_sampling(
+        conditional, text_model, tmp_path, capsys):
+    for model, args, message in ((conditional, ["--prompt", "a 7"], "not text-conditioned .*ask for classes"),
+                                 (text_model, ["--class", "7"], "text-conditioned: give it prompts")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(model), "-n", "2", *args, "-o", str(tmp_path / "x")])
+        assert exit_info.value.code == 2
+        assert re.search(message, capsys.readouterr().err)
+        assert not (tmp_path / "x").exists()

@@ -6,6 +6,10 @@ URI holding ``checkpoint.pt`` (``runs:/<run id>/checkpoint``). Every setting is 
 first network evaluation.
 
     python -m diffusionlab.generate outputs/train/digits-ddpm/checkpoint.pt -n 64 --class 7 --guidance 3
+    python -m diffusionlab.generate outputs/train/digits-text/checkpoint.pt --prompt "a thick right-slanted 7"
+
+The files are named by index and class (``000007_class7.png``) or index and prompt number (``000007_prompt1.png``,
+the prompts listed in ``prompts.txt``); the grid has a row per class or per prompt.
 """
 
 from __future__ import annotations
@@ -46,8 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--class", dest="classes", type=int, action="append", default=[],
                         help="class to generate (repeat for several, cycled); class-conditional models only. "
                              "Without it a conditional model draws every class in turn")
+    parser.add_argument("--prompt", dest="prompts", action="append", default=[],
+                        help="prompt to generate (repeat for several, cycled); text-conditioned models only. Without "
+                             "it a text model draws each class's caption in turn (\"a 7\")")
+    parser.add_argument("--prompts-file", default=None, help="a file of prompts, one per line, after any --prompt")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale w "
-                        "(0 unconditional, 1 conditional); default: the model's sample.guidance")
+                        "(0 unconditional or the empty prompt, 1 conditional); default: the model's sample.guidance")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for runs:/ and models:/ URIs "
@@ -102,7 +110,15 @@ def settings(args: argparse.Namespace, model: DiffusionModel) -> SampleConfig:
     if args.num_images < 1 or args.batch_size < 1:
         raise ConfigError("--num-images and --batch-size must be at least 1")
     check_new_folder(Path(args.out), args.overwrite)
-    s = model.sample_config(args.sampler, args.steps, args.eta, args.guidance, args.classes, args.shift)
+    prompts = list(args.prompts)
+    if args.prompts_file is not None:
+        if not Path(args.prompts_file).is_file():
+            raise ConfigError(f"--prompts-file {args.prompts_file} is not a file; give one prompt per line")
+        prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ConfigError(f"--prompts-file {args.prompts_file} holds no prompt; give one prompt per line")
+    args.prompts = prompts
+    s = model.sample_config(args.sampler, args.steps, args.eta, args.guidance, args.classes, args.shift, prompts)
     model.labels(args.num_images, s)  # an unknown class fails here, before sampling
     return s
 
@@ -122,12 +138,16 @@ def main(argv: list[str] | None = None) -> None:
     with tqdm(total=args.num_images, desc=f"{model.config.name}: {what}", unit="img") as bar:
         images = model.sample_with(args.num_images, s, sampler, args.seed, args.batch_size, progress=bar.update)
     out = Path(args.out)
+    prompts = model.prompts(args.num_images, s)
     with atomic_dir(out) as folder:
+        distinct = list(dict.fromkeys(prompts or []))
         for i, image in enumerate(images):
-            suffix = "" if labels is None else f"_class{labels[i]}"
+            suffix = "" if labels is None else f"_prompt{distinct.index(prompts[i])}" if prompts else f"_class{labels[i]}"
             Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(
                 folder / f"{i:06d}{suffix}.png")
-        nrow = model.num_classes if labels is not None and not s.classes else None
+        if prompts:
+            (folder / "prompts.txt").write_text("".join(f"{k}\t{p}\n" for k, p in enumerate(distinct)))
+        nrow = len(distinct) if prompts else model.num_classes if labels is not None and not s.classes else None
         save_grid(torch.from_numpy(images), folder / "grid.png", nrow=nrow)
     print(f"wrote {len(images)} images and grid.png to {out}")
 

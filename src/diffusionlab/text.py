@@ -9,7 +9,6 @@ empty prompt is ``[BOS] [EOS]`` then padding: what classifier-free guidance is t
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -61,11 +60,8 @@ class PromptTokenizer:
     def to_json(self) -> str:
         return self.tokenizer.to_str()
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
-
     @classmethod
-    def load(cls, path: str | Path, length: int) -> PromptTokenizer:
+    def from_json(cls, text: str, length: int) -> PromptTokenizer:
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_file(str(path)), length)
+        return cls(Tokenizer.from_str(text), length)

@@ -67,6 +67,8 @@ class SampleConfig(SampleCounts):
     """Classifier-free guidance scale w of class-conditional models: 0 unconditional, 1 conditional, > 1 guided."""
     classes: Tuple[int] = ()
     """Classes a class-conditional model is asked for, repeated in order; empty: every class in turn."""
+    prompts: Tuple[str] = ()
+    """What a text-conditioned model draws, in turn (empty: the caption of each class alone, "a 7")."""
     guidance_sweep: Tuple[Annotated[Float, Field(ge=0)]] = ()
     """Further guidance scales whose samples are scored too (class accuracy, FID and IS against w)."""
     ema_widths: Tuple[Annotated[Float, Field(gt=0, lt=0.28)]] = ()

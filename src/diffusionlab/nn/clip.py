@@ -105,7 +105,7 @@ class ImageEncoder(nn.Module):
                        nn.Conv2d(width, width, 3, stride=2, padding=1), group_norm(width), nn.SiLU()]
             current = width
         self.body = nn.Sequential(*layers)
-        self.out_features = current
+        self.in_channels, self.out_features = in_channels, current
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x).mean(dim=(2, 3))

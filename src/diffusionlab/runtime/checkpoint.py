@@ -28,6 +28,7 @@ from ..nn.networks import Network
 from ..nn.phema import PowerEMA, combine, reconstruction, sigma_rel_to_gamma
 from .factory import build_network, build_process
 from .latent import LatentCodec
+from .text_encoding import TextEncoder
 
 log = logging.getLogger(__name__)
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -43,6 +44,8 @@ class Checkpoint:
     process: Process
     codec: LatentCodec | None = None
     """A latent model's autoencoder and latent scale (None: a model on pixels)."""
+    text: TextEncoder | None = None
+    """A text-conditioned model's text encoder (None for any other)."""
 
     def decode(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """What maps the sampler's output to images: the codec's decoder, or None for a model on pixels."""
@@ -50,8 +53,9 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | Path, cfg: RunConfig, channels: int, step: int, model: Network, ema: Network,
-                    process: Process, codec: LatentCodec | None = None) -> None:
-    """``channels`` are the network's: the latent channels of a latent model, whose ``codec`` is saved too."""
+                    process: Process, codec: LatentCodec | None = None, text: TextEncoder | None = None) -> None:
+    """``channels`` are the network's: the latent channels of a latent model, whose ``codec`` is saved too, as is
+    a text-conditioned model's ``text`` encoder."""
     state = {
         "config": cfg.to_dict(),
         "channels": channels,
@@ -60,6 +64,7 @@ def save_checkpoint(path: str | Path, cfg: RunConfig, channels: int, step: int, 
         "ema": ema.state_dict(),
         "process": process.state_dict(),
         **({"autoencoder": codec.state()} if codec is not None else {}),
+        **({"text_encoder": text.state()} if text is not None else {}),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -96,7 +101,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     process, nets = build_trained(cfg, state["channels"], state["process"], [state["model"], state["ema"]], device,
                                   path)
     codec = LatentCodec.from_state(state["autoencoder"], device) if "autoencoder" in state else None
-    return Checkpoint(cfg, state["channels"], state["step"], *nets, process, codec)
+    text = TextEncoder.from_state(state["text_encoder"], device) if "text_encoder" in state else None
+    return Checkpoint(cfg, state["channels"], state["step"], *nets, process, codec, text)
 
 
 def build_trained(cfg: RunConfig, channels: int, process_state: dict[str, torch.Tensor],

@@ -1,7 +1,8 @@
 """The text encoder of text-conditioned models: a tokenizer trained on a dataset's training captions and a small
 CLIP trained contrastively on its (image, caption) pairs (Adam, a random phrasing of each image's caption per
-step). Saved as one folder: ``tokenizer.json`` and ``clip.pt`` (weights, params, the digest of what it was trained
-on)."""
+step). Its :meth:`TextEncoder.state` (the tokenizer's JSON, the weights, the params, the digest of what it was trained
+on, the prompt of each class) is saved by its stage and in the checkpoint of every model trained with it, so that a
+checkpoint turns prompts into conditions on its own."""
 
 from __future__ import annotations
 
@@ -11,18 +12,20 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import StageInputError
+from ..io import atomic_path
 from ..nn.clip import CLIP, TextEncoderConfig
 from ..tensors import BatchOrder, to_model_range
 from ..text import PromptTokenizer
 
 log = logging.getLogger(__name__)
-TOKENIZER_FILE, WEIGHTS_FILE = "tokenizer.json", "clip.pt"
+ENCODER_FILE = "text_encoder.pt"
 
 
 @dataclass
@@ -33,6 +36,8 @@ class TextEncoder:
     clip: CLIP
     config: TextEncoderConfig
     digest: str
+    class_prompts: list[str] = field(default_factory=list)
+    """The caption of each class alone ("a 7", "a photo of a cat"): the prompts drawn when none are asked for."""
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -52,6 +57,13 @@ class TextEncoder:
         """[B, 1 + L, D] of ``prompts``: the pooled vector, then the token states (no gradient)."""
         return self.clip.text.condition(self.ids(prompts))
 
+    def conditions(self, prompts: list[str]) -> np.ndarray:
+        """float32 [N, 1 + L, D] of ``prompts`` on the CPU, each distinct prompt encoded once."""
+        unique = sorted(set(prompts))
+        encoded = self.condition(unique).float().cpu().numpy()
+        where = {p: i for i, p in enumerate(unique)}
+        return encoded[[where[p] for p in prompts]]
+
     @torch.no_grad()
     def condition_of_ids(self, ids: Tensor) -> Tensor:
         return self.clip.text.condition(ids)
@@ -60,6 +72,32 @@ class TextEncoder:
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
         """CLIP score [B] of images [B, C, H, W] in [-1, 1] against their prompts."""
         return self.clip.score(images.to(self.device), self.ids(prompts))
+
+
+    def state(self) -> dict[str, Any]:
+        """Loadable with ``torch.load(weights_only=True)``: see :meth:`from_state`."""
+        return {"tokenizer": self.tokenizer.to_json(), "weights": {k: v.detach().cpu() for k, v in
+                                                                    self.clip.state_dict().items()},
+                "config": self.config.model_dump(), "image_channels": self.clip.image.in_channels,
+                "digest": self.digest, "class_prompts": list(self.class_prompts), "history": self.history,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> TextEncoder:
+        cfg = TextEncoderConfig.model_validate(state["config"])
+        tokenizer = PromptTokenizer.from_json(state["tokenizer"], cfg.context_length)
+        clip = CLIP(tokenizer.vocab_size, state["image_channels"], cfg, tokenizer.pad_id, tokenizer.eos_id)
+        clip.load_state_dict(state["weights"])
+        return cls(tokenizer, clip.to(device).eval(), cfg, state["digest"], list(state["class_prompts"]),
+                   state["history"], float(state["seconds"]))
+
+
+def class_prompts(captions: list[list[str]], labels: np.ndarray, num_classes: int) -> list[str]:
+    """The first phrasing of the first training image of each class (the class alone, for written captions)."""
+    first = {}
+    for phrasings, y in zip(captions, labels):
+        first.setdefault(int(y), phrasings[0])
+    return [first.get(c, "") for c in range(num_classes)]
 
 
 def encoder_digest(cfg: TextEncoderConfig, captions: list[list[str]], images: np.ndarray) -> str:
@@ -71,8 +109,10 @@ def encoder_digest(cfg: TextEncoderConfig, captions: list[list[str]], images: np
 
 
 def train_text_encoder(cfg: TextEncoderConfig, images: np.ndarray, captions: list[list[str]],
-                       device: torch.device | str = "cpu", log_every: int = 100) -> TextEncoder:
-    """Train the tokenizer on every phrasing of ``captions`` [N][P] and the CLIP on uint8 images [N, C, H, W]."""
+                       device: torch.device | str = "cpu", log_every: int = 100,
+                       prompts: list[str] | None = None) -> TextEncoder:
+    """Train the tokenizer on every phrasing of ``captions`` [N][P] and the CLIP on uint8 images [N, C, H, W];
+    ``prompts``: each class's prompt (:func:`class_prompts`)."""
     if len(captions) != len(images):
         raise ValueError(f"{len(captions)} captions for {len(images)} images")
     torch.manual_seed(cfg.seed)
@@ -100,29 +140,21 @@ def train_text_encoder(cfg: TextEncoderConfig, images: np.ndarray, captions: lis
     seconds = time.perf_counter() - start
     log.info("text encoder: vocabulary of %d, %d steps in %.1f s, final loss %.3g", tokenizer.vocab_size,
              cfg.steps, seconds, history[-1]["loss"])
-    return TextEncoder(tokenizer, clip.eval(), cfg, encoder_digest(cfg, captions, images), history, seconds)
+    return TextEncoder(tokenizer, clip.eval(), cfg, encoder_digest(cfg, captions, images), list(prompts or []),
+                       history, seconds)
 
 
 def save_text_encoder(encoder: TextEncoder, folder: str | Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    encoder.tokenizer.save(folder / TOKENIZER_FILE)
-    torch.save({"weights": encoder.clip.state_dict(), "config": encoder.config.model_dump(),
-                "vocab_size": encoder.tokenizer.vocab_size, "image_channels": encoder.clip.image.body[0].in_channels,
-                "digest": encoder.digest, "history": encoder.history, "seconds": encoder.seconds},
-               folder / WEIGHTS_FILE)
+    with atomic_path(folder / ENCODER_FILE) as tmp:
+        torch.save(encoder.state(), tmp)
 
 
 def load_text_encoder(folder: str | Path, device: torch.device | str = "cpu") -> TextEncoder:
     """The text encoder saved in ``folder`` by :func:`save_text_encoder`."""
-    folder = Path(folder)
-    if not (folder / WEIGHTS_FILE).is_file():
-        raise StageInputError(f"{folder} holds no text encoder; a text-conditioned model needs one: "
+    path = Path(folder) / ENCODER_FILE
+    if not path.is_file():
+        raise StageInputError(f"{path} is missing; a text-conditioned model needs its dataset's text encoder: "
                               "dvc repro text_encoder@<dataset>")
-    state = torch.load(folder / WEIGHTS_FILE, map_location=device, weights_only=True)
-    cfg = TextEncoderConfig.model_validate(state["config"])
-    tokenizer = PromptTokenizer.load(folder / TOKENIZER_FILE, cfg.context_length)
-    clip = CLIP(state["vocab_size"], state["image_channels"], cfg, tokenizer.pad_id, tokenizer.eos_id)
-    clip.load_state_dict(state["weights"])
-    return TextEncoder(tokenizer, clip.to(device).eval(), cfg, state["digest"], state["history"],
-                       float(state["seconds"]))
+    return TextEncoder.from_state(torch.load(path, map_location=device, weights_only=True), device)
