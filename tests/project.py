@@ -33,7 +33,7 @@ TINY = {
                "vdm": {"family": "vdm", "gamma": "fixed", "weighting": "sigmoid", "noise_sampling": "adaptive",
                        "prediction": "v", "timesteps": 50},
                # not in the pipeline: tests/test_end_to_end.py adds them to a copy
-               "flow": {"family": "flow", "timesteps": 10},
+               "flow": {"family": "flow", "timesteps": 10, "text_conditional": True, "network": "mmdit"},
                "flow_latent": {"family": "flow", "timesteps": 10, "network": "dit",
                                "autoencoder": {"steps": 30, "base_channels": 8, "latent_channels": 2,
                                                "batch_size": 16}}},
@@ -42,6 +42,8 @@ TINY = {
     "sample": {"bf16": False, "steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16,
                "strip_samples": 4, "strip_frames": 5, "sweep_steps": [5, 20], "guidance_sweep": [0.0, 2.0],
                "repaint_resample": 2, "draws": 2, "sampler_for": {"flow": "heun", "flow_latent": "euler"}},
+    "text_encoder": {"context_length": 10, "width": 16, "depth": 1, "num_heads": 2, "image_channels": 8,
+                     "embed_dim": 16, "steps": 30, "batch_size": 32},
     "classifier": {"steps": 40, "width": 8, "feature_dim": 8},
     "resnet": {"steps": 40, "width": 8, "feature_dim": 8},
     "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2,
@@ -51,7 +53,7 @@ TINY = {
                 "steps": {"ddrm": 3, "ddnm": 3, "pigdm": 3, "dps": 3, "repaint": 3}},
     "mlflow": {"system_metrics_interval": 0.2},  # the tiny train stages hold their run for a few seconds
 }
-STAGES = ["prepare@digits", "classifier@digits", "reference@digits", *[
+STAGES = ["prepare@digits", "text_encoder@digits", "classifier@digits", "reference@digits", *[
     f"{stage}@digits-{model}" for model in ("ddpm", "vlb", "vdm") for stage in ("train", "sample", "evaluate")],
     "restore@digits-ddpm-sr4", "restore@digits-ddpm-box", "report"]
 """The stages of the tiny project's `dvc repro`."""

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from diffusionlab.captions import (colour_attributes, colour_name, gray_attributes, load_captions, save_captions,
-                                   slant, thickness, write_captions)
+from diffusionlab.captions import (colour_attributes, colour_name, gray_attributes, load_captions, prompt_class,
+                                   save_captions, slant, thickness, write_captions)
 from diffusionlab.errors import ConfigError
 
 
@@ -71,3 +71,19 @@ def test_own_captions_take_the_place_of_the_written_ones_and_must_match_the_imag
     own.write_text("only one\n")
     with pytest.raises(ConfigError, match="has 1 lines but the dataset has 3 images"):
         write_captions(images, labels, images[:1], labels[:1], ["0", "1"], own)
+
+
+def test_the_class_a_prompt_names_by_its_name_or_its_digit_word():
+    digits = [str(i) for i in range(10)]
+    assert prompt_class("a thick right-slanted 7", digits) == 7
+    assert prompt_class("the digit seven written thin", digits) == 7
+    assert prompt_class("a 7 and a 1", digits) == -1 and prompt_class("a thick stroke", digits) == -1
+    assert prompt_class("a photo of an orange cat", ["airplane", "cat", "dog"]) == 1
+
+
+def test_the_grid_of_a_text_model_puts_each_prompt_on_a_row_of_its_own():
+    from diffusionlab.pipeline.sample import prompt_rows
+
+    prompts = ["a 1", "a 7", "a 3"] * 3 + ["a 1"]
+    order, per_row = prompt_rows(prompts, 10)
+    assert per_row == 3 and [prompts[i] for i in order] == ["a 1"] * 3 + ["a 7"] * 3 + ["a 3"] * 3

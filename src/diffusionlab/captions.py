@@ -23,6 +23,7 @@ How each attribute is measured, on intensities I in [0, 1] (the ink of a digit, 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -135,6 +136,15 @@ def measure(images: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
     if images.shape[1] == 3:
         return COLOUR_ATTRIBUTES, colour_attributes(images)
     raise ValueError(f"images of {images.shape[1]} channels have no attributes; expected 1 (gray) or 3 (RGB)")
+
+
+def prompt_class(prompt: str, class_names: list[str]) -> int:
+    """The class a prompt names: the one class whose name (or, for digits, its word: "seven") is among its words;
+    -1 when it names none or several."""
+    words = set(re.findall(r"[\w-]+", prompt.lower()))
+    digits = list(class_names) == [str(i) for i in range(10)]
+    found = {i for i, name in enumerate(class_names) if name.lower() in words or (digits and DIGIT_WORDS[i] in words)}
+    return found.pop() if len(found) == 1 else -1
 
 
 def tercile_word(name: str, value: float, cuts: tuple[float, float]) -> str:

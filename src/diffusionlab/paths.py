@@ -14,7 +14,8 @@ def prepared(dataset: str) -> Path:
 
 
 def text_encoder(dataset: str) -> Path:
-    """The text_encoder@<dataset> stage's folder: ``encoder/`` (when a model needs one) and ``models/<model>.json``."""
+    """The text_encoder@<dataset> stage's folder: ``text_encoder.pt`` (when a model needs one) and
+    ``models/<model>.json``."""
     return OUTPUTS / "text_encoder" / dataset
 
 

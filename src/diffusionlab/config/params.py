@@ -243,6 +243,9 @@ class Params(Section):
             raise ValueError(f"restore.models lists '{name}', which pipeline.models ({', '.join(self.pipeline.models)}) "
                              "does not: a model restores once it is trained; add it to pipeline.models or drop it from "
                              "restore.models")
+        for name in [m for m in restoring if self.models[m].text_conditional][:1]:
+            raise ValueError(f"restore.models lists '{name}', a text-conditioned model: the solvers take a class or no "
+                             "condition as their prior; drop it from restore.models")
         for name in [m for m in restoring if self.models[m].latent][:1]:
             raise ValueError(f"restore.models lists '{name}', a latent model: the solvers measure and restore pixels; "
                              "drop it from restore.models")

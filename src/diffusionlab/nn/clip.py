@@ -34,7 +34,7 @@ class TextEncoderConfig(Section):
     """The image encoder's first width (doubled at each of its three levels)."""
     embed_dim: int = Field(64, ge=8, le=2048)
     """The joint space image and text are projected into."""
-    steps: int = Field(1500, ge=1)
+    steps: int = Field(500, ge=1)
     batch_size: int = Field(128, ge=2)
     lr: Float = Field(1e-3, gt=0)
     seed: int = Field(0, ge=0)

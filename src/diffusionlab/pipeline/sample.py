@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from .. import paths
+from ..captions import load_captions, prompt_class
 from ..chunks import ChunkFolder, Meter, file_digest, map_chunks, prune, source_digest
 from ..config.params import FAMILY_DEFAULT, Params, RunConfig
 from ..config.sampling import SampleConfig
 from ..core.process import SamplerOptions
-from ..datasets import load_prepared
+from ..datasets import PreparedDataset, load_prepared
 from ..device import autocast_dtype, device_name, make_generator, precision_name
 from ..distributed import World
 from ..families import samplers as _own_samplers  # noqa: F401  (the samplers the processes build)
@@ -62,7 +63,7 @@ class Setting:
     @property
     def evaluations(self) -> int:
         """Network evaluations per image."""
-        w = self.model.w if self.model.num_classes else None
+        w = self.model.w if self.model.net.conditional else None
         return network_evaluations(self.sampler.steps, w, self.key["options"]["sampler"])
 
 
@@ -76,7 +77,8 @@ class Samples:
     generated: Generated
     """The main setting's images uint8 [draws * num_samples, C, H, W] and the trajectory of its first images."""
     labels: np.ndarray | None
-    """The class asked of each image; None for an unconditional model."""
+    """The class asked of each image (for a text model the class its prompt names, or -1); None for an unconditional
+    model."""
     steps: int
     sweep: dict[int, np.ndarray] = field(default_factory=dict)
     guidance: dict[float, np.ndarray] = field(default_factory=dict)
@@ -87,6 +89,8 @@ class Samples:
     drawn: dict[int, int] = field(default_factory=dict)
     """Images of each step count drawn by this run."""
     processes: int = 1
+    prompts: list[str] | None = None
+    """A text model's prompt of each image of one draw (every draw asks the same); None for any other."""
 
 
 def ema_networks(run: RunConfig, ckpt: Checkpoint) -> dict[float, torch.nn.Module]:
@@ -109,46 +113,67 @@ def settings(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, identity: dict,
     from each rebuilt EMA of ``emas`` (:func:`ema_networks`), each evaluating its network under ``autocast``
     (None: fp32); ``identity`` (the checkpoint's and the code's digests, the precision) joins every key."""
     s = run.sample
-    num_classes = ckpt.ema.num_classes
+    conditional = ckpt.ema.conditional
     size = ckpt.config.model_size
     common = {**identity, "shape": [ckpt.channels, size, size], "seed": s.seed, "num_samples": s.num_samples,
-              "draws": s.draws, "classes": list(s.classes), "batch_size": s.batch_size}
+              "draws": s.draws, "classes": list(s.classes), "batch_size": s.batch_size,
+              **({"prompts": list(s.prompts)} if ckpt.text is not None else {})}
 
     def setting(name: str, options: SampleConfig, built: Sampler, w: float,
                 network: torch.nn.Module | None = None) -> Setting:
         slg = SkipLayerGuidance.of(options)
         net = ConditionalModel(network or ckpt.ema, ckpt.process, ckpt.channels, w, slg, ckpt.decode(), autocast)
         key = {**common, "setting": name, "options": asdict(SamplerOptions.of(options)), "steps": built.steps,
-               "guidance": w if num_classes else None, **({"skip_layer_guidance": asdict(slg)} if slg else {})}
+               "guidance": w if conditional else None, **({"skip_layer_guidance": asdict(slg)} if slg else {})}
         return Setting(name, net, built, key)
 
     out = [setting("main", s, sampler, s.guidance)]
     for n in sorted(set(s.sweep_steps) - {sampler.steps}):
         options = replace(s, steps=n, step_list=())
         out.append(setting(f"steps_{n}", options, make_sampler(options, ckpt.process, n), s.guidance))
-    if s.guidance_sweep and not num_classes:
+    if s.guidance_sweep and not conditional:
         log.info("%s is unconditional: sample.guidance_sweep does not apply", run.name)
-    for w in sorted(set(s.guidance_sweep) - {s.guidance}) if num_classes else []:
+    for w in sorted(set(s.guidance_sweep) - {s.guidance}) if conditional else []:
         out.append(setting(f"guidance_{w:g}", s, sampler, w))
     for width, network in (emas or {}).items():
         out.append(setting(f"ema_{width:g}", s, sampler, s.guidance, network))
     return out
 
 
+def requested(ckpt: Checkpoint, s: SampleConfig, class_names: list[str]
+              ) -> tuple[np.ndarray, np.ndarray, list[str] | None] | None:
+    """What each image of one draw is conditioned on, the class it asks for, and a text model's prompts: class labels
+    (``sample.classes`` in turn, or every class) twice, or the conditions of ``sample.prompts`` in turn (or each
+    class's caption), the classes they name (:func:`prompt_class`, -1 for none) and the prompts; None for an
+    unconditional model."""
+    if ckpt.text is not None:
+        cycle = list(s.prompts or ckpt.text.class_prompts)
+        prompts = [cycle[i % len(cycle)] for i in range(s.num_samples)]
+        named = np.array([prompt_class(p, class_names) for p in prompts], dtype=np.int64)
+        return ckpt.text.conditions(prompts), named, prompts
+    if not ckpt.ema.num_classes:
+        return None
+    labels = requested_labels(s.num_samples, s.classes, ckpt.ema.num_classes)
+    return labels, labels, None
+
+
 def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.device, world: World = World(),
-         partial: Path | None = None, emas: dict[float, torch.nn.Module] | None = None) -> Samples | None:
+         partial: Path | None = None, emas: dict[float, torch.nn.Module] | None = None,
+         class_names: list[str] | None = None) -> Samples | None:
     """Draw ``sample.draws`` independent draws of ``sample.num_samples`` samples (one after another) from the EMA
     weights with ``sampler`` (``sample.sampler`` at ``sample.steps``), at each of ``sample.sweep_steps``, for a
     class-conditional model at each of ``sample.guidance_sweep``, and from each rebuilt EMA of ``emas``
     (:func:`settings`).
 
+    ``class_names`` are the dataset's, for the class a prompt names.
+
     Every process of ``world`` draws its share of each setting's batches; rank 0 gathers them and returns the
     samples (the others None). With ``partial`` each finished batch is saved there first, and a run after a kill
     draws only the batches still missing."""
     s = run.sample
-    num_classes = ckpt.ema.num_classes
     total = s.num_samples * s.draws  # the draws, one after another: each asks for the same classes
-    labels = np.tile(requested_labels(s.num_samples, s.classes, num_classes), s.draws) if num_classes else None
+    asked = requested(ckpt, s, class_names or [str(i) for i in range(10)])
+    labels = None if asked is None else np.tile(asked[0], (s.draws, *[1] * (asked[0].ndim - 1)))
     size = ckpt.config.model_size
     shape = (ckpt.channels, size, size)  # a latent model draws latents, decoded into images batch by batch
     autocast = autocast_dtype(s.bf16, device)
@@ -180,9 +205,10 @@ def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.devic
     main = plan[0]
     trajectory = trajectory_of(main.model, main.sampler, min(total, max(FRAME_IMAGES, s.strip_samples)),
                                s.num_samples, shape, device, s.seed, s.strip_frames, labels)
-    samples = Samples(main.model, Generated(images["main"], trajectory), labels, sampler.steps,
+    classes = None if asked is None else np.tile(asked[1], s.draws)
+    samples = Samples(main.model, Generated(images["main"], trajectory), classes, sampler.steps,
                       seconds={sampler.steps: seconds["main"]}, drawn={sampler.steps: meter.drawn["main"]},
-                      processes=world.size)
+                      processes=world.size, prompts=None if asked is None else asked[2])
     widths = {f"ema_{width:g}": width for width in emas or {}}
     for st in plan[1:]:
         if st.name.startswith("steps_"):
@@ -223,20 +249,39 @@ def _sample(params: Params, run: RunConfig, world: World, device: torch.device) 
     sampler = make_sampler(run.sample, ckpt.process, default_steps=ckpt.config.model.timesteps)
     emas = ema_networks(run, ckpt)
     if not world.is_main:
-        draw(run, ckpt, sampler, device, world, out / PARTIAL, emas)
+        draw(run, ckpt, sampler, device, world, out / PARTIAL, emas, held_out.card.class_names)
         return
     with open_run(params.mlflow, run, device, device_name(device), previous=paths.train(dataset, model)) as tracker:
-        samples = draw(run, ckpt, sampler, device, world, out / PARTIAL, emas)
-        publish(samples, run, ckpt, held_out.test_images, held_out.test_labels, device, tracker,
+        samples = draw(run, ckpt, sampler, device, world, out / PARTIAL, emas, held_out.card.class_names)
+        publish(samples, run, ckpt, held_out.test_images, figure_conditions(ckpt, held_out), device, tracker,
                 params.sampler_of(model)[1])
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
 
 
-def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarray, labels: np.ndarray,
+def figure_conditions(ckpt: Checkpoint, held_out: PreparedDataset) -> np.ndarray | None:
+    """What the figures' held-out images are conditioned on: their labels, their captions' conditions (the first
+    phrasing) for a text model, or None for an unconditional model."""
+    if ckpt.text is not None:
+        captions = load_captions(paths.prepared(ckpt.config.dataset)).test[:FIGURE_IMAGES]
+        return ckpt.text.conditions([c[0] for c in captions])
+    return held_out.test_labels if ckpt.ema.num_classes else None
+
+
+def prompt_rows(prompts: list[str], shown: int) -> tuple[np.ndarray, int]:
+    """The order of the first ``shown`` images that puts each prompt on a row of its own, and the row length."""
+    distinct = list(dict.fromkeys(prompts[:shown]))
+    index = np.array([distinct.index(p) for p in prompts[:shown]])
+    per_row = int(np.bincount(index).min())
+    order = np.concatenate([np.flatnonzero(index == k)[:per_row] for k in range(len(distinct))])
+    return order, per_row
+
+
+def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarray, conditions: np.ndarray | None,
             device: torch.device, tracker: Tracker, sampler_from: str = "sample.sampler") -> None:
     """Write the samples, their requested classes, a grid, sample.json and the figures (drawn here from the
-    held-out ``images`` and their ``labels``), and log them to the stage's MLflow run. ``sampler_from`` says where
-    the sampler came from (:meth:`Params.sampler_of`)."""
+    held-out ``images`` and their ``conditions``, :func:`figure_conditions`), and log them to the stage's MLflow
+    run. A text model's grid has a row per prompt, and its prompts go to sample.json and MLflow. ``sampler_from``
+    says where the sampler came from (:meth:`Params.sampler_of`)."""
     s, out = run.sample, paths.sample(run.dataset, run.model_name)
     total, generated = s.num_samples * s.draws, samples.generated
     with atomic_dir(out / "sweep") as sweep_dir:
@@ -250,13 +295,17 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
             save_npy(ema_dir / paths.ema_samples(run.dataset, run.model_name, width).name, drawn)
     save_npy(out / "samples.npy", generated.images)
     save_npy(out / "labels.npy", np.full(total, -1, dtype=np.int64) if samples.labels is None else samples.labels)
-    num_classes = ckpt.ema.num_classes
-    nrow = num_classes if num_classes and not s.classes else None
-    shown = s.grid_size if nrow is None else max(nrow, s.grid_size // nrow * nrow)  # whole rows of classes
-    save_grid(torch.from_numpy(generated.images[:shown]), out / "grid.png", nrow=nrow)
+    num_classes, conditional = ckpt.ema.num_classes, ckpt.ema.conditional
+    if samples.prompts is not None:
+        order, nrow = prompt_rows(samples.prompts, min(s.grid_size, s.num_samples))
+        save_grid(torch.from_numpy(generated.images[order]), out / "grid.png", nrow=nrow)
+    else:
+        nrow = num_classes if num_classes and not s.classes else None
+        shown = s.grid_size if nrow is None else max(nrow, s.grid_size // nrow * nrow)  # whole rows of classes
+        save_grid(torch.from_numpy(generated.images[:shown]), out / "grid.png", nrow=nrow)
     with atomic_dir(out / "figures") as figures:
         save_strip(generated.trajectory.x_t, figures / "denoising.png", rows=s.strip_samples)
-        draw_figures(ckpt, samples.model, s, images, labels, generated, figures, device)
+        draw_figures(ckpt, samples.model, s, images, conditions, generated, figures, device)
     steps, seconds = samples.steps, samples.seconds
     precision = precision_name(samples.model.autocast)
     rates = {n: samples.drawn[n] / sec for n, sec in seconds.items() if samples.drawn.get(n) and sec > 0}
@@ -266,7 +315,9 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
         "sample_seconds": round(seconds[steps], 2), "images_drawn": samples.drawn[steps],
         "images_per_second": round(rates[steps], 2) if steps in rates else None, "processes": samples.processes,
         "sweep_steps": sorted(samples.sweep),
-        "class_conditional": bool(num_classes), "guidance": s.guidance if num_classes else None,
+        "class_conditional": conditional, "guidance": s.guidance if conditional else None,
+        "text_conditional": samples.prompts is not None,
+        **({"prompts": list(dict.fromkeys(samples.prompts))} if samples.prompts is not None else {}),
         "guidance_sweep": sorted(samples.guidance), "ema_widths": sorted(samples.ema), "precision": precision,
     })
     tracker.log_metrics({"sample_seconds": seconds[steps], **(
@@ -275,13 +326,16 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
         tracker.log_metric("sample_images_per_second_vs_steps", rate, step=n)
     tracker.set_tags({"sampler": s.sampler, "sampler_from": sampler_from, "sampling_steps": steps,
                       "sample_precision": precision})
+    if samples.prompts is not None:
+        tracker.log_dict({"prompts": list(dict.fromkeys(samples.prompts)),
+                          "rows_of_grid": "one prompt per row, in this order"}, "samples/prompts.json")
     tracker.log_artifact(out / "grid.png", artifact_path="samples")
     tracker.log_artifacts(out / "figures", artifact_path="samples")
     tracker.save_run_file(out)
 
 
-def draw_figures(ckpt: Checkpoint, net: ConditionalModel, s: SampleConfig, images: np.ndarray, labels: np.ndarray,
-                 generated: Generated, folder: Path, device: torch.device) -> None:
+def draw_figures(ckpt: Checkpoint, net: ConditionalModel, s: SampleConfig, images: np.ndarray,
+                 conditions: np.ndarray | None, generated: Generated, folder: Path, device: torch.device) -> None:
     """forward.png (the model's own forward process), reverse.png and denoising.gif (x_t and predicted x_0 while
     sampling), inpainting.png (RePaint on held-out images, right half unknown) and round_trip.png (held-out
     images noised part of the way and denoised back); a latent model: reverse.png, denoising.gif and
@@ -299,7 +353,7 @@ def draw_figures(ckpt: Checkpoint, net: ConditionalModel, s: SampleConfig, image
         return
     x0 = to_model_range(torch.from_numpy(images[:FIGURE_IMAGES])).to(device)
     forward_process_figure(x0[0].cpu(), process, folder / "forward.png")
-    y = torch.from_numpy(labels[:FIGURE_IMAGES]).to(device) if net.num_classes else None
+    y = torch.from_numpy(conditions[:FIGURE_IMAGES]).to(device) if conditions is not None else None
     denoiser = net.denoiser(y)
     fallback = next(n for n in ONE_STEP_SAMPLERS if n in type(model).SAMPLERS)
     one_step = s if s.sampler in ONE_STEP_SAMPLERS else replace(s, sampler=fallback)

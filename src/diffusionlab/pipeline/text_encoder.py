@@ -13,10 +13,10 @@ from ..datasets import load_prepared
 from ..device import resolve_device
 from ..errors import StageInputError
 from ..io import atomic_dir, read_json, write_json
-from ..runtime.text_encoding import TextEncoder, load_text_encoder, save_text_encoder, train_text_encoder
+from ..runtime.text_encoding import (TextEncoder, class_prompts, load_text_encoder, save_text_encoder,
+                                     train_text_encoder)
 
 log = logging.getLogger(__name__)
-ENCODER = "encoder"
 
 
 def text_encoder_stage(params: Params, dataset: str) -> None:
@@ -31,8 +31,10 @@ def text_encoder_stage(params: Params, dataset: str) -> None:
             data = load_prepared(paths.prepared(dataset))
             captions = load_captions(paths.prepared(dataset))
             device = resolve_device(params.train.device)
-            encoder = train_text_encoder(params.text_encoder, data.train_images, captions.train, device)
-            save_text_encoder(encoder, tmp / ENCODER)
+            prompts = class_prompts(captions.train, data.train_labels, data.card.num_classes)
+            encoder = train_text_encoder(params.text_encoder, data.train_images, captions.train, device,
+                                         prompts=prompts)
+            save_text_encoder(encoder, tmp)
             digest = encoder.digest
             log.info("text encoder of %s for %s: %d steps in %.1f s", dataset, ", ".join(text_models),
                      params.text_encoder.steps, encoder.seconds)
@@ -52,7 +54,7 @@ def model_text_encoder(dataset: str, model: str, device: torch.device | str) -> 
     if expected is None:
         raise StageInputError(f"text_encoder@{dataset} ran when {model} was not text-conditioned; re-run it: dvc "
                               f"repro text_encoder@{dataset}")
-    encoder = load_text_encoder(paths.text_encoder(dataset) / ENCODER, device)
+    encoder = load_text_encoder(paths.text_encoder(dataset), device)
     if encoder.digest != expected:
         raise StageInputError(f"the text encoder of {dataset} is not the one {marker} names; re-run: dvc repro "
                               f"text_encoder@{dataset}")

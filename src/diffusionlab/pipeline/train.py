@@ -14,6 +14,7 @@ import torch
 
 from .. import paths
 from ..config.params import Params, RunConfig
+from ..captions import load_captions
 from ..datasets import load_prepared
 from ..device import device_name, precision_name
 from ..distributed import World, broadcast_object
@@ -23,9 +24,11 @@ from ..runtime.autoencoding import train_autoencoder
 from ..runtime.checkpoint import code_fingerprint, load_resume, save_checkpoint, save_phema_snapshot, save_resume
 from ..runtime.latent import LatentCodec, TrainedCodec, images_digest, reusable_codec, save_codec
 from ..runtime.model import DiffusionModel
+from ..runtime.text_encoding import TextEncoder
 from ..runtime.tracking import Tracker, log_model, open_run
 from ..runtime.training import Trainer, TrainResult
 from ..viz.figures import loss_curve_figure
+from .text_encoder import model_text_encoder
 from .world import in_world
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,12 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
         images, channels = codec.encode(images), run.autoencoder.latent_channels
         log.info("%s trains on %s latents of its autoencoder (scale %.4g)", run.name,
                  "x".join(map(str, images.shape[1:])), codec.scale)
-    trainer = Trainer(run, images, device, world, labels=data.train_labels)
+    text, captions = None, None
+    if run.model.text_conditional:
+        text = model_text_encoder(dataset, model, device)
+        captions = load_captions(paths.prepared(dataset)).train
+        log.info("%s trains on the captions of %s through its text encoder (%s)", run.name, dataset, text.digest)
+    trainer = Trainer(run, images, device, world, labels=data.train_labels, text=text, captions=captions)
     resume = load_resume(out / RESUME_FILE, run, channels, device) if world.is_main else None
     resume = broadcast_object(resume)
     if resume is not None:
@@ -99,7 +107,7 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
         result = trainer.run(on_log=training_logger(tracker, logged_through), on_checkpoint=lambda t: save_resume(
             out / RESUME_FILE, run, channels, t.state_dict(), tracker.run_id),
             on_snapshot=lambda t: save_phema_snapshot(partial, t.step, t.phema))
-        publish(result, run, channels, world, tracker, autoencoder)
+        publish(result, run, channels, world, tracker, autoencoder, text)
 
 
 def latent_codec(run: RunConfig, images: np.ndarray, device: torch.device) -> tuple[TrainedCodec, bool]:
@@ -118,14 +126,14 @@ def latent_codec(run: RunConfig, images: np.ndarray, device: torch.device) -> tu
 
 
 def publish(result: TrainResult, run: RunConfig, channels: int, world: World, tracker: Tracker,
-            autoencoder: tuple[TrainedCodec, bool] | None = None) -> None:
-    """Write the checkpoint, loss.csv, loss.png and train.json; log them, the training time, a latent model's
-    autoencoder's training, and the model (an MLflow pytorch model, :class:`DiffusionModel`) to the stage's run, and
-    record the run and model URI."""
+            autoencoder: tuple[TrainedCodec, bool] | None = None, text: TextEncoder | None = None) -> None:
+    """Write the checkpoint (with a text model's ``text`` encoder), loss.csv, loss.png and train.json; log them, the
+    training time, a latent model's autoencoder's training, and the model (an MLflow pytorch model,
+    :class:`DiffusionModel`) to the stage's run, and record the run and model URI."""
     out = paths.train(run.dataset, run.model_name)
     codec = autoencoder[0].codec if autoencoder else None
     save_checkpoint(out / "checkpoint.pt", run, channels, result.steps, result.model, result.ema, result.process,
-                    codec)
+                    codec, text)
     publish_phema(paths.phema_partial(run.dataset, run.model_name), paths.phema(run.dataset, run.model_name))
     write_loss_csv(result.history, out / "loss.csv")
     loss_curve_figure(result.history, out / "loss.png", f"{run.name}: training loss")
@@ -142,13 +150,16 @@ def publish(result: TrainResult, run: RunConfig, channels: int, world: World, tr
             tracker.log_metrics({f"autoencoder_{k}": v for k, v in row.items() if k != "step"}, step=int(row["step"]))
         tracker.log_metrics({"autoencoder_latent_scale": codec.scale, "autoencoder_train_seconds": trained.seconds})
         tracker.set_tags({"autoencoder_reused": str(reused).lower()})
+    if text is not None:
+        summary["text_encoder"] = {"digest": text.digest, "train_seconds": round(text.seconds, 2)}
+        tracker.set_tags({"text_encoder": text.digest})
     write_json(out / "train.json", summary)
     tracker.log_metrics({"train_seconds": summary["train_seconds"], "nonfinite_skips": result.skipped,
                          "train_images_per_second": summary["images_per_second"]})
     tracker.log_artifact(out / "checkpoint.pt", artifact_path="checkpoint")
     tracker.log_artifact(out / "loss.csv")
     tracker.log_artifact(out / "loss.png")
-    trained = DiffusionModel(run, channels, result.ema, result.process, result.steps, codec)
+    trained = DiffusionModel(run, channels, result.ema, result.process, result.steps, codec, text)
     info = tracker.call(log_model, trained, run)
     tracker.save_run_file(out, model_uri=info.model_uri if info else None)
 

@@ -311,6 +311,9 @@ class Tracker:
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         self.call(mlflow.log_artifacts, str(folder), artifact_path=artifact_path)
 
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
+        self.call(mlflow.log_dict, data, artifact_file)
+
     def save_run_file(self, folder: Path, **extra: Any) -> None:
         """Record the run's id among a stage's outputs, for the next stage to log into (null when untracked)."""
         write_json(folder / RUN_FILE, {"run_id": self.run_id, "experiment_id": self.experiment_id, **extra})
