@@ -566,6 +566,7 @@ def test_a_text_mmdit_flow_and_a_latent_transformer_added_to_the_pipeline_train_
     assert "bpd" not in metrics and 0 < metrics["bpd_ode"] < 20 and metrics["bpd_ode_stderr"] > 0
     assert metrics["family"] == "flow" and metrics["classifier"]["fid"] >= 0 and "autoencoder" not in metrics
     assert 0 <= metrics["class_accuracy"] <= 1 and metrics["class_accuracy_std"] >= 0  # for the prompts' classes
+    assert 0 <= metrics["clip_score"] <= 100 and metrics["clip_score_std"] >= 0
 
     out = dest / "outputs/train/digits-flow_latent"
     trained = json.loads((out / "train.json").read_text())["autoencoder"]

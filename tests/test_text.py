@@ -60,3 +60,20 @@ def test_after_training_on_tiny_data_matching_pairs_score_above_mismatched_ones(
     assert loaded.digest == encoder.digest
     assert torch.equal(loaded.condition(prompts), encoder.condition(prompts))
     assert loaded.condition(prompts).shape == (16, 1 + 4, 16)
+
+
+def test_clip_scores_pair_each_image_with_its_prompt_whatever_the_batch():
+    from diffusionlab.evaluation.prompts import clip_scores, prompts_of_draws
+
+    assert prompts_of_draws(["a", "b", "c"], 4, 2) == ["a", "b", "c", "a"] * 2
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (6, 1, 8, 8), dtype=np.uint8)
+    cfg = TextEncoderConfig(context_length=4, width=8, depth=1, num_heads=2, image_channels=8, embed_dim=8, steps=2,
+                            batch_size=4)
+    encoder = train_text_encoder(cfg, images, [["a top"], ["a bottom"]] * 3)
+    prompts = ["a top", "a bottom", "a top", "a top", "a bottom", "a bottom"]
+    whole = clip_scores(encoder, images, prompts, batch_size=6)
+    assert np.allclose(clip_scores(encoder, images, prompts, batch_size=4), whole, atol=1e-4)
+    x = torch.from_numpy(images[2:3]).float() / 127.5 - 1
+    assert whole[2] == pytest.approx(encoder.score(x, ["a top"]).item(), abs=1e-4)
+    assert ((whole >= 0) & (whole <= 100)).all()

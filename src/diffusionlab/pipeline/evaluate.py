@@ -29,6 +29,7 @@ from ..evaluation.metrics import (
     score_draws,
     split_draws,
 )
+from ..evaluation.prompts import clip_scores, prompts_of_draws
 from ..evaluation.restoration import psnr_ssim
 from ..evaluation.significance import SCORES, spread_of, summarize, welch
 from ..io import atomic_path, read_json, write_json
@@ -203,12 +204,16 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
                  if metrics["comparable_with_published"] else f"not comparable with FID-50k ({PAPER_SAMPLES:,} "
                  "samples): set sample.num_samples: 50000")
     rows = []
+    clip = ckpt.text if card.get("text_conditional") else None
+    prompts = prompts_of_draws(card["prompts"], card["num_samples"], draws) if clip is not None else []
     references = {b.name: load_reference(reference_file(dataset, b.name)) for b in backends}
     features = features if features is not None else extract_all(run, backends, inputs, device)
     for (steps, w, width), path in settings.items():
         images = np.load(path)
         hits = ([accuracy(classifier, images[i], labels[i], device) for i in split_draws(len(images), draws)]
                 if classifier is not None and steps == main_steps else None)
+        adherence = ([float(clip_scores(clip, images[i], [prompts[k] for k in i]).mean())
+                      for i in split_draws(len(images), draws)] if clip is not None and steps == main_steps else None)
         for backend in backends:
             reference = references[backend.name]
             reference.check(images)
@@ -217,7 +222,8 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
             for d, scores in enumerate(per_draw):
                 rows.append({"steps": steps, "guidance": w, "ema_width": width, "backend": backend.name, "draw": d,
                              **scores,
-                             **({"class_accuracy": hits[d]} if hits else {})})
+                             **({"class_accuracy": hits[d]} if hits else {}),
+                             **({"clip_score": adherence[d]} if adherence else {})})
     table = pd.DataFrame(rows)
     default_ema = table[table.ema_width.isna()]
     main = default_ema[(default_ema.steps == main_steps) & (_same_w(default_ema.guidance, main_w))]
@@ -230,11 +236,11 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
             versus = {"fid_vs_floor": diff.change, "fid_vs_floor_p": diff.p}
         floor_values = {_floor_key(k): v for k, v in real.items() if isinstance(v, float)}
         metrics[backend.name] = {**summary, **floor_values, **versus, **backend.identity}
-    if "class_accuracy" in main:
-        per_draw = main.groupby("draw").class_accuracy.first()
-        metrics["class_accuracy"] = float(per_draw.mean())
+    for name in [n for n in ("class_accuracy", "clip_score") if n in main]:
+        per_draw = main.groupby("draw")[name].first()
+        metrics[name] = float(per_draw.mean())
         if len(per_draw) > 1:
-            metrics["class_accuracy_std"] = float(per_draw.std(ddof=1))
+            metrics[f"{name}_std"] = float(per_draw.std(ddof=1))
     if main_w is not None:
         metrics["guidance"] = main_w
     sweep = _summaries(default_ema[_same_w(default_ema.guidance, main_w)], ["steps", "backend"])
@@ -387,7 +393,7 @@ def _same_w(column: pd.Series, w: float | None) -> pd.Series:
 
 
 def _records(rows: pd.DataFrame) -> list[dict]:
-    keep = [c for c in rows.columns if c in SCORES or c == "class_accuracy"]
+    keep = [c for c in rows.columns if c in SCORES or c in ("class_accuracy", "clip_score")]
     return [{k: float(v) for k, v in r.items() if pd.notna(v)} for r in rows[keep].to_dict("records")]
 
 

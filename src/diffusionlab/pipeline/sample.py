@@ -317,7 +317,7 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
         "sweep_steps": sorted(samples.sweep),
         "class_conditional": conditional, "guidance": s.guidance if conditional else None,
         "text_conditional": samples.prompts is not None,
-        **({"prompts": list(dict.fromkeys(samples.prompts))} if samples.prompts is not None else {}),
+        **({"prompts": list(s.prompts or ckpt.text.class_prompts)} if samples.prompts is not None else {}),
         "guidance_sweep": sorted(samples.guidance), "ema_widths": sorted(samples.ema), "precision": precision,
     })
     tracker.log_metrics({"sample_seconds": seconds[steps], **(
