@@ -14,7 +14,8 @@ from imports import graph  # noqa: E402
 LAYERS = [
     ("foundation", ["diffusionlab", "diffusionlab.errors", "diffusionlab.io", "diffusionlab.paths",
                     "diffusionlab.device", "diffusionlab.distributed", "diffusionlab.tensors",
-                    "diffusionlab.validation", "diffusionlab.datasets", "diffusionlab.chunks", "diffusionlab.captions", "diffusionlab.text",
+                    "diffusionlab.validation", "diffusionlab.datasets", "diffusionlab.chunks",
+                    "diffusionlab.captions", "diffusionlab.text",
                     "diffusionlab.timeline"]),
     ("core and networks", ["diffusionlab.core", "diffusionlab.nn"]),
     ("sampling", ["diffusionlab.sampling"]),

@@ -133,3 +133,29 @@ def test_training_on_captions_guides_against_the_empty_prompt_and_drops_captions
     copy_net = build_network(run, 1, build_process(run))
     copy_net.load_state_dict(copy.deepcopy(trainer.ema.module.state_dict()))
     assert torch.equal(copy_net.null_text, empty)  # a checkpoint guides against the empty prompt on its own
+
+
+def test_a_text_models_missing_or_stale_encoder_is_one_clear_line(tmp_path, monkeypatch):
+    from diffusionlab import paths
+    from diffusionlab.errors import StageInputError
+    from diffusionlab.io import write_json
+    from diffusionlab.pipeline.text_encoder import model_text_encoder
+    from diffusionlab.runtime.text_encoding import save_text_encoder
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StageInputError, match="run the text encoder's stage first: dvc repro text_encoder@digits"):
+        model_text_encoder("digits", "flow_text", "cpu")
+    marker = paths.text_marker("digits", "flow_text")
+    marker.parent.mkdir(parents=True)
+    write_json(marker, {"text_encoder": None})
+    with pytest.raises(StageInputError, match="ran when flow_text was not text-conditioned"):
+        model_text_encoder("digits", "flow_text", "cpu")
+    cfg = TextEncoderConfig(context_length=4, width=8, depth=1, num_heads=2, image_channels=8, embed_dim=8, steps=1,
+                            batch_size=2)
+    encoder = train_text_encoder(cfg, np.zeros((2, 1, 8, 8), np.uint8), [["a 1"], ["a 2"]])
+    save_text_encoder(encoder, paths.text_encoder("digits"))
+    write_json(marker, {"text_encoder": "another"})
+    with pytest.raises(StageInputError, match="is not the one .* names"):
+        model_text_encoder("digits", "flow_text", "cpu")
+    write_json(marker, {"text_encoder": encoder.digest})
+    assert model_text_encoder("digits", "flow_text", "cpu").digest == encoder.digest

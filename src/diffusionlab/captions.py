@@ -3,7 +3,8 @@
 Grayscale digits (digits, MNIST): the stroke thickness, the slant, the size and the position of the digit.
 Colour photos (CIFAR-10): the dominant colour and the brightness. Each attribute is kept as a number
 (``attributes`` [N, K]) and put into words by the terciles of the training split, so that each word holds about
-a third of the images (size and position stay numbers: the digits of a dataset fill its frame alike); every image gets several phrasings, among them the class alone ("a 7").
+a third of the images (size and position stay numbers: the digits of a dataset fill its frame alike); every image
+gets several phrasings, among them the class alone ("a 7").
 
 How each attribute is measured, on intensities I in [0, 1] (the ink of a digit, white on black):
 
@@ -179,7 +180,8 @@ def phrasings(label: int, class_name: str, values: dict[str, float], cuts: dict[
     if colour:
         hue_word = colour_name(values["hue"], values["saturation"])
         light = tercile_word("brightness", values["brightness"], cuts["brightness"])
-        return [f"a photo of {article(class_name)} {class_name}", f"a photo of {article(hue_word)} {hue_word} {class_name}",
+        return [f"a photo of {article(class_name)} {class_name}",
+                f"a photo of {article(hue_word)} {hue_word} {class_name}",
                 f"a {light} photo of {article(class_name)} {class_name}",
                 f"a {light} photo of {article(hue_word)} {hue_word} {class_name}"]
     thick = tercile_word("thickness", values["thickness"], cuts["thickness"])

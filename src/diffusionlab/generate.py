@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_dir(out) as folder:
         distinct = list(dict.fromkeys(prompts or []))
         for i, image in enumerate(images):
-            suffix = "" if labels is None else f"_prompt{distinct.index(prompts[i])}" if prompts else f"_class{labels[i]}"
+            suffix = ("" if labels is None else f"_prompt{distinct.index(prompts[i])}" if prompts
+                      else f"_class{labels[i]}")
             Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(
                 folder / f"{i:06d}{suffix}.png")
         if prompts:

@@ -36,7 +36,8 @@ class Stream(nn.Module):
     def qkv_of(self, x: Tensor, shift: Tensor, scale: Tensor, heads: int) -> Tensor:
         """[3, B, heads, N, D / heads]."""
         b, n, d = x.shape
-        return self.qkv(modulate(self.norm1(x), shift, scale)).reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(modulate(self.norm1(x), shift, scale))
+        return qkv.reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
 
     def finish(self, x: Tensor, attended: Tensor, gate_a: Tensor, shift_m: Tensor, scale_m: Tensor,
                gate_m: Tensor) -> Tensor:

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..config.params import Params, RunConfig
 from ..captions import load_captions
+from ..config.params import Params, RunConfig
 from ..datasets import load_prepared
 from ..device import device_name, precision_name
 from ..distributed import World, broadcast_object
@@ -70,6 +70,11 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
         raise StageInputError(f"prepared {dataset} has {data.card.image_size}px images but params say "
                               f"datasets.{dataset}.image_size = {run.data.image_size}; re-run its prepare stage")
     out = paths.train(dataset, model)
+    text, captions = None, None
+    if run.model.text_conditional:  # before a latent model's autoencoder trains: a missing encoder fails at once
+        text = model_text_encoder(dataset, model, device)
+        captions = load_captions(paths.prepared(dataset)).train
+        log.info("%s trains on the captions of %s through its text encoder (%s)", run.name, dataset, text.digest)
     channels, images, codec, autoencoder = data.card.channels, data.train_images, None, None
     if run.autoencoder is not None:
         autoencoder = latent_codec(run, images, device) if world.is_main else None
@@ -78,11 +83,6 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
         images, channels = codec.encode(images), run.autoencoder.latent_channels
         log.info("%s trains on %s latents of its autoencoder (scale %.4g)", run.name,
                  "x".join(map(str, images.shape[1:])), codec.scale)
-    text, captions = None, None
-    if run.model.text_conditional:
-        text = model_text_encoder(dataset, model, device)
-        captions = load_captions(paths.prepared(dataset)).train
-        log.info("%s trains on the captions of %s through its text encoder (%s)", run.name, dataset, text.digest)
     trainer = Trainer(run, images, device, world, labels=data.train_labels, text=text, captions=captions)
     resume = load_resume(out / RESUME_FILE, run, channels, device) if world.is_main else None
     resume = broadcast_object(resume)
