@@ -17,6 +17,17 @@ SPECIAL = (PAD, UNK, BOS, EOS)
 """Their ids are 0, 1, 2, 3."""
 
 
+def cycled(prompts: Sequence[str], n: int) -> list[str]:
+    """``n`` prompts: ``prompts`` in turn."""
+    return [prompts[i % len(prompts)] for i in range(n)]
+
+
+def phrasing_ids(tokenizer: PromptTokenizer, captions: Sequence[Sequence[str]]) -> np.ndarray:
+    """[N, P, L] token ids of every image's P phrasings (an image with fewer repeats its own in turn)."""
+    phrasings = max(len(p) for p in captions)
+    return np.stack([tokenizer(cycled(p, phrasings)) for p in captions])
+
+
 class PromptTokenizer:
     """A trained ``tokenizers.Tokenizer`` with fixed-length output."""
 

@@ -8,11 +8,12 @@ import torch
 
 from ..runtime.text_encoding import TextEncoder
 from ..tensors import to_model_range
+from ..text import cycled
 
 
 def prompts_of_draws(cycle: list[str], num_samples: int, draws: int) -> list[str]:
     """The prompt of every image of ``draws`` draws of ``num_samples``: ``cycle`` in turn within each draw."""
-    return [cycle[i % len(cycle)] for i in range(num_samples)] * draws
+    return cycled(cycle, num_samples) * draws
 
 
 def clip_scores(encoder: TextEncoder, images: np.ndarray, prompts: list[str], batch_size: int = 500) -> np.ndarray:

@@ -147,8 +147,7 @@ def requested(ckpt: Checkpoint, s: SampleConfig, class_names: list[str]
     class's caption), the classes they name (:func:`prompt_class`, -1 for none) and the prompts; None for an
     unconditional model."""
     if ckpt.text is not None:
-        cycle = list(s.prompts or ckpt.text.class_prompts)
-        prompts = [cycle[i % len(cycle)] for i in range(s.num_samples)]
+        prompts = ckpt.text.prompts(s.num_samples, s.prompts)
         named = np.array([prompt_class(p, class_names) for p in prompts], dtype=np.int64)
         return ckpt.text.conditions(prompts), named, prompts
     if not ckpt.ema.num_classes:

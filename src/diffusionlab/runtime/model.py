@@ -132,10 +132,7 @@ class DiffusionModel(nn.Module):
     def prompts(self, n: int, s: SampleConfig) -> list[str] | None:
         """The prompts of ``n`` images drawn with ``s``: ``sample.prompts`` in turn, or each class's when empty;
         None for a model that is not text-conditioned."""
-        if self.text is None:
-            return None
-        cycle = list(s.prompts or self.text.class_prompts)
-        return [cycle[i % len(cycle)] for i in range(n)]
+        return None if self.text is None else self.text.prompts(n, s.prompts)
 
     def labels(self, n: int, s: SampleConfig) -> np.ndarray | None:
         """What ``n`` images drawn with ``s`` are conditioned on: their classes [n], their prompts' conditions

@@ -22,7 +22,7 @@ from ..errors import StageInputError
 from ..io import atomic_path
 from ..nn.clip import CLIP, TextEncoderConfig
 from ..tensors import BatchOrder, to_model_range
-from ..text import PromptTokenizer
+from ..text import PromptTokenizer, cycled, phrasing_ids
 
 log = logging.getLogger(__name__)
 ENCODER_FILE = "text_encoder.pt"
@@ -48,6 +48,10 @@ class TextEncoder:
     @property
     def device(self) -> torch.device:
         return self.clip.logit_scale.device
+
+    def prompts(self, n: int, asked: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """``n`` prompts: ``asked`` in turn, or each class's prompt when it is empty."""
+        return cycled(list(asked or self.class_prompts), n)
 
     def ids(self, prompts: list[str]) -> Tensor:
         return torch.from_numpy(self.tokenizer(prompts)).to(self.device)
@@ -118,9 +122,9 @@ def train_text_encoder(cfg: TextEncoderConfig, images: np.ndarray, captions: lis
     torch.manual_seed(cfg.seed)
     tokenizer = PromptTokenizer.train((s for phrasings in captions for s in phrasings), cfg.context_length)
     clip = CLIP(tokenizer.vocab_size, images.shape[1], cfg, tokenizer.pad_id, tokenizer.eos_id).to(device)
-    phrasings = max(len(p) for p in captions)
-    ids = torch.from_numpy(np.stack([tokenizer([p[i % len(p)] for i in range(phrasings)]) for p in captions]))
-    data, ids = torch.from_numpy(images).to(device), ids.to(device)
+    ids = torch.from_numpy(phrasing_ids(tokenizer, captions)).to(device)
+    phrasings = ids.shape[1]
+    data = torch.from_numpy(images).to(device)
     optimizer = torch.optim.Adam(clip.parameters(), lr=cfg.lr)
     order = BatchOrder(len(data), min(cfg.batch_size, len(data)), torch.Generator().manual_seed(cfg.seed))
     pick = torch.Generator().manual_seed(cfg.seed + 1)

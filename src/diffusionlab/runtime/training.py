@@ -33,8 +33,9 @@ from ..nn.ema import make_ema
 from ..nn.phema import PowerEMA
 from ..nn.networks import Network
 from ..tensors import BatchOrder, to_model_range
+from ..text import phrasing_ids
 from .text_encoding import TextEncoder
-from .factory import build_network, build_process, num_classes, process_parameters
+from .factory import build_network, build_process, process_parameters
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,6 @@ def drop_condition(y: Tensor, null: Tensor, rate: float, generator: torch.Genera
     the empty prompt) with probability ``rate``: training for classifier-free guidance."""
     drop = torch.rand(len(y), device=y.device, generator=generator) < rate
     return torch.where(drop.reshape(-1, *[1] * (y.dim() - 1)), null, y)
-
-
-def caption_ids(text: TextEncoder, captions: list[list[str]]) -> Tensor:
-    """[N, P, L] token ids of every image's P phrasings (an image with fewer repeats its own in turn)."""
-    phrasings = max(len(p) for p in captions)
-    return torch.from_numpy(np.stack([text.tokenizer([p[i % len(p)] for i in range(phrasings)]) for p in captions]))
 
 
 def rng_states() -> dict[str, Any]:
@@ -115,7 +110,8 @@ class Trainer:
             raise ValueError(f"{cfg.name} is text-conditioned: pass the text encoder and the training captions")
         self.labels = torch.from_numpy(labels).to(device) if cfg.model.class_conditional else None
         self.text = text if cfg.model.text_conditional else None
-        self.caption_ids = caption_ids(text, captions).to(device) if self.text is not None else None
+        self.caption_ids = (torch.from_numpy(phrasing_ids(text.tokenizer, captions)).to(device)
+                            if self.text is not None else None)
         """[N, P, L]: the token ids of every phrasing of every training image's caption."""
         self.shard = world.shard(dc.batch_size)
         torch.manual_seed(tc.seed)
