@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from diffusionlab.captions import (colour_attributes, colour_name, gray_attributes, load_captions, prompt_class,
+from diffusionlab.captions import (AttributePrompt, attribute_prompts, colour_attributes, colour_name,
+                                   gray_attributes, hold_out, load_captions, parse_held_out, prompt_class,
                                    save_captions, slant, thickness, write_captions)
 from diffusionlab.errors import ConfigError
 
@@ -50,16 +51,42 @@ def test_colour_brightness_hue_and_saturation_of_flat_images():
     assert colour_name(120, 0.1) == "gray"
 
 
-def test_captions_word_the_terciles_and_keep_the_numbers(tmp_path):
-    images = np.concatenate([bar(w, shear=s) for w in (1, 2, 4) for s in (-0.4, 0.0, 0.4)])
-    labels = np.arange(9) % 10
+def test_captions_word_the_terciles_of_each_class_and_keep_the_numbers(tmp_path):
+    thin_class = [bar(w, shear=s) for w in (1, 2, 3) for s in (-0.4, 0.0, 0.4)]
+    thick_class = [bar(w, shear=s) for w in (3, 4, 6) for s in (-0.4, 0.0, 0.4)]
+    images, labels = np.concatenate(thin_class + thick_class), np.repeat([0, 8], 9)
     captions = write_captions(images, labels, images[:2], labels[:2], [str(i) for i in range(10)])
-    assert captions.train[0][0] == "a 0" and captions.train[8][0] == "an 8"
-    assert captions.train[0][1] == "a thin left-slanted 0" and captions.train[8][1] == "a thick right-slanted 8"
-    assert captions.train_attributes.shape == (9, 5)
+    assert captions.train[0][0] == "a 0" and captions.train[9][0] == "an 8"
+    assert captions.train[0][1] == "a thin left-slanted 0" and captions.train[16][1] == "a thick upright 8"
+    # a width of 3 is thick for a 0 and thin for an 8: the words are relative to the class
+    assert captions.train[7][2] == "a thick 0" and captions.train[9][2] == "a thin 8"
+    assert captions.train[13][3] == "an upright 8"
+    assert captions.train_attributes.shape == (18, 5)
     save_captions(captions, tmp_path)
     loaded = load_captions(tmp_path)
     assert loaded.train == captions.train and np.array_equal(loaded.test_attributes, captions.test_attributes)
+    assert loaded.cuts == captions.cuts and len(loaded.cuts["slant"]) == 10
+
+
+def test_attribute_prompts_ask_every_word_of_every_class_as_the_captions_phrase_it():
+    asked = attribute_prompts(["0", "1", "8"], colour=False)
+    assert [a.prompt for a in asked[:4]] == ["a thin 0", "a thin 1", "a thin 8", "a medium 0"]
+    assert len(asked) == 3 * 6 and asked[-1] == AttributePrompt("a right-slanted 8", 2, "slant", 2)
+    assert {a.prompt for a in asked if a.attribute == "slant" and a.level == 1} == {"an upright 0", "an upright 1",
+                                                                                    "an upright 8"}
+    colour = attribute_prompts(["cat"], colour=True)
+    assert [a.prompt for a in colour] == ["a dark photo of a cat", "a dim photo of a cat", "a bright photo of a cat"]
+
+
+def test_held_out_combinations_leave_no_caption_that_pairs_the_word_with_the_class():
+    captions = [["a 7", "a thick upright 7", "a thick 7", "an upright 7", "the digit seven written thick and upright"],
+                ["a 1", "a thick upright 1", "a thick 1", "an upright 1", "the digit one written thick and upright"]]
+    kept = hold_out(captions, np.array([7, 1]), parse_held_out(["thick 7"], [str(i) for i in range(10)]))
+    assert kept[0] == ["a 7", "an upright 7"] and kept[1] == captions[1]
+    with pytest.raises(ConfigError, match="'fat 7' is not '<word> <class>'.*thick"):
+        parse_held_out(["fat 7"], [str(i) for i in range(10)])
+    with pytest.raises(ConfigError, match="'thick 11'"):
+        parse_held_out(["thick 11"], [str(i) for i in range(10)])
 
 
 def test_own_captions_take_the_place_of_the_written_ones_and_must_match_the_images(tmp_path):
@@ -87,3 +114,36 @@ def test_the_grid_of_a_text_model_puts_each_prompt_on_a_row_of_its_own():
     prompts = ["a 1", "a 7", "a 3"] * 3 + ["a 1"]
     order, per_row = prompt_rows(prompts, 10)
     assert per_row == 3 and [prompts[i] for i in order] == ["a 1"] * 3 + ["a 7"] * 3 + ["a 3"] * 3
+
+
+def adherence_of(faithful: bool, held_out=frozenset()):
+    """The adherence of samples that are training images with the word asked (``faithful``) or any image of the
+    class, of bars of random width and shear in two classes."""
+    from diffusionlab.captions import tercile
+    from diffusionlab.evaluation.prompts import attribute_adherence
+
+    rng = np.random.default_rng(0)
+    images = np.concatenate([bar(int(rng.integers(1, 7)), shear=float(rng.uniform(-0.5, 0.5))) for _ in range(180)])
+    labels = np.repeat([0, 1], 90)
+    captions = write_captions(images, labels, images[:2], labels[:2], ["0", "1"])
+    asked = attribute_prompts(["0", "1"], colour=False) * 20
+    samples = []
+    for a in asked:
+        values = captions.train_attributes[:, captions.names.index(a.attribute)]
+        pool = [i for i in np.flatnonzero(labels == a.label)
+                if not faithful or tercile(values[i], captions.cuts[a.attribute][a.label]) == a.level]
+        samples.append(images[rng.choice(pool)])
+    return attribute_adherence(np.stack(samples), asked, captions, labels, held_out)
+
+
+def test_samples_with_the_word_asked_adhere_and_samples_that_ignore_it_do_not():
+    good, blind = adherence_of(True), adherence_of(False)
+    for name in ("thickness", "slant"):
+        assert good[f"{name}_r"] > 0.7 and 0.6 < good[f"{name}_gain"] < 1.4
+        assert abs(blind[f"{name}_r"]) < 0.3 and abs(blind[f"{name}_gain"]) < 0.3
+        assert good[f"{name}_error"] < blind[f"{name}_error"]
+
+
+def test_held_out_combinations_are_scored_apart_from_the_seen_ones():
+    scores = adherence_of(True, held_out={(0, "thick")})
+    assert 0.6 < scores["thickness_gain_held_out"] < 1.4 and "slant_gain_held_out" not in scores

@@ -403,3 +403,15 @@ def test_every_family_says_what_its_models_are_trained_with(block, recipe):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["models"]["probe"] = block
     assert parse_params(raw).models["probe"].recipe == recipe
+
+
+def test_a_held_out_combination_is_checked_against_the_words_and_every_dataset_s_classes(raw):
+    raw["pipeline"]["models"] = ["flow_text"]
+    raw["text_encoder"]["held_out"] = ["thick 7"]
+    assert parse_params(raw).text_encoder.held_out == ("thick 7",)
+    raw["text_encoder"]["held_out"] = ["thick seven"]
+    with pytest.raises(ConfigError, match="text_encoder.held_out 'thick seven' is not '<word> <class>'"):
+        parse_params(raw)
+    raw["pipeline"]["datasets"] = ["cifar10"]
+    raw["text_encoder"]["held_out"] = ["bright cat"]
+    assert parse_params(raw).text_encoder.held_out == ("bright cat",)

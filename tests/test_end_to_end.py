@@ -567,6 +567,15 @@ def test_a_text_mmdit_flow_and_a_latent_transformer_added_to_the_pipeline_train_
     assert metrics["family"] == "flow" and metrics["classifier"]["fid"] >= 0 and "autoencoder" not in metrics
     assert 0 <= metrics["class_accuracy"] <= 1 and metrics["class_accuracy_std"] >= 0  # for the prompts' classes
     assert 0 <= metrics["clip_score"] <= 100 and metrics["clip_score_std"] >= 0
+    # every word of every class drawn apart and scored for the attribute it asks, "thick 7" as never seen
+    assert len(card["attribute_prompts"]) == 60 and card["attribute_prompts"][:2] == ["a thin 0", "a thin 1"]
+    assert np.load(dest / "outputs/sample/digits-flow/attributes/samples.npy").shape == (120, 1, 8, 8)
+    assert (dest / "outputs/sample/digits-flow/attributes/grid.png").is_file()
+    adherence = metrics["attributes"]
+    assert adherence["held_out"] == ["thick 7"] and adherence["images_per_draw"] == 60
+    assert all(-1 <= adherence[f"{a}_r"] <= 1 and adherence[f"{a}_error"] >= 0 for a in ("thickness", "slant"))
+    assert "thickness_gain_held_out" in adherence and "slant_gain_held_out" not in adherence
+    assert not (dest / "outputs/sample/digits-flow_latent/attributes/samples.npy").exists()
 
     out = dest / "outputs/train/digits-flow_latent"
     trained = json.loads((out / "train.json").read_text())["autoencoder"]

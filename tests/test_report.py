@@ -231,3 +231,23 @@ def test_every_step_count_shows_its_network_evaluations_per_image(tmp_path):
     assert shown == {("edm", 10): 19, ("edm", 25): 49, ("edm", 50): 99, ("ddpm", 10): 20, ("ddpm", 25): 50,
                      ("ddpm", 50): 100}
     assert table[table.model == FLOOR_MODEL]["network evaluations"].isna().all()
+
+
+def test_a_text_model_gets_a_prompt_adherence_table_and_its_attribute_grid(tmp_path):
+    text = model_result(tmp_path, "digits", "flow_text", 10.0, "green", conditional=True)
+    text.metrics.update(clip_score=70.6, clip_score_std=0.3, attributes={
+        "images_per_draw": 300, "prompts": 60, "held_out": ["thick 7"], "thickness_r": 0.81, "thickness_r_std": 0.04,
+        "thickness_gain": 0.9, "thickness_gain_std": 0.1, "thickness_gain_held_out": 0.5,
+        "thickness_gain_held_out_std": 0.2})
+    text.attributes_png = tmp_path / "attributes.png"
+    Image.new("RGB", (10, 6), "blue").save(text.attributes_png)
+    results = Results(floors={"digits": floor(0.5)},
+                      models=[model_result(tmp_path, "digits", "flow", 10.0, "red", conditional=True), text])
+    page, md = render_html(results), render_markdown(results, Path("outputs/report"))
+    assert text.attributes_png.read_bytes() in embedded_images(page)
+    for shown_in in (page, md):
+        assert "Prompt adherence" in shown_in and "70.6 ± 0.3" in shown_in and "0.81 ± 0.04" in shown_in
+        assert "thickness gain held out" in shown_in and "thick 7" in shown_in
+    section = md.split("## Prompt adherence")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| digits")]
+    assert len(rows) == 1 and "flow_text" in rows[0]  # the class-conditional flow has no adherence row

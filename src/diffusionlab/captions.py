@@ -2,9 +2,10 @@
 
 Grayscale digits (digits, MNIST): the stroke thickness, the slant, the size and the position of the digit.
 Colour photos (CIFAR-10): the dominant colour and the brightness. Each attribute is kept as a number
-(``attributes`` [N, K]) and put into words by the terciles of the training split, so that each word holds about
-a third of the images (size and position stay numbers: the digits of a dataset fill its frame alike); every image
-gets several phrasings, among them the class alone ("a 7").
+(``attributes`` [N, K]) and put into words by the terciles of its class in the training split, so that each word
+holds about a third of the images of each class ("a thick 1" is thick for a 1; size and position stay numbers: the
+digits of a dataset fill its frame alike); every image gets several phrasings, among them the class alone ("a 7").
+:func:`attribute_prompts` asks for each word of each class, which the evaluation measures the samples against.
 
 How each attribute is measured, on intensities I in [0, 1] (the ink of a digit, white on black):
 
@@ -148,9 +149,21 @@ def prompt_class(prompt: str, class_names: list[str]) -> int:
     return found.pop() if len(found) == 1 else -1
 
 
+def tercile(value: float, cuts: tuple[float, float]) -> int:
+    """0, 1 or 2: the tercile of ``value`` among the training images of its class (cuts: their 1/3 and 2/3
+    quantiles)."""
+    return int(value > cuts[0]) + int(value > cuts[1])
+
+
 def tercile_word(name: str, value: float, cuts: tuple[float, float]) -> str:
-    """The word of ``value``'s tercile of attribute ``name`` (cuts: the training split's 1/3 and 2/3 quantiles)."""
-    return WORDS[name][int(value > cuts[0]) + int(value > cuts[1])]
+    """The word of ``value``'s tercile of attribute ``name``."""
+    return WORDS[name][tercile(value, cuts)]
+
+
+def class_cuts(values: np.ndarray, labels: np.ndarray, num_classes: int) -> list[tuple[float, float]]:
+    """The 1/3 and 2/3 quantiles of ``values`` [N] within each class (0, 0 for a class without images)."""
+    return [tuple(float(q) for q in np.quantile(values[labels == c], [1 / 3, 2 / 3])) if (labels == c).any()
+            else (0.0, 0.0) for c in range(num_classes)]
 
 
 @dataclass
@@ -159,8 +172,8 @@ class Captions:
 
     names: tuple[str, ...]
     """The attributes measured (:data:`GRAY_ATTRIBUTES` or :data:`COLOUR_ATTRIBUTES`)."""
-    cuts: dict[str, tuple[float, float]]
-    """The training split's terciles of each worded attribute."""
+    cuts: dict[str, list[tuple[float, float]]]
+    """Each worded attribute's terciles within each class of the training split."""
     train: list[list[str]]
     test: list[list[str]]
     train_attributes: np.ndarray
@@ -174,20 +187,79 @@ def article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou8" else "a"
 
 
+def one_word(name: str, word: str, class_name: str) -> str:
+    """The phrasing that asks for one word of attribute ``name`` of a class: "a thick 7", "an upright 7", "a dark
+    photo of a cat"."""
+    if name == "brightness":
+        return f"a {word} photo of {article(class_name)} {class_name}"
+    return f"{article(word)} {word} {class_name}"
+
+
 def phrasings(label: int, class_name: str, values: dict[str, float], cuts: dict[str, tuple[float, float]],
               colour: bool) -> list[str]:
-    """The phrasings of one image, the class alone first."""
+    """The phrasings of one image (``cuts``: its class's terciles), the class alone first."""
     if colour:
         hue_word = colour_name(values["hue"], values["saturation"])
         light = tercile_word("brightness", values["brightness"], cuts["brightness"])
         return [f"a photo of {article(class_name)} {class_name}",
                 f"a photo of {article(hue_word)} {hue_word} {class_name}",
-                f"a {light} photo of {article(class_name)} {class_name}",
+                one_word("brightness", light, class_name),
                 f"a {light} photo of {article(hue_word)} {hue_word} {class_name}"]
     thick = tercile_word("thickness", values["thickness"], cuts["thickness"])
     lean = tercile_word("slant", values["slant"], cuts["slant"])
-    return [f"{article(class_name)} {class_name}", f"a {thick} {lean} {class_name}", f"a {thick} {class_name}",
+    return [f"{article(class_name)} {class_name}", f"a {thick} {lean} {class_name}",
+            one_word("thickness", thick, class_name), one_word("slant", lean, class_name),
             f"the digit {DIGIT_WORDS[label]} written {thick} and {lean}"]
+
+
+@dataclass(frozen=True)
+class AttributePrompt:
+    """A prompt that asks for one word of one attribute of one class."""
+
+    prompt: str
+    label: int
+    attribute: str
+    level: int
+    """The word's tercile: 0 (thin, left-slanted, dark), 1 or 2."""
+
+
+def attribute_prompts(class_names: list[str], colour: bool) -> list[AttributePrompt]:
+    """Every class asked for with every word of every worded attribute, a phrasing of the captions each
+    (:func:`one_word`), the classes in turn within each word (a grid of a row per word, a column per class): the
+    prompts whose samples the evaluation measures against what they ask."""
+    names = [n for n in (COLOUR_ATTRIBUTES if colour else GRAY_ATTRIBUTES) if n in WORDS]
+    return [AttributePrompt(one_word(name, word, class_name), label, name, level)
+            for name in names for level, word in enumerate(WORDS[name])
+            for label, class_name in enumerate(class_names)]
+
+
+def parse_held_out(combinations: list[str] | tuple[str, ...], class_names: list[str]) -> set[tuple[int, str]]:
+    """``["thick 7", "left-slanted 1"]`` -> {(7, "thick"), (1, "left-slanted")}: each an attribute word then a class
+    name; anything else is one error naming the words and classes there are."""
+    words = {w for ws in WORDS.values() for w in ws}
+    out = set()
+    for text in combinations:
+        parts = text.split()
+        if len(parts) != 2 or parts[0] not in words or parts[1] not in class_names:
+            raise ConfigError(f"text_encoder.held_out '{text}' is not '<word> <class>': the words are "
+                              f"{', '.join(sorted(words))}; the classes {', '.join(class_names)}")
+        out.add((class_names.index(parts[1]), parts[0]))
+    return out
+
+
+def hold_out(captions: list[list[str]], labels: np.ndarray, combinations: set[tuple[int, str]]
+             ) -> list[list[str]]:
+    """``captions`` with every phrasing of an image of a held-out (class, word) combination that holds the word
+    dropped, so that no training caption pairs the word with the class (the image keeps its other phrasings,
+    the class alone among them)."""
+    if not combinations:
+        return captions
+    out = []
+    for phrasings_of, y in zip(captions, labels):
+        drop = {w for c, w in combinations if c == int(y)}
+        kept = [p for p in phrasings_of if not drop & set(p.split())]
+        out.append(kept or phrasings_of[:1])
+    return out
 
 
 def write_captions(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
@@ -197,7 +269,7 @@ def write_captions(train_images: np.ndarray, train_labels: np.ndarray, test_imag
     names, train_values = measure(train_images)
     _, test_values = measure(test_images)
     worded = [n for n in names if n in WORDS]
-    cuts = {n: tuple(float(q) for q in np.quantile(train_values[:, names.index(n)], [1 / 3, 2 / 3])) for n in worded}
+    cuts = {n: class_cuts(train_values[:, names.index(n)], train_labels, len(class_names)) for n in worded}
     colour = train_images.shape[1] == 3
     if own is not None:
         lines = Path(own).read_text().splitlines()
@@ -210,8 +282,8 @@ def write_captions(train_images: np.ndarray, train_labels: np.ndarray, test_imag
                         test_values, str(own))
 
     def write(values: np.ndarray, labels: np.ndarray) -> list[list[str]]:
-        return [phrasings(int(y), class_names[int(y)], dict(zip(names, row)), cuts, colour)
-                for row, y in zip(values, labels)]
+        return [phrasings(int(y), class_names[int(y)], dict(zip(names, row)), {n: c[int(y)] for n, c in cuts.items()},
+                          colour) for row, y in zip(values, labels)]
 
     return Captions(names, cuts, write(train_values, train_labels), write(test_values, test_labels), train_values,
                     test_values)
@@ -231,5 +303,6 @@ def load_captions(folder: str | Path) -> Captions:
         raise FileNotFoundError(f"{folder} holds no captions; re-run its prepare stage (dvc repro prepare@...)")
     record = read_json(folder / CAPTIONS_FILE)
     arrays = {f"{s}_attributes": np.load(folder / f"{s}_attributes.npy") for s in ("train", "test")}
-    return Captions(tuple(record["names"]), {k: tuple(v) for k, v in record["cuts"].items()}, record["train"],
+    return Captions(tuple(record["names"]), {k: [tuple(c) for c in v] for k, v in record["cuts"].items()},
+                    record["train"],
                     record["test"], source=record["source"], **arrays)

@@ -29,7 +29,10 @@ MIRROR_ENV = "DIFFUSIONLAB_DATA_MIRROR"
 OFFLINE_DATASET = "digits"
 DatasetName = Literal["digits", "mnist", "mnist_t10k", "cifar10"]
 DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
-NUM_CLASSES = {"digits": 10, "mnist": 10, "mnist_t10k": 10, "cifar10": 10}
+CLASS_NAMES = {**{name: [str(i) for i in range(10)] for name in ("digits", "mnist", "mnist_t10k")},
+               "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
+"""Each dataset's classes in label order (CIFAR-10's as torchvision names them)."""
+NUM_CLASSES = {name: len(names) for name, names in CLASS_NAMES.items()}
 STANDIN = "mnist_t10k"
 """MNIST's 10,000-image test split alone, split in two by class: a stand-in for MNIST where its training images
 cannot be had (:func:`prepare_mnist_t10k`)."""

@@ -69,6 +69,12 @@ def ema_samples(dataset: str, model: str, width: float) -> Path:
     return sample(dataset, model) / "ema" / f"sigma_{width:g}.npy"
 
 
+def attribute_samples(dataset: str, model: str) -> Path:
+    """The folder of a text model's samples of the attribute prompts (samples.npy) and their grid (grid.png, a row
+    per word, a column per class), drawn by the sample stage; empty for any other model."""
+    return sample(dataset, model) / "attributes"
+
+
 def evaluate(dataset: str, model: str) -> Path:
     return OUTPUTS / "evaluate" / f"{dataset}-{model}"
 

@@ -15,7 +15,8 @@ from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from ..datasets import NUM_CLASSES, DataConfig, DatasetName, ImageSize
+from ..captions import parse_held_out
+from ..datasets import CLASS_NAMES, NUM_CLASSES, DataConfig, DatasetName, ImageSize
 from ..errors import ConfigError
 from ..families.params import PARAMS, ModelParams
 from ..nn.autoencoder import AutoencoderConfig
@@ -238,6 +239,9 @@ class Params(Section):
             if what:
                 raise ValueError(f"{what} but models.{name}.timesteps is {total}; a sampler cannot take more steps "
                                  "than the model has")
+        if self.text_models():
+            for name in self.pipeline.datasets:
+                parse_held_out(self.text_encoder.held_out, CLASS_NAMES[name])
         restoring = self.restore.models if self.restore.tasks else ()  # without a task there is no restore stage
         for name in [m for m in restoring if m not in self.pipeline.models][:1]:
             raise ValueError(f"restore.models lists '{name}', which pipeline.models ({', '.join(self.pipeline.models)}) "

@@ -69,6 +69,9 @@ class SampleConfig(SampleCounts):
     """Classes a class-conditional model is asked for, repeated in order; empty: every class in turn."""
     prompts: Tuple[str] = ()
     """What a text-conditioned model draws, in turn (empty: the caption of each class alone, "a 7")."""
+    attribute_samples: int = Field(300, ge=0)
+    """Images per draw a text-conditioned model draws of the prompts that ask for one attribute's word ("a thick
+    7"), scored for how well they have it; 0: none."""
     guidance_sweep: Tuple[Annotated[Float, Field(ge=0)]] = ()
     """Further guidance scales whose samples are scored too (class accuracy, FID and IS against w)."""
     ema_widths: Tuple[Annotated[Float, Field(gt=0, lt=0.28)]] = ()

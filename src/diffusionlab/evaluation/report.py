@@ -56,6 +56,8 @@ class ModelResult:
     restoration_prior: str = ""
     restoration_figures: dict[str, Path] = field(default_factory=dict)
     """The restore stage's figure of each task."""
+    attributes_png: Path | None = None
+    """A text model's grid of the attribute prompts (a row per word, a column per class); None for any other."""
 
 
 @dataclass
@@ -494,6 +496,14 @@ def render_html(results: Results) -> str:
         guided = guidance_figure(results, dataset)
         if guided is not None:
             parts.append(_img(guided, f"{dataset} FID and class accuracy against guidance"))
+    adherence = adherence_table(results)
+    if len(adherence):
+        parts += ["<h2>Prompt adherence</h2>", f"<p>{html.escape(ADHERENCE_NOTE)}</p>", _table_html(adherence),
+                  '<div class="grids">']
+        parts += [f"<figure>{_img(r.attributes_png.read_bytes(), f'{r.dataset}-{r.model} attribute prompts')}"
+                  f"<figcaption>{html.escape(r.model)}: a row per word, a column per class</figcaption></figure>"
+                  for r in results.models if r.attributes_png is not None]
+        parts.append("</div>")
     widths = ema_table(results, level)
     if len(widths):
         parts += ["<h2>Post-hoc EMA widths</h2>", f"<p>{html.escape(EMA_NOTE)}</p>", _table_html(widths)]
@@ -517,6 +527,40 @@ def _html_line(line: str) -> str:
     """A summary line (Markdown bold around its heading) as HTML."""
     head, _, rest = line.removeprefix("- **").partition("**")
     return f"<b>{html.escape(head)}</b>{html.escape(rest)}"
+
+
+ADHERENCE_NOTE = (
+    "How well a text model's samples follow their prompts, mean ± standard deviation over the draws: the CLIP score "
+    "of its own prompts under the in-domain CLIP, and for prompts that ask for one word of an attribute ('a thick "
+    "7'), the attribute measured on each sample as the captions measure it: r is Pearson's correlation of the "
+    "requested value (the median of the class's training images with the word) and the measured one, gain the "
+    "fraction of the requested departure from the class's median that the samples reach (1: as far as the data, "
+    "0: the word is ignored), error the mean absolute difference; held out: the gain of the combinations kept out "
+    "of training.")
+
+
+def adherence_table(results: Results) -> pd.DataFrame:
+    """One row per text model: its CLIP score, class accuracy and each attribute's r, gain (seen and held out) and
+    error, mean ± std over the draws."""
+    rows = []
+    for r in results.models:
+        m, scores = r.metrics, r.metrics.get("attributes")
+        if scores is None and "clip_score" not in m:
+            continue
+        row = {"dataset": r.dataset, "model": r.model}
+        for key, label in (("clip_score", "CLIP score"), ("class_accuracy", "class accuracy")):
+            if key in m:
+                row[label] = _pm(m[key], m.get(f"{key}_std"))
+        for key in [k for k in (scores or {}) if isinstance(scores[k], float) and not k.endswith("_std")]:
+            row[key.replace("_", " ")] = _pm(scores[key], scores.get(f"{key}_std"))
+        if scores and scores.get("held_out"):
+            row["held out"] = ", ".join(scores["held_out"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pm(mean: float, std: float | None) -> str:
+    return f"{mean:.3g}" if std is None else f"{mean:.3g} ± {std:.2g}"
 
 
 AUTOENCODER_NOTE = ("The reconstructions of the held-out images, scored as the real-data floor is: the best FID a "
@@ -553,6 +597,13 @@ def render_markdown(results: Results, grid_root: Path) -> str:
         lines.append("")
     lines += ["## Results at each model's sampling steps", "", note(results), "", _table_markdown(shown(judged, level)),
               ""]
+    adherence = adherence_table(results)
+    if len(adherence):
+        lines += ["## Prompt adherence", "", ADHERENCE_NOTE, "", _table_markdown(adherence), ""]
+        for r in [r for r in results.models if r.attributes_png is not None]:
+            rel = Path(*[".."] * len(grid_root.parts)) / r.attributes_png
+            lines.append(f"![{r.dataset}-{r.model} attribute prompts, a row per word]({rel.as_posix()})")
+        lines.append("")
     widths = ema_table(results, level)
     if len(widths):
         lines += ["## Post-hoc EMA widths", "", EMA_NOTE, "", _table_markdown(widths), ""]

@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..validation import Float, Section
+from ..validation import Float, Section, Tuple
 from .unet import group_norm
 
 
@@ -38,6 +38,9 @@ class TextEncoderConfig(Section):
     batch_size: int = Field(128, ge=2)
     lr: Float = Field(1e-3, gt=0)
     seed: int = Field(0, ge=0)
+    held_out: Tuple[str] = ()
+    """(class, word) combinations kept out of every training caption, the CLIP's and the diffusion model's, as
+    "<word> <class>" ("thick 7"): the evaluation scores their prompts apart from the seen ones."""
 
 
 def contrastive_loss(image: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:

@@ -15,7 +15,9 @@ from .. import paths
 from ..chunks import Meter
 from ..config.params import Params, RunConfig
 from ..config.sections import PAPER_SAMPLES, EvaluateConfig
-from ..datasets import load_prepared
+from ..captions import AttributePrompt, Captions, attribute_prompts, load_captions, parse_held_out
+from ..datasets import PreparedDataset, load_prepared
+from ..errors import StageInputError
 from ..device import device_name
 from ..distributed import World
 from ..evaluation.features import Backend, resolve_backends
@@ -29,7 +31,7 @@ from ..evaluation.metrics import (
     score_draws,
     split_draws,
 )
-from ..evaluation.prompts import clip_scores, prompts_of_draws
+from ..evaluation.prompts import attribute_adherence, clip_scores, prompts_of_draws
 from ..evaluation.restoration import psnr_ssim
 from ..evaluation.significance import SCORES, spread_of, summarize, welch
 from ..io import atomic_path, read_json, write_json
@@ -38,6 +40,7 @@ from ..runtime.autoencoding import reconstruct
 from ..runtime.checkpoint import Checkpoint, load_checkpoint
 from ..runtime.latent import LatentCodec
 from ..runtime.tracking import Tracker, open_run, read_run_file, register_model, registered_model_name
+from ..text import cycled
 from .world import in_world
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,43 @@ class Inputs:
     classifier: torch.nn.Module | None
     held_out: np.ndarray
     """Every held-out image: a latent model's autoencoder reconstructs them."""
+    attributes: AttributeImages | None = None
+    """A text model's samples of the attribute prompts."""
+
+
+@dataclass
+class AttributeImages:
+    """A text model's samples of the prompts that ask for an attribute's word, and what adherence is measured
+    against: the training split's captions and labels, and the (class, word) combinations held out of them."""
+
+    images: np.ndarray
+    asked: list[AttributePrompt]
+    """The prompt of each image of one draw."""
+    captions: Captions
+    train_labels: np.ndarray
+    class_names: list[str]
+    held_out: set[tuple[int, str]]
+
+    def per_draw(self, draws: int) -> list[dict[str, float]]:
+        return [attribute_adherence(self.images[i], self.asked, self.captions, self.train_labels, self.held_out)
+                for i in split_draws(len(self.images), draws)]
+
+
+def attribute_images(card: dict, dataset: str, model: str, prepared: PreparedDataset, ckpt: Checkpoint
+                     ) -> AttributeImages | None:
+    """The sample stage's images of the attribute prompts (None when it drew none), each with what it asks."""
+    if not card.get("attribute_prompts"):
+        return None
+    names = prepared.card.class_names
+    captions = load_captions(paths.prepared(dataset))
+    known = {a.prompt: a for a in attribute_prompts(names, "brightness" in captions.names)}
+    unknown = [p for p in card["attribute_prompts"] if p not in known][:1]
+    if unknown:
+        raise StageInputError(f"sample.json asks for the attribute prompt '{unknown[0]}', which the captions of "
+                              f"{dataset} do not word; re-run its sample stage: dvc repro sample@{dataset}-{model}")
+    asked = [known[p] for p in cycled(card["attribute_prompts"], card["attribute_samples"])]
+    return AttributeImages(np.load(paths.attribute_samples(dataset, model) / "samples.npy"), asked, captions,
+                           prepared.train_labels, names, parse_held_out(ckpt.text.config.held_out, names))
 
 
 def evaluate_stage(params: Params, dataset: str, model: str) -> None:
@@ -171,11 +211,13 @@ def load_inputs(run: RunConfig, backends: list[Backend], device: torch.device) -
     settings.update({(main_steps, main_w, width): paths.ema_samples(dataset, model, width)
                      for width in card.get("ema_widths", [])})
     ckpt = load_checkpoint(paths.train(dataset, model) / "checkpoint.pt", device)
-    held_out = load_prepared(paths.prepared(dataset)).test_images
+    prepared = load_prepared(paths.prepared(dataset))
+    held_out = prepared.test_images
     nll_images = held_out if e.nll_images == 0 else held_out[: e.nll_images]
     labels = np.load(sample_dir / "labels.npy")
     classifier = load_classifier(paths.feature_network(dataset, "classifier"), device)[0] if card["class_conditional"] else None
-    return Inputs(card, settings, floor, ckpt, nll_images, labels, classifier, held_out)
+    return Inputs(card, settings, floor, ckpt, nll_images, labels, classifier, held_out,
+                  attribute_images(card, dataset, model, prepared, ckpt))
 
 
 def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch.device,
@@ -243,6 +285,8 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
             metrics[f"{name}_std"] = float(per_draw.std(ddof=1))
     if main_w is not None:
         metrics["guidance"] = main_w
+    if inputs.attributes is not None:
+        metrics["attributes"] = adherence_summary(inputs.attributes.per_draw(draws), inputs.attributes)
     sweep = _summaries(default_ema[_same_w(default_ema.guidance, main_w)], ["steps", "backend"])
     guidance = (_summaries(default_ema[default_ema.steps == main_steps], ["guidance", "backend"])
                 if main_w is not None else pd.DataFrame(columns=GUIDANCE_COLUMNS))
@@ -264,6 +308,21 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
                                            e.ode_probes, e.batch_size, device, e.seed))
         metrics.update(ode_images=min(e.ode_images, len(nll_images)), ode_steps=e.ode_steps)
     return Evaluation(metrics, table, sweep, guidance, ema, backends, card, floor)
+
+
+def adherence_summary(per_draw: list[dict[str, float]], attributes: AttributeImages) -> dict:
+    """Each adherence score's mean and standard deviation over the draws, the prompts' count and the held-out
+    combinations."""
+    out: dict = {"images_per_draw": len(attributes.asked), "prompts": len(dict.fromkeys(a.prompt for a in
+                                                                                        attributes.asked)),
+                 "held_out": sorted(f"{w} {attributes.class_names[c]}" for c, w in attributes.held_out)}
+    for key in dict.fromkeys(k for d in per_draw for k in d):
+        values = np.array([d[key] for d in per_draw if key in d and np.isfinite(d[key])])
+        if len(values):
+            out[key] = float(values.mean())
+        if len(values) > 1:
+            out[f"{key}_std"] = float(values.std(ddof=1))
+    return out
 
 
 def ema_widths(rows: pd.DataFrame, level: float) -> pd.DataFrame:
@@ -328,6 +387,9 @@ def publish(evaluation: Evaluation, params: Params, run: RunConfig, tracker: Tra
         tracker.log_metrics({f"{backend.name}.{k}": v for k, v in scores.items() if k not in backend.identity})
     if "class_accuracy" in metrics:
         tracker.log_metrics({k: metrics[k] for k in ("class_accuracy", "class_accuracy_std") if k in metrics})
+    if "attributes" in metrics:
+        tracker.log_metrics({f"attributes.{k}": v for k, v in metrics["attributes"].items()
+                             if isinstance(v, float)})
     for w, rows_w in evaluation.guidance.groupby("guidance"):
         if "class_accuracy" in rows_w:
             tracker.log_metric("class_accuracy_vs_guidance", float(rows_w.class_accuracy.iloc[0]), step=round(100 * w))

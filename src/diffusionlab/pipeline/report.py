@@ -45,6 +45,7 @@ def collect(params: ReportParams) -> Results:
             metrics = read_json(evaluated / "metrics.json")
             if "autoencoder" in metrics:
                 results.autoencoders[(dataset, model)] = metrics["autoencoder"]
+            attributes = paths.attribute_samples(dataset, model) / "grid.png"
             tasks = params.restore.tasks if model in params.restore.models else ()
             restored = {task: paths.restore(dataset, model, task) for task in tasks}
             results.models.append(ModelResult(
@@ -59,6 +60,7 @@ def collect(params: ReportParams) -> Results:
                 if restored else None,
                 restoration_prior=read_json(next(iter(restored.values())) / "metrics.json")["prior"] if restored else "",
                 restoration_figures={task: p / "figure.png" for task, p in restored.items()},
+                attributes_png=attributes if attributes.is_file() else None,
             ))
     return results
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..captions import load_captions, prompt_class
+from ..captions import AttributePrompt, attribute_prompts, load_captions, prompt_class
 from ..chunks import ChunkFolder, Meter, file_digest, map_chunks, prune, source_digest
 from ..config.params import FAMILY_DEFAULT, Params, RunConfig
 from ..config.sampling import SampleConfig
@@ -34,6 +34,7 @@ from ..sampling.inverse import inpaint, round_trip
 from ..sampling.names import ONE_STEP_SAMPLERS, network_evaluations
 from ..sampling.samplers import make_sampler
 from ..tensors import to_model_range
+from ..text import cycled
 from ..validation import replace
 from ..viz.figures import denoising_gif, forward_process_figure, panels_figure, reverse_process_figure
 from ..viz.images import save_grid, save_strip
@@ -58,6 +59,10 @@ class Setting:
     model: ConditionalModel
     sampler: Sampler
     key: dict
+    per_draw: int
+    """Images of each draw."""
+    conditions: np.ndarray | None = None
+    """What this setting's images of one draw are conditioned on, when not the main setting's."""
     """Everything the images depend on: a changed key never reuses another key's finished chunks."""
 
     @property
@@ -91,6 +96,23 @@ class Samples:
     processes: int = 1
     prompts: list[str] | None = None
     """A text model's prompt of each image of one draw (every draw asks the same); None for any other."""
+    attributes: np.ndarray | None = None
+    """A text model's images of the attribute prompts (:func:`attribute_requests`), every draw one after another."""
+    attribute_prompts: list[str] = field(default_factory=list)
+    """The prompt of each image of one draw of ``attributes``."""
+
+
+def attribute_requests(ckpt: Checkpoint, s: SampleConfig, prepared: Path, class_names: list[str]
+                       ) -> list[AttributePrompt]:
+    """A text model's ``sample.attribute_samples`` prompts of one draw that ask for one word of an attribute of a
+    class (:func:`attribute_prompts`, in turn); none for another model, with ``sample.attribute_samples: 0`` or when
+    the dataset's captions are one's own."""
+    if ckpt.text is None or not s.attribute_samples:
+        return []
+    captions = load_captions(prepared)
+    if captions.source != "measured":
+        return []
+    return cycled(attribute_prompts(class_names, "brightness" in captions.names), s.attribute_samples)
 
 
 def ema_networks(run: RunConfig, ckpt: Checkpoint) -> dict[float, torch.nn.Module]:
@@ -107,11 +129,13 @@ def ema_networks(run: RunConfig, ckpt: Checkpoint) -> dict[float, torch.nn.Modul
 
 
 def settings(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, identity: dict,
-             emas: dict[float, torch.nn.Module] | None = None, autocast: torch.dtype | None = None) -> list[Setting]:
+             emas: dict[float, torch.nn.Module] | None = None, autocast: torch.dtype | None = None,
+             attributes: list[AttributePrompt] = ()) -> list[Setting]:
     """The main setting (``sample.sampler`` at ``sample.steps``, guided at ``sample.guidance``), each of
-    ``sample.sweep_steps``, for a class-conditional model each of ``sample.guidance_sweep``, and the main setting
-    from each rebuilt EMA of ``emas`` (:func:`ema_networks`), each evaluating its network under ``autocast``
-    (None: fp32); ``identity`` (the checkpoint's and the code's digests, the precision) joins every key."""
+    ``sample.sweep_steps``, for a class-conditional model each of ``sample.guidance_sweep``, the main setting
+    from each rebuilt EMA of ``emas`` (:func:`ema_networks`), and a text model's ``attributes`` prompts
+    (:func:`attribute_requests`) at the main setting, each evaluating its network under ``autocast`` (None: fp32);
+    ``identity`` (the checkpoint's and the code's digests, the precision) joins every key."""
     s = run.sample
     conditional = ckpt.ema.conditional
     size = ckpt.config.model_size
@@ -120,12 +144,14 @@ def settings(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, identity: dict,
               **({"prompts": list(s.prompts)} if ckpt.text is not None else {})}
 
     def setting(name: str, options: SampleConfig, built: Sampler, w: float,
-                network: torch.nn.Module | None = None) -> Setting:
+                network: torch.nn.Module | None = None, asked: list[AttributePrompt] = ()) -> Setting:
         slg = SkipLayerGuidance.of(options)
         net = ConditionalModel(network or ckpt.ema, ckpt.process, ckpt.channels, w, slg, ckpt.decode(), autocast)
         key = {**common, "setting": name, "options": asdict(SamplerOptions.of(options)), "steps": built.steps,
-               "guidance": w if conditional else None, **({"skip_layer_guidance": asdict(slg)} if slg else {})}
-        return Setting(name, net, built, key)
+               "guidance": w if conditional else None, **({"skip_layer_guidance": asdict(slg)} if slg else {}),
+               **({"prompts": [a.prompt for a in asked], "num_samples": len(asked)} if asked else {})}
+        conditions = ckpt.text.conditions([a.prompt for a in asked]) if asked else None
+        return Setting(name, net, built, key, len(asked) or s.num_samples, conditions)
 
     out = [setting("main", s, sampler, s.guidance)]
     for n in sorted(set(s.sweep_steps) - {sampler.steps}):
@@ -137,6 +163,8 @@ def settings(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, identity: dict,
         out.append(setting(f"guidance_{w:g}", s, sampler, w))
     for width, network in (emas or {}).items():
         out.append(setting(f"ema_{width:g}", s, sampler, s.guidance, network))
+    if attributes:
+        out.append(setting("attributes", s, sampler, s.guidance, asked=list(attributes)))
     return out
 
 
@@ -158,11 +186,11 @@ def requested(ckpt: Checkpoint, s: SampleConfig, class_names: list[str]
 
 def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.device, world: World = World(),
          partial: Path | None = None, emas: dict[float, torch.nn.Module] | None = None,
-         class_names: list[str] | None = None) -> Samples | None:
+         class_names: list[str] | None = None, attributes: list[AttributePrompt] = ()) -> Samples | None:
     """Draw ``sample.draws`` independent draws of ``sample.num_samples`` samples (one after another) from the EMA
     weights with ``sampler`` (``sample.sampler`` at ``sample.steps``), at each of ``sample.sweep_steps``, for a
-    class-conditional model at each of ``sample.guidance_sweep``, and from each rebuilt EMA of ``emas``
-    (:func:`settings`).
+    class-conditional model at each of ``sample.guidance_sweep``, from each rebuilt EMA of ``emas``, and a text
+    model's ``attributes`` prompts (:func:`settings`).
 
     ``class_names`` are the dataset's, for the class a prompt names.
 
@@ -179,25 +207,28 @@ def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.devic
     identity = {"checkpoint": file_digest(paths.train(run.dataset, run.model_name) / "checkpoint.pt")
                 if partial is not None else None, "code": source_digest(), "device": device.type,
                 "precision": precision_name(autocast)}
-    plan = settings(run, ckpt, sampler, identity, emas, autocast)
+    plan = settings(run, ckpt, sampler, identity, emas, autocast, attributes)
     folders = [ChunkFolder(partial, st.key) if partial is not None else None for st in plan]
     if world.is_main and partial is not None:
         prune(partial, [f for f in folders if f is not None])
-    resumed = [min(len(f.done()) * s.batch_size, total) if f else 0 for f in folders]
-    meter = Meter(run.name, {st.name: (total, r, st.evaluations) for st, r in zip(plan, resumed)}, world)
+    totals = [st.per_draw * s.draws for st in plan]
+    resumed = [min(len(f.done()) * s.batch_size, n) if f else 0 for f, n in zip(folders, totals)]
+    meter = Meter(run.name, {st.name: (n, r, st.evaluations) for st, n, r in zip(plan, totals, resumed)}, world)
     if world.is_main:
         log.info("%s: %d setting(s) of %d images on %d process(es) in %s%s: %s network evaluations to make",
-                 run.name, len(plan), total, world.size, identity["precision"],
+                 run.name, len(plan), sum(totals), world.size, identity["precision"],
                  f", {sum(resumed)} images from finished batches" if any(resumed) else "", f"{meter.left():,}")
     images, seconds = {}, {}
-    for st, folder in zip(plan, folders):
-        def compute(rows: slice, st: Setting = st) -> np.ndarray:
-            return draw_images(st.model, st.sampler, np.arange(rows.start, rows.stop), s.num_samples, shape,
-                               s.batch_size, device, s.seed, labels)
+    for st, folder, n in zip(plan, folders, totals):
+        own = None if st.conditions is None else np.tile(st.conditions, (s.draws, *[1] * (st.conditions.ndim - 1)))
+
+        def compute(rows: slice, st: Setting = st, own: np.ndarray | None = own) -> np.ndarray:
+            return draw_images(st.model, st.sampler, np.arange(rows.start, rows.stop), st.per_draw, shape,
+                               s.batch_size, device, s.seed, labels if own is None else own)
 
         with meter.progress(st.name) as on_chunk:
             start = time.perf_counter()
-            images[st.name] = map_chunks(total, s.batch_size, compute, world, folder, on_chunk)
+            images[st.name] = map_chunks(n, s.batch_size, compute, world, folder, on_chunk)
             seconds[st.name] = time.perf_counter() - start
     if not world.is_main:
         return None
@@ -215,6 +246,8 @@ def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.devic
             samples.seconds[st.sampler.steps], samples.drawn[st.sampler.steps] = seconds[st.name], meter.drawn[st.name]
         elif st.name in widths:
             samples.ema[widths[st.name]] = images[st.name]
+        elif st.name == "attributes":
+            samples.attributes, samples.attribute_prompts = images[st.name], [a.prompt for a in attributes]
         else:
             samples.guidance[st.model.w] = images[st.name]
     return samples
@@ -247,11 +280,13 @@ def _sample(params: Params, run: RunConfig, world: World, device: torch.device) 
     held_out = load_prepared(paths.prepared(dataset))
     sampler = make_sampler(run.sample, ckpt.process, default_steps=ckpt.config.model.timesteps)
     emas = ema_networks(run, ckpt)
+    names = held_out.card.class_names
+    attributes = attribute_requests(ckpt, run.sample, paths.prepared(dataset), names)
     if not world.is_main:
-        draw(run, ckpt, sampler, device, world, out / PARTIAL, emas, held_out.card.class_names)
+        draw(run, ckpt, sampler, device, world, out / PARTIAL, emas, names, attributes)
         return
     with open_run(params.mlflow, run, device, device_name(device), previous=paths.train(dataset, model)) as tracker:
-        samples = draw(run, ckpt, sampler, device, world, out / PARTIAL, emas, held_out.card.class_names)
+        samples = draw(run, ckpt, sampler, device, world, out / PARTIAL, emas, names, attributes)
         publish(samples, run, ckpt, held_out.test_images, figure_conditions(ckpt, held_out), device, tracker,
                 params.sampler_of(model)[1])
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
@@ -293,6 +328,11 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
         for width, drawn in samples.ema.items():
             save_npy(ema_dir / paths.ema_samples(run.dataset, run.model_name, width).name, drawn)
     save_npy(out / "samples.npy", generated.images)
+    with atomic_dir(paths.attribute_samples(run.dataset, run.model_name)) as attributes_dir:
+        if samples.attributes is not None:
+            save_npy(attributes_dir / "samples.npy", samples.attributes)
+            save_grid(torch.from_numpy(samples.attributes[:len(dict.fromkeys(samples.attribute_prompts))]),
+                      attributes_dir / "grid.png", nrow=len(ckpt.text.class_prompts))
     save_npy(out / "labels.npy", np.full(total, -1, dtype=np.int64) if samples.labels is None else samples.labels)
     num_classes, conditional = ckpt.ema.num_classes, ckpt.ema.conditional
     if samples.prompts is not None:
@@ -317,6 +357,8 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
         "class_conditional": conditional, "guidance": s.guidance if conditional else None,
         "text_conditional": samples.prompts is not None,
         **({"prompts": list(s.prompts or ckpt.text.class_prompts)} if samples.prompts is not None else {}),
+        **({"attribute_prompts": list(dict.fromkeys(samples.attribute_prompts)),
+            "attribute_samples": len(samples.attribute_prompts)} if samples.attributes is not None else {}),
         "guidance_sweep": sorted(samples.guidance), "ema_widths": sorted(samples.ema), "precision": precision,
     })
     tracker.log_metrics({"sample_seconds": seconds[steps], **(
@@ -329,6 +371,12 @@ def publish(samples: Samples, run: RunConfig, ckpt: Checkpoint, images: np.ndarr
         tracker.log_dict({"prompts": list(dict.fromkeys(samples.prompts)),
                           "rows_of_grid": "one prompt per row, in this order"}, "samples/prompts.json")
     tracker.log_artifact(out / "grid.png", artifact_path="samples")
+    if samples.attributes is not None:
+        tracker.log_dict({"prompts": list(dict.fromkeys(samples.attribute_prompts)),
+                          "grid": "attributes/grid.png: a row per word, a column per class"},
+                         "samples/attribute_prompts.json")
+        tracker.log_artifact(paths.attribute_samples(run.dataset, run.model_name) / "grid.png",
+                             artifact_path="samples/attributes")
     tracker.log_artifacts(out / "figures", artifact_path="samples")
     tracker.save_run_file(out)
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import paths
-from ..captions import load_captions
+from ..captions import hold_out, load_captions, parse_held_out
 from ..config.params import Params
 from ..datasets import load_prepared
 from ..device import resolve_device
-from ..errors import StageInputError
+from ..errors import ConfigError, StageInputError
 from ..io import atomic_dir, read_json, write_json
 from ..runtime.text_encoding import (TextEncoder, class_prompts, load_text_encoder, save_text_encoder,
                                      train_text_encoder)
@@ -29,11 +31,11 @@ def text_encoder_stage(params: Params, dataset: str) -> None:
     with atomic_dir(out) as tmp:
         if text_models:
             data = load_prepared(paths.prepared(dataset))
-            captions = load_captions(paths.prepared(dataset))
+            captions = training_captions(paths.prepared(dataset), data.train_labels, data.card.class_names,
+                                         params.text_encoder.held_out)
             device = resolve_device(params.train.device)
-            prompts = class_prompts(captions.train, data.train_labels, data.card.num_classes)
-            encoder = train_text_encoder(params.text_encoder, data.train_images, captions.train, device,
-                                         prompts=prompts)
+            prompts = class_prompts(captions, data.train_labels, data.card.num_classes)
+            encoder = train_text_encoder(params.text_encoder, data.train_images, captions, device, prompts=prompts)
             save_text_encoder(encoder, tmp)
             digest = encoder.digest
             log.info("text encoder of %s for %s: %d steps in %.1f s", dataset, ", ".join(text_models),
@@ -42,6 +44,16 @@ def text_encoder_stage(params: Params, dataset: str) -> None:
             marker = tmp / paths.text_marker(dataset, model).relative_to(out)
             marker.parent.mkdir(parents=True, exist_ok=True)
             write_json(marker, {"text_encoder": digest if model in text_models else None})
+
+
+def training_captions(prepared: Path, labels: np.ndarray, class_names: list[str], held_out: tuple[str, ...]
+                      ) -> list[list[str]]:
+    """The training split's captions with the ``held_out`` combinations (``text_encoder.held_out``) kept out."""
+    captions = load_captions(prepared)
+    if held_out and captions.source != "measured":
+        raise ConfigError(f"text_encoder.held_out holds out words of the written captions, but {prepared} holds "
+                          f"one's own captions ({captions.source}): empty text_encoder.held_out")
+    return hold_out(captions.train, labels, parse_held_out(held_out, class_names))
 
 
 def model_text_encoder(dataset: str, model: str, device: torch.device | str) -> TextEncoder:

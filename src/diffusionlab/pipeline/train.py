@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..captions import load_captions
 from ..config.params import Params, RunConfig
 from ..datasets import load_prepared
 from ..device import device_name, precision_name
@@ -28,7 +27,7 @@ from ..runtime.text_encoding import TextEncoder
 from ..runtime.tracking import Tracker, log_model, open_run
 from ..runtime.training import Trainer, TrainResult
 from ..viz.figures import loss_curve_figure
-from .text_encoder import model_text_encoder
+from .text_encoder import model_text_encoder, training_captions
 from .world import in_world
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,8 @@ def _train(params: Params, run: RunConfig, world: World, device: torch.device) -
     text, captions = None, None
     if run.model.text_conditional:  # before a latent model's autoencoder trains: a missing encoder fails at once
         text = model_text_encoder(dataset, model, device)
-        captions = load_captions(paths.prepared(dataset)).train
+        captions = training_captions(paths.prepared(dataset), data.train_labels, data.card.class_names,
+                                     text.config.held_out)
         log.info("%s trains on the captions of %s through its text encoder (%s)", run.name, dataset, text.digest)
     channels, images, codec, autoencoder = data.card.channels, data.train_images, None, None
     if run.autoencoder is not None:
