@@ -1,9 +1,11 @@
 """Model against model from one run's outputs: each candidate's conditional FID per offline backend, class
 accuracy and bits/dim next to its baseline's, their ratio and Welch's test over the draws, with the training
-time and, when ``benchmarks/training.py`` has measured them, training images/s and FLOPs per image. Not a
-test: it reads what ``dvc exp run`` wrote and prints a Markdown table (docs/transformer-and-latent.md).
+time and, when ``benchmarks/training.py`` has measured them, training images/s and FLOPs per image; a text model's
+CLIP score and attribute adherence beside them. Not a test: it reads what ``dvc exp run`` wrote and prints a
+Markdown table (docs/transformer-and-latent.md, docs/text.md).
 
     python benchmarks/backbones.py --dataset digits --pairs flow:flow_dit vdm:vdm_latent
+    python benchmarks/backbones.py --pairs text_unet:text_mmdit text_unet:text_dit flow:text_unet
 """
 
 from __future__ import annotations
@@ -51,11 +53,43 @@ def row(outputs: Path, dataset: str, baseline: str, model: str, bench: dict, lev
             out[f"x {backend}"] = ""
     acc = metrics.get("class_accuracy")
     out["class accuracy"] = f"{acc:.3f} ± {metrics.get('class_accuracy_std', 0):.2g}" if acc is not None else ""
+    if model != baseline and acc is not None:
+        out["class accuracy"] += versus(metrics, base, "class_accuracy", level)
+    if any("attributes" in m for m in (metrics, base)) or "clip_score" in metrics:
+        out.update(adherence(metrics, base if model != baseline else {}, level))
     bound = metrics.get("bpd")
     out["bits/dim (bound)"] = f"{bound:.3f} ± {metrics['bpd_stderr']:.2g}" if bound is not None else ""
     bpd = metrics.get("bpd_ode")
     out["bits/dim (ODE)"] = f"{bpd:.3f} ± {metrics['bpd_ode_stderr']:.2g}" if bpd is not None else \
         ("of latents: not computed" if "likelihood" in metrics else "")
+    return out
+
+
+ADHERENCE = (("clip_score", "CLIP score"), ("thickness_r", "thickness r"), ("slant_r", "slant r"),
+             ("thickness_gain", "thickness gain"), ("slant_gain", "slant gain"),
+             ("thickness_gain_held_out", "thickness gain, held out"))
+"""A text model's prompt-adherence scores (the evaluate stage's ``attributes``) shown beside its FID."""
+
+
+def versus(mine: dict, theirs: dict, key: str, level: float) -> str:
+    """`` (p=...)``: Welch's test of ``key`` against the baseline's over the draws, when both have it."""
+    a, b = spread_of(mine, key), spread_of(theirs, key)
+    if a is None or b is None:
+        return ""
+    diff = welch(a, b, level)
+    return f" ({'beyond' if diff.beyond_noise else 'within'} noise vs baseline, p={diff.p:.2g})"
+
+
+def adherence(metrics: dict, base: dict, level: float) -> dict:
+    """Each prompt-adherence score, mean ± std over the draws, with Welch's test against ``base``."""
+    mine = {**metrics.get("attributes", {}), "draws": metrics.get("draws")}
+    theirs = {**base.get("attributes", {}), "draws": base.get("draws")}
+    out = {}
+    for key, label in ADHERENCE:
+        source, other = (metrics, base) if key == "clip_score" else (mine, theirs)
+        value = source.get(key)
+        out[label] = "" if value is None else f"{value:.3g} ± {source.get(f'{key}_std', float('nan')):.2g}" + \
+            versus(source, other, key, level)
     return out
 
 

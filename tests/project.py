@@ -34,7 +34,7 @@ TINY = {
                        "prediction": "v", "timesteps": 50},
                # not in the pipeline: tests/test_end_to_end.py adds them to a copy
                "flow": {"family": "flow", "timesteps": 10, "text_conditional": True, "network": "mmdit"},
-               "flow_latent": {"family": "flow", "timesteps": 10, "network": "dit",
+               "flow_latent": {"family": "flow", "timesteps": 10, "network": "dit", "text_conditional": True,
                                "autoencoder": {"steps": 30, "base_channels": 8, "latent_channels": 2,
                                                "batch_size": 16}}},
     # fp32 on every CPU (auto is bf16 on some): the tests compare processes, resumes and batch sizes exactly

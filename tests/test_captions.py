@@ -117,23 +117,20 @@ def test_the_grid_of_a_text_model_puts_each_prompt_on_a_row_of_its_own():
 
 
 def adherence_of(faithful: bool, held_out=frozenset()):
-    """The adherence of samples that are training images with the word asked (``faithful``) or any image of the
-    class, of bars of random width and shear in two classes."""
-    from diffusionlab.captions import tercile
-    from diffusionlab.evaluation.prompts import attribute_adherence
+    """The adherence of samples that are training images with the word asked (``faithful``: what the evaluation
+    reads a model's against) or any image of the class, of bars of random width and shear in two classes."""
+    from diffusionlab.evaluation.prompts import attribute_adherence, real_images_for
 
     rng = np.random.default_rng(0)
     images = np.concatenate([bar(int(rng.integers(1, 7)), shear=float(rng.uniform(-0.5, 0.5))) for _ in range(180)])
     labels = np.repeat([0, 1], 90)
     captions = write_captions(images, labels, images[:2], labels[:2], ["0", "1"])
     asked = attribute_prompts(["0", "1"], colour=False) * 20
-    samples = []
-    for a in asked:
-        values = captions.train_attributes[:, captions.names.index(a.attribute)]
-        pool = [i for i in np.flatnonzero(labels == a.label)
-                if not faithful or tercile(values[i], captions.cuts[a.attribute][a.label]) == a.level]
-        samples.append(images[rng.choice(pool)])
-    return attribute_adherence(np.stack(samples), asked, captions, labels, held_out)
+    if faithful:
+        samples = real_images_for(asked, captions, images, labels, seed=0)
+    else:
+        samples = np.stack([images[rng.choice(np.flatnonzero(labels == a.label))] for a in asked])
+    return attribute_adherence(samples, asked, captions, labels, held_out)
 
 
 def test_samples_with_the_word_asked_adhere_and_samples_that_ignore_it_do_not():

@@ -238,7 +238,7 @@ def test_a_text_model_gets_a_prompt_adherence_table_and_its_attribute_grid(tmp_p
     text.metrics.update(clip_score=70.6, clip_score_std=0.3, attributes={
         "images_per_draw": 300, "prompts": 60, "held_out": ["thick 7"], "thickness_r": 0.81, "thickness_r_std": 0.04,
         "thickness_gain": 0.9, "thickness_gain_std": 0.1, "thickness_gain_held_out": 0.5,
-        "thickness_gain_held_out_std": 0.2})
+        "thickness_gain_held_out_std": 0.2, "real": {"thickness_r": 0.89, "thickness_r_std": 0.01}})
     text.attributes_png = tmp_path / "attributes.png"
     Image.new("RGB", (10, 6), "blue").save(text.attributes_png)
     results = Results(floors={"digits": floor(0.5)},
@@ -250,4 +250,5 @@ def test_a_text_model_gets_a_prompt_adherence_table_and_its_attribute_grid(tmp_p
         assert "thickness gain held out" in shown_in and "thick 7" in shown_in
     section = md.split("## Prompt adherence")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| digits")]
-    assert len(rows) == 1 and "flow_text" in rows[0]  # the class-conditional flow has no adherence row
+    assert len(rows) == 2 and "flow_text" in rows[0]  # the class-conditional flow has no adherence row
+    assert "real data" in rows[1] and "0.89 ± 0.01" in rows[1]

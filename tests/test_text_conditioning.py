@@ -159,3 +159,77 @@ def test_a_text_models_missing_or_stale_encoder_is_one_clear_line(tmp_path, monk
         model_text_encoder("digits", "flow_text", "cpu")
     write_json(marker, {"text_encoder": encoder.digest})
     assert model_text_encoder("digits", "flow_text", "cpu").digest == encoder.digest
+
+
+def save_tiny_clip_text_model(folder, captions, width=12, positions=16):
+    """A randomly initialised CLIPTextModel and a word-level tokenizer of ``captions``, saved as transformers'
+    save_pretrained does (what a downloaded model's folder holds), never downloaded."""
+    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+    from diffusionlab.text import BOS, EOS, PAD, UNK, PromptTokenizer
+
+    words = PromptTokenizer.train((s for c in captions for s in c), positions)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words.tokenizer, bos_token=BOS, eos_token=EOS,
+                                        pad_token=PAD, unk_token=UNK)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=words.vocab_size, hidden_size=width, intermediate_size=2 * width,
+                            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=positions,
+                            pad_token_id=words.pad_id, bos_token_id=2, eos_token_id=words.eos_id)
+    model = CLIPTextModel(config).eval()
+    model.save_pretrained(folder)
+    return model, words
+
+
+def test_a_pretrained_clip_text_model_in_a_folder_conditions_the_network_and_travels_by_its_path(tmp_path):
+    from diffusionlab.errors import StageInputError
+    from diffusionlab.runtime.text_encoding import TextEncoder
+
+    captions = [[f"a {i % 3}", f"a thick {i % 3}"] for i in range(16)]
+    folder = tmp_path / "clip-text"
+    model, words = save_tiny_clip_text_model(folder, captions)
+    raw = text_params()
+    raw["text_encoder"]["pretrained"] = str(folder)
+    run = parse_params(raw).run("digits", "ddpm")
+    images = np.random.default_rng(0).integers(0, 256, (16, 1, 8, 8), dtype=np.uint8)
+    encoder = train_text_encoder(run.text_encoder, images, captions)
+    assert encoder.pretrained is not None and encoder.pretrained.path == str(folder)
+    ids = torch.from_numpy(words(["a thick 2"])[:, :8])  # [BOS] a thick 2 [EOS] and padding, 8 tokens
+    assert torch.equal(torch.from_numpy(encoder.pretrained(["a thick 2"])), ids)
+    with torch.no_grad():
+        out = model(input_ids=ids)
+    expected = torch.cat([out.pooler_output[:, None], out.last_hidden_state], 1)
+    got = encoder.condition(["a thick 2"])
+    assert got.shape == (1, 9, 12) and torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, encoder.clip.text.condition(encoder.ids(["a thick 2"])))
+    trainer = Trainer(run, images, torch.device("cpu"), text=encoder, captions=captions)
+    assert torch.equal(trainer.model.null_text, encoder.condition([""])[0])
+    trainer.run(progress=False)
+    assert np.isfinite(trainer.history[-1]["loss"])
+
+    loaded = TextEncoder.from_state(encoder.state())  # as a checkpoint loads it: from the folder it names
+    assert torch.equal(loaded.condition(["a 1"]), encoder.condition(["a 1"]))
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace('"hidden_act"', '"hidden_act" '))
+    with pytest.raises(StageInputError, match="is not the one the text encoder was trained with"):
+        TextEncoder.from_state(encoder.state())
+    state = encoder.state()
+    state["pretrained"]["path"] = str(tmp_path / "gone")
+    with pytest.raises(StageInputError, match="gone, which is missing: put it back"):
+        TextEncoder.from_state(state)
+
+
+def test_a_pretrained_folder_that_does_not_fit_is_one_clear_line_before_training(tmp_path):
+    captions = [["a 1"], ["a 2"]]
+    folder = tmp_path / "clip-text"
+    save_tiny_clip_text_model(folder, captions, width=12, positions=16)
+    raw = text_params()
+    raw["text_encoder"]["pretrained"] = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="nowhere holds no config.json"):
+        parse_params(raw)
+    raw["text_encoder"]["pretrained"] = str(folder)
+    images = np.zeros((2, 1, 8, 8), np.uint8)
+    for change, message in (({"width": 16}, "has hidden size 12: set text_encoder.width: 12"),
+                            ({"context_length": 20}, "takes at most 16 tokens")):
+        cfg = parse_params(raw).text_encoder.model_copy(update=change)
+        with pytest.raises(ConfigError, match=message):
+            train_text_encoder(cfg, images, captions)

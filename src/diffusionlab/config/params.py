@@ -242,6 +242,11 @@ class Params(Section):
         if self.text_models():
             for name in self.pipeline.datasets:
                 parse_held_out(self.text_encoder.held_out, CLASS_NAMES[name])
+            pretrained = self.text_encoder.pretrained
+            if pretrained and not (Path(pretrained) / "config.json").is_file():
+                raise ValueError(f"text_encoder.pretrained {pretrained} holds no config.json: give a folder that "
+                                 "transformers' save_pretrained wrote with a CLIP text model and its tokenizer, or "
+                                 "null to train the text encoder")
         restoring = self.restore.models if self.restore.tasks else ()  # without a task there is no restore stage
         for name in [m for m in restoring if m not in self.pipeline.models][:1]:
             raise ValueError(f"restore.models lists '{name}', which pipeline.models ({', '.join(self.pipeline.models)}) "

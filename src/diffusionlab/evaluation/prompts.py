@@ -80,3 +80,22 @@ def attribute_adherence(images: np.ndarray, asked: list[AttributePrompt], captio
             if keep.any() and np.abs(wanted[keep]).sum() > 0:
                 out[key] = float((np.sign(wanted[keep]) * got[keep]).sum() / np.abs(wanted[keep]).sum())
     return out
+
+
+def real_images_for(asked: list[AttributePrompt], captions: Captions, train_images: np.ndarray,
+                    train_labels: np.ndarray, seed: int) -> np.ndarray:
+    """For each prompt of ``asked``, a training image of its class with its word, drawn at random: the samples of a
+    model that follows every prompt as the data do, whose adherence is the ceiling a model's is read against."""
+    rng = np.random.default_rng(seed)
+    pools: dict[tuple[int, str, int], np.ndarray] = {}
+    picks = []
+    for a in asked:
+        key = (a.label, a.attribute, a.level)
+        if key not in pools:
+            values = captions.train_attributes[:, captions.names.index(a.attribute)]
+            mine = np.flatnonzero(train_labels == a.label)
+            pools[key] = mine[[tercile(v, captions.cuts[a.attribute][a.label]) == a.level for v in values[mine]]]
+        if not len(pools[key]):
+            raise ValueError(f"no training image of class {a.label} has the word '{a.prompt}' asks for")
+        picks.append(rng.choice(pools[key]))
+    return train_images[picks]

@@ -536,13 +536,14 @@ ADHERENCE_NOTE = (
     "requested value (the median of the class's training images with the word) and the measured one, gain the "
     "fraction of the requested departure from the class's median that the samples reach (1: as far as the data, "
     "0: the word is ignored), error the mean absolute difference; held out: the gain of the combinations kept out "
-    "of training.")
+    "of training. The real-data row scores training images with the word each prompt asks: the adherence of a model "
+    "that follows its prompts as the data do.")
 
 
 def adherence_table(results: Results) -> pd.DataFrame:
     """One row per text model: its CLIP score, class accuracy and each attribute's r, gain (seen and held out) and
     error, mean ± std over the draws."""
-    rows = []
+    rows, real = [], {}
     for r in results.models:
         m, scores = r.metrics, r.metrics.get("attributes")
         if scores is None and "clip_score" not in m:
@@ -551,12 +552,21 @@ def adherence_table(results: Results) -> pd.DataFrame:
         for key, label in (("clip_score", "CLIP score"), ("class_accuracy", "class accuracy")):
             if key in m:
                 row[label] = _pm(m[key], m.get(f"{key}_std"))
-        for key in [k for k in (scores or {}) if isinstance(scores[k], float) and not k.endswith("_std")]:
-            row[key.replace("_", " ")] = _pm(scores[key], scores.get(f"{key}_std"))
-        if scores and scores.get("held_out"):
-            row["held out"] = ", ".join(scores["held_out"])
-        rows.append(row)
-    return pd.DataFrame(rows)
+        rows.append({**row, **_adherence_cells(scores or {})})
+        if scores and "real" in scores:
+            real.setdefault(r.dataset, {"dataset": r.dataset, "model": REAL_DATA, **_adherence_cells(scores["real"])})
+    return pd.DataFrame(rows + list(real.values()))
+
+
+REAL_DATA = "real data (training images with the word)"
+
+
+def _adherence_cells(scores: dict) -> dict:
+    cells = {key.replace("_", " "): _pm(scores[key], scores.get(f"{key}_std"))
+             for key in scores if isinstance(scores[key], float) and not key.endswith("_std")}
+    if scores.get("held_out"):
+        cells["held out"] = ", ".join(scores["held_out"])
+    return cells
 
 
 def _pm(mean: float, std: float | None) -> str:

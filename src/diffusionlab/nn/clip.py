@@ -38,6 +38,10 @@ class TextEncoderConfig(Section):
     batch_size: int = Field(128, ge=2)
     lr: Float = Field(1e-3, gt=0)
     seed: int = Field(0, ge=0)
+    pretrained: str | None = None
+    """A folder holding a CLIP text model and its tokenizer as ``transformers`` saves them (``save_pretrained``):
+    its token states condition the diffusion networks instead of the trained text transformer's (``width`` must be
+    its hidden size); the small CLIP is trained all the same, to score the samples. None: the trained one."""
     held_out: Tuple[str] = ()
     """(class, word) combinations kept out of every training caption, the CLIP's and the diffusion model's, as
     "<word> <class>" ("thick 7"): the evaluation scores their prompts apart from the seen ones."""

@@ -31,7 +31,7 @@ from ..evaluation.metrics import (
     score_draws,
     split_draws,
 )
-from ..evaluation.prompts import attribute_adherence, clip_scores, prompts_of_draws
+from ..evaluation.prompts import attribute_adherence, clip_scores, prompts_of_draws, real_images_for
 from ..evaluation.restoration import psnr_ssim
 from ..evaluation.significance import SCORES, spread_of, summarize, welch
 from ..io import atomic_path, read_json, write_json
@@ -111,6 +111,7 @@ class AttributeImages:
     asked: list[AttributePrompt]
     """The prompt of each image of one draw."""
     captions: Captions
+    train_images: np.ndarray
     train_labels: np.ndarray
     class_names: list[str]
     held_out: set[tuple[int, str]]
@@ -118,6 +119,13 @@ class AttributeImages:
     def per_draw(self, draws: int) -> list[dict[str, float]]:
         return [attribute_adherence(self.images[i], self.asked, self.captions, self.train_labels, self.held_out)
                 for i in split_draws(len(self.images), draws)]
+
+    def real_per_draw(self, draws: int) -> list[dict[str, float]]:
+        """The adherence of ``draws`` draws of training images, each with the word its prompt asks
+        (:func:`real_images_for`): what a model that follows the prompts as the data do reaches."""
+        return [attribute_adherence(real_images_for(self.asked, self.captions, self.train_images,
+                                                    self.train_labels, seed=d), self.asked, self.captions,
+                                    self.train_labels) for d in range(draws)]
 
 
 def attribute_images(card: dict, dataset: str, model: str, prepared: PreparedDataset, ckpt: Checkpoint
@@ -134,7 +142,8 @@ def attribute_images(card: dict, dataset: str, model: str, prepared: PreparedDat
                               f"{dataset} do not word; re-run its sample stage: dvc repro sample@{dataset}-{model}")
     asked = [known[p] for p in cycled(card["attribute_prompts"], card["attribute_samples"])]
     return AttributeImages(np.load(paths.attribute_samples(dataset, model) / "samples.npy"), asked, captions,
-                           prepared.train_labels, names, parse_held_out(ckpt.text.config.held_out, names))
+                           prepared.train_images, prepared.train_labels, names,
+                           parse_held_out(ckpt.text.config.held_out, names))
 
 
 def evaluate_stage(params: Params, dataset: str, model: str) -> None:
@@ -286,7 +295,8 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
     if main_w is not None:
         metrics["guidance"] = main_w
     if inputs.attributes is not None:
-        metrics["attributes"] = adherence_summary(inputs.attributes.per_draw(draws), inputs.attributes)
+        metrics["attributes"] = {**adherence_summary(inputs.attributes.per_draw(draws), inputs.attributes),
+                                 "real": adherence_summary(inputs.attributes.real_per_draw(draws))}
     sweep = _summaries(default_ema[_same_w(default_ema.guidance, main_w)], ["steps", "backend"])
     guidance = (_summaries(default_ema[default_ema.steps == main_steps], ["guidance", "backend"])
                 if main_w is not None else pd.DataFrame(columns=GUIDANCE_COLUMNS))
@@ -310,12 +320,12 @@ def score(run: RunConfig, backends: list[Backend], inputs: Inputs, device: torch
     return Evaluation(metrics, table, sweep, guidance, ema, backends, card, floor)
 
 
-def adherence_summary(per_draw: list[dict[str, float]], attributes: AttributeImages) -> dict:
-    """Each adherence score's mean and standard deviation over the draws, the prompts' count and the held-out
-    combinations."""
-    out: dict = {"images_per_draw": len(attributes.asked), "prompts": len(dict.fromkeys(a.prompt for a in
-                                                                                        attributes.asked)),
-                 "held_out": sorted(f"{w} {attributes.class_names[c]}" for c, w in attributes.held_out)}
+def adherence_summary(per_draw: list[dict[str, float]], attributes: AttributeImages | None = None) -> dict:
+    """Each adherence score's mean and standard deviation over the draws, with ``attributes`` the prompts' count and
+    the held-out combinations."""
+    out: dict = {} if attributes is None else {
+        "images_per_draw": len(attributes.asked), "prompts": len(dict.fromkeys(a.prompt for a in attributes.asked)),
+        "held_out": sorted(f"{w} {attributes.class_names[c]}" for c, w in attributes.held_out)}
     for key in dict.fromkeys(k for d in per_draw for k in d):
         values = np.array([d[key] for d in per_draw if key in d and np.isfinite(d[key])])
         if len(values):
@@ -388,8 +398,9 @@ def publish(evaluation: Evaluation, params: Params, run: RunConfig, tracker: Tra
     if "class_accuracy" in metrics:
         tracker.log_metrics({k: metrics[k] for k in ("class_accuracy", "class_accuracy_std") if k in metrics})
     if "attributes" in metrics:
-        tracker.log_metrics({f"attributes.{k}": v for k, v in metrics["attributes"].items()
-                             if isinstance(v, float)})
+        for prefix, scores in (("attributes", metrics["attributes"]), ("attributes.real",
+                                                                     metrics["attributes"]["real"])):
+            tracker.log_metrics({f"{prefix}.{k}": v for k, v in scores.items() if isinstance(v, float)})
     for w, rows_w in evaluation.guidance.groupby("guidance"):
         if "class_accuracy" in rows_w:
             tracker.log_metric("class_accuracy_vs_guidance", float(rows_w.class_accuracy.iloc[0]), step=round(100 * w))

@@ -59,11 +59,11 @@ class Setting:
     model: ConditionalModel
     sampler: Sampler
     key: dict
+    """Everything the images depend on: a changed key never reuses another key's finished chunks."""
     per_draw: int
     """Images of each draw."""
     conditions: np.ndarray | None = None
     """What this setting's images of one draw are conditioned on, when not the main setting's."""
-    """Everything the images depend on: a changed key never reuses another key's finished chunks."""
 
     @property
     def evaluations(self) -> int:
@@ -215,7 +215,7 @@ def draw(run: RunConfig, ckpt: Checkpoint, sampler: Sampler, device: torch.devic
     resumed = [min(len(f.done()) * s.batch_size, n) if f else 0 for f, n in zip(folders, totals)]
     meter = Meter(run.name, {st.name: (n, r, st.evaluations) for st, n, r in zip(plan, totals, resumed)}, world)
     if world.is_main:
-        log.info("%s: %d setting(s) of %d images on %d process(es) in %s%s: %s network evaluations to make",
+        log.info("%s: %d setting(s), %d images in all, on %d process(es) in %s%s: %s network evaluations to make",
                  run.name, len(plan), sum(totals), world.size, identity["precision"],
                  f", {sum(resumed)} images from finished batches" if any(resumed) else "", f"{meter.left():,}")
     images, seconds = {}, {}

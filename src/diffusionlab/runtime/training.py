@@ -110,7 +110,7 @@ class Trainer:
             raise ValueError(f"{cfg.name} is text-conditioned: pass the text encoder and the training captions")
         self.labels = torch.from_numpy(labels).to(device) if cfg.model.class_conditional else None
         self.text = text if cfg.model.text_conditional else None
-        self.caption_ids = (torch.from_numpy(phrasing_ids(text.tokenizer, captions)).to(device)
+        self.caption_ids = (torch.from_numpy(phrasing_ids(text.conditioning_tokenizer, captions)).to(device)
                             if self.text is not None else None)
         """[N, P, L]: the token ids of every phrasing of every training image's caption."""
         self.shard = world.shard(dc.batch_size)
