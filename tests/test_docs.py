@@ -71,7 +71,13 @@ def test_each_dvc_exp_run_of_the_docs_sets_params_that_pass_the_check(where, com
     params = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", params)
     apply_overrides(params, overrides)  # what dvc exp run does to params.yaml, or its error
-    parse_params(yaml.safe_load(params.read_text()))
+    checked = parse_params(yaml.safe_load(params.read_text()))
+    if any(o.startswith("++models.") for o in overrides):  # a model added to be compared with the others
+        conditional = {m: checked.models[m].class_conditional or checked.models[m].text_conditional
+                       for m in checked.pipeline.models}
+        assert len(set(conditional.values())) == 1, (
+            f"{where}: {command} compares models of different tasks (conditional: {conditional}); the report "
+            "ranks conditional and unconditional models apart")
 
 
 MODULES = sorted({(m, where) for where, found in COMMANDS.items() for c in found

@@ -17,3 +17,22 @@ def test_torch_fidelity_imports_and_sees_its_registry():
 
     assert hasattr(torch_fidelity, "calculate_metrics")
     assert "inception-v3-compat" in FEATURE_EXTRACTORS_REGISTRY
+
+
+def test_every_console_script_is_installed_and_names_a_main_that_exists():
+    import importlib
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "diffusionlab-generate" in scripts
+    for name, target in scripts.items():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
+        assert (Path(sys.executable).parent / name).is_file(), f"{name} is not installed: run make setup"
+    shown = subprocess.run([str(Path(sys.executable).parent / "diffusionlab-generate"), "--help"],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "--prompt" in shown.stdout
