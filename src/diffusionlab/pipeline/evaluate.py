@@ -451,6 +451,13 @@ def report(evaluation: Evaluation, run: RunConfig) -> None:
                  "%.3f ± %.3f (p = %.2g: %s)", run.name, backend, best["best_width"], best["fid"], best["fid_std"],
                  best["default_fid"], best["default_fid_std"], best["fid_vs_default_p"],
                  "beyond the noise" if best["beyond_noise"] else "within the noise")
+    adherence = metrics.get("attributes", {})
+    for name in [k[:-2] for k in adherence if k.endswith("_r")]:
+        real = adherence["real"]
+        log.info("%s: %s as the prompts ask: r %.3f ± %.3f, gain %.3f ± %.3f (training images with the word: r %.3f, "
+                 "gain %.3f)", run.name, name, adherence[f"{name}_r"], adherence.get(f"{name}_r_std", np.nan),
+                 adherence.get(f"{name}_gain", np.nan), adherence.get(f"{name}_gain_std", np.nan),
+                 real.get(f"{name}_r", np.nan), real.get(f"{name}_gain", np.nan))
     for key, what in (("bpd", "NLL bound"), ("bpd_ode", "NLL through the ODE")):
         if key in metrics:
             log.info("%s: %s %.3f ± %.3f bits/dim", run.name, what, metrics[key], metrics[f"{key}_stderr"])
