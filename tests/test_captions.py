@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from diffusionlab.captions import (AttributePrompt, attribute_prompts, colour_attributes, colour_name,
+from diffusionlab.captions import (COLOUR_ATTRIBUTES, GRAY_ATTRIBUTES, WORDS, AttributePrompt, attribute_prompts, colour_attributes, colour_name,
                                    gray_attributes, hold_out, load_captions, parse_held_out, prompt_class,
                                    save_captions, slant, thickness, write_captions)
 from diffusionlab.errors import ConfigError
@@ -61,6 +61,9 @@ def test_captions_word_the_terciles_of_each_class_and_keep_the_numbers(tmp_path)
     # a width of 3 is thick for a 0 and thin for an 8: the words are relative to the class
     assert captions.train[7][2] == "a thick 0" and captions.train[9][2] == "a thin 8"
     assert captions.train[13][3] == "an upright 8"
+    for name, phrasing in (("thickness", 2), ("slant", 3)):  # the terciles the words were written from
+        words = [WORDS[name][k] for k in captions.levels(name, labels)]
+        assert words == [c[phrasing].split()[1] for c in captions.train]
     assert captions.train_attributes.shape == (18, 5)
     save_captions(captions, tmp_path)
     loaded = load_captions(tmp_path)
@@ -69,12 +72,12 @@ def test_captions_word_the_terciles_of_each_class_and_keep_the_numbers(tmp_path)
 
 
 def test_attribute_prompts_ask_every_word_of_every_class_as_the_captions_phrase_it():
-    asked = attribute_prompts(["0", "1", "8"], colour=False)
+    asked = attribute_prompts(["0", "1", "8"], GRAY_ATTRIBUTES)
     assert [a.prompt for a in asked[:4]] == ["a thin 0", "a thin 1", "a thin 8", "a medium 0"]
     assert len(asked) == 3 * 6 and asked[-1] == AttributePrompt("a right-slanted 8", 2, "slant", 2)
     assert {a.prompt for a in asked if a.attribute == "slant" and a.level == 1} == {"an upright 0", "an upright 1",
                                                                                     "an upright 8"}
-    colour = attribute_prompts(["cat"], colour=True)
+    colour = attribute_prompts(["cat"], COLOUR_ATTRIBUTES)
     assert [a.prompt for a in colour] == ["a dark photo of a cat", "a dim photo of a cat", "a bright photo of a cat"]
 
 
@@ -125,7 +128,7 @@ def adherence_of(faithful: bool, held_out=frozenset()):
     images = np.concatenate([bar(int(rng.integers(1, 7)), shear=float(rng.uniform(-0.5, 0.5))) for _ in range(180)])
     labels = np.repeat([0, 1], 90)
     captions = write_captions(images, labels, images[:2], labels[:2], ["0", "1"])
-    asked = attribute_prompts(["0", "1"], colour=False) * 20
+    asked = attribute_prompts(["0", "1"], GRAY_ATTRIBUTES) * 20
     if faithful:
         samples = real_images_for(asked, captions, images, labels, seed=0)
     else:

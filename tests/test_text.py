@@ -77,3 +77,11 @@ def test_clip_scores_pair_each_image_with_its_prompt_whatever_the_batch():
     x = torch.from_numpy(images[2:3]).float() / 127.5 - 1
     assert whole[2] == pytest.approx(encoder.score(x, ["a top"]).item(), abs=1e-4)
     assert ((whole >= 0) & (whole <= 100)).all()
+
+
+def test_a_width_that_the_heads_do_not_split_is_one_line_when_the_params_are_read():
+    from diffusionlab.errors import ConfigError
+    from diffusionlab.validation import validate
+
+    with pytest.raises(ConfigError, match="text_encoder.width 18 cannot be split into text_encoder.num_heads = 4"):
+        validate(TextEncoderConfig, {"width": 18, "num_heads": 4})

@@ -181,6 +181,12 @@ class Captions:
     source: str = "measured"
     """``measured`` (written here) or the path of a user's captions file."""
 
+    def levels(self, name: str, labels: np.ndarray) -> np.ndarray:
+        """The tercile (0, 1, 2) of attribute ``name`` of every training image within its class (``labels``)."""
+        values = self.train_attributes[:, self.names.index(name)]
+        cuts = np.asarray(self.cuts[name])[labels]
+        return (values > cuts[:, 0]).astype(np.int64) + (values > cuts[:, 1])
+
 
 def article(word: str) -> str:
     """The indefinite article before ``word``: an before a vowel sound (8 included), else a."""
@@ -223,13 +229,12 @@ class AttributePrompt:
     """The word's tercile: 0 (thin, left-slanted, dark), 1 or 2."""
 
 
-def attribute_prompts(class_names: list[str], colour: bool) -> list[AttributePrompt]:
-    """Every class asked for with every word of every worded attribute, a phrasing of the captions each
-    (:func:`one_word`), the classes in turn within each word (a grid of a row per word, a column per class): the
-    prompts whose samples the evaluation measures against what they ask."""
-    names = [n for n in (COLOUR_ATTRIBUTES if colour else GRAY_ATTRIBUTES) if n in WORDS]
+def attribute_prompts(class_names: list[str], names: tuple[str, ...]) -> list[AttributePrompt]:
+    """Every class asked for with every word of every worded attribute of ``names`` (a :class:`Captions`'s), a
+    phrasing of the captions each (:func:`one_word`), the classes in turn within each word (a grid of a row per
+    word, a column per class): the prompts whose samples the evaluation measures against what they ask."""
     return [AttributePrompt(one_word(name, word, class_name), label, name, level)
-            for name in names for level, word in enumerate(WORDS[name])
+            for name in names if name in WORDS for level, word in enumerate(WORDS[name])
             for label, class_name in enumerate(class_names)]
 
 

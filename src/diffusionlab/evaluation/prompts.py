@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..captions import WORDS, AttributePrompt, Captions, measure, tercile
+from ..captions import WORDS, AttributePrompt, Captions, measure
 from ..runtime.text_encoding import TextEncoder
 from ..tensors import to_model_range
 from ..text import cycled
@@ -33,13 +33,13 @@ def requested_values(captions: Captions, train_labels: np.ndarray, name: str, nu
     """[num_classes, 4] of attribute ``name``: the median of the training images of each class in each of its
     terciles (what a word asks for), then the class's median."""
     values = captions.train_attributes[:, captions.names.index(name)]
+    levels = captions.levels(name, train_labels)
     out = np.zeros((num_classes, 4))
     for c in range(num_classes):
-        mine = values[train_labels == c]
+        mine, theirs = values[train_labels == c], levels[train_labels == c]
         if not len(mine):
             continue
-        levels = np.array([tercile(v, captions.cuts[name][c]) for v in mine])
-        out[c] = [np.median(mine[levels == k]) if (levels == k).any() else np.median(mine) for k in range(3)] + [
+        out[c] = [np.median(mine[theirs == k]) if (theirs == k).any() else np.median(mine) for k in range(3)] + [
             np.median(mine)]
     return out
 
@@ -87,14 +87,13 @@ def real_images_for(asked: list[AttributePrompt], captions: Captions, train_imag
     """For each prompt of ``asked``, a training image of its class with its word, drawn at random: the samples of a
     model that follows every prompt as the data do, whose adherence is the ceiling a model's is read against."""
     rng = np.random.default_rng(seed)
+    levels = {name: captions.levels(name, train_labels) for name in dict.fromkeys(a.attribute for a in asked)}
     pools: dict[tuple[int, str, int], np.ndarray] = {}
     picks = []
     for a in asked:
         key = (a.label, a.attribute, a.level)
         if key not in pools:
-            values = captions.train_attributes[:, captions.names.index(a.attribute)]
-            mine = np.flatnonzero(train_labels == a.label)
-            pools[key] = mine[[tercile(v, captions.cuts[a.attribute][a.label]) == a.level for v in values[mine]]]
+            pools[key] = np.flatnonzero((train_labels == a.label) & (levels[a.attribute] == a.level))
         if not len(pools[key]):
             raise ValueError(f"no training image of class {a.label} has the word '{a.prompt}' asks for")
         picks.append(rng.choice(pools[key]))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -46,6 +46,13 @@ class TextEncoderConfig(Section):
     """(class, word) combinations kept out of every training caption, the CLIP's and the diffusion model's, as
     "<word> <class>" ("thick 7"): the evaluation scores their prompts apart from the seen ones."""
 
+    @model_validator(mode="after")
+    def _heads_split_the_width(self) -> TextEncoderConfig:
+        if self.width % self.num_heads:
+            raise ValueError(f"text_encoder.width {self.width} cannot be split into text_encoder.num_heads = "
+                             f"{self.num_heads} heads; make it a multiple of {self.num_heads}")
+        return self
+
 
 def contrastive_loss(image: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:
     """CLIP's symmetric cross-entropy of unit embeddings image [B, E] and text [B, E] whose row i is a pair:
@@ -76,8 +83,6 @@ class TextTransformer(nn.Module):
 
     def __init__(self, vocab_size: int, cfg: TextEncoderConfig, pad_id: int, eos_id: int):
         super().__init__()
-        if cfg.width % cfg.num_heads:
-            raise ValueError(f"text_encoder.width {cfg.width} cannot be split into {cfg.num_heads} heads")
         self.pad_id, self.eos_id, self.width = pad_id, eos_id, cfg.width
         self.token = nn.Embedding(vocab_size, cfg.width)
         self.position = nn.Parameter(torch.randn(cfg.context_length, cfg.width) * 0.01)

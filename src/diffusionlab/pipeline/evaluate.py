@@ -135,7 +135,7 @@ def attribute_images(card: dict, dataset: str, model: str, prepared: PreparedDat
         return None
     names = prepared.card.class_names
     captions = load_captions(paths.prepared(dataset))
-    known = {a.prompt: a for a in attribute_prompts(names, "brightness" in captions.names)}
+    known = {a.prompt: a for a in attribute_prompts(names, captions.names)}
     unknown = [p for p in card["attribute_prompts"] if p not in known][:1]
     if unknown:
         raise StageInputError(f"sample.json asks for the attribute prompt '{unknown[0]}', which the captions of "

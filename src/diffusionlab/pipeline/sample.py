@@ -112,7 +112,7 @@ def attribute_requests(ckpt: Checkpoint, s: SampleConfig, prepared: Path, class_
     captions = load_captions(prepared)
     if captions.source != "measured":
         return []
-    return cycled(attribute_prompts(class_names, "brightness" in captions.names), s.attribute_samples)
+    return cycled(attribute_prompts(class_names, captions.names), s.attribute_samples)
 
 
 def ema_networks(run: RunConfig, ckpt: Checkpoint) -> dict[float, torch.nn.Module]:

@@ -104,10 +104,6 @@ class TextEncoder:
     """The pretrained text model that conditions the networks; None: the CLIP's own text transformer."""
 
     @property
-    def width(self) -> int:
-        return self.config.width
-
-    @property
     def conditioning_tokenizer(self) -> PromptTokenizer | PretrainedText:
         """Prompts -> the token ids the conditions are computed from (:meth:`condition_of_ids`)."""
         return self.pretrained or self.tokenizer
@@ -145,7 +141,6 @@ class TextEncoder:
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
         """CLIP score [B] of images [B, C, H, W] in [-1, 1] against their prompts."""
         return self.clip.score(images.to(self.device), self.ids(prompts))
-
 
     def state(self) -> dict[str, Any]:
         """Loadable with ``torch.load(weights_only=True)``: see :meth:`from_state`."""
