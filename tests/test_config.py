@@ -1,4 +1,5 @@
 import copy
+import re
 from pathlib import Path
 from typing import get_args
 
@@ -6,13 +7,13 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from diffusionlab.config.params import FAMILY_DEFAULT, RunConfig, load_params, parse_params
+from diffusionlab.config.params import FAMILY_DEFAULT, Params, RunConfig, load_params, parse_params
 from diffusionlab.config.sampling import SampleConfig
 from diffusionlab.errors import ConfigError
 from diffusionlab.families.params import PARAMS as FAMILY_PARAMS
 from diffusionlab.nn.unet import UNetConfig
 from diffusionlab.sampling.names import SamplerName
-from diffusionlab.validation import flatten
+from diffusionlab.validation import flatten, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -29,6 +30,40 @@ def test_project_params_load_and_resolve_every_combination(raw):
         for model in params.models:
             run = params.run(dataset, model)
             assert RunConfig.from_dict(run.to_dict()) == run
+
+
+SECTIONS = [name for name in Params.model_fields if name not in ("datasets", "models")]
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_params_yaml_writes_every_key_of_a_section_at_its_default(raw, section):
+    # params.yaml is the one source: every key is written there, and a key deleted from it falls back to the same value
+    default = Params.model_fields[section].default
+    assert sorted(set(type(default).model_fields) - set(raw[section])) == []
+    written = validate(type(default), raw[section]).model_dump()
+    assert {k: v for k, v in default.model_dump().items() if written[k] != v} == {}
+
+
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
+def test_each_family_s_block_writes_every_key_of_its_family(raw, family):
+    optional = {"network", "train_steps", "autoencoder", "text_conditional"}  # a model on pixels, on the dataset's own
+    if family == "vlb":
+        optional.add("variance")  # one value only
+    assert sorted(set(FAMILY_PARAMS[family].model_fields) - set(raw["models"][family]) - optional) == []
+    block = raw["models"][family]
+    defaults = FAMILY_PARAMS[family]()
+    assert block["label_dropout"] == defaults.label_dropout  # a block of your own gets the reference model's rate
+
+
+@pytest.mark.parametrize("key", ["network", "unet", "unet.dropout", "dit.depth", "random_flip"])
+def test_a_dataset_block_without_a_key_is_refused_naming_it(raw, key):
+    block = raw["datasets"]["mnist"]
+    if "." in key:
+        del block[key.split(".")[0]][key.split(".")[1]]
+    else:
+        del block[key]
+    with pytest.raises(ConfigError, match=rf"datasets\.mnist has no {re.escape(key)}: a dataset block has no defaults"):
+        parse_params(raw)
 
 
 def test_unknown_key_is_rejected_with_the_nearest_valid_key(raw):

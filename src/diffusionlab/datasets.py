@@ -53,7 +53,7 @@ class DataConfig(Section):
     """Whose checksums the archives must match: torchvision's (the original files), or ``mirror``: the mirror
     folder's own ``MD5SUMS`` (md5sum's format), for files of your own in the original format."""
     download_timeout: Float = Field(10.0, gt=0)
-    digits_test_size: int = Field(297, ge=10, le=897)
+    digits_test_size: int = Field(300, ge=10, le=897)
     t10k_test_size: int = Field(2000, ge=10, le=5000)
     """Images of MNIST's test split that ``mnist_t10k`` holds out (stratified); the others train."""
     split_seed: int = Field(0, ge=0)

@@ -313,6 +313,10 @@ def apply_budgets(raw: Any) -> Any:
 
 def resolve_budget(name: str, block: dict[str, Any]) -> dict[str, Any]:
     """``datasets.<name>`` (raw) at its budget; raises :class:`ConfigError` naming the key of a bad budget."""
+    missing = missing_keys(block)
+    if missing:
+        raise ConfigError(f"datasets.{name} has no {missing[0]}: a dataset block has no defaults, it writes every key "
+                          f"(as params.yaml's datasets.digits does); add {missing[0]}")
     budgets = block.get("budgets") or {}
     base = {k: v for k, v in block.items() if k != "budgets"}
     where = f"datasets.{name}.budgets"
@@ -339,6 +343,20 @@ def resolve_budget(name: str, block: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"datasets.{name}.budget is '{chosen}', but datasets.{name} has no budgets.{chosen} "
                           f"block; its budgets: {known}")
     return deep_merge(base, budgets[chosen])
+
+
+def missing_keys(block: dict[str, Any]) -> list[str]:
+    """The keys of a raw ``datasets.<name>`` block that it does not write, dotted (``unet.dropout``), in the order
+    :class:`DatasetConfig` declares them: every key but ``budget`` (``default`` when absent) and ``budgets``."""
+    missing = []
+    for key, field in DatasetConfig.model_fields.items():
+        if key == "budget":
+            continue
+        if key not in block:
+            missing.append(key)
+        elif isinstance(field.default, Section) and isinstance(block[key], dict):
+            missing += [f"{key}.{k}" for k in type(field.default).model_fields if k not in block[key]]
+    return missing
 
 
 def latent_data(data: DatasetConfig, ae: AutoencoderConfig, key: str = "autoencoder") -> tuple[DatasetConfig, str | None]:

@@ -18,14 +18,14 @@ class SampleConfig(SampleCounts):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sampler: SamplerName = "ddim"
+    sampler: SamplerName = "ddpm"
     """ddpm: ancestral (respaced below T steps); ddim: DDIM with eta; dpmpp_2m: DPM-Solver++(2M), for 10-25
     steps, and dpmpp_2m_sde its stochastic form; euler and heun solve the probability-flow ODE, for every
     family, in the EDM formulation of Karras et al. 2022 for the diffusion families (heun: second order,
     2N - 1 network evaluations for N steps)."""
     sampler_for: dict[str, SamplerName] = Field(default_factory=dict)
     """The sampler of these models instead of ``sampler`` (``{flow: euler}``: a flow beside ancestral DDPM)."""
-    steps: Count | None = None
+    steps: Count | None = 50
     """Number of reverse steps; ``null`` means every step of the model (T)."""
     eta: Float = Field(0.0, ge=0)
     shift: Float = Field(1.0, gt=0)
@@ -59,7 +59,7 @@ class SampleConfig(SampleCounts):
     strip_frames: int = Field(10, ge=2)
     seed: int = Field(1, ge=0)
     """Image i of draw d starts from a generator seeded by (seed, d, i)."""
-    sweep_steps: Tuple[Count] = ()
+    sweep_steps: Tuple[Count] = (10, 25)
     """Further step counts whose samples are scored too (FID against steps)."""
     step_list: Tuple[Annotated[int, Field(ge=0)]] = ()
     """Explicit model steps (0..T-1) for the ``ddpm`` and ``ddim`` samplers of discrete-time models."""
@@ -72,7 +72,7 @@ class SampleConfig(SampleCounts):
     attribute_samples: int = Field(300, ge=0)
     """Images per draw a text-conditioned model draws of the prompts that ask for one attribute's word ("a thick
     7"), scored for how well they have it; 0: none."""
-    guidance_sweep: Tuple[Annotated[Float, Field(ge=0)]] = ()
+    guidance_sweep: Tuple[Annotated[Float, Field(ge=0)]] = (0.0,)
     """Further guidance scales whose samples are scored too (class accuracy, FID and IS against w)."""
     ema_widths: Tuple[Annotated[Float, Field(gt=0, lt=0.28)]] = ()
     """Further EMA widths sigma_rel (Karras et al. 2024's post-hoc EMA, rebuilt from the train stage's ``phema/``
@@ -122,7 +122,7 @@ class RestoreConfig(Section):
     tasks: Tuple[RestorationTask] = ()
     """Each task is a stage restore@<dataset>-<model>-<task> per model of ``models``; empty: there are none (they
     are out of the default run)."""
-    models: Tuple[str] = ()
+    models: Tuple[str] = ("ddpm", "vlb", "vdm")
     """The models of ``pipeline.models`` that restore, as priors on pixels (no latent model)."""
     solvers: Tuple[RestorationSolver] = ("ddrm", "ddnm", "pigdm", "dps", "repaint")
     """Every solver restores every task it can; ``repaint`` restores the inpainting tasks (box, random) only."""

@@ -30,12 +30,12 @@ DEFAULT_BUDGET = "default"
 
 class PipelineConfig(Section):
     datasets: Tuple[DatasetName] = ("digits",)
-    models: Tuple[str] = ("ddpm",)
+    models: Tuple[str] = ("ddpm", "vlb", "vdm")
 
 
 class TrainConfig(Section):
-    lr: Float = Field(2e-4, gt=0, lt=1)
-    warmup_steps: int = Field(0, ge=0)
+    lr: Float = Field(4e-4, gt=0, lt=1)
+    warmup_steps: int = Field(100, ge=0)
     grad_clip: Float = Field(1.0, ge=0)
     ema_decay: Float = Field(0.999, ge=0, lt=1)
     ema_warmup: bool = True
@@ -71,7 +71,7 @@ class SampleCounts(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    num_samples: Count = 1000
+    num_samples: Count = 300
     """Generated images per draw, the count every score is computed at."""
     draws: int = Field(3, ge=1, le=100)
     """Independent draws of ``num_samples`` images: every score is their mean, with their standard deviation.

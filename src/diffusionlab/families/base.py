@@ -27,7 +27,7 @@ class FamilyParams(Section):
     text_conditional: bool = False
     """Train on the dataset's captions (through the text encoder, ``text_encoder``), for prompts and classifier-free
     guidance against the empty prompt."""
-    label_dropout: Float = Field(0.1, ge=0.0, lt=1.0)
+    label_dropout: Float = Field(0.3, ge=0.0, lt=1.0)
     """Rate at which a conditional model's label (or caption) is replaced by the null label (the empty prompt) in
     training (guidance needs > 0)."""
     network: NetworkName | None = None

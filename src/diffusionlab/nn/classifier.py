@@ -33,7 +33,7 @@ class ClassifierConfig(Section):
     """A feature network trained on a dataset: ``classifier`` (conv net, BatchNorm, max-pooling, shifts) or
     ``resnet`` (residual blocks, GroupNorm, affine warps, label smoothing); they share no layer design."""
 
-    steps: Count = 1500
+    steps: Count = 600
     batch_size: Count = 128
     lr: Float = Field(1e-3, gt=0, lt=1)
     width: int = Field(32, ge=4, le=512)

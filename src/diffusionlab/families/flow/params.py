@@ -13,6 +13,8 @@ from ..base import FamilyParams
 
 class FlowParams(FamilyParams):
     family: Literal["flow"] = "flow"
+    timesteps: int = Field(50, ge=2, le=100_000)
+    """The sampling steps when ``sample.steps`` is null (SD3: 28 to 50)."""
     time_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
     """How training draws t: logit-normal (Esser et al. 2024, sec. 3.1) or uniform."""
     logit_mean: Float = 0.0
