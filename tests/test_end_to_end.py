@@ -19,7 +19,7 @@ import pytest
 import requests
 import yaml
 from PIL import Image
-from project import STAGES, copy_project, ran_stages, read_params, shell, write_params
+from project import STAGES, TINY, copy_project, make_project, ran_stages, read_params, shell, write_params
 
 from processes import command_line, kill_group, process_tree, project_processes, run, stop
 
@@ -29,6 +29,18 @@ pytestmark = pytest.mark.timeout(900)  # the first test to use the tiny project 
 def test_repro_runs_every_stage_of_the_matrix_and_none_that_would_do_nothing(tiny_project):
     dest, _, repro = tiny_project
     assert sorted(ran_stages(repro.stdout)) == sorted(STAGES)  # restore.models is [ddpm]; no latent model, so no autoencoder to train
+
+
+def test_a_misspelt_key_in_a_model_block_stops_dvc_repro_at_its_first_stage_before_any_data(tmp_path):
+    """No stage before train reads the model blocks: the check stage, which depends on the whole params file, runs
+    first and stops the run with one line naming the key."""
+    models = {**TINY["models"], "vlb": {**TINY["models"]["vlb"], "timestpes": 40}}
+    env = make_project(tmp_path, {**TINY, "models": models})
+    repro = shell("dvc repro", tmp_path, env, check=False)
+    assert repro.returncode != 0 and ran_stages(repro.stdout) == ["check"], repro.stdout
+    errors = [line for line in (repro.stdout + repro.stderr).splitlines() if line.startswith("error: ")]
+    assert errors == ["error: unknown key models.vlb.timestpes in params.yaml; did you mean models.vlb.timesteps?"]
+    assert not (tmp_path / "data/prepared").exists() and not (tmp_path / "outputs/check").exists()
 
 
 def test_metrics_file_holds_every_metric_with_its_counts_and_floor_for_every_family(tiny_project):
@@ -190,7 +202,7 @@ def test_restore_scores_every_task_and_solver_over_draws_and_logs_to_the_models_
     finally:
         params["restore"]["dps_step"] = 1.0
         write_params(dest, params)
-    assert changed == {"restore@digits-ddpm-sr4", "restore@digits-ddpm-box"}  # then the report
+    assert changed == {"check", "restore@digits-ddpm-sr4", "restore@digits-ddpm-box"}  # then the report
 
 
 def stage_names(dest: Path, env: dict) -> set[str]:
@@ -203,7 +215,7 @@ def test_the_stages_that_exist_follow_the_restore_tasks_and_models_and_the_repor
     dest, env, _ = tiny_project
     original = read_params(dest)
     per_model = {f"{stage}@digits-{m}" for m in ("ddpm", "vlb", "vdm") for stage in ("train", "sample", "evaluate")}
-    base = {"prepare@digits", "text_encoder@digits", "classifier@digits", "reference@digits", "report"} | per_model
+    base = {"check", "prepare@digits", "text_encoder@digits", "classifier@digits", "reference@digits", "report"} | per_model
     cases = [({"tasks": []}, [], set()),
              ({"tasks": ["sr4"]}, ["flow_latent"], {"restore@digits-ddpm-sr4"} | {
                  f"{stage}@digits-flow_latent" for stage in ("train", "sample", "evaluate")})]
@@ -216,9 +228,9 @@ def test_the_stages_that_exist_follow_the_restore_tasks_and_models_and_the_repor
             assert stage_names(dest, env) == base | expected, (restore, extra)
             status = json.loads(shell("dvc status --json", dest, env).stdout or "{}")
             stale = set(status) - {f"{stage}@digits-{m}" for m in extra for stage in ("train", "sample", "evaluate")}
-            # the report's params changed (and the text encoder's, which reads pipeline.models); no dep on a stage
-            # that is not there
-            assert stale == {"report"} | ({"text_encoder@digits"} if extra else set()), status
+            # the report's params changed (and the text encoder's, which reads pipeline.models; check reads them
+            # all); no dep on a stage that is not there
+            assert stale == {"check", "report"} | ({"text_encoder@digits"} if extra else set()), status
     finally:
         write_params(dest, original)
     assert json.loads(shell("dvc status --json", dest, env).stdout or "{}") == {}
@@ -238,7 +250,7 @@ def test_changing_one_models_params_invalidates_only_that_models_stages(tiny_pro
         write_params(dest, params)
     # downstream stages follow once its outputs change; the text encoder's stage reads every model block (is one
     # text-conditioned?), and its record for vlb stays as it is, so nothing else of vlb follows
-    assert changed == {"train@digits-vlb", "text_encoder@digits"}
+    assert changed == {"check", "train@digits-vlb", "text_encoder@digits"}
 
 
 def test_a_budget_change_reruns_the_training_of_that_dataset_and_not_its_data_or_feature_networks(tiny_project):
@@ -255,7 +267,7 @@ def test_a_budget_change_reruns_the_training_of_that_dataset_and_not_its_data_or
     finally:
         write_params(dest, original)
     trains = {s for s in STAGES if s.startswith("train@digits-")}
-    assert trains and selected == trains == unselected  # downstream stages follow once the checkpoints change
+    assert trains and selected - {"check"} == trains == unselected - {"check"}  # downstream stages follow once the checkpoints change
 
 
 def test_every_stage_ran_only_modules_its_dvc_deps_list(tiny_project):
@@ -280,7 +292,7 @@ def test_a_stage_loads_feature_scoring_and_mlflows_model_flavour_only_where_its_
         record = json.loads(line)
         loaded[record["stage"].split("@")[0]] = set(record["heavy"])
     scoring = {"torch_fidelity", "torchvision", "torch._dynamo"}
-    assert loaded == {"prepare": set(), "text_encoder": set(), "classifier": {"torch._dynamo"}, "reference": scoring,
+    assert loaded == {"check": set(), "prepare": set(), "text_encoder": set(), "classifier": {"torch._dynamo"}, "reference": scoring,
                       "train": {"torch._dynamo", "mlflow.pytorch"}, "sample": {"torchvision", "torch._dynamo"},
                       "evaluate": scoring,
                       "restore": scoring, "report": set()}
@@ -549,7 +561,7 @@ def test_a_text_mmdit_flow_and_a_latent_transformer_added_to_the_pipeline_train_
     params["pipeline"]["models"] = [*params["pipeline"]["models"], "flow", "flow_latent"]
     write_params(dest, params)
     repro = shell("dvc repro evaluate@digits-flow evaluate@digits-flow_latent", dest, env)
-    assert set(ran_stages(repro.stdout)) == {"text_encoder@digits"} | {
+    assert set(ran_stages(repro.stdout)) == {"check", "text_encoder@digits"} | {
         f"{stage}@digits-{m}" for m in ("flow", "flow_latent") for stage in ("train", "sample", "evaluate")}
     markers = {m: json.loads((dest / f"outputs/text_encoder/digits/models/{m}.json").read_text())["text_encoder"]
                for m in params["pipeline"]["models"]}

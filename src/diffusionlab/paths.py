@@ -90,3 +90,9 @@ def reference(dataset: str) -> Path:
 
 def report() -> Path:
     return OUTPUTS / "report"
+
+
+def checked_params() -> Path:
+    """The check stage's record that params.yaml is valid: the same bytes whatever the params, so that a run whose
+    params changed re-runs only the stages that read them."""
+    return OUTPUTS / "check" / "params.json"
