@@ -15,46 +15,42 @@ from pathlib import Path
 
 import pytest
 import yaml
+from diffusionlab import quick
+from diffusionlab.quick import QUICK
+from diffusionlab.validation import deep_merge
 
 from processes import PROJECT, run
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
 
-TINY = {
+TINY = deep_merge(QUICK, {
     "pipeline": {"datasets": ["digits"], "models": ["ddpm", "vlb", "vdm"]},
-    "datasets": {"digits": {"image_size": 8, "train_steps": 30, "batch_size": 16,
-                            "unet": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
-                                     "attention_resolutions": [4], "dropout": 0.0},
-                            "dit": {"patch_size": 2, "hidden_size": 16, "depth": 2, "num_heads": 2}}},
-    "models": {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50, "class_conditional": True},
+    "models": {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50, "class_conditional": True,
+                        "label_dropout": 0.1},
                "vlb": {"family": "vlb", "schedule": "cosine", "timesteps": 50, "loss": "vlb",
                        "importance_sampling": True},
                "vdm": {"family": "vdm", "gamma": "fixed", "weighting": "sigmoid", "noise_sampling": "adaptive",
                        "prediction": "v", "timesteps": 50},
                # not in the pipeline: tests/test_end_to_end.py adds them to a copy
-               "flow": {"family": "flow", "timesteps": 10, "text_conditional": True, "network": "mmdit"},
+               "flow": {"family": "flow", "timesteps": 10, "text_conditional": True, "network": "mmdit",
+                        "label_dropout": 0.1},
                "flow_latent": {"family": "flow", "timesteps": 10, "network": "dit", "text_conditional": True,
+                               "label_dropout": 0.1,
                                "autoencoder": {"steps": 30, "base_channels": 8, "latent_channels": 2,
                                                "batch_size": 16}}},
     # fp32 on every CPU (auto is bf16 on some): the tests compare processes, resumes and batch sizes exactly
-    "train": {"log_every": 10, "warmup_steps": 5, "bf16": False},
-    "sample": {"bf16": False, "steps": 10, "num_samples": 40, "batch_size": 40, "grid_size": 16,
-               "strip_samples": 4, "strip_frames": 5, "sweep_steps": [5, 20], "guidance_sweep": [0.0, 2.0],
-               "repaint_resample": 2, "draws": 2, "sampler_for": {"flow": "heun", "flow_latent": "euler"},
-               "attribute_samples": 60},
-    "text_encoder": {"context_length": 10, "width": 16, "depth": 1, "num_heads": 2, "image_channels": 8,
-                     "embed_dim": 16, "steps": 30, "batch_size": 32, "held_out": ["thick 7"]},
-    "classifier": {"steps": 40, "width": 8, "feature_dim": 8},
-    "resnet": {"steps": 40, "width": 8, "feature_dim": 8},
-    "evaluate": {"min_classifier_accuracy": 0.0, "isc_splits": 2, "nll_images": 20, "nll_t_draws": 2,
-                 "ode_images": 20, "ode_steps": 8,
-                 "kid_subsets": 10, "reference_images": 200},
+    "train": {"bf16": False},
+    "sample": {"bf16": False, "sweep_steps": [5, 20], "guidance_sweep": [0.0, 2.0], "repaint_resample": 2,
+               "sampler_for": {"flow": "heun", "flow_latent": "euler"}},
+    "text_encoder": {"held_out": ["thick 7"]},
     "restore": {"tasks": ["sr4", "box"], "models": ["ddpm"], "images": 10, "draws": 2, "batch_size": 10,
                 "steps": {"ddrm": 3, "ddnm": 3, "pigdm": 3, "dps": 3, "repaint": 3}},
     "mlflow": {"system_metrics_interval": 0.2},  # the tiny train stages hold their run for a few seconds
-}
-STAGES = ["prepare@digits", "text_encoder@digits", "classifier@digits", "reference@digits", *[
+})
+"""The smoke run's budget (:data:`diffusionlab.quick.QUICK`) with the models, restoration tasks and settings the
+end-to-end tests exercise."""
+STAGES = ["check", "prepare@digits", "text_encoder@digits", "classifier@digits", "reference@digits", *[
     f"{stage}@digits-{model}" for model in ("ddpm", "vlb", "vdm") for stage in ("train", "sample", "evaluate")],
     "restore@digits-ddpm-sr4", "restore@digits-ddpm-box", "report"]
 """The stages of the tiny project's `dvc repro`."""
@@ -97,26 +93,14 @@ def fresh_shell_env(dest: Path) -> dict[str, str]:
 
 
 def make_project(dest: Path, overrides: dict) -> dict:
-    """A git repository at ``dest`` holding the project with ``overrides`` merged into params.yaml and
-    ``.venv`` linked to the tests' environment; returns the environment of a fresh shell there. The package's
-    compiled bytecode comes along, so that a stage started there compiles nothing."""
+    """The project at ``dest`` as ``make quick`` builds it (:func:`diffusionlab.quick.make_project`), with
+    ``overrides`` merged into params.yaml and ``.venv`` linked to the tests' environment; returns the environment of
+    a fresh shell there. The package's compiled bytecode comes along, so that a stage started there compiles
+    nothing."""
     if not (VENV / "bin" / "activate").is_file():
         pytest.fail(f"the tests run in the project's virtual environment ({sys.prefix} is not one): make test")
-    for name in ("dvc.yaml", "params.yaml", "pyproject.toml", "uv.lock"):
-        shutil.copy(ROOT / name, dest / name)
-    for name in ("src", "stages"):
-        shutil.copytree(ROOT / name, dest / name)
-    (dest / ".venv").symlink_to(VENV, target_is_directory=True)
-    (dest / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy(ROOT / ".dvc" / name, dest / ".dvc" / name)
-    shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
-    write_params(dest, merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides))
-    env = fresh_shell_env(dest)
-    run(["git", "init", "-q"], dest, env)
-    run(["git", "add", "-A"], dest, env)
-    run(["git", "commit", "-qm", "tiny"], dest, env)
-    return env
+    quick.make_project(ROOT, dest, merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides), VENV)
+    return fresh_shell_env(dest)
 
 
 def copy_project(source: Path, dest: Path, overrides: dict | None = None) -> dict:

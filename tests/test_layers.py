@@ -24,7 +24,8 @@ LAYERS = [
     ("runtime, evaluation, figures", ["diffusionlab.runtime", "diffusionlab.evaluation", "diffusionlab.viz"]),
     ("stages and commands", ["diffusionlab.pipeline", "diffusionlab.generate", "diffusionlab.compare",
                              "diffusionlab.ui", "diffusionlab.model", "diffusionlab.monitor",
-                             "diffusionlab.restore", "diffusionlab.results", "diffusionlab.phema"]),
+                             "diffusionlab.restore", "diffusionlab.results", "diffusionlab.phema",
+                             "diffusionlab.quick"]),
 ]
 
 
