@@ -14,6 +14,7 @@ from diffusionlab.evaluation.report import (
     Results,
     main_rows,
     main_table,
+    plain_summary,
     render_html,
     render_markdown,
     results_table,
@@ -195,6 +196,41 @@ def test_the_report_leads_with_a_summary_of_one_row_per_model_and_task_with_the_
         "<h2>Results at each model")
     assert lines[1].startswith("- **digits, unconditional** (3 models): classifier: best c; at the floor: none")
     assert lines[0].split("** ")[1] in md and "<b>digits, conditional, w=1</b>" in page
+
+
+def plain(results):
+    return plain_summary(verdicts(main_rows(results), 0.05), 0.05, results_table(results))
+
+
+def test_the_plain_summary_says_tied_at_the_floor_times_the_floor_and_what_fewer_steps_cost(tmp_path):
+    results = Results(floors={"digits": floor(0.5)})
+    # within each other's noise and the floor's at w = 1; 10x the floor at w = 0 (its branch: 3 x); FID 50 / n x
+    results.models += [model_result(tmp_path, "digits", m, fid, "red", std=0.3, conditional=True)
+                       for m, fid in (("a", 0.5), ("b", 0.6), ("c", 0.55))]
+    first, second, steps = plain(results)
+    assert first.startswith("Asked for a class at guidance w = 1, a, b and c are tied: no difference between them "
+                            "exceeds the noise of 3 draws of 40 images under the feature network.")
+    assert first.endswith("All are as close to the training images as real held-out images are (within the noise of "
+                          "the real-data floor).")
+    assert second.startswith("Without a class (w = 0, each model's unconditional branch), a, b and c are tied")
+    assert second.endswith("Their FID is 3.0–3.6 times that of real held-out images (the floor) under classifier, "
+                           "beyond the noise.")  # 1.5, 1.8, 1.65 against 0.5
+    assert steps == ("Fewer sampling steps cost quality: at 10 steps instead of 50, every model's FID is higher beyond "
+                     "the noise under the feature network (5.0 times as high).")
+
+
+def test_the_plain_summary_names_a_best_model_beyond_the_noise_and_steps_that_change_nothing(tmp_path):
+    results = Results(floors={"digits": floor(0.5)})
+    results.models += [model_result(tmp_path, "digits", "a", 10.0, "red"),
+                       model_result(tmp_path, "digits", "b", 14.0, "red")]
+    for r in results.models:  # every step count within the noise of the model's own
+        r.sweep["fid"], r.sweep["fid_std"] = r.metrics["classifier"]["fid"], 5.0
+    task, steps = plain(results)
+    assert task == ("Unconditional, a is best under the feature network; b is worse beyond the noise of 3 draws of 40 "
+                    "images under the feature network. Their FID is 20–28 times that of real held-out images (the "
+                    "floor) under classifier, beyond the noise.")
+    assert steps == "Sampling at 10 steps instead of 50 changes no FID beyond the noise."
+    assert task in render_markdown(results, tmp_path) and task.split(";")[0] in render_html(results)
 
 
 def test_the_ema_widths_table_marks_the_best_width_and_judges_each_against_the_default_ema(tmp_path):

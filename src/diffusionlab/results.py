@@ -33,7 +33,7 @@ from . import paths
 from .config.sections import DEFAULT_BUDGET, EvaluateConfig, PipelineConfig
 from .device import cpu_name
 from .errors import EXPECTED_ERRORS, StageInputError
-from .evaluation.report import FLOOR_MODEL, mean_std, summary_lines, summary_note, summary_table
+from .evaluation.report import FLOOR_MODEL, mean_std, plain_summary, summary_lines, summary_note, summary_table
 from .io import atomic_path, read_json, write_json
 from .pipeline.cli import FINISHED_LINE
 from .validation import View, read_yaml, validate
@@ -174,8 +174,8 @@ def collect(root: Path = Path("."), details: bool = False) -> dict:
     for needed, how in ((stamp, "make run writes it (it times dvc repro)"), (csv, "run: dvc repro report")):
         if not needed.is_file():
             raise StageInputError(f"{needed} not found: {how}")
-    table = pd.read_csv(csv)
-    table = table[table.table == "main"].copy()
+    every = pd.read_csv(csv)
+    table = every[every.table == "main"].copy()
     table["best"] = table.best.map(lambda v: v is True or str(v) == "True")
     level = params.evaluate.significance
     floors: dict[str, dict[str, str]] = {}
@@ -184,6 +184,7 @@ def collect(root: Path = Path("."), details: bool = False) -> dict:
     summary = summary_table(table, level)
     datasets, models = list(params.pipeline.datasets), list(params.pipeline.models)
     record = {**read_json(stamp), "level": level, "datasets": datasets, "models": models,
+              "sentences": plain_summary(table, level, every[every.table == "steps"]),
               "lines": summary_lines(table, level),
               "summary": summary.astype(object).where(summary.notna(), "").to_dict("records"), "floors": floors}
     if details:
@@ -218,6 +219,7 @@ def render_block(record: dict, name: str = DEFAULT_RUN) -> str:
         f"commit `{record['commit']}`, {record['date']}, on {record['machine']}; it took "
         f"{_duration(record['seconds'])}. Do not edit by hand.*",
         "",
+        *([" ".join(record["sentences"]), ""] if record.get("sentences") else []),
         *record["lines"],
         "",
         table.to_markdown(index=False),

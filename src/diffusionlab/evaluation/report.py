@@ -274,6 +274,126 @@ def summary_lines(table: pd.DataFrame, level: float) -> list[str]:
     return lines
 
 
+def plain_summary(table: pd.DataFrame, level: float, steps: pd.DataFrame | None = None) -> list[str]:
+    """What the run shows, in sentences for a reader new to the scores, from the rows of :func:`verdicts` (or
+    results.csv's ``main`` rows) and, when given, every step count's rows (results.csv's ``steps`` rows): per
+    dataset and task, whether the models are tied or which is best beyond the noise (and whether the two feature
+    networks agree), how far they are from the real-data floor, and whether fewer sampling steps cost quality."""
+    models = table[table.model != FLOOR_MODEL]
+    models = models.assign(group=models.task.map(task_group))
+    backends = list(dict.fromkeys(models.backend))
+    under = {1: "the feature network", 2: "both feature networks"}.get(len(backends), "every feature network")
+    datasets = list(dict.fromkeys(models.dataset))
+    sentences = []
+    for dataset in datasets:
+        rows = models[models.dataset == dataset]
+        floor = table[(table.model == FLOOR_MODEL) & (table.dataset == dataset)].set_index("backend").fid
+        where = f"On {dataset}, " if len(datasets) > 1 else ""
+        for _, group in rows.groupby("group", sort=False):
+            sentences.append(where + _task_sentence(group, backends, under, floor, level))
+        if steps is not None and len(steps):
+            sentence = _steps_sentence(rows, steps[steps.dataset == dataset], backends, under, level)
+            if sentence:
+                sentences.append(where + sentence)
+    return [s[0].upper() + s[1:] for s in sentences]
+
+
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
+
+
+def _times(ratios: list[float]) -> str:
+    lo, hi = min(ratios), max(ratios)
+    fmt = (lambda x: f"{x:.0f}") if lo >= 10 else (lambda x: f"{x:.1f}")
+    return f"{fmt(lo)} times" if fmt(lo) == fmt(hi) else f"{fmt(lo)}–{fmt(hi)} times"
+
+
+def _task_phrase(task: str) -> str:
+    """``conditional, w=1`` -> ``asked for a class at w = 1``; ``unconditional (w=0)`` -> ``without a class (w = 0)``."""
+    if task.startswith("conditional, w="):
+        return f"asked for a class at guidance w = {task.removeprefix('conditional, w=')}"
+    if task == "unconditional (w=0)":
+        return "without a class (w = 0, each model's unconditional branch)"
+    return task.replace("w=", "w = ")
+
+
+def _task_sentence(group: pd.DataFrame, backends: list[str], under: str, floor: pd.Series, level: float) -> str:
+    """One task's sentences of :func:`plain_summary`."""
+    task = _task_phrase(group.task.iloc[0])
+    names = list(dict.fromkeys(group.model))
+    by = {b: group[group.backend == b] for b in backends}
+    best = {b: rows[rows.best.astype(bool)].model.tolist()[:1] for b, rows in by.items()}
+    worse = {b: set(rows[rows.fid_vs_best_p.astype(float) < level].model) for b, rows in by.items()}
+    draws, images = int(group.draws.max()), group.num_generated.max()
+    noise = f"the noise of {draws} draws of {images:.0f} images" if pd.notna(images) else f"the noise of {draws} draws"
+    always = [n for n in names if all(n in w for w in worse.values())]
+    if len(names) == 1:
+        text = f"{task}, {names[0]} is the only model"
+    elif not any(worse.values()):
+        text = f"{task}, {_names(names)} are tied: no difference between them exceeds {noise} under {under}"
+    else:
+        bests = {tuple(v) for v in best.values()}
+        text = f"{task}, {best[backends[0]][0]} is best under {under}" if len(bests) == 1 and best[backends[0]] else \
+            f"{task}, the feature networks disagree on the best: " + ", ".join(
+                f"{v[0]} under {b}" for b, v in best.items() if v)
+        text += f"; {_names(always)} {'is' if len(always) == 1 else 'are'} worse beyond {noise} under {under}" \
+            if always else f"; no model is worse beyond {noise} under {under}"
+    at_floor = [n for n in names if all(len(r := rows[rows.model == n]) and
+                                        r.fid_vs_floor_p.astype(float).ge(level).all() for rows in by.values())]
+    off_floor = [n for n in names if all(rows[rows.model == n].fid_vs_floor_p.astype(float).lt(level).all()
+                                         for rows in by.values())]
+    if at_floor == names:
+        subject = "It is" if len(names) == 1 else "All are"
+        return f"{text}. {subject} as close to the training images as real held-out images are (within the noise " \
+               "of the real-data floor)."
+    if off_floor == names and all(b in floor.index and floor[b] > 0 for b in backends):
+        times = [_times((rows.fid / floor[b]).tolist()) for b, rows in by.items()]
+        first = f"{times[0]} that of real held-out images (the floor) under {backends[0]}"
+        rest = [f"{t} under {b}" for t, b in zip(times[1:], backends[1:])]
+        whose = "Its" if len(names) == 1 else "Their"
+        return f"{text}. {whose} FID is {' and '.join([first, *rest])}, beyond the noise."
+    return f"{text}. Within the noise of the real-data floor under {under}: " + (
+        f"{_names(at_floor)}." if at_floor else "none.")
+
+
+def _steps_sentence(main: pd.DataFrame, steps: pd.DataFrame, backends: list[str], under: str,
+                    level: float) -> str | None:
+    """The sampling-steps sentence of :func:`plain_summary`: each model's fewest swept steps against its own."""
+    outcomes: dict[tuple[int, int], dict[str, list]] = {}
+    for model, rows in main[main.task != "unconditional (w=0)"].groupby("model", sort=False):  # not the w = 0 branch
+        own = int(rows.steps.iloc[0])
+        swept = steps[(steps.model == model) & (steps.steps < own)]
+        if swept.empty:
+            continue
+        fewest = int(swept.steps.min())
+        for b in backends:
+            a = swept[(swept.steps == fewest) & (swept.backend == b)]
+            ref = steps[(steps.model == model) & (steps.steps == own) & (steps.backend == b)]
+            sa, sb = (spread_of(dict(x.iloc[0]), "fid") if len(x) else None for x in (a, ref))
+            if sa is None or sb is None:
+                continue
+            d = welch(sa, sb, level)
+            kind = "higher" if d.beyond_noise and d.change > 0 else "lower" if d.beyond_noise else "tied"
+            outcomes.setdefault((fewest, own), {"higher": [], "lower": [], "tied": [], "ratio": []})
+            outcomes[(fewest, own)][kind].append(model)
+            outcomes[(fewest, own)]["ratio"].append(sa.mean / sb.mean if sb.mean > 0 else float("nan"))
+    parts = []
+    for (fewest, own), o in outcomes.items():
+        models = list(dict.fromkeys(o["higher"] + o["lower"] + o["tied"]))
+        every = "every model's" if len(models) > 1 else f"{models[0]}'s"
+        if len(o["higher"]) == len(o["higher"] + o["lower"] + o["tied"]):
+            parts.append(f"fewer sampling steps cost quality: at {fewest} steps instead of {own}, {every} FID is "
+                         f"higher beyond the noise under {under} ({_times(o['ratio'])} as high)")
+        elif not o["higher"] and not o["lower"]:
+            parts.append(f"sampling at {fewest} steps instead of {own} changes no FID beyond the noise")
+        else:
+            higher = list(dict.fromkeys(o["higher"]))
+            parts.append(f"at {fewest} steps instead of {own}, FID is higher beyond the noise for "
+                         f"{_names(higher) if higher else 'no model'} under at least one feature network, and "
+                         "within the noise otherwise")
+    return "; ".join(parts) + "." if parts else None
+
+
 SUMMARY_NOTE = ("FID is the mean ± standard deviation over the draws, under each feature backend. 'vs best': the "
                 "difference from the best model of the same dataset and task, 'vs floor': from the real-data floor "
                 "(the held-out images against the training images); ≈ when {test} at level {level:g} finds it "
@@ -476,7 +596,8 @@ def render_html(results: Results) -> str:
     """A self-contained page: no file or network access is needed to view it."""
     judged, level = verdicts(main_rows(results), results.significance), results.significance
     parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>diffusionlab report</title>',
-             f"<style>{CSS}</style></head><body>", "<h1>diffusionlab report</h1>", "<h2>Summary</h2>", "<ul>"]
+             f"<style>{CSS}</style></head><body>", "<h1>diffusionlab report</h1>", "<h2>Summary</h2>",
+             f"<p>{html.escape(' '.join(plain_summary(judged, level, results_table(results))))}</p>", "<ul>"]
     parts += [f"<li>{_html_line(line)}</li>" for line in summary_lines(judged, level)]
     parts += ["</ul>", _table_html(summary_table(judged, level)), f"<p>{html.escape(summary_note(level))}</p>"]
     for dataset in results.floors:
@@ -596,7 +717,8 @@ def autoencoder_table(results: Results) -> pd.DataFrame:
 def render_markdown(results: Results, grid_root: Path) -> str:
     """The tables in Markdown; sample grids linked relative to ``grid_root`` (the report's folder)."""
     judged, level = verdicts(main_rows(results), results.significance), results.significance
-    lines = ["# diffusionlab report", "", "## Summary", "", *summary_lines(judged, level), "",
+    plain = " ".join(plain_summary(judged, level, results_table(results)))
+    lines = ["# diffusionlab report", "", "## Summary", "", plain, "", *summary_lines(judged, level), "",
              _table_markdown(summary_table(judged, level)), "", summary_note(level), ""]
     for dataset in results.floors:
         lines += [f"## {dataset_heading(results, dataset)}: samples", ""]
