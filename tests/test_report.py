@@ -233,6 +233,18 @@ def test_the_plain_summary_names_a_best_model_beyond_the_noise_and_steps_that_ch
     assert task in render_markdown(results, tmp_path) and task.split(";")[0] in render_html(results)
 
 
+def test_the_plain_summary_says_when_the_feature_networks_disagree_on_what_fewer_steps_cost(tmp_path):
+    results = Results(floors={"digits": floor(0.5)})
+    results.floors["digits"]["resnet"] = results.floors["digits"]["classifier"]
+    results.models += [model_result(tmp_path, "digits", m, 10.0, "red") for m in ("a", "b")]
+    for r in results.models:  # the classifier's FID is 50 / n times as high at n steps; the resnet's does not move
+        r.metrics["resnet"] = summary(1.0)
+        r.sweep = pd.concat([r.sweep, r.sweep.assign(backend="resnet", fid=1.0, fid_std=0.2)], ignore_index=True)
+    assert plain(results)[-1] == ("At 10 steps instead of 50, FID is higher for a and b under classifier, beyond the "
+                                  "noise, and within it otherwise: the feature networks do not agree that fewer "
+                                  "steps cost quality.")
+
+
 def test_the_ema_widths_table_marks_the_best_width_and_judges_each_against_the_default_ema(tmp_path):
     from diffusionlab.evaluation.report import ema_table
 

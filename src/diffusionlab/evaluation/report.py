@@ -374,23 +374,30 @@ def _steps_sentence(main: pd.DataFrame, steps: pd.DataFrame, backends: list[str]
                 continue
             d = welch(sa, sb, level)
             kind = "higher" if d.beyond_noise and d.change > 0 else "lower" if d.beyond_noise else "tied"
-            outcomes.setdefault((fewest, own), {"higher": [], "lower": [], "tied": [], "ratio": []})
-            outcomes[(fewest, own)][kind].append(model)
-            outcomes[(fewest, own)]["ratio"].append(sa.mean / sb.mean if sb.mean > 0 else float("nan"))
+            o = outcomes.setdefault((fewest, own), {"higher": [], "lower": [], "tied": [], "ratio": []})
+            o[kind].append((model, b))
+            o["ratio"].append(sa.mean / sb.mean if sb.mean > 0 else float("nan"))
     parts = []
     for (fewest, own), o in outcomes.items():
-        models = list(dict.fromkeys(o["higher"] + o["lower"] + o["tied"]))
+        models = list(dict.fromkeys(m for kind in ("higher", "lower", "tied") for m, _ in o[kind]))
         every = "every model's" if len(models) > 1 else f"{models[0]}'s"
-        if len(o["higher"]) == len(o["higher"] + o["lower"] + o["tied"]):
-            parts.append(f"fewer sampling steps cost quality: at {fewest} steps instead of {own}, {every} FID is "
-                         f"higher beyond the noise under {under} ({_times(o['ratio'])} as high)")
+        where = f"at {fewest} steps instead of {own}"
+        if not o["lower"] and not o["tied"]:
+            parts.append(f"fewer sampling steps cost quality: {where}, {every} FID is higher beyond the noise under "
+                         f"{under} ({_times(o['ratio'])} as high)")
         elif not o["higher"] and not o["lower"]:
-            parts.append(f"sampling at {fewest} steps instead of {own} changes no FID beyond the noise")
+            parts.append(f"sampling {where} changes no FID beyond the noise")
         else:
-            higher = list(dict.fromkeys(o["higher"]))
-            parts.append(f"at {fewest} steps instead of {own}, FID is higher beyond the noise for "
-                         f"{_names(higher) if higher else 'no model'} under at least one feature network, and "
-                         "within the noise otherwise")
+            found = [f"{_names([m for m, b in o[kind] if b == backend])} under {backend}"
+                     for kind in ("higher", "lower") for backend in backends
+                     if any(b == backend for _, b in o[kind])]
+            kinds = [kind for kind in ("higher", "lower") for backend in backends
+                     if any(b == backend for _, b in o[kind])]
+            said = "; ".join(f"{kind} for {text}" for kind, text in zip(kinds, found))
+            agreed = [m for m in models if all((m, b) in o["higher"] for b in backends)]
+            parts.append(f"{where}, FID is {said}, beyond the noise, and within it otherwise: " + (
+                f"the feature networks agree for {_names(agreed)} only" if agreed
+                else "the feature networks do not agree that fewer steps cost quality"))
     return "; ".join(parts) + "." if parts else None
 
 
