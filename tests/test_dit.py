@@ -19,7 +19,7 @@ from diffusionlab.sampling.guidance import ConditionalModel, SkipLayerGuidance, 
 from test_training import MODELS, ROOT, TINY_NET
 
 CPU = torch.device("cpu")
-TINY_DIT = {"patch_size": 2, "hidden_size": 16, "depth": 3, "num_heads": 2}
+TINY_DIT = {"patch_size": 2, "hidden_size": 16, "depth": 3, "num_heads": 2, "mlp_ratio": 4.0}
 
 
 def perturbed(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 TINY_NET = {"image_size": 8, "train_steps": 12, "batch_size": 8,
             "unet": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4],
-                     "dropout": 0.1}}
+                     "num_heads": 1, "dropout": 0.1}}
 MODELS = {"ddpm": {"family": "ddpm", "schedule": "linear", "timesteps": 50},
           "vlb": {"family": "vlb", "schedule": "cosine", "timesteps": 50, "loss": "vlb", "importance_sampling": True},
           "vdm": {"family": "vdm", "gamma": "network", "timesteps": 50},
