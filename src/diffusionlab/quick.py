@@ -24,7 +24,7 @@ import yaml
 
 from . import paths
 from .results import timed
-from .validation import deep_merge
+from .validation import deep_merge, read_yaml
 
 QUICK: dict[str, Any] = {
     "datasets": {"digits": {"image_size": 8, "train_steps": 30, "batch_size": 16,
@@ -68,7 +68,7 @@ def make_project(source: Path, dest: Path, params: dict[str, Any], venv: Path) -
 
 def quick_params(source: Path) -> dict[str, Any]:
     """``source``'s params.yaml with :data:`QUICK` merged in."""
-    return deep_merge(yaml.safe_load((source / "params.yaml").read_text()), QUICK)
+    return deep_merge(read_yaml(source / "params.yaml"), QUICK)
 
 
 def main(argv: list[str] | None = None) -> int:
